@@ -1,0 +1,80 @@
+"""The native LUT kernels from Python: packing and ``lut_matmul``.
+
+``pack`` writes a :class:`~edgepet.quant.QuantizedTensor` in the layout the
+kernels (and the ``ai.edgepet.LutMatMul`` operator) read; ``lut_matmul`` runs the
+product in this process, with edgepet's own thread pool.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepet import _native
+from edgepet.quant.tensor import QuantizedTensor
+
+#: The packed layout every kernel of this version reads (see docs/operator.md).
+LAYOUT = _native.LAYOUT
+
+
+def pack(qt: QuantizedTensor) -> np.ndarray:
+    """Pack the codes of ``qt`` into the kernel layout: a 1-D uint8 buffer."""
+    n, k = qt.shape
+    return _native.pack(qt.codes, qt.storage_bits)
+
+
+def scales_group_major(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scales (and zero points) as the kernels read them: float32 ``[G, N]``."""
+    scales = np.ascontiguousarray(qt.scales.T)
+    zeros = None if qt.zero_points is None else np.ascontiguousarray(qt.zero_points.T)
+    return scales, zeros
+
+
+def lut_matmul(
+    x: np.ndarray,
+    qt: QuantizedTensor,
+    bias: np.ndarray | None = None,
+    threads: int | None = None,
+    kernel: str = "auto",
+) -> np.ndarray:
+    """``x @ qt.dequantize().T (+ bias)`` through the LUT kernels.
+
+    Args:
+        x: float32 ``[..., K]``.
+        qt: the quantized weight ``[N, K]``.
+        bias: optional float32 ``[N]``.
+        threads: worker threads (None: all cores).
+        kernel: "auto" (best for this CPU), "avx2" or "reference".
+
+    The result differs from the exact product by the int8 rounding of the
+    activation tables: about 0.3 % relative (see docs/operator.md).
+    """
+    n, k = qt.shape
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"x has shape {x.shape}; its last dimension must be K={k}")
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        if bias.shape != (n,):
+            raise ValueError(f"bias has shape {bias.shape}, expected ({n},)")
+    scales, zeros = scales_group_major(qt)
+    lead = x.shape[:-1]
+    a = np.ascontiguousarray(x.reshape(-1, k))
+    y = _native.lut_matmul(
+        a,
+        pack(qt),
+        scales,
+        zeros,
+        bias,
+        n,
+        qt.storage_bits,
+        qt.bits == "ternary",
+        qt.group_size,
+        0 if threads is None else int(threads),
+        kernel,
+    )
+    return y.reshape(*lead, n)
+
+
+def available_kernels() -> list[str]:
+    """Kernels this CPU can run, best first."""
+    return list(_native.available_kernels())

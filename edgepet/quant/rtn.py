@@ -1,0 +1,156 @@
+"""Round-to-nearest quantizers, per output row and group along K.
+
+Every quantizer here returns a :class:`QuantizedTensor`; the code -> value rule
+lives in :mod:`edgepet.quant.tensor` alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from edgepet.quant.tensor import (
+    Bits,
+    QuantizedTensor,
+    check_bits,
+    num_groups,
+    resolve_group_size,
+)
+
+
+def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
+    """View ``[N, K]`` as ``[N, G, group_size]`` with NaN padding for the tail."""
+    n, k = w.shape
+    g = num_groups(k, group_size)
+    padded = np.full((n, g * group_size), np.nan, dtype=np.float32)
+    padded[:, :k] = w
+    return padded.reshape(n, g, group_size)
+
+
+def _ungroup(codes: np.ndarray, k: int) -> np.ndarray:
+    n = codes.shape[0]
+    return codes.reshape(n, -1)[:, :k]
+
+
+def _check_weight(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {w.shape}")
+    if w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"weight shape {w.shape} is empty")
+    w = w.astype(np.float32, copy=False)
+    if not np.isfinite(w).all():
+        bad = np.argwhere(~np.isfinite(w))[0]
+        raise ValueError(f"weight has a non-finite value at {tuple(int(i) for i in bad)}")
+    return w
+
+
+def quantize(
+    w: np.ndarray,
+    bits: Bits = 4,
+    group_size: int | str | None = 64,
+    symmetric: bool = True,
+) -> QuantizedTensor:
+    """Quantize a float weight ``[N, K]`` to ``bits``-wide codes by rounding.
+
+    Args:
+        w: the weight, ``[out_features, in_features]``.
+        bits: 1, 2, 3, 4 or "ternary".
+        group_size: inputs sharing one scale: a multiple of 32, or "per-row"/None.
+        symmetric: odd symmetric levels (no zero point); False stores a float
+            zero point per group and maps each group's [min, max] onto the codes.
+            Ternary is always symmetric.
+
+    Scales: symmetric b-bit uses ``max|w| / (2^b - 1)`` except 1-bit, which uses
+    ``mean|w|`` (the L2-optimal scale of ``sign(w)``); ternary uses ``mean|w|``
+    (absmean) with a threshold of half a scale.
+    """
+    check_bits(bits)
+    w = _check_weight(w)
+    n, k = w.shape
+    gs = resolve_group_size(group_size, k)
+    if bits == "ternary":
+        return _ternary(w, gs)
+    if symmetric:
+        return _symmetric(w, int(bits), gs)
+    return _asymmetric(w, int(bits), gs)
+
+
+def _symmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
+    top = (1 << bits) - 1
+    grouped = _grouped(w, gs)
+    with np.errstate(invalid="ignore"):
+        if bits == 1:
+            scale = np.nanmean(np.abs(grouped), axis=2)
+        else:
+            scale = np.nanmax(np.abs(grouped), axis=2) / top
+    safe = np.where(scale > 0, scale, 1.0)[:, :, None]
+    q = np.rint((np.nan_to_num(grouped) / safe + top) / 2.0)
+    codes = np.clip(q, 0, top).astype(np.uint8)
+    return QuantizedTensor(
+        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
+        scales=scale.astype(np.float32),
+        zero_points=None,
+        bits=bits,
+        group_size=gs,
+        symmetric=True,
+    )
+
+
+def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
+    top = (1 << bits) - 1
+    grouped = _grouped(w, gs)
+    if bits == 1:
+        lo, hi = _two_means(grouped)
+    else:
+        lo = np.nanmin(grouped, axis=2)
+        hi = np.nanmax(grouped, axis=2)
+    span = hi - lo
+    # A constant group keeps its value exactly: code 0 at zero point -c/s.
+    scale = np.where(span > 0, span / top, np.where(lo != 0, np.abs(lo), 1.0))
+    zero = -lo / scale
+    q = np.rint(np.nan_to_num(grouped) / scale[:, :, None] + zero[:, :, None])
+    codes = np.clip(q, 0, top).astype(np.uint8)
+    return QuantizedTensor(
+        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
+        scales=scale.astype(np.float32),
+        zero_points=zero.astype(np.float32),
+        bits=bits,
+        group_size=gs,
+        symmetric=False,
+    )
+
+
+def _two_means(grouped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-bit asymmetric levels: the means of each group's halves split at its mean.
+
+    Min/max levels waste a 1-bit code on the two extremes; one step of 2-means
+    halves the error on Gaussian-like weights.
+    """
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # empty lower half
+        mu = np.nanmean(grouped, axis=2, keepdims=True)
+        upper = grouped >= mu
+        lower = grouped < mu
+        hi = np.nanmean(np.where(upper, grouped, np.nan), axis=2)
+        lo = np.nanmean(np.where(lower, grouped, np.nan), axis=2)
+    # A constant group has no lower half: both levels are the constant.
+    lo = np.where(np.isnan(lo), hi, lo)
+    return lo, hi
+
+
+def _ternary(w: np.ndarray, gs: int) -> QuantizedTensor:
+    grouped = _grouped(w, gs)
+    scale = np.nanmean(np.abs(grouped), axis=2)
+    safe = np.where(scale > 0, scale, 1.0)[:, :, None]
+    t = np.clip(np.rint(np.nan_to_num(grouped) / safe), -1, 1)
+    codes = (t + 1).astype(np.uint8)
+    return QuantizedTensor(
+        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
+        scales=scale.astype(np.float32),
+        zero_points=None,
+        bits="ternary",
+        group_size=gs,
+        symmetric=True,
+    )

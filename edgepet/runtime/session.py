@@ -1,0 +1,76 @@
+"""ONNX Runtime sessions that know ``ai.edgepet.LutMatMul``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+_LIBRARY_NAMES = ("libedgepet_ort.so", "libedgepet_ort.dylib", "edgepet_ort.dll")
+
+
+def op_library_path() -> str:
+    """Path of the op library (``libedgepet_ort``) that registers ``ai.edgepet`` ops.
+
+    Apps without Python load the same file with ONNX Runtime's
+    ``RegisterCustomOpsLibrary``. ``EDGEPET_ORT_LIBRARY`` overrides the lookup.
+    """
+    override = os.environ.get("EDGEPET_ORT_LIBRARY")
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"EDGEPET_ORT_LIBRARY={override} is not a file")
+        return override
+    here = Path(__file__).resolve().parent.parent / "lib"
+    for name in _LIBRARY_NAMES:
+        if (here / name).is_file():
+            return str(here / name)
+    raise FileNotFoundError(
+        f"edgepet's ONNX Runtime op library was not found in {here} — reinstall edgepet "
+        "(pip install .) so that the native build runs"
+    )
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """SessionOptions with the op library registered and ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(op_library_path())
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads} must be at least 1")
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class InferenceSession(ort.InferenceSession):
+    """An ``onnxruntime.InferenceSession`` with edgepet's operators available.
+
+    Args:
+        model: a path, serialized bytes or an ``onnx.ModelProto``.
+        threads: intra-op threads (None: ONNX Runtime's default, all cores).
+        options: extra SessionOptions to start from (the op library is added).
+        **kwargs: passed to ``onnxruntime.InferenceSession`` (e.g. providers).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+        threads: int | None = None,
+        options: ort.SessionOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        elif isinstance(model, os.PathLike):
+            model = os.fspath(model)
+        if options is None:
+            options = session_options(threads)
+        else:
+            options.register_custom_ops_library(op_library_path())
+            if threads is not None:
+                options.intra_op_num_threads = threads
+        kwargs.setdefault("providers", ["CPUExecutionProvider"])
+        super().__init__(model, sess_options=options, **kwargs)
