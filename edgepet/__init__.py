@@ -1,16 +1,19 @@
-"""edgepet: parameter-efficiently tuned models at 1-4 bits on edge CPUs."""
+"""edgepet: parameter-efficiently tuned models at 1-4 bits on edge CPUs.
 
-from edgepet import kernels, quant, runtime
+Subpackages load on first use, so that ``edgepet.pet`` works without the native
+build and a device never needs torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "kernels", "quant", "runtime", "exporters"]
+_SUBMODULES = ("kernels", "quant", "runtime", "exporters", "pet", "targets", "device_tests")
+
+__all__ = ["__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str):
-    # exporters pulls in onnx graph tooling; load it on first use.
-    if name == "exporters":
-        import importlib
-
-        return importlib.import_module("edgepet.exporters")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"edgepet.{name}")
     raise AttributeError(f"module 'edgepet' has no attribute {name!r}")
