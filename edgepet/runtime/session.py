@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,19 @@ def op_library_path() -> str:
         if not Path(override).is_file():
             raise FileNotFoundError(f"EDGEPET_ORT_LIBRARY={override} is not a file")
         return override
-    here = Path(__file__).resolve().parent.parent / "lib"
-    for name in _LIBRARY_NAMES:
-        if (here / name).is_file():
-            return str(here / name)
+    # The library is installed beside the native module (in an editable install
+    # that is the build's site-packages folder, not the source tree).
+    spec = importlib.util.find_spec("edgepet._native")
+    folders = [Path(__file__).resolve().parent.parent / "lib"]
+    if spec is not None and spec.origin:
+        folders.insert(0, Path(spec.origin).parent / "lib")
+    for folder in folders:
+        for name in _LIBRARY_NAMES:
+            if (folder / name).is_file():
+                return str(folder / name)
     raise FileNotFoundError(
-        f"edgepet's ONNX Runtime op library was not found in {here} — reinstall edgepet "
-        "(pip install .) so that the native build runs"
+        f"edgepet's ONNX Runtime op library was not found in {folders[0]} — reinstall "
+        "edgepet (pip install .) so that the native build runs"
     )
 
 

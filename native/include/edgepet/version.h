@@ -1,0 +1,8 @@
+/* Versions shared by the op library, the Python module and bundles. */
+#ifndef EDGEPET_VERSION_H_
+#define EDGEPET_VERSION_H_
+
+/* Bumped whenever an operator's inputs, attributes or packed layout change. */
+#define EDGEPET_OP_ABI_VERSION 1
+
+#endif /* EDGEPET_VERSION_H_ */

@@ -1,0 +1,192 @@
+// AVX2 kernel: pshufb looks up 32 table indices at once, maddubs widens pairs of
+// planes to int16 and weights them by their powers of two in the same instruction.
+// Tables are built bit-identically to the reference kernel (same additions, same
+// rounding), so the two agree to float rounding in the epilogue.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/kernel.h"
+
+namespace edgepet {
+namespace {
+
+// Sign masks for table entries 0..7 (bit 3 clear: a3 enters negated): lane bit l
+// of the entry index set means +a_l, clear means -a_l (xor with the sign bit).
+inline __m256 sign_mask(int l) {
+  alignas(32) int32_t m[8];
+  for (int idx = 0; idx < 8; ++idx) m[idx] = (idx >> l) & 1 ? 0 : INT32_MIN;
+  return _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(m)));
+}
+
+// Entries 0..7 of one quad's table, summed in the reference order.
+inline __m256 half_table(const float* a4, __m256 m0, __m256 m1, __m256 m2) {
+  const __m256 t01 = _mm256_add_ps(_mm256_xor_ps(_mm256_broadcast_ss(a4 + 0), m0),
+                                   _mm256_xor_ps(_mm256_broadcast_ss(a4 + 1), m1));
+  const __m256 t012 = _mm256_add_ps(t01, _mm256_xor_ps(_mm256_broadcast_ss(a4 + 2), m2));
+  return _mm256_sub_ps(t012, _mm256_broadcast_ss(a4 + 3));
+}
+
+// Round 8 entries to int8 and store all 16: entry 15 - j is minus entry j.
+inline void store_table(__m256 half, __m256 inv, int8_t* out) {
+  const __m256i i32 = _mm256_cvtps_epi32(_mm256_mul_ps(half, inv));
+  const __m256i i8 = _mm256_packs_epi16(_mm256_packs_epi32(i32, i32), _mm256_setzero_si256());
+  const __m128i low = _mm_unpacklo_epi32(_mm256_castsi256_si128(i8),
+                                         _mm256_extracti128_si256(i8, 1));
+  const __m128i reverse = _mm_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m128i mirrored = _mm_shuffle_epi8(_mm_sub_epi8(_mm_setzero_si128(), low), reverse);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi64(low, mirrored));
+}
+
+inline float horizontal_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+void build_tables(const float* a, int64_t k, int8_t* entries, float* block_scales,
+                  float* block_sums) {
+  const __m256 m0 = sign_mask(0), m1 = sign_mask(1), m2 = sign_mask(2);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const int64_t quads = num_quads(k);
+  for (int64_t b = 0; b < num_blocks(k); ++b) {
+    const int64_t q0 = b * kBlockQuads;
+    const int n = static_cast<int>(std::min<int64_t>(quads - q0, kBlockQuads));
+    __m256 half[kBlockQuads];
+    __m256 largest = _mm256_setzero_ps();
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const int64_t first = (q0 + i) * kQuad;
+      float tail[kQuad] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const float* a4 = a + first;
+      if (first + kQuad > k) {
+        std::memcpy(tail, a4, sizeof(float) * static_cast<size_t>(k - first));
+        a4 = tail;
+      }
+      half[i] = half_table(a4, m0, m1, m2);
+      largest = _mm256_max_ps(largest, _mm256_and_ps(half[i], abs_mask));
+      sum -= _mm256_cvtss_f32(half[i]);  // entry 0 is minus the quad's sum
+    }
+    const float top = horizontal_max(largest);
+    const __m256 inv = _mm256_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    block_scales[b] = top / 127.0f;
+    block_sums[b] = sum;
+    for (int i = 0; i < n; ++i) store_table(half[i], inv, entries + (q0 + i) * kTableSize);
+  }
+}
+
+inline __m256 low_rows(__m256i acc) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
+}
+inline __m256 high_rows(__m256i acc) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
+}
+
+// Sums of one block (up to 8 quads) for the tile's 32 rows, as int16:
+// acc_a holds rows 0..15, acc_b rows 16..31.
+template <int Bits>
+inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads, __m256i& acc_a,
+                         __m256i& acc_b) {
+  constexpr int kPairs = Bits / 2;
+  constexpr bool kSingle = Bits & 1;
+  constexpr int kTop = Bits - 1;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i pair_weights[2] = {_mm256_set1_epi16(0x0201), _mm256_set1_epi16(0x0804)};
+  const __m256i single_even = _mm256_set1_epi16(static_cast<int16_t>(1 << kTop));
+  const __m256i single_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
+  const __m256i lane_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+  acc_a = _mm256_setzero_si256();
+  acc_b = _mm256_setzero_si256();
+  for (int q = 0; q < quads; ++q) {
+    const __m256i table = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tables + q * kTableSize)));
+    const uint8_t* c = codes + q * 16 * Bits;
+    for (int s = 0; s < kPairs; ++s) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * s));
+      const __m256i lo = _mm256_and_si256(x, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+      acc_a = _mm256_add_epi16(
+          acc_a, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table, lo)));
+      acc_b = _mm256_add_epi16(
+          acc_b, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table, hi)));
+    }
+    if (kSingle) {
+      const __m256i x = _mm256_broadcastsi128_si256(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32 * kPairs)));
+      const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(x, lane_shift), low4);
+      const __m256i r = _mm256_shuffle_epi8(table, idx);
+      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r));
+      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r));
+    }
+  }
+}
+
+template <int Bits>
+void tile_dot(const TileJob& job) {
+  const WeightFormat& f = job.format;
+  const int64_t quads = num_quads(f.k);
+  const int64_t blocks = num_blocks(f.k);
+  const int64_t groups = num_groups(f);
+  const int64_t blocks_per_group = groups == 1 ? blocks : f.group_size / kBlockK;
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 mid = _mm256_set1_ps(0.5f * static_cast<float>((1 << Bits) - 1));
+  __m256 y[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                 _mm256_setzero_ps()};
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    const int64_t b_end = std::min(blocks, (g + 1) * blocks_per_group);
+    for (int64_t b = g * blocks_per_group; b < b_end; ++b) {
+      const int64_t q0 = b * kBlockQuads;
+      const int n = static_cast<int>(std::min<int64_t>(quads - q0, kBlockQuads));
+      __m256i acc_a, acc_b;
+      block_sums16<Bits>(job.codes + q0 * 16 * Bits, job.tables.entries + q0 * kTableSize, n,
+                         acc_a, acc_b);
+      const __m256 step = _mm256_set1_ps(job.tables.block_scales[b]);
+      acc[0] = _mm256_fmadd_ps(low_rows(acc_a), step, acc[0]);
+      acc[1] = _mm256_fmadd_ps(high_rows(acc_a), step, acc[1]);
+      acc[2] = _mm256_fmadd_ps(low_rows(acc_b), step, acc[2]);
+      acc[3] = _mm256_fmadd_ps(high_rows(acc_b), step, acc[3]);
+    }
+    const float* s = job.scales + g * job.row_stride;
+    const __m256 group_sum = _mm256_set1_ps(job.tables.group_sums[g]);
+    for (int i = 0; i < 4; ++i) {
+      const __m256 scale = _mm256_loadu_ps(s + 8 * i);
+      if (f.ternary) {
+        const __m256 sc = _mm256_mul_ps(half, scale);
+        y[i] = _mm256_add_ps(y[i], _mm256_add_ps(_mm256_mul_ps(sc, acc[i]),
+                                                 _mm256_mul_ps(sc, group_sum)));
+      } else if (f.symmetric) {
+        y[i] = _mm256_fmadd_ps(scale, acc[i], y[i]);
+      } else {
+        const __m256 z = _mm256_loadu_ps(job.zero_points + g * job.row_stride + 8 * i);
+        const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
+        const __m256 sc = _mm256_mul_ps(half, scale);
+        y[i] = _mm256_add_ps(y[i], _mm256_add_ps(_mm256_mul_ps(sc, acc[i]),
+                                                 _mm256_mul_ps(off, group_sum)));
+      }
+    }
+  }
+  for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out + 8 * i, y[i]);
+}
+
+void tile_dot_any(const TileJob& job) {
+  switch (job.format.bits) {
+    case 1: return tile_dot<1>(job);
+    case 2: return tile_dot<2>(job);
+    case 3: return tile_dot<3>(job);
+    default: return tile_dot<4>(job);
+  }
+}
+
+}  // namespace
+
+const Kernel* avx2_kernel() {
+  static const Kernel kernel{"avx2", build_tables, tile_dot_any};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernel;
+  return nullptr;
+}
+
+}  // namespace edgepet

@@ -1,0 +1,117 @@
+#include "kernels/gemm.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace edgepet {
+
+std::string check_format(const WeightFormat& f) {
+  if (f.bits < 1 || f.bits > 4) return "bits=" + std::to_string(f.bits) + " is not in 1..4";
+  if (f.ternary && f.bits != 2) return "ternary weights are stored with bits=2";
+  if (f.n <= 0 || f.k <= 0) return "N and K must be positive";
+  if (f.group_size <= 0) return "group_size must be positive";
+  if (f.group_size < f.k && f.group_size % kBlockK != 0) {
+    return "group_size=" + std::to_string(f.group_size) + " must be a multiple of " +
+           std::to_string(kBlockK) + " or at least K=" + std::to_string(f.k);
+  }
+  return {};
+}
+
+namespace {
+
+struct Job {
+  const Kernel* kernel;
+  const GemmArgs* args;
+  int64_t quads, blocks, groups;
+  std::vector<int8_t> entries;        // [m][quads][16]
+  std::vector<float> block_scales;    // [m][blocks]
+  std::vector<float> block_sums;      // [m][blocks]
+  std::vector<float> group_sums;      // [m][groups]
+  std::vector<float> tail_scales;     // [groups][32] for the last, partial tile
+  std::vector<float> tail_zeros;
+};
+
+void build_row(void* ctx, int64_t row) {
+  Job& job = *static_cast<Job*>(ctx);
+  const WeightFormat& f = job.args->format;
+  float* sums = job.block_sums.data() + row * job.blocks;
+  job.kernel->build_tables(job.args->a + row * f.k, f.k,
+                           job.entries.data() + row * job.quads * kTableSize,
+                           job.block_scales.data() + row * job.blocks, sums);
+  const int64_t per_group = job.groups == 1 ? job.blocks : f.group_size / kBlockK;
+  for (int64_t g = 0; g < job.groups; ++g) {
+    float s = 0.0f;
+    const int64_t end = std::min(job.blocks, (g + 1) * per_group);
+    for (int64_t b = g * per_group; b < end; ++b) s += sums[b];
+    job.group_sums[row * job.groups + g] = s;
+  }
+}
+
+void run_tile(void* ctx, int64_t tile) {
+  Job& job = *static_cast<Job*>(ctx);
+  const GemmArgs& args = *job.args;
+  const WeightFormat& f = args.format;
+  const int64_t n0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
+  TileJob t;
+  t.format = f;
+  t.codes = args.codes + tile * job.quads * quad_stride(f.bits);
+  if (rows == kTileRows) {
+    t.scales = args.scales + n0;
+    t.zero_points = args.zero_points ? args.zero_points + n0 : nullptr;
+    t.row_stride = f.n;
+  } else {
+    t.scales = job.tail_scales.data();
+    t.zero_points = args.zero_points ? job.tail_zeros.data() : nullptr;
+    t.row_stride = kTileRows;
+  }
+  alignas(32) float out[kTileRows];
+  t.out = out;
+  for (int64_t m = 0; m < args.m; ++m) {
+    t.tables.entries = job.entries.data() + m * job.quads * kTableSize;
+    t.tables.block_scales = job.block_scales.data() + m * job.blocks;
+    t.tables.group_sums = job.group_sums.data() + m * job.groups;
+    job.kernel->tile_dot(t);
+    float* y = args.y + m * f.n + n0;
+    for (int r = 0; r < rows; ++r) y[r] = out[r] + (args.bias ? args.bias[n0 + r] : 0.0f);
+  }
+}
+
+// The last tile's scales copied into a zero-padded [groups][32] block, so that
+// kernels always read 32 rows.
+void pad_tail(const float* src, int64_t n, int64_t groups, std::vector<float>& dst) {
+  const int64_t n0 = (num_tiles(n) - 1) * kTileRows;
+  dst.assign(static_cast<size_t>(groups * kTileRows), 0.0f);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::copy(src + g * n + n0, src + g * n + n, dst.begin() + g * kTileRows);
+  }
+}
+
+}  // namespace
+
+void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
+  const WeightFormat& f = args.format;
+  if (args.m == 0) return;
+  Job job;
+  job.kernel = &kernel;
+  job.args = &args;
+  job.quads = num_quads(f.k);
+  job.blocks = num_blocks(f.k);
+  job.groups = num_groups(f);
+  job.entries.resize(static_cast<size_t>(args.m * job.quads * kTableSize));
+  job.block_scales.resize(static_cast<size_t>(args.m * job.blocks));
+  job.block_sums.resize(static_cast<size_t>(args.m * job.blocks));
+  job.group_sums.resize(static_cast<size_t>(args.m * job.groups));
+  if (f.n % kTileRows != 0) {
+    pad_tail(args.scales, f.n, job.groups, job.tail_scales);
+    if (args.zero_points) pad_tail(args.zero_points, f.n, job.groups, job.tail_zeros);
+  }
+  if (args.m == 1) {
+    build_row(&job, 0);  // not worth a hand-off to the pool
+  } else {
+    parallel.run(args.m, build_row, &job);
+  }
+  parallel.run(num_tiles(f.n), run_tile, &job);
+}
+
+}  // namespace edgepet

@@ -1,0 +1,47 @@
+// The LUT product driver: tables for every activation row, then tiles in parallel.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/kernel.h"
+
+namespace edgepet {
+
+// A parallel-for supplied by the caller: ONNX Runtime's intra-op pool inside the
+// op, edgepet's own pool in the Python module. Runs fn(ctx, i) for i in [0, total).
+class Parallel {
+ public:
+  virtual ~Parallel() = default;
+  virtual void run(int64_t total, void (*fn)(void* ctx, int64_t i), void* ctx) const = 0;
+};
+
+// Runs everything on the calling thread.
+class Serial final : public Parallel {
+ public:
+  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
+    for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+  }
+};
+
+struct GemmArgs {
+  WeightFormat format;
+  const float* a = nullptr;            // [m][k]
+  int64_t m = 0;
+  const uint8_t* codes = nullptr;      // packed_bytes(format)
+  const float* scales = nullptr;       // [groups][n]
+  const float* zero_points = nullptr;  // [groups][n] or null
+  const float* bias = nullptr;         // [n] or null
+  float* y = nullptr;                  // [m][n]
+};
+
+// Empty when the format is valid, else what is wrong (for error messages).
+std::string check_format(const WeightFormat& f);
+
+void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
+
+// The kernel for this CPU, or the one named ("reference", "avx2"); null if unknown
+// or unsupported here. EDGEPET_KERNEL in the environment overrides "auto".
+const Kernel* select_kernel(const std::string& name = "auto");
+
+}  // namespace edgepet

@@ -1,0 +1,85 @@
+// The internal interface every LUT kernel implements (one ISA per file).
+//
+// A product is computed in two steps: build_tables turns one activation row into
+// int8 tables (one per quad of 4 inputs, one float scale per block of 32 inputs),
+// then tile_dot reads those tables with the packed weight codes of one tile of 32
+// output rows. The math is documented in docs/operator.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace edgepet {
+
+constexpr int kTileRows = 32;      // output rows per packed tile
+constexpr int kQuad = 4;           // activations per table
+constexpr int kTableSize = 16;     // entries per table (2^kQuad)
+constexpr int kBlockK = 32;        // inputs sharing one table scale
+constexpr int kBlockQuads = kBlockK / kQuad;
+
+// What a weight's codes mean; mirrors the LutMatMul attributes.
+struct WeightFormat {
+  int64_t n = 0;           // output rows
+  int64_t k = 0;           // inputs
+  int bits = 0;            // stored bit-planes, 1..4 (ternary stores 2)
+  bool ternary = false;
+  bool symmetric = true;
+  int64_t group_size = 0;  // inputs per scale group; k for per-row
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t num_quads(int64_t k) { return ceil_div(k, kQuad); }
+inline int64_t num_blocks(int64_t k) { return ceil_div(k, kBlockK); }
+inline int64_t num_tiles(int64_t n) { return ceil_div(n, kTileRows); }
+inline int64_t num_groups(const WeightFormat& f) { return ceil_div(f.k, f.group_size); }
+// Bytes of one tile's codes for one quad: 32 rows x 4 inputs x bits / 8.
+inline int64_t quad_stride(int bits) { return 16 * bits; }
+inline int64_t packed_bytes(const WeightFormat& f) {
+  return num_tiles(f.n) * num_quads(f.k) * quad_stride(f.bits);
+}
+
+// Tables of one activation row.
+struct Tables {
+  const int8_t* entries;       // [quads][16]
+  const float* block_scales;   // [blocks]: float value of one table step
+  const float* group_sums;     // [groups]: sum of the activations of each group
+};
+
+// One tile (32 rows) of the weight, read against one activation row.
+struct TileJob {
+  WeightFormat format;
+  const uint8_t* codes;        // the tile's packed codes: [quads][quad_stride]
+  const float* scales;         // [groups] x row_stride, first row of the tile
+  const float* zero_points;    // same layout, or null
+  int64_t row_stride;          // distance between groups in scales (N, or 32 for a padded copy)
+  Tables tables;
+  float* out;                  // 32 outputs
+};
+
+struct Kernel {
+  const char* name;
+  // a: k floats. entries: num_quads(k)*16 bytes; block_scales: num_blocks(k);
+  // block_sums: num_blocks(k) sums of activations per block.
+  void (*build_tables)(const float* a, int64_t k, int8_t* entries, float* block_scales,
+                       float* block_sums);
+  void (*tile_dot)(const TileJob& job);
+};
+
+const Kernel& reference_kernel();
+// Null where the CPU or the build lacks AVX2.
+const Kernel* avx2_kernel();
+
+// Epilogue constants of the code rule: y += sc * planesum + off * sum(a).
+// sc = s (symmetric) or s/2; off = s * ((2^b - 1)/2 - z), z = 1 for ternary.
+struct GroupAffine {
+  float sc;
+  float off;
+};
+inline GroupAffine group_affine(const WeightFormat& f, float s, float z) {
+  if (f.ternary) return {0.5f * s, 0.5f * s};
+  if (f.symmetric) return {s, 0.0f};
+  const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
+  return {0.5f * s, s * (mid - z)};
+}
+
+}  // namespace edgepet

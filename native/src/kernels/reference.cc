@@ -1,0 +1,93 @@
+// The reference kernel: plain scalar C++, the oracle the other kernels are tested
+// against. It performs the same table rounding as the vector kernels, so they agree
+// to float rounding; its distance from the exact product is the documented LUT error.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/kernel.h"
+#include "kernels/pack.h"
+
+namespace edgepet {
+namespace {
+
+// The signed sum of one quad for table index idx, added in a fixed order
+// (((a0 a1) a2) a3) that the vector kernels reproduce exactly.
+float signed_sum(const float* a4, int idx) {
+  float t = (idx & 1) ? a4[0] : -a4[0];
+  t += (idx & 2) ? a4[1] : -a4[1];
+  t += (idx & 4) ? a4[2] : -a4[2];
+  t += (idx & 8) ? a4[3] : -a4[3];
+  return t;
+}
+
+void build_tables(const float* a, int64_t k, int8_t* entries, float* block_scales,
+                  float* block_sums) {
+  const int64_t quads = num_quads(k);
+  for (int64_t b = 0; b < num_blocks(k); ++b) {
+    const int64_t q0 = b * kBlockQuads;
+    const int64_t q1 = std::min(quads, q0 + kBlockQuads);
+    float a4[kQuad];
+    float largest = 0.0f;
+    float sum = 0.0f;
+    for (int64_t q = q0; q < q1; ++q) {
+      for (int l = 0; l < kQuad; ++l) a4[l] = q * kQuad + l < k ? a[q * kQuad + l] : 0.0f;
+      // The largest |entry|: all signs agreeing with the activations' signs.
+      const float magnitude = ((std::fabs(a4[0]) + std::fabs(a4[1])) + std::fabs(a4[2])) +
+                              std::fabs(a4[3]);
+      largest = std::max(largest, magnitude);
+      sum += signed_sum(a4, 15);
+    }
+    const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
+    block_scales[b] = largest / 127.0f;
+    block_sums[b] = sum;
+    for (int64_t q = q0; q < q1; ++q) {
+      for (int l = 0; l < kQuad; ++l) a4[l] = q * kQuad + l < k ? a[q * kQuad + l] : 0.0f;
+      for (int idx = 0; idx < kTableSize; ++idx) {
+        entries[q * kTableSize + idx] =
+            static_cast<int8_t>(std::nearbyint(signed_sum(a4, idx) * inv));
+      }
+    }
+  }
+}
+
+void tile_dot(const TileJob& job) {
+  const WeightFormat& f = job.format;
+  const int64_t quads = num_quads(f.k);
+  const int64_t blocks = num_blocks(f.k);
+  const int64_t groups = num_groups(f);
+  const int64_t blocks_per_group = groups == 1 ? blocks : f.group_size / kBlockK;
+  const int64_t stride = quad_stride(f.bits);
+  for (int row = 0; row < kTileRows; ++row) {
+    float y = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      float group_acc = 0.0f;
+      const int64_t b_end = std::min(blocks, (g + 1) * blocks_per_group);
+      for (int64_t b = g * blocks_per_group; b < b_end; ++b) {
+        int32_t plane_sum = 0;
+        const int64_t q_end = std::min(quads, (b + 1) * kBlockQuads);
+        for (int64_t q = b * kBlockQuads; q < q_end; ++q) {
+          const int8_t* table = job.tables.entries + q * kTableSize;
+          for (int plane = 0; plane < f.bits; ++plane) {
+            const int idx = packed_index(job.codes + q * stride, f.bits, row, plane);
+            plane_sum += table[idx] * (1 << plane);
+          }
+        }
+        group_acc += static_cast<float>(plane_sum) * job.tables.block_scales[b];
+      }
+      const int64_t at = g * job.row_stride + row;
+      const float z = job.zero_points ? job.zero_points[at] : 0.0f;
+      const GroupAffine aff = group_affine(f, job.scales[at], z);
+      y += aff.sc * group_acc + aff.off * job.tables.group_sums[g];
+    }
+    job.out[row] = y;
+  }
+}
+
+}  // namespace
+
+const Kernel& reference_kernel() {
+  static const Kernel kernel{"reference", build_tables, tile_dot};
+  return kernel;
+}
+
+}  // namespace edgepet

@@ -1,0 +1,213 @@
+// ai.edgepet.LutMatMul v1 as an ONNX Runtime custom op (C API only, no exceptions
+// cross the boundary). Contract: docs/operator.md.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgepet/edgepet_ort.h"
+#include "kernels/gemm.h"
+#include "kernels/pack.h"
+#include "ort/ort_util.h"
+
+namespace edgepet {
+namespace {
+
+enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
+
+struct LutMatMulKernel {
+  const OrtApi* api;
+  std::string node;
+  WeightFormat format;
+  const Kernel* kernel;
+
+  std::string where() const { return "LutMatMul '" + node + "': "; }
+};
+
+class OrtParallel final : public Parallel {
+ public:
+  OrtParallel(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
+  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
+    if (total <= 1) {
+      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+      return;
+    }
+    Call call{fn, ctx};
+    OrtStatus* status = api_->KernelContext_ParallelFor(
+        ctx_, &OrtParallel::trampoline, static_cast<size_t>(total), 0, &call);
+    if (status) {  // no pool: run here
+      api_->ReleaseStatus(status);
+      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+    }
+  }
+
+ private:
+  struct Call {
+    void (*fn)(void*, int64_t);
+    void* ctx;
+  };
+  static void trampoline(void* data, size_t i) {
+    auto* call = static_cast<Call*>(data);
+    call->fn(call->ctx, static_cast<int64_t>(i));
+  }
+  const OrtApi* api_;
+  OrtKernelContext* ctx_;
+};
+
+OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                         void** out) {
+  auto k = std::make_unique<LutMatMulKernel>();
+  k->api = api;
+  k->node = node_name(api, info);
+  int64_t bits = 0, ternary = 0, symmetric = 1;
+  std::string layout;
+  std::string missing;
+  if (!get_int(api, info, "K", &k->format.k)) missing += " K";
+  if (!get_int(api, info, "N", &k->format.n)) missing += " N";
+  if (!get_int(api, info, "bits", &bits)) missing += " bits";
+  if (!get_int(api, info, "group_size", &k->format.group_size)) missing += " group_size";
+  if (!get_string(api, info, "layout", &layout)) missing += " layout";
+  get_int(api, info, "ternary", &ternary);
+  get_int(api, info, "symmetric", &symmetric);
+  if (!missing.empty()) return fail(api, k->where() + "missing attribute(s):" + missing);
+  k->format.bits = static_cast<int>(bits);
+  k->format.ternary = ternary != 0;
+  k->format.symmetric = symmetric != 0 || k->format.ternary;
+  if (bits < 1 || bits > 4) {
+    return fail(api, k->where() + "bits=" + std::to_string(bits) +
+                         " is not supported (1, 2, 3, 4; ternary is bits=2 with ternary=1)");
+  }
+  const std::string bad = check_format(k->format);
+  if (!bad.empty()) return fail(api, k->where() + bad);
+  if (layout != kLayoutName) {
+    return fail(api, k->where() + "layout '" + layout + "' is not known to this library (it reads '" +
+                         kLayoutName + "') — re-export the model with this edgepet version");
+  }
+  k->kernel = select_kernel("auto");
+  if (!k->kernel) return fail(api, k->where() + "EDGEPET_KERNEL names no kernel usable here");
+  *out = k.release();
+  return nullptr;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Checks one input's type and shape; empty string when it is right.
+std::string check_input(const TensorView& t, const char* name, ONNXTensorElementDataType type,
+                        const std::vector<int64_t>& expected, const std::string& why) {
+  if (t.type != type) return std::string(name) + " has the wrong element type";
+  if (t.shape != expected) {
+    return std::string(name) + " has shape " + shape_str(t.shape) + ", expected " +
+           shape_str(expected) + " (" + why + ")";
+  }
+  return {};
+}
+
+OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
+  const auto& k = *static_cast<LutMatMulKernel*>(op_kernel);
+  const OrtApi* api = k.api;
+  const WeightFormat& f = k.format;
+  TensorView in[kInputCount];
+  size_t count = 0;
+  if (OrtStatus* s = api->KernelContext_GetInputCount(ctx, &count)) return s;
+  for (size_t i = 0; i < count && i < kInputCount; ++i) {
+    if (OrtStatus* s = view_input(api, ctx, i, &in[i])) return s;
+  }
+  const TensorView& a = in[kA];
+  if (a.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return fail(api, k.where() + "A must be float32");
+  if (a.shape.empty() || a.shape.back() != f.k) {
+    return fail(api, k.where() + "A has shape " + shape_str(a.shape) +
+                         ", its last dimension must be K=" + std::to_string(f.k));
+  }
+  const int64_t groups = num_groups(f);
+  const std::string gwhy = "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
+                           ", group_size=" + std::to_string(f.group_size);
+  std::string bad = check_input(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+                                {packed_bytes(f)},
+                                "layout tile32, bits=" + std::to_string(f.bits) + ", " + gwhy);
+  if (bad.empty()) {
+    bad = check_input(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {groups, f.n},
+                      gwhy);
+  }
+  const bool wants_zeros = !f.symmetric;
+  if (bad.empty() && wants_zeros && !in[kZeroPoints].present) {
+    bad = "zero_points are required for asymmetric codes (symmetric=0)";
+  } else if (bad.empty() && !wants_zeros && in[kZeroPoints].present) {
+    bad = "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
+  } else if (bad.empty() && wants_zeros) {
+    bad = check_input(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+                      {groups, f.n}, gwhy);
+  }
+  if (bad.empty() && in[kBias].present) {
+    bad = check_input(in[kBias], "bias", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {f.n},
+                      "N=" + std::to_string(f.n));
+  }
+  if (!bad.empty()) return fail(api, k.where() + bad);
+
+  std::vector<int64_t> out_shape = a.shape;
+  out_shape.back() = f.n;
+  float* y = nullptr;
+  if (OrtStatus* s = output_float(api, ctx, 0, out_shape, &y)) return s;
+  GemmArgs args;
+  args.format = f;
+  args.a = static_cast<const float*>(a.data);
+  args.m = a.elements / f.k;
+  args.codes = static_cast<const uint8_t*>(in[kW].data);
+  args.scales = static_cast<const float*>(in[kScales].data);
+  args.zero_points = wants_zeros ? static_cast<const float*>(in[kZeroPoints].data) : nullptr;
+  args.bias = in[kBias].present ? static_cast<const float*>(in[kBias].data) : nullptr;
+  args.y = y;
+  lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
+  return nullptr;
+}
+
+OrtStatus* infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = ort_api();
+  const OrtOpAttr* attr = nullptr;
+  if (OrtStatus* s = api->ShapeInferContext_GetAttribute(ctx, "N", &attr)) return s;
+  int64_t n = 0;
+  size_t size = 0;
+  if (!attr) return fail(api, "LutMatMul: missing attribute N");
+  if (OrtStatus* s = api->ReadOpAttr(attr, ORT_OP_ATTR_INT, &n, sizeof(n), &size)) return s;
+  return set_output_last_dim(api, ctx, n);
+}
+
+struct LutMatMulOp : OrtCustomOp {
+  LutMatMulOp() : OrtCustomOp{} {
+    version = ORT_API_VERSION;
+    GetName = [](const OrtCustomOp*) { return "LutMatMul"; };
+    GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputCount; };
+    GetInputType = [](const OrtCustomOp*, size_t i) {
+      return i == kW ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    };
+    GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+    GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+    GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+      return i >= kZeroPoints ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    };
+    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+    GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+    CreateKernelV2 = create_kernel;
+    KernelComputeV2 = compute;
+    KernelDestroy = [](void* k) { delete static_cast<LutMatMulKernel*>(k); };
+    InferOutputShapeFn = infer_shape;
+    GetStartVersion = [](const OrtCustomOp*) { return 1; };
+    GetEndVersion = [](const OrtCustomOp*) { return 1; };
+  }
+};
+
+}  // namespace
+
+const OrtCustomOp* lut_matmul_op() {
+  static const LutMatMulOp op;
+  return &op;
+}
+
+}  // namespace edgepet

@@ -1,0 +1,119 @@
+#include "ort/ort_util.h"
+
+#include <atomic>
+
+namespace edgepet {
+
+namespace {
+std::atomic<const OrtApi*> g_api{nullptr};
+}
+
+const OrtApi* ort_api() { return g_api.load(); }
+void set_ort_api(const OrtApi* api) { g_api.store(api); }
+
+OrtStatus* fail(const OrtApi* api, const std::string& message) {
+  return api->CreateStatus(ORT_INVALID_ARGUMENT, message.c_str());
+}
+
+std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
+  size_t size = 0;
+  if (OrtStatus* s = api->KernelInfo_GetNodeName(info, nullptr, &size)) {
+    api->ReleaseStatus(s);
+    return "?";
+  }
+  std::string name(size, '\0');
+  if (OrtStatus* s = api->KernelInfo_GetNodeName(info, name.data(), &size)) {
+    api->ReleaseStatus(s);
+    return "?";
+  }
+  if (!name.empty() && name.back() == '\0') name.pop_back();
+  return name;
+}
+
+bool get_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
+  if (OrtStatus* s = api->KernelInfoGetAttribute_int64(info, name, out)) {
+    api->ReleaseStatus(s);
+    return false;
+  }
+  return true;
+}
+
+bool get_string(const OrtApi* api, const OrtKernelInfo* info, const char* name,
+                std::string* out) {
+  size_t size = 0;
+  if (OrtStatus* s = api->KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
+    api->ReleaseStatus(s);
+    return false;
+  }
+  out->assign(size, '\0');
+  if (OrtStatus* s = api->KernelInfoGetAttribute_string(info, name, out->data(), &size)) {
+    api->ReleaseStatus(s);
+    return false;
+  }
+  if (!out->empty() && out->back() == '\0') out->pop_back();
+  return true;
+}
+
+OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, TensorView* out) {
+  const OrtValue* value = nullptr;
+  if (OrtStatus* s = api->KernelContext_GetInput(ctx, i, &value)) return s;
+  if (!value) return nullptr;
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* s = api->GetTensorTypeAndShape(value, &info)) return s;
+  size_t rank = 0;
+  OrtStatus* s = api->GetTensorElementType(info, &out->type);
+  if (!s) s = api->GetDimensionsCount(info, &rank);
+  if (!s) {
+    out->shape.resize(rank);
+    s = api->GetDimensions(info, out->shape.data(), rank);
+  }
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  if (s) return s;
+  out->elements = 1;
+  for (int64_t d : out->shape) out->elements *= d;
+  void* data = nullptr;
+  if (out->elements > 0) {
+    if (OrtStatus* st = api->GetTensorMutableData(const_cast<OrtValue*>(value), &data)) return st;
+  }
+  out->data = data;
+  out->present = true;
+  return nullptr;
+}
+
+OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
+                        const std::vector<int64_t>& shape, float** data) {
+  OrtValue* value = nullptr;
+  if (OrtStatus* s = api->KernelContext_GetOutput(ctx, i, shape.data(), shape.size(), &value)) {
+    return s;
+  }
+  void* raw = nullptr;
+  if (OrtStatus* s = api->GetTensorMutableData(value, &raw)) return s;
+  *data = static_cast<float*>(raw);
+  return nullptr;
+}
+
+OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int64_t n) {
+  OrtTensorTypeAndShapeInfo* in = nullptr;
+  // `in` belongs to the context: releasing it here frees it twice (seen with ORT 1.32).
+  if (OrtStatus* s = api->ShapeInferContext_GetInputTypeShape(ctx, 0, &in)) return s;
+  size_t rank = 0;
+  OrtStatus* s = api->GetDimensionsCount(in, &rank);
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> symbols(rank, "");
+  if (!s) s = api->GetDimensions(in, dims.data(), rank);
+  if (!s) s = api->GetSymbolicDimensions(in, symbols.data(), rank);
+  if (!s && rank == 0) s = fail(api, "LutMatMul: input A must have rank >= 1");
+  if (s) return s;
+  dims.back() = n;
+  symbols.back() = "";
+  OrtTensorTypeAndShapeInfo* out = nullptr;
+  s = api->CreateTensorTypeAndShapeInfo(&out);
+  if (!s) s = api->SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!s) s = api->SetDimensions(out, dims.data(), rank);
+  if (!s) s = api->SetSymbolicDimensions(out, symbols.data(), rank);
+  if (!s) s = api->ShapeInferContext_SetOutputTypeShape(ctx, 0, out);
+  if (out) api->ReleaseTensorTypeAndShapeInfo(out);
+  return s;
+}
+
+}  // namespace edgepet

@@ -1,0 +1,40 @@
+// Small helpers over ONNX Runtime's C API: attributes, tensors, statuses.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <onnxruntime_c_api.h>
+
+namespace edgepet {
+
+// The API table obtained at registration.
+const OrtApi* ort_api();
+void set_ort_api(const OrtApi* api);
+
+OrtStatus* fail(const OrtApi* api, const std::string& message);
+
+std::string node_name(const OrtApi* api, const OrtKernelInfo* info);
+bool get_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out);
+bool get_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out);
+
+struct TensorView {
+  bool present = false;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  int64_t elements = 0;
+  const void* data = nullptr;
+};
+
+// Fills `out` for input i; an absent optional input leaves present = false.
+OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, TensorView* out);
+OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
+                        const std::vector<int64_t>& shape, float** data);
+
+// Shape inference: output 0 is input 0's shape with the last dimension set to n.
+OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int64_t n);
+
+const OrtCustomOp* lut_matmul_op();
+
+}  // namespace edgepet

@@ -1,0 +1,150 @@
+// edgepet._native: the kernels from Python (nanobind). The only file here that
+// knows Python.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "edgepet/version.h"
+#include "kernels/gemm.h"
+#include "kernels/pack.h"
+#include "thread_pool.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace edgepet {
+namespace {
+
+using CodesIn = nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using BytesIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Floats2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Floats1 = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+template <typename T>
+nb::ndarray<nb::numpy, T> owned_array(std::vector<size_t> shape) {
+  size_t count = 1;
+  for (size_t d : shape) count *= d;
+  T* data = new T[count > 0 ? count : 1];
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return nb::ndarray<nb::numpy, T>(data, shape.size(), shape.data(), owner);
+}
+
+nb::ndarray<nb::numpy, uint8_t> pack(CodesIn codes, int bits) {
+  if (bits < 1 || bits > 4) throw nb::value_error("bits must be 1, 2, 3 or 4");
+  WeightFormat f;
+  f.n = static_cast<int64_t>(codes.shape(0));
+  f.k = static_cast<int64_t>(codes.shape(1));
+  f.bits = bits;
+  const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
+  const uint8_t* c = codes.data();
+  for (size_t i = 0; i < codes.size(); ++i) {
+    if (c[i] > top) {
+      throw nb::value_error(("code " + std::to_string(c[i]) + " at flat index " +
+                             std::to_string(i) + " does not fit in " + std::to_string(bits) +
+                             " bits")
+                                .c_str());
+    }
+  }
+  auto out = owned_array<uint8_t>({static_cast<size_t>(packed_bytes(f))});
+  {
+    nb::gil_scoped_release release;
+    pack_codes(c, f.n, f.k, bits, out.data());
+  }
+  return out;
+}
+
+void expect_shape(const char* name, size_t got0, size_t got1, int64_t want0, int64_t want1,
+                  const std::string& why) {
+  if (static_cast<int64_t>(got0) != want0 || static_cast<int64_t>(got1) != want1) {
+    throw nb::value_error((std::string(name) + " has shape (" + std::to_string(got0) + ", " +
+                           std::to_string(got1) + "), expected (" + std::to_string(want0) + ", " +
+                           std::to_string(want1) + ") (" + why + ")")
+                              .c_str());
+  }
+}
+
+nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Floats2 scales,
+                                         std::optional<Floats2> zero_points,
+                                         std::optional<Floats1> bias, int64_t n, int bits,
+                                         bool ternary, int64_t group_size, int threads,
+                                         const std::string& kernel_name) {
+  WeightFormat f;
+  f.n = n;
+  f.k = static_cast<int64_t>(a.shape(1));
+  f.bits = bits;
+  f.ternary = ternary;
+  f.symmetric = !zero_points.has_value();
+  f.group_size = group_size;
+  const std::string bad = check_format(f);
+  if (!bad.empty()) throw nb::value_error(bad.c_str());
+  const std::string why = "K=" + std::to_string(f.k) + ", N=" + std::to_string(n) +
+                          ", group_size=" + std::to_string(group_size);
+  if (static_cast<int64_t>(codes.shape(0)) != packed_bytes(f)) {
+    throw nb::value_error(("packed codes have " + std::to_string(codes.shape(0)) +
+                           " bytes, expected " + std::to_string(packed_bytes(f)) + " (" + why +
+                           ", bits=" + std::to_string(bits) + ")")
+                              .c_str());
+  }
+  expect_shape("scales", scales.shape(0), scales.shape(1), num_groups(f), n, why);
+  if (zero_points) {
+    expect_shape("zero_points", zero_points->shape(0), zero_points->shape(1), num_groups(f), n,
+                 why);
+  }
+  if (bias && static_cast<int64_t>(bias->shape(0)) != n) {
+    throw nb::value_error(("bias has " + std::to_string(bias->shape(0)) +
+                           " values, expected N=" + std::to_string(n))
+                              .c_str());
+  }
+  const Kernel* kernel = select_kernel(kernel_name);
+  if (!kernel) {
+    throw nb::value_error(("kernel '" + kernel_name +
+                           "' is not available on this CPU/build; see available_kernels()")
+                              .c_str());
+  }
+  if (threads < 0) throw nb::value_error("threads must be >= 0 (0: all cores)");
+  const size_t m = a.shape(0);
+  auto y = owned_array<float>({m, static_cast<size_t>(n)});
+  GemmArgs args;
+  args.format = f;
+  args.a = a.data();
+  args.m = static_cast<int64_t>(m);
+  args.codes = codes.data();
+  args.scales = scales.data();
+  args.zero_points = zero_points ? zero_points->data() : nullptr;
+  args.bias = bias ? bias->data() : nullptr;
+  args.y = y.data();
+  {
+    nb::gil_scoped_release release;
+    lut_gemm(*kernel, args, ThreadPool::shared(threads));
+  }
+  return y;
+}
+
+std::vector<std::string> available_kernels() {
+  std::vector<std::string> names;
+  if (avx2_kernel()) names.push_back("avx2");
+  names.push_back("reference");
+  return names;
+}
+
+}  // namespace
+}  // namespace edgepet
+
+NB_MODULE(_native, m) {
+  m.doc() = "edgepet's LUT kernels (native core)";
+  m.attr("LAYOUT") = edgepet::kLayoutName;
+  m.attr("OP_ABI_VERSION") = EDGEPET_OP_ABI_VERSION;
+  m.def("pack", &edgepet::pack, "codes"_a, "bits"_a,
+        "Pack uint8 codes [N, K] into the tile32 layout.");
+  m.def("lut_matmul", &edgepet::lut_matmul, "a"_a, "codes"_a, "scales"_a,
+        "zero_points"_a.none(), "bias"_a.none(), "n"_a, "bits"_a, "ternary"_a, "group_size"_a,
+        "threads"_a, "kernel"_a, "Y = A . dequant(W)^T (+ bias) through the LUT kernels.");
+  m.def("available_kernels", &edgepet::available_kernels, "Kernels usable on this CPU.");
+}
