@@ -1,0 +1,118 @@
+"""LUT kernels from Python: every format against the exact product.
+
+Tolerance: the kernels round each activation table to int8 with one scale per 32
+inputs, so the product carries a relative error of about 0.5 % on Gaussian data
+(docs/operator.md). Tests allow 1.5 % (relative Frobenius norm), which a wrong
+plane weight, sign or scale exceeds by far.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edgepet import kernels
+from edgepet.quant import quantize
+
+LUT_TOLERANCE = 0.015
+BITS = [1, 2, 3, 4, "ternary"]
+GROUPS = [32, 64, 128, "per-row"]
+# K and N deliberately not multiples of anything convenient.
+SHAPES = [(1, 37, 1000), (2, 100, 333), (7, 65, 515), (64, 33, 200)]
+
+
+def rel_err(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def cases():
+    for i, (bits, group, symmetric, with_bias) in enumerate(
+        itertools.product(BITS, GROUPS, [True, False], [False, True])
+    ):
+        if bits == "ternary" and not symmetric:
+            continue
+        yield bits, group, symmetric, with_bias, SHAPES[i % len(SHAPES)]
+
+
+@pytest.mark.parametrize("bits,group,symmetric,with_bias,shape", list(cases()))
+def test_every_format_matches_exact_product(bits, group, symmetric, with_bias, shape):
+    m, n, k = shape
+    rng = np.random.default_rng(abs(hash((str(bits), str(group), symmetric, with_bias))) % 2**32)
+    qt = quantize(rng.standard_normal((n, k), dtype=np.float32), bits, group, symmetric)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    bias = rng.standard_normal(n, dtype=np.float32) if with_bias else None
+    exact = x @ qt.dequantize().T + (0 if bias is None else bias)
+    for kernel in kernels.available_kernels():
+        y = kernels.lut_matmul(x, qt, bias=bias, kernel=kernel)
+        assert y.shape == (m, n)
+        assert rel_err(y, exact) < LUT_TOLERANCE, kernel
+
+
+@pytest.mark.skipif("avx2" not in kernels.available_kernels(), reason="no AVX2 here")
+@pytest.mark.parametrize("bits", BITS)
+def test_avx2_agrees_with_reference_to_float_rounding(bits):
+    rng = np.random.default_rng(1)
+    symmetric = bits in ("ternary", 1)
+    qt = quantize(rng.standard_normal((70, 1001), dtype=np.float32), bits, 64, symmetric)
+    x = rng.standard_normal((3, 1001), dtype=np.float32)
+    ref = kernels.lut_matmul(x, qt, kernel="reference")
+    vec = kernels.lut_matmul(x, qt, kernel="avx2")
+    assert rel_err(vec, ref) < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 31, 33])
+def test_tiny_and_ragged_k_is_handled(k):
+    rng = np.random.default_rng(k)
+    qt = quantize(rng.standard_normal((1, k), dtype=np.float32), 4, "per-row")
+    x = rng.standard_normal((2, k), dtype=np.float32)
+    w = qt.dequantize()
+    # Per element, the table rounding is bounded by a fraction of |x| . |w|.
+    bound = 0.01 * (np.abs(x) @ np.abs(w).T)
+    assert (np.abs(kernels.lut_matmul(x, qt) - x @ w.T) <= bound).all()
+
+
+def test_thread_count_does_not_change_the_result():
+    rng = np.random.default_rng(3)
+    qt = quantize(rng.standard_normal((300, 640), dtype=np.float32), 2, 64)
+    x = rng.standard_normal((5, 640), dtype=np.float32)
+    one = kernels.lut_matmul(x, qt, threads=1)
+    np.testing.assert_array_equal(one, kernels.lut_matmul(x, qt, threads=2))
+    np.testing.assert_array_equal(one, kernels.lut_matmul(x, qt, threads=3))
+
+
+def test_leading_dimensions_are_kept():
+    rng = np.random.default_rng(4)
+    qt = quantize(rng.standard_normal((40, 96), dtype=np.float32), 3, 32)
+    x = rng.standard_normal((2, 3, 96), dtype=np.float32)
+    y = kernels.lut_matmul(x, qt)
+    assert y.shape == (2, 3, 40)
+    np.testing.assert_allclose(y[1, 2], kernels.lut_matmul(x[1, 2:3], qt)[0], rtol=1e-6)
+
+
+def test_zero_rows_give_an_empty_result():
+    qt = quantize(np.ones((8, 64), np.float32), 2, 32)
+    assert kernels.lut_matmul(np.zeros((0, 64), np.float32), qt).shape == (0, 8)
+
+
+def test_packed_size_is_half_a_byte_per_plane_per_weight_in_whole_tiles():
+    qt = quantize(np.ones((33, 10), np.float32), 3, "per-row")
+    # 2 tiles of 32 rows x 3 quads x 16 bytes per plane x 3 planes
+    assert kernels.pack(qt).shape == (2 * 3 * 16 * 3,)
+
+
+def test_wrong_input_width_is_a_clear_error():
+    qt = quantize(np.ones((8, 64), np.float32), 2, 32)
+    with pytest.raises(ValueError, match="last dimension must be K=64"):
+        kernels.lut_matmul(np.zeros((1, 63), np.float32), qt)
+
+
+def test_wrong_bias_is_a_clear_error():
+    qt = quantize(np.ones((8, 64), np.float32), 2, 32)
+    with pytest.raises(ValueError, match=r"bias has shape \(7,\), expected \(8,\)"):
+        kernels.lut_matmul(np.zeros((1, 64), np.float32), qt, bias=np.zeros(7, np.float32))
+
+
+def test_unknown_kernel_name_is_a_clear_error():
+    qt = quantize(np.ones((8, 64), np.float32), 2, 32)
+    with pytest.raises(ValueError, match="kernel 'neon' is not available"):
+        kernels.lut_matmul(np.zeros((1, 64), np.float32), qt, kernel="neon")

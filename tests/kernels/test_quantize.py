@@ -1,0 +1,71 @@
+"""The code -> value rule and the round-to-nearest quantizers."""
+
+import numpy as np
+import pytest
+
+from edgepet.quant import QuantizedTensor, quantize
+
+
+def test_symmetric_codes_are_odd_multiples_of_the_scale():
+    qt = QuantizedTensor(
+        codes=np.array([[0, 1, 2, 3]], np.uint8),
+        scales=np.array([[0.5]], np.float32),
+        zero_points=None,
+        bits=2,
+        group_size=4,
+        symmetric=True,
+    )
+    np.testing.assert_array_equal(qt.dequantize(), [[-1.5, -0.5, 0.5, 1.5]])
+
+
+def test_asymmetric_and_ternary_rules():
+    asym = QuantizedTensor(
+        np.array([[0, 3]], np.uint8), np.array([[2.0]], np.float32),
+        np.array([[1.5]], np.float32), 2, 2, False,
+    )
+    np.testing.assert_array_equal(asym.dequantize(), [[-3.0, 3.0]])
+    tern = QuantizedTensor(
+        np.array([[0, 1, 2]], np.uint8), np.array([[0.25]], np.float32), None, "ternary", 3, True
+    )
+    np.testing.assert_array_equal(tern.dequantize(), [[-0.25, 0.0, 0.25]])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, "ternary"])
+def test_rounding_error_is_bounded_per_bit_width(bits):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 256), dtype=np.float32)
+    err = np.linalg.norm(quantize(w, bits, 64).dequantize() - w) / np.linalg.norm(w)
+    limit = {1: 0.62, 2: 0.55, 3: 0.22, 4: 0.11, "ternary": 0.52}[bits]
+    assert err < limit
+
+
+def test_constant_groups_are_exact():
+    w = np.full((2, 64), 2.5, np.float32)
+    for bits in (1, 2, 3, 4):
+        for symmetric in (True, False):
+            np.testing.assert_allclose(quantize(w, bits, 32, symmetric).dequantize(), w)
+
+
+def test_per_row_is_group_size_k():
+    qt = quantize(np.ones((3, 100), np.float32), 2, "per-row")
+    assert qt.group_size == 100 and qt.scales.shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"bits": 5}, "bits=5 is not supported"),
+        ({"bits": 2, "group_size": 48}, "not a multiple of 32"),
+        ({"bits": 2, "group_size": 0}, "must be positive"),
+    ],
+)
+def test_bad_arguments_say_what_to_do(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        quantize(np.ones((4, 128), np.float32), **kwargs)
+
+
+def test_non_finite_weights_are_rejected_with_their_position():
+    w = np.ones((4, 64), np.float32)
+    w[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value at \(2, 5\)"):
+        quantize(w, 2, 32)

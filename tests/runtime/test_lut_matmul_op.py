@@ -1,0 +1,169 @@
+"""ai.edgepet.LutMatMul inside ONNX Runtime: same numbers as the native module,
+and every malformed model is an ORT error naming the node and the mismatch."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepet import kernels, runtime
+from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, linear_model, lut_matmul_node
+from edgepet.quant import quantize
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, "ternary"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_session_equals_native_module(bits, symmetric):
+    if bits == "ternary" and not symmetric:
+        pytest.skip("ternary is symmetric")
+    rng = np.random.default_rng(0)
+    qt = quantize(rng.standard_normal((77, 300), dtype=np.float32), bits, 64, symmetric)
+    bias = rng.standard_normal(77, dtype=np.float32)
+    sess = runtime.InferenceSession(linear_model(qt, bias), threads=2)
+    for m in (1, 2, 7, 64):
+        x = rng.standard_normal((m, 300), dtype=np.float32)
+        got = sess.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, kernels.lut_matmul(x, qt, bias), rtol=1e-6, atol=1e-6)
+
+
+def test_rank_three_input_and_shape_inference():
+    rng = np.random.default_rng(1)
+    qt = quantize(rng.standard_normal((16, 64), dtype=np.float32), 2, 32)
+    node, inits = lut_matmul_node(qt, "x", "y", "proj")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "T", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    model = _model(graph)
+    x = rng.standard_normal((2, 3, 64), dtype=np.float32)
+    y = runtime.InferenceSession(model).run(None, {"x": x})[0]
+    assert y.shape == (2, 3, 16)
+    np.testing.assert_allclose(y, kernels.lut_matmul(x, qt), rtol=1e-6)
+
+
+def test_library_loads_in_plain_onnxruntime():
+    qt = quantize(np.ones((8, 32), np.float32), 4, 32)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(runtime.op_library_path())
+    sess = ort.InferenceSession(linear_model(qt).SerializeToString(), options)
+    assert sess.run(None, {"x": np.ones((1, 32), np.float32)})[0].shape == (1, 8)
+
+
+def _model(graph):
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(DOMAIN, 1)],
+    )
+
+
+def _broken(mutate, k=64, n=16, bits=2, symmetric=True):
+    """A one-node model whose input width is symbolic, so that only our op checks it."""
+    qt = quantize(np.random.default_rng(2).standard_normal((n, k), dtype=np.float32), bits, 32,
+                  symmetric)
+    node, inits = lut_matmul_node(qt, "x", "y", "layers.3.mlp.up")
+    inputs = list(node.input)
+    mutate(node, inits, inputs)
+    del node.input[:]
+    node.input.extend(inputs)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", "K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    return _model(graph)
+
+
+def _set_attr(node, name, value):
+    for a in node.attribute:
+        if a.name == name:
+            node.attribute.remove(a)
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _replace_init(inits, suffix, array):
+    for i, t in enumerate(inits):
+        if t.name.endswith(suffix):
+            inits[i] = numpy_helper.from_array(array, t.name)
+
+
+def _error(model, x):
+    with pytest.raises(Exception) as info:
+        sess = runtime.InferenceSession(model.SerializeToString())
+        sess.run(None, {"x": x})
+    return str(info.value)
+
+
+X = np.ones((2, 64), np.float32)
+
+
+def test_input_width_disagreeing_with_k_names_node():
+    msg = _error(_broken(lambda *_: None), np.ones((2, 60), np.float32))
+    assert "LutMatMul 'layers.3.mlp.up'" in msg and "last dimension must be K=64" in msg
+
+
+def test_truncated_weight_buffer_names_node():
+    def cut(node, inits, inputs):
+        _replace_init(inits, "weight_packed", numpy_helper.to_array(inits[0])[:-1].copy())
+
+    msg = _error(_broken(cut), X)
+    assert "'layers.3.mlp.up'" in msg and "W has shape [511], expected [512]" in msg
+
+
+def test_scales_for_wrong_group_count_names_node():
+    def bad(node, inits, inputs):
+        _replace_init(inits, "scales", np.ones((4, 16), np.float32))
+
+    msg = _error(_broken(bad), X)
+    assert "scales has shape [4, 16], expected [2, 16] (K=64, N=16, group_size=32)" in msg
+
+
+def test_unsupported_bits_names_node():
+    msg = _error(_broken(lambda node, *_: _set_attr(node, "bits", 5)), X)
+    assert "'layers.3.mlp.up'" in msg and "bits=5 is not supported" in msg
+
+
+def test_unknown_layout_names_node():
+    msg = _error(_broken(lambda node, *_: _set_attr(node, "layout", "tile64")), X)
+    assert "layout 'tile64' is not known" in msg
+
+
+def test_missing_zero_points_names_node():
+    def drop(node, inits, inputs):
+        inputs[3] = ""
+
+    msg = _error(_broken(drop, symmetric=False), X)
+    assert "zero_points are required" in msg
+
+
+def test_missing_attribute_names_node():
+    def drop(node, inits, inputs):
+        for a in list(node.attribute):
+            if a.name == "group_size":
+                node.attribute.remove(a)
+
+    msg = _error(_broken(drop), X)
+    assert "missing attribute(s): group_size" in msg
+
+
+def test_wrong_bias_length_names_node():
+    def bad(node, inits, inputs):
+        inits.append(numpy_helper.from_array(np.ones(5, np.float32), "b"))
+        inputs.extend(["", "b"] if len(inputs) == 3 else ["b"])
+
+    msg = _error(_broken(bad), X)
+    assert "bias has shape [5], expected [16]" in msg
+
+
+def test_bad_group_size_names_node():
+    msg = _error(_broken(lambda node, *_: _set_attr(node, "group_size", 48)), X)
+    assert "group_size=48 must be a multiple of 32" in msg
+
+
+def test_model_checker_accepts_exported_models():
+    qt = quantize(np.ones((8, 32), np.float32), 2, 32)
+    onnx.checker.check_model(linear_model(qt))
