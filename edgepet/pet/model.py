@@ -20,6 +20,7 @@ from edgepet.pet.gating import GatedAdapterLinear, GatingConfig
 from edgepet.pet.layer import PetError, PetLayer
 from edgepet.pet.lora import LoraConfig, LoraLinear
 from edgepet.pet.lowbit import LowBitMatrix
+from edgepet.quant.model import output_head
 from edgepet.quant.select import ALL_LINEAR, name_matches, select_names
 
 #: method name -> (config dataclass, layer class)
@@ -84,20 +85,6 @@ def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {
         n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside
     }
-
-
-def output_head(model: nn.Module) -> str | None:
-    """Name of the output head: ``get_output_embeddings()`` if the model has one, else
-    the last ``nn.Linear`` registered."""
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    names = []
-    for n, m in model.named_modules():
-        if head is not None and m is head:
-            return n
-        if isinstance(m, nn.Linear):
-            names.append(n)
-    return names[-1] if names else None
 
 
 def _targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:

@@ -151,8 +151,10 @@ def load_peft(model: nn.Module, folder: str | Path) -> ApplyReport:
         )
     linears = _linear_layers(model)
     make = _lora_layer if peft_type == "LORA" else _miss_layer
+    groups = _group(tensors)
+    order = {n: i for i, n in enumerate(linears)}
     new_layers = {}
-    for name, parts in _group(tensors).items():
+    for name, parts in sorted(groups.items(), key=lambda item: order.get(item[0], -1)):
         if name not in linears:
             near = ", ".join(n for n in linears if n.split(".")[-1] == name.split(".")[-1])
             raise PetError(

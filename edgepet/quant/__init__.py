@@ -9,3 +9,24 @@ from edgepet.quant.tensor import (
 )
 
 __all__ = ["GROUP_MULTIPLE", "SUPPORTED_BITS", "QuantizedTensor", "quantize", "storage_bits"]
+
+# Issue 3: error-minimizing search and whole-model quantization (torch imported lazily).
+from edgepet.quant.model import (
+    LayerReport,
+    QuantizedModel,
+    output_head,
+    quantize_model,
+    select_linear_layers,
+)
+from edgepet.quant.search import QuantError, quantization_error, search_quantize
+
+__all__ += [
+    "LayerReport",
+    "QuantError",
+    "QuantizedModel",
+    "output_head",
+    "quantization_error",
+    "quantize_model",
+    "search_quantize",
+    "select_linear_layers",
+]
