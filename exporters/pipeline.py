@@ -1,0 +1,675 @@
+"""``edgepet.export``: a tuned PyTorch model in, a checked bundle folder out.
+
+Steps: load the model (any input kind) -> gather task adapters -> merge what merges ->
+export to ONNX -> rewrite constant-weight MatMul/Gemm into LutMatMul (quantizing the
+base weights, keeping frozen 1-bit adapter codes exactly) -> turn each task's adapter
+parameters into an ONNX Runtime adapter file -> write reference data -> write the bundle
+into a staging folder, run its reference data through the op library, and only then move
+it into place. A failure at any step leaves no partial output.
+
+Which PET layers stay switchable: those holding binarized (packed) matrices, and those
+whose weights differ between the tasks given. Every other PET layer is merged into its
+base weight (or, if its math cannot merge, exported as it is).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from edgepet.exporters import bundle as bundle_io
+from edgepet.exporters import manifest as manifest_schema
+from edgepet.exporters import torch_export as tx
+from edgepet.exporters.errors import BadInputError
+from edgepet.exporters.rewrite import (
+    KnownWeight,
+    LayerRecord,
+    QuantPolicy,
+    RewriteResult,
+    dequantized_twin,
+    digest,
+    make_overridable,
+    rewrite_linears,
+)
+from onnx import numpy_helper
+from torch import nn
+
+import edgepet
+from edgepet.quant import QuantizedTensor, quantize
+from edgepet.quant.tensor import SUPPORTED_BITS, Bits
+from edgepet.targets import TargetProfile, get_target, host_target
+
+#: Relative output error (||y - y_torch|| / ||y_torch||) the bundle may show against fp32
+#: PyTorch, per weight width. Measured on the example models (TinyMLP/ViT/Llama with
+#: N(0, 1/fan_in) weights, round-to-nearest, group 64) with headroom; it is mostly
+#: quantization error, which grows with depth — real models need their own budget.
+TOLERANCE_VS_PYTORCH: dict[Bits, float] = {4: 0.35, 3: 0.6, 2: 1.6, "ternary": 1.3, 1: 1.6}
+#: Against the same graph with the dequantized weights in float, only the kernels' int8
+#: activation tables differ (about 0.3 % per layer, see docs/operator.md).
+TOLERANCE_VS_QUANTIZED = 0.05
+#: Models whose serialized size exceeds this keep their weights in model.onnx.data.
+EXTERNAL_DATA_THRESHOLD = 64 << 20
+DEFAULT_EXAMPLE = "llama"
+
+Progress = Callable[[str], None]
+
+
+def export(
+    model: Any = None,
+    out: str | os.PathLike[str] = "edgepet-bundle",
+    *,
+    target: str | TargetProfile | None = None,
+    bits: Bits | None = None,
+    group_size: int | str | None = None,
+    symmetric: bool = True,
+    keep: Sequence[str] = (),
+    quantizer: str = "auto",
+    adapters: Mapping[str, Any] | None = None,
+    input_shapes: Sequence[str] | None = None,
+    inputs: Sequence[np.ndarray] | None = None,
+    trust: bool = False,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    progress: Progress | None = None,
+) -> bundle_io.Bundle:
+    """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
+
+    Args:
+        model: an ``nn.Module``, a ``torch.export`` program, a path to a model file
+            (TorchScript, ``.pt2``, pickled module with ``trust``, state dict with
+            ``arch``), ``"example:NAME"`` (mlp, vit, llama) or None for the default example.
+        out: the bundle folder to write (must not hold a bundle unless ``overwrite``).
+        target: a target profile name (``edgepet targets``); default: this machine's.
+        bits: 1, 2, 3, 4 or "ternary" (default: the target's).
+        group_size: inputs per scale along K (multiple of 32, or "per-row"; default:
+            the target's).
+        symmetric: symmetric codes (False: a zero point per group).
+        keep: fnmatch patterns of layer names to leave in float (e.g. ``lm_head``).
+        quantizer: "rtn" (round to nearest), "search" (error-minimizing clip and scale
+            per group; about half the output error at 2 bits) or "auto" (search if this
+            edgepet has it, else rtn).
+        adapters: task name -> a tuned ``nn.Module`` of the same structure, a state dict
+            (dict or file) to load onto a copy of ``model``, or a Hugging Face PEFT folder.
+            One task merges into the model; several stay switchable adapters.
+        input_shapes: ``[DTYPE:]D0,D1,...`` per model input, when it cannot be inferred.
+        inputs: example (and reference) input arrays instead of shapes.
+        trust: allow unpickling a pickled ``nn.Module`` file (runs code from it).
+        arch, arch_kwargs: ``package.module:Class`` and its kwargs for a state dict.
+        overwrite: replace an existing bundle at ``out``.
+        external_data_threshold: bytes above which weights go to ``model.onnx.data``.
+        progress: called with a line per step (the CLI prints them).
+    """
+    say = _Steps(progress)
+    profile = target if isinstance(target, TargetProfile) else (
+        get_target(target) if target else host_target())
+    policy = _policy(profile, bits, group_size, symmetric, keep)
+    quantizer, quantize_fn = _quantizer(quantizer)
+    out = Path(out)
+    with bundle_io.staged_output(out, overwrite) as stage:
+        say("loading the model")
+        loaded = _resolve_model(model, trust, arch, arch_kwargs)
+        tasks = _tasks(loaded, adapters)
+        say("preparing adapters" if tasks else "merging PET layers")
+        graph_module, switchable, pet_info = _graph_module(loaded, tasks)
+        example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
+        references = _torch_references(loaded, tasks, example)
+        say("exporting to ONNX with torch")
+        float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
+        _rename_outputs(float_model)
+        say(f"quantizing linear layers to {policy.bits} bits")
+        known = _known_weights(graph_module, switchable, policy, quantize_fn)
+        names = {digest(v.numpy()): k for k, v in tx.named_matrices(graph_module).items()}
+        result = _rewrite(float_model, policy, names, known, quantize_fn, say)
+        say("writing adapters and reference data")
+        task_params = _task_parameters(result, tasks, switchable, policy, quantize_fn)
+        make_overridable(result.model, sorted({n for p in task_params.values() for n in p}))
+        files = _write_model(stage, result.model, external_data_threshold)
+        adapter_entries = _write_adapters(stage, task_params)
+        reference = _write_reference(stage, result, example, references, task_params)
+        manifest = _manifest(
+            stage, loaded, profile, policy, quantizer, result, float_model, files,
+            adapter_entries, reference, pet_info,
+        )
+        say("verifying the bundle against PyTorch")
+        checked = bundle_io.Bundle.open(stage)
+        measured = checked.verify()
+        bad = [r for r in measured if r.vs_quantized > TOLERANCE_VS_QUANTIZED]
+        if bad:
+            raise RuntimeError(
+                "the exported bundle disagrees with its own dequantized graph (relative "
+                f"error {bad[0].vs_quantized:.4f} for adapter {bad[0].adapter}) — this is an "
+                "edgepet bug; please report it with the model"
+            )
+        manifest["reference"]["measured"] = {
+            (r.adapter or "default"): r.to_dict() for r in measured}
+        _dump_manifest(stage, manifest)
+    say.finish()
+    return bundle_io.Bundle.open(out)
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+class _Steps:
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.progress is not None:
+            now = time.perf_counter()
+            self.progress(f"[{now - self.start:5.1f}s] {message}")
+            self.last = now
+
+    def finish(self) -> None:
+        self(f"done in {time.perf_counter() - self.start:.1f} s")
+
+
+def _policy(profile: TargetProfile, bits: Bits | None, group_size: int | str | None,
+            symmetric: bool, keep: Sequence[str]) -> QuantPolicy:
+    bits = profile.default_bits if bits is None else bits
+    if isinstance(bits, str) and bits.isdigit():
+        bits = int(bits)
+    if bits not in SUPPORTED_BITS or isinstance(bits, bool):
+        raise BadInputError(f"--bits {bits!r} is not supported — use 1, 2, 3, 4 or ternary")
+    if group_size is None:
+        group_size = profile.default_group_size
+    elif group_size == "per-row":
+        group_size = None
+    elif isinstance(group_size, str):
+        if not group_size.isdigit():
+            raise BadInputError(f"--group-size {group_size!r} must be a number or 'per-row'")
+        group_size = int(group_size)
+    if group_size is not None and (group_size <= 0 or group_size % 32):
+        raise BadInputError(f"--group-size {group_size} must be a positive multiple of 32 "
+                            "(32, 64, 128, ...) or 'per-row'")
+    return QuantPolicy(bits=bits, group_size=group_size, symmetric=symmetric,
+                       keep=tuple(keep))
+
+
+def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
+    if name not in ("auto", "rtn", "search"):
+        raise BadInputError(f"--quantizer {name!r} is unknown — use auto, rtn or search")
+    if name == "rtn":
+        return name, quantize
+    try:
+        from edgepet.quant.search import search_quantize
+    except ImportError:
+        if name == "search":
+            raise BadInputError("--quantizer search needs edgepet.quant.search, which this "
+                                "edgepet lacks — use --quantizer rtn") from None
+        return "rtn", quantize
+    return "search", search_quantize
+
+
+# --- the model and its tasks ------------------------------------------------------------
+
+
+def _resolve_model(model: Any, trust: bool, arch: str | None,
+                   arch_kwargs: dict | None) -> tx.LoadedModel:
+    if model is None:
+        model = f"example:{DEFAULT_EXAMPLE}"
+    if isinstance(model, str) and model.startswith("example:"):
+        from edgepet.exporters.examples import EXAMPLES
+
+        name = model.removeprefix("example:")
+        if name not in EXAMPLES:
+            raise BadInputError(f"unknown example {name!r} — examples: {', '.join(EXAMPLES)}")
+        loaded = tx.from_module(EXAMPLES[name]().eval())
+        loaded.source = model
+        return loaded
+    if isinstance(model, (str, os.PathLike)):
+        return tx.load_model(model, trust, arch, arch_kwargs)
+    return tx.from_module(model)
+
+
+def _as_loaded(loaded: tx.LoadedModel, module: Any) -> tx.LoadedModel:
+    return tx.LoadedModel(module, loaded.kind, loaded.source, loaded.example_inputs)
+
+
+def _pet():
+    try:
+        from edgepet import pet
+    except ImportError:  # pragma: no cover - edgepet.pet ships with edgepet
+        return None
+    return pet
+
+
+def _tasks(loaded: tx.LoadedModel, adapters: Mapping[str, Any] | None) -> dict[str, nn.Module]:
+    """Task name -> a model carrying that task's adapter (first task: the graph's)."""
+    base = loaded.model
+    if not adapters:
+        if isinstance(base, nn.Module) and _packed_layers(base):
+            return {"default": base}
+        return {}
+    if not isinstance(base, nn.Module) or isinstance(base, torch.jit.ScriptModule):
+        raise BadInputError(
+            f"adapters need the model as an nn.Module, but it is a {loaded.kind} — give a "
+            "state dict with --arch (or a pickled module with --trust)"
+        )
+    tasks = {}
+    for name, value in adapters.items():
+        if not name or not all(c.isalnum() or c in "_.-" for c in name):
+            raise BadInputError(f"adapter name {name!r} must use letters, digits, '_', '.' "
+                                "or '-' (it names adapters/NAME.onnx_adapter)")
+        tasks[name] = _task_model(base, name, value).eval()
+    return tasks
+
+
+def _task_model(base: nn.Module, name: str, value: Any) -> nn.Module:
+    if isinstance(value, nn.Module):
+        return value
+    if isinstance(value, Mapping):
+        model = copy.deepcopy(base)
+        tx.load_state(model, dict(value), f"adapter {name!r}", strict=False)
+        return model
+    path = Path(value)
+    if path.is_dir():
+        pet = _pet()
+        model = copy.deepcopy(base)
+        try:
+            pet.load_peft(model, path)
+        except ValueError as error:
+            raise BadInputError(f"adapter {name!r}: {error}") from None
+        return model
+    if not path.is_file():
+        raise BadInputError(f"adapter {name!r}: {path} does not exist — give a PEFT folder "
+                            "or a state-dict file")
+    if path.suffix == ".safetensors":
+        state = tx._read_safetensors(path)
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001
+            raise BadInputError(f"adapter {name!r}: {path} is not a state dict of tensors "
+                                f"({tx._first_line(error)})") from None
+    model = copy.deepcopy(base)
+    tx.load_state(model, state, f"adapter {name!r} from {path}", strict=False)
+    return model
+
+
+def _packed_layers(model: nn.Module) -> set[str]:
+    pet = _pet()
+    if pet is None:
+        return set()
+    return {name for name, layer in pet.pet_layers(model).items()
+            if any(isinstance(c, pet.PackedMatrix) for c in layer.children())}
+
+
+def _graph_module(loaded: tx.LoadedModel, tasks: dict[str, nn.Module]
+                  ) -> tuple[Any, set[str], dict[str, Any]]:
+    """The module to trace: the first task's, with every non-switchable PET layer merged."""
+    source = next(iter(tasks.values())) if tasks else loaded.model
+    if not isinstance(source, nn.Module) or isinstance(source, torch.jit.ScriptModule):
+        return source, set(), {}
+    pet = _pet()
+    layers = pet.pet_layers(source) if pet else {}
+    if not layers:
+        return source, set(), {}
+    switchable = _packed_layers(source) | _varying_layers(tasks, layers)
+    module = copy.deepcopy(source).eval()
+    merged, kept = [], []
+    for name, layer in pet.pet_layers(module).items():
+        if name in switchable:
+            continue
+        if layer.merged or layer.is_mergeable():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pet.merge(layer)
+            merged.append(name)
+        else:
+            kept.append(name)
+    pet.unload(module)
+    info = {"merged": merged, "kept_unmerged": kept, "switchable": sorted(switchable),
+            "tasks": list(tasks)}
+    return module, switchable, info
+
+
+def _varying_layers(tasks: dict[str, nn.Module], layers: Mapping[str, nn.Module]) -> set[str]:
+    if len(tasks) < 2:
+        return set()
+    states = [m.state_dict() for m in tasks.values()]
+    varying = set()
+    for name in layers:
+        prefix = name + "."
+        for key, value in states[0].items():
+            own = key.startswith(prefix) and not key.startswith(prefix + "base.")
+            if own and any(key not in s or not torch.equal(s[key], value) for s in states[1:]):
+                varying.add(name)
+                break
+    return varying
+
+
+def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
+                      example: Sequence[torch.Tensor]) -> dict[str | None, list[np.ndarray]]:
+    if not tasks:
+        return {None: tx.torch_outputs(loaded.callable(), example)}
+    return {name: tx.torch_outputs(model, example) for name, model in tasks.items()}
+
+
+# --- quantization and adapters ----------------------------------------------------------
+
+
+def _adapter_matrices(model: nn.Module, switchable: set[str]
+                      ) -> dict[str, tuple[np.ndarray, QuantizedTensor | None]]:
+    """``layer.attr`` -> (weight as the forward pass uses it, its exact codes if any)."""
+    pet = _pet()
+    found: dict[str, tuple[np.ndarray, QuantizedTensor | None]] = {}
+    for name in sorted(switchable):
+        layer = model.get_submodule(name)
+        for attr, child in layer.named_children():
+            if attr == "base":
+                continue
+            if isinstance(child, pet.PackedMatrix):
+                if child.bits == 1:
+                    qt = child.quantized_tensor()
+                    found[f"{name}.{attr}"] = (qt.dequantize(), qt)
+                else:
+                    found[f"{name}.{attr}"] = (child.dequantized(), None)
+            elif callable(child) and any(p.ndim == 2 for p in child.parameters(recurse=False)):
+                with torch.no_grad():
+                    weight = child()
+                if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+                    found[f"{name}.{attr}"] = (weight.detach().float().numpy(), None)
+    return found
+
+
+def _known_weights(module: Any, switchable: set[str], policy: QuantPolicy,
+                   quantize_fn: Callable[..., QuantizedTensor]) -> dict[str, KnownWeight]:
+    if not switchable:
+        return {}
+    known = {}
+    for key, (value, qt) in _adapter_matrices(module, switchable).items():
+        if qt is None:
+            qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
+        known[digest(value)] = KnownWeight(key, qt, switchable=True)
+    return known
+
+
+def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
+             known: dict[str, KnownWeight], quantize_fn: Callable[..., QuantizedTensor],
+             say: _Steps) -> RewriteResult:
+    def tick(done: int, total: int, layer: str) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            say(f"  {done}/{total} layers ({layer})")
+
+    try:
+        result = rewrite_linears(model, policy, names, known, tick, quantize_fn)
+    except ValueError as error:
+        raise BadInputError(f"quantizing failed: {error}") from None
+    if not any(layer.bits is not None for layer in result.layers):
+        raise BadInputError(
+            "the model has no linear layer with a constant weight to quantize (or --keep "
+            "kept them all) — edgepet rewrites MatMul/Gemm with constant weights"
+        )
+    return result
+
+
+def _task_parameters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
+                     policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
+                     ) -> dict[str, dict[str, np.ndarray]]:
+    """Task -> the packed tensors (by initializer name) its adapter file overrides."""
+    from edgepet.exporters.onnx import lut_matmul_node
+
+    records = [r for r in result.layers if r.switchable]
+    if not records or not tasks:
+        return {}
+    first = next(iter(tasks.values()))
+    bias_keys = {r.node: _bias_key(first, r, result) for r in records}
+    params: dict[str, dict[str, np.ndarray]] = {}
+    for task, model in tasks.items():
+        matrices = _adapter_matrices(model, switchable)
+        values: dict[str, np.ndarray] = {}
+        for record in records:
+            if record.name not in matrices:
+                raise BadInputError(f"adapter {task!r} has no matrix {record.name}")
+            value, qt = matrices[record.name]
+            if qt is None:
+                qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
+            if qt.shape != (record.n, record.k):
+                raise BadInputError(
+                    f"adapter {task!r}: {record.name} is {qt.shape[0]}x{qt.shape[1]}, the "
+                    f"first adapter's is {record.n}x{record.k} — all tasks must share shapes"
+                )
+            key = bias_keys[record.node]
+            bias = None
+            if key is not None:
+                bias = model.state_dict()[key].detach().float().numpy()
+            elif record.bias:
+                bias = result.quantized[record.node][1]
+            _, inits = lut_matmul_node(qt, "a", "y", record.node, bias)
+            for t in inits:
+                if t.name in record.parameters or (key is not None and t.name.endswith(".bias")):
+                    values[t.name] = numpy_helper.to_array(t)
+            result.quantized.setdefault(f"{task}::{record.node}", (qt, bias))
+        params[task] = values
+    return params
+
+
+def _bias_key(model: nn.Module, record: LayerRecord, result: RewriteResult) -> str | None:
+    """Name of the PyTorch parameter that is ``record``'s fused bias, when it is an adapter's."""
+    bias = result.quantized[record.node][1]
+    if bias is None:
+        return None
+    layer_name = record.name.rsplit(".", 1)[0]
+    for key, value in model.state_dict().items():
+        if (key.startswith(layer_name + ".") and not key.startswith(layer_name + ".base.")
+                and value.ndim == 1 and value.shape[0] == bias.shape[0]
+                and np.array_equal(value.detach().float().numpy(), bias)):
+            return key
+    return None
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _rename_outputs(model: onnx.ModelProto) -> None:
+    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
+    outputs = list(model.graph.output)
+    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
+               for i, o in enumerate(outputs)}
+    inputs = {i.name for i in model.graph.input}
+    if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
+        return
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for o in model.graph.output:
+        o.name = renames[o.name]
+
+
+def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[str, Any]:
+    large = model.ByteSize() > threshold
+    path = stage / bundle_io.MODEL
+    if large:
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=bundle_io.EXTERNAL_DATA,
+                        size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return {"external_data": bundle_io.EXTERNAL_DATA if large else None}
+
+
+def _write_adapters(stage: Path, task_params: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+    entries = []
+    if not task_params:
+        return entries
+    folder = stage / bundle_io.ADAPTER_DIR
+    folder.mkdir()
+    for task, values in task_params.items():
+        adapter = ort.AdapterFormat()
+        adapter.set_adapter_version(1)
+        adapter.set_model_version(1)
+        adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                                for k, v in values.items()})
+        file = folder / f"{task}{bundle_io.ADAPTER_SUFFIX}"
+        adapter.export_adapter(str(file))
+        entries.append({
+            "name": task, "file": file.relative_to(stage).as_posix(),
+            "parameters": sorted(values), "bytes": file.stat().st_size,
+        })
+    return entries
+
+
+def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch.Tensor],
+                     references: dict[str | None, list[np.ndarray]],
+                     task_params: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    folder = stage / bundle_io.REFERENCE_DIR
+    folder.mkdir()
+    overridable = {n for values in task_params.values() for n in values}
+    input_names = [i.name for i in result.model.graph.input if i.name not in overridable]
+    output_names = [o.name for o in result.model.graph.output]
+    if len(input_names) != len(example):
+        raise RuntimeError(f"ONNX graph has inputs {input_names}, expected {len(example)}")
+    feeds = {n: t.detach().cpu().numpy() for n, t in zip(input_names, example)}
+    np.savez(folder / "inputs.npz", **feeds)
+    entries: dict[str, Any] = {"inputs": "reference/inputs.npz", "per_task": {}}
+    for task, outputs in references.items():
+        suffix = "" if task is None or task == next(iter(references)) else f".{task}"
+        quantized = dict(result.quantized)
+        if task is not None:
+            for key, value in list(result.quantized.items()):
+                if key.startswith(f"{task}::"):
+                    quantized[key.split("::", 1)[1]] = value
+        quantized = {k: v for k, v in quantized.items() if "::" not in k}
+        twin = dequantized_twin(result.model, quantized)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(twin.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        twin_out = session.run(None, feeds)
+        if len(outputs) != len(output_names):
+            raise RuntimeError(f"PyTorch gave {len(outputs)} outputs, ONNX {len(output_names)}")
+        np.savez(folder / f"outputs{suffix}.npz", **dict(zip(output_names, outputs)))
+        np.savez(folder / f"quantized_outputs{suffix}.npz", **dict(zip(output_names, twin_out)))
+        entries["per_task"][task] = (f"reference/outputs{suffix}.npz",
+                                     f"reference/quantized_outputs{suffix}.npz")
+    return entries
+
+
+def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in t.shape.dim]
+    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "shape": dims}
+
+
+def _initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
+def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
+              policy: QuantPolicy, quantizer: str, result: RewriteResult,
+              float_model: onnx.ModelProto, files: dict[str, Any], adapters: list[dict],
+              reference: dict[str, Any], pet_info: dict[str, Any]) -> dict[str, Any]:
+    from edgepet.exporters.onnx import OP_VERSION
+
+    from edgepet.kernels import LAYOUT
+
+    per_task = reference["per_task"]
+    for entry in adapters:
+        entry["reference_outputs"], entry["quantized_outputs"] = per_task[entry["name"]]
+    default_outputs = next(iter(per_task.values()))
+    overridable = {p for a in adapters for p in a["parameters"]}
+    model = result.model
+    table = bundle_io.file_table(stage)
+    float_bytes = _initializer_bytes(float_model)
+    weight_bytes = _initializer_bytes(model)
+    bundle_bytes = sum(f["bytes"] for f in table.values())
+    target = profile.to_dict()
+    target["threads"] = profile.threads
+    manifest = {
+        "schema": manifest_schema.SCHEMA_ID,
+        "schema_version": manifest_schema.SCHEMA_VERSION,
+        "edgepet_version": edgepet.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "quantization": {
+            "bits": policy.bits, "group_size": policy.group_size,
+            "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
+        },
+        "operator": {
+            "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
+            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
+            "library": None,
+        },
+        "model": {
+            "file": bundle_io.MODEL, "external_data": files["external_data"],
+            "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "ir_version": model.ir_version,
+        },
+        "inputs": [_value_info(v) for v in model.graph.input if v.name not in overridable],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "layers": [r.to_dict() for r in result.layers],
+        "adapters": adapters,
+        "reference": {
+            "inputs": reference["inputs"],
+            "outputs": default_outputs[0],
+            "quantized_outputs": default_outputs[1],
+            "tolerance": {
+                "vs_pytorch": TOLERANCE_VS_PYTORCH[policy.bits],
+                "vs_quantized": TOLERANCE_VS_QUANTIZED,
+            },
+        },
+        "sizes": {
+            "float_weight_bytes": float_bytes,
+            "weight_bytes": weight_bytes,
+            "linear_float_bytes": sum(r.float_bytes for r in result.layers),
+            "linear_stored_bytes": sum(r.stored_bytes for r in result.layers),
+            "adapter_bytes": sum(a["bytes"] for a in adapters),
+            "bundle_bytes": bundle_bytes,
+            "compression": round(float_bytes / max(weight_bytes, 1), 3),
+        },
+        "files": table,
+        "provenance": {
+            "source": loaded.source,
+            "source_kind": loaded.kind,
+            "source_sha256": (bundle_io.sha256_file(Path(loaded.source))
+                              if loaded.source and Path(loaded.source).is_file() else None),
+            "torch_version": torch.__version__,
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": ort.__version__,
+            "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
+            "pet": pet_info,
+        },
+    }
+    if profile.runs_on_host() is False:
+        manifest["operator"]["library"] = None  # cross builds are not shipped yet
+    problems = manifest_schema.check(manifest)
+    if problems:
+        raise RuntimeError("edgepet wrote a manifest that breaks its schema: " + "; ".join(
+            problems[:5]))
+    _dump_manifest(stage, manifest)
+    (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
+    manifest["files"] = bundle_io.file_table(stage)
+    manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    _dump_manifest(stage, manifest)
+    return manifest
+
+
+def _dump_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+__all__ = ["DEFAULT_EXAMPLE", "TOLERANCE_VS_PYTORCH", "TOLERANCE_VS_QUANTIZED", "export"]

@@ -1,0 +1,409 @@
+"""Rewrite float linear layers of an ONNX graph into ``ai.edgepet.LutMatMul``.
+
+Every ``MatMul`` whose right operand is a constant 2-D weight, and every ``Gemm`` with a
+constant ``B`` (``alpha = 1``, no transposed ``A``), becomes one ``LutMatMul`` node; a
+constant bias added right after it (``Gemm``'s ``C`` or a following ``Add``) is fused
+into the node. Weights are quantized here with :func:`edgepet.quant.quantize` unless the
+caller already holds their :class:`~edgepet.quant.QuantizedTensor` (frozen 1-bit
+adapters), and are packed once, in the kernel layout, by
+:func:`edgepet.exporters.onnx.lut_matmul_node` — nothing is repacked at load time.
+
+Layers are named after the PyTorch parameter whose values they hold (exporters rename
+or constant-fold weights, so the match is by value), so ``--keep`` patterns and the
+manifest speak the user's names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgepet.quant import QuantizedTensor, quantize
+from edgepet.quant.tensor import Bits
+
+DOMAIN = "ai.edgepet"
+OP_TYPE = "LutMatMul"
+
+
+def digest(array: np.ndarray) -> str:
+    """Identity of a float matrix by value: shape and float32 bytes."""
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    h = hashlib.sha1(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    """How base weights are quantized: bits, group size, symmetry, layers kept in float."""
+
+    bits: Bits = 4
+    group_size: int | None = 64
+    symmetric: bool = True
+    keep: tuple[str, ...] = ()
+
+    def keeps(self, name: str) -> bool:
+        """True when ``name`` matches a ``--keep`` pattern (fnmatch, e.g. ``lm_head``)."""
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*")
+                   for p in self.keep)
+
+
+@dataclass(frozen=True)
+class KnownWeight:
+    """A weight whose codes are fixed already (a frozen low-bit adapter matrix)."""
+
+    name: str
+    qt: QuantizedTensor
+    #: Its packed tensors become graph inputs that adapter files override.
+    switchable: bool = False
+
+
+@dataclass
+class LayerRecord:
+    """One rewritten (or kept) linear layer, as the manifest lists it."""
+
+    name: str
+    node: str
+    n: int
+    k: int
+    bits: Bits | None  # None: kept in float
+    group_size: int | None
+    symmetric: bool | None
+    bias: bool
+    float_bytes: int
+    stored_bytes: int
+    switchable: bool = False
+    parameters: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {
+            "name": self.name, "node": self.node, "N": self.n, "K": self.k,
+            "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+            "bias": self.bias, "float_bytes": self.float_bytes,
+            "stored_bytes": self.stored_bytes, "switchable": self.switchable,
+        }
+
+
+@dataclass
+class RewriteResult:
+    """The rewritten model, its layers, and each LutMatMul's weight for twins and adapters."""
+
+    model: onnx.ModelProto
+    layers: list[LayerRecord]
+    quantized: dict[str, tuple[QuantizedTensor, np.ndarray | None]]
+
+
+@dataclass
+class _Site:
+    index: int
+    input_name: str
+    output_name: str
+    weight: np.ndarray  # [N, K]
+    bias: np.ndarray | None
+    absorbed: list[int]  # indexes of nodes folded into the LutMatMul (a bias Add)
+    fallback_name: str
+
+
+class _Graph:
+    """Index of a graph: constants, producers and consumers by value name."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        inputs = {i.name for i in graph.input}
+        self.initializers = {t.name: t for t in graph.initializer if t.name not in inputs}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(graph.node):
+            for out in node.output:
+                self.producer[out] = i
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.outputs = {o.name for o in graph.output}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is a constant (initializer, Constant, Transpose)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        index = self.producer.get(name)
+        if index is None:
+            return None
+        node = self.graph.node[index]
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+            return None
+        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+            source = self.constant(node.input[0])
+            if source is None or source.ndim != 2:
+                return None
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+            return source.transpose(perm) if perm == [1, 0] else None
+        return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float | int:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _float_matrix(value: np.ndarray | None) -> bool:
+    return value is not None and value.ndim == 2 and value.dtype in (np.float32, np.float64,
+                                                                     np.float16)
+
+
+def _bias_vector(value: np.ndarray | None, n: int) -> np.ndarray | None:
+    if value is None or value.dtype.kind != "f" or value.ndim != 1 or value.shape[0] != n:
+        return None
+    return value.astype(np.float32)
+
+
+def _find_sites(g: _Graph) -> list[_Site]:
+    sites = []
+    for i, node in enumerate(g.graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
+            continue
+        site = _matmul_site(g, i, node) if node.op_type == "MatMul" else _gemm_site(g, i, node)
+        if site is not None:
+            sites.append(site)
+    return sites
+
+
+def _matmul_site(g: _Graph, i: int, node: onnx.NodeProto) -> _Site | None:
+    w = g.constant(node.input[1])
+    if not _float_matrix(w) or g.constant(node.input[0]) is not None:
+        return None
+    weight = np.ascontiguousarray(w.T, dtype=np.float32)  # MatMul holds [K, N]
+    out = node.output[0]
+    bias, absorbed = None, []
+    users = g.consumers.get(out, [])
+    if out not in g.outputs and len(users) == 1:
+        add = g.graph.node[users[0]]
+        if add.op_type == "Add" and add.domain in ("", "ai.onnx"):
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            bias = _bias_vector(g.constant(other), weight.shape[0])
+            if bias is not None:
+                absorbed, out = [users[0]], add.output[0]
+    return _Site(i, node.input[0], out, weight, bias, absorbed, node.input[1])
+
+
+def _gemm_site(g: _Graph, i: int, node: onnx.NodeProto) -> _Site | None:
+    if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "transA", 0):
+        return None
+    w = g.constant(node.input[1])
+    if not _float_matrix(w):
+        return None
+    weight = w if _attr(node, "transB", 0) else w.T
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        c = g.constant(node.input[2])
+        if c is not None and c.ndim == 2 and c.shape[0] == 1:
+            c = c[0]
+        bias = _bias_vector(c, weight.shape[0])
+        if bias is None or _attr(node, "beta", 1.0) != 1.0:
+            return None
+    return _Site(i, node.input[0], node.output[0], weight, bias, [], node.input[1])
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}#{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def rewrite_linears(
+    model: onnx.ModelProto,
+    policy: QuantPolicy,
+    names: Mapping[str, str] | None = None,
+    known: Mapping[str, KnownWeight] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    quantize_fn: Callable[..., QuantizedTensor] = quantize,
+) -> RewriteResult:
+    """Replace constant-weight MatMul/Gemm nodes of ``model`` with LutMatMul nodes.
+
+    Args:
+        model: an ONNX model from the torch exporter (not modified).
+        policy: bits, group size, symmetry and layers to keep in float.
+        names: ``digest(weight [N, K]) -> layer name`` (from the PyTorch parameters).
+        known: ``digest(dequantized weight) -> KnownWeight``: matrices that already have
+            codes (frozen 1-bit adapters); they keep those codes exactly.
+        progress: called as ``progress(done, total, layer)`` per layer.
+        quantize_fn: the quantizer, ``(w, bits, group_size, symmetric) -> QuantizedTensor``.
+    """
+    from edgepet.exporters.onnx import lut_matmul_node  # needs the native packer
+
+    names = names or {}
+    known = known or {}
+    model = _copy(model)
+    g = _Graph(model.graph)
+    sites = _find_sites(g)
+    replaced: dict[int, list[onnx.NodeProto]] = {}
+    dropped: set[int] = set()
+    new_inits: list[onnx.TensorProto] = []
+    layers: list[LayerRecord] = []
+    quantized: dict[str, tuple[QuantizedTensor, np.ndarray | None]] = {}
+    taken = {n.name for n in model.graph.node if n.name}
+    for done, site in enumerate(sites):
+        key = digest(site.weight)
+        fixed = known.get(key)
+        layer = fixed.name if fixed else names.get(key, site.fallback_name)
+        layer = layer.removesuffix(".weight")
+        n, k = site.weight.shape
+        float_bytes = site.weight.size * 4 + (0 if site.bias is None else site.bias.size * 4)
+        if fixed is None and policy.keeps(layer):
+            layers.append(LayerRecord(layer, model.graph.node[site.index].name, n, k, None,
+                                      None, None, site.bias is not None, float_bytes,
+                                      float_bytes))
+            continue
+        qt = fixed.qt if fixed else quantize_fn(site.weight, policy.bits, policy.group_size,
+                                                policy.symmetric)
+        node_name = _unique(layer, taken)
+        node, inits = lut_matmul_node(qt, site.input_name, site.output_name, node_name,
+                                      site.bias)
+        replaced[site.index] = [node]
+        dropped.update(site.absorbed)
+        new_inits.extend(inits)
+        stored = sum(int(numpy_helper.to_array(t).nbytes) for t in inits)
+        layers.append(LayerRecord(
+            layer, node_name, n, k, qt.bits, qt.group_size, qt.symmetric,
+            site.bias is not None, float_bytes, stored,
+            switchable=bool(fixed and fixed.switchable),
+            parameters=[t.name for t in inits if t.name.endswith(
+                (".weight_packed", ".scales", ".zero_points"))],
+        ))
+        quantized[node_name] = (qt, site.bias)
+        if progress:
+            progress(done + 1, len(sites), layer)
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        if i in dropped:
+            continue
+        nodes.extend(replaced.get(i, [node]))
+    _set_nodes(model.graph, nodes)
+    model.graph.initializer.extend(new_inits)
+    _prune(model.graph)
+    if quantized and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return RewriteResult(model, layers, quantized)
+
+
+def make_overridable(model: onnx.ModelProto, names: Iterable[str]) -> None:
+    """List initializers ``names`` as graph inputs too, so run-time values override them.
+
+    ONNX Runtime's adapter files (``onnxruntime.AdapterFormat``) supply such inputs per
+    run; without an active adapter the initializer is the default.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    present = {i.name for i in model.graph.input}
+    for name in names:
+        if name in present:
+            continue
+        t = inits[name]
+        model.graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+
+
+def dequantized_twin(
+    model: onnx.ModelProto, quantized: Mapping[str, tuple[QuantizedTensor, np.ndarray | None]]
+) -> onnx.ModelProto:
+    """The same graph with every LutMatMul replaced by MatMul with its dequantized weight.
+
+    It runs in plain ONNX Runtime and computes exactly what the codes stand for, so the
+    bundle's error splits into quantization error (twin vs PyTorch) and kernel error
+    (bundle vs twin).
+    """
+    model = _copy(model)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    for node in model.graph.node:
+        if node.domain != DOMAIN or node.name not in quantized:
+            nodes.append(node)
+            continue
+        qt, bias = quantized[node.name]
+        w_name = f"{node.name}.weight_dequantized_t"
+        inits.append(numpy_helper.from_array(
+            np.ascontiguousarray(qt.dequantize().T), w_name))
+        out = node.output[0]
+        product = out if bias is None else f"{out}.before_bias"
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [product],
+                                      name=f"{node.name}.matmul"))
+        if bias is not None:
+            inits.append(numpy_helper.from_array(bias, f"{node.name}.bias_twin"))
+            nodes.append(helper.make_node("Add", [product, f"{node.name}.bias_twin"], [out],
+                                          name=f"{node.name}.add"))
+    _set_nodes(model.graph, nodes)
+    model.graph.initializer.extend(inits)
+    inputs = [i for i in model.graph.input if i.name not in {
+        t.name for t in model.graph.initializer}]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    _prune(model.graph)
+    keep = [o for o in model.opset_import if o.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _set_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads."""
+    while True:
+        used = {name for node in graph.node for name in node.input}
+        used |= {o.name for o in graph.output}
+        used |= _subgraph_reads(graph)
+        keep = [n for n in graph.node if any(o in used for o in n.output if o)]
+        if len(keep) == len(graph.node):
+            break
+        _set_nodes(graph, keep)
+    graph_inputs = {i.name for i in graph.input}
+    inits = [t for t in graph.initializer if t.name in used or t.name in graph_inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    value_names = {o for n in graph.node for o in n.output}
+    infos = [v for v in graph.value_info if v.name in value_names]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    reads: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                reads |= {name for n in sub.node for name in n.input}
+                reads |= _subgraph_reads(sub)
+    return reads
+
+
+__all__ = [
+    "KnownWeight",
+    "LayerRecord",
+    "QuantPolicy",
+    "RewriteResult",
+    "dequantized_twin",
+    "digest",
+    "make_overridable",
+    "rewrite_linears",
+]

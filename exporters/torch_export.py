@@ -1,0 +1,510 @@
+"""PyTorch side of export: read a model file, find example inputs, write ONNX.
+
+Every input kind the CLI accepts is read here, and every way reading can fail is
+turned into a :class:`~edgepet.exporters.errors.BadInputError` that says what to do.
+Unpickling runs code, so pickled modules are read only when the caller trusts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from edgepet.exporters.errors import BadInputError
+from torch import nn
+
+#: Input kinds, as recorded in the manifest's provenance.
+KINDS = ("module", "torchscript", "exported-program", "pickle", "state-dict")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export, and how it was obtained."""
+
+    model: Any  # nn.Module, torch.jit.ScriptModule or torch.export.ExportedProgram
+    kind: str
+    source: str | None = None
+    example_inputs: tuple[torch.Tensor, ...] | None = None
+
+    def callable(self) -> Any:
+        """Something to call with the inputs to get PyTorch's outputs."""
+        if isinstance(self.model, torch.export.ExportedProgram):
+            return self.model.module()
+        return self.model
+
+
+def from_module(model: nn.Module) -> LoadedModel:
+    """Wrap an in-memory ``nn.Module`` (the Python API's usual input)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return LoadedModel(model, "exported-program", None, _ep_example_inputs(model))
+    if isinstance(model, torch.jit.ScriptModule):
+        return LoadedModel(model, "torchscript")
+    if not isinstance(model, nn.Module):
+        raise BadInputError(
+            f"model is a {type(model).__name__}, not a torch.nn.Module — pass a module, a "
+            "torch.export program, or a path to a model file"
+        )
+    return LoadedModel(model, "module")
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    trust: bool = False,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Read a model file of any supported kind.
+
+    Args:
+        path: a TorchScript file, a ``torch.export`` program (``.pt2``), a pickled
+            ``nn.Module`` (only with ``trust``) or a state dict (``.pt``/``.pth``/
+            ``.safetensors``; needs ``arch``).
+        trust: allow unpickling arbitrary Python objects (runs code from the file).
+        arch: ``package.module:Class`` that builds the model a state dict belongs to.
+        arch_kwargs: keyword arguments for that class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"model file {path} does not exist — check the path")
+    if path.suffix == ".safetensors":
+        return _state_dict_model(_read_safetensors(path), path, arch, arch_kwargs)
+    names = _zip_names(path)
+    if names is not None and any(n.endswith("/archive_format") for n in names):
+        return _load_exported_program(path)
+    if names is not None and any("/code/" in n for n in names) and any(
+        n.endswith("/constants.pkl") for n in names
+    ):
+        return _load_torchscript(path)
+    return _load_pickle(path, trust, arch, arch_kwargs)
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """Entry names when ``path`` is a zip archive (all modern PyTorch formats are)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise BadInputError(
+            f"{path} is a damaged archive ({error}) — the file is probably truncated; "
+            "copy or save it again"
+        ) from None
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> BadInputError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return BadInputError(
+        f"{path} could not be read as {what}: {first_line[:300]} — the file is truncated, "
+        "damaged or not a PyTorch model; save it again with torch.jit.save, "
+        "torch.export.save or torch.save(model.state_dict())"
+    )
+
+
+def _load_exported_program(path: Path) -> LoadedModel:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # noqa: BLE001 — any failure to read is the file's fault
+        raise _unreadable(path, "a torch.export program", error) from None
+    return LoadedModel(program, "exported-program", str(path), _ep_example_inputs(program))
+
+
+def _ep_example_inputs(program: torch.export.ExportedProgram) -> tuple | None:
+    example = getattr(program, "example_inputs", None)
+    if not example:
+        return None
+    args, kwargs = example
+    if kwargs:
+        return None
+    return tuple(args)
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # noqa: BLE001
+        raise _unreadable(path, "TorchScript", error) from None
+    return LoadedModel(module.eval(), "torchscript", str(path))
+
+
+def _load_pickle(
+    path: Path, trust: bool, arch: str | None, arch_kwargs: dict[str, Any] | None
+) -> LoadedModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        if not _needs_code(error):
+            raise _unreadable(path, "a PyTorch file", error) from None
+        if not trust:
+            raise BadInputError(
+                f"{path} is a pickled Python object, and unpickling it runs code from the "
+                "file — pass --trust (trust=True) only if you trust its source, or save the "
+                "model as TorchScript (torch.jit.save), a torch.export program (.pt2) or a "
+                "state dict with --arch"
+            ) from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as error2:  # noqa: BLE001
+            raise _unreadable(path, "a pickled module", error2) from None
+        if not isinstance(obj, nn.Module):
+            raise BadInputError(
+                f"{path} holds a {type(obj).__name__}, not a torch.nn.Module — save the "
+                "model itself, or its state_dict and pass --arch"
+            )
+        return LoadedModel(obj.eval(), "pickle", str(path))
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # the usual training-checkpoint wrapper
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInputError(
+            f"{path} holds a {type(obj).__name__} that is neither a model nor a state dict "
+            "of tensors — save the model with torch.jit.save or torch.export.save"
+        )
+    return _state_dict_model(obj, path, arch, arch_kwargs)
+
+
+def _needs_code(error: Exception) -> bool:
+    """True when torch.load(weights_only=True) refused a pickle that references code."""
+    return "Unsupported global" in str(error) or "Unsupported operand" in str(error)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise BadInputError(
+            "reading .safetensors needs the safetensors package — pip install 'edgepet[torch]'"
+        ) from None
+    try:
+        return load_file(str(path))
+    except Exception as error:  # noqa: BLE001
+        raise _unreadable(path, "safetensors", error) from None
+
+
+def build_arch(arch: str, arch_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate ``package.module:Class`` with ``arch_kwargs``."""
+    module_name, _, class_name = arch.partition(":")
+    if not module_name or not class_name:
+        raise BadInputError(
+            f"--arch {arch!r} is not of the form package.module:Class — e.g. "
+            "edgepet.exporters.examples:TinyMLP"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise BadInputError(
+            f"--arch {arch!r}: module {module_name!r} cannot be imported ({error}) — make "
+            "sure it is installed or on PYTHONPATH"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise BadInputError(f"--arch {arch!r}: {module_name} has no attribute {class_name!r}")
+    try:
+        model = cls(**(arch_kwargs or {}))
+    except TypeError as error:
+        raise BadInputError(f"--arch {arch!r} with --arch-kwargs {arch_kwargs}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"--arch {arch!r} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _state_dict_model(
+    state: dict[str, torch.Tensor], path: Path, arch: str | None, arch_kwargs: dict | None
+) -> LoadedModel:
+    if arch is None:
+        raise BadInputError(
+            f"{path} is a state dict (weights without the model's code) — pass --arch "
+            "package.module:Class (and --arch-kwargs JSON if its constructor needs "
+            "arguments) so edgepet can build the model"
+        )
+    model = build_arch(arch, arch_kwargs)
+    load_state(model, state, f"{path} into {arch}")
+    return LoadedModel(model.eval(), "state-dict", str(path))
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str,
+               strict: bool = True) -> None:
+    """``model.load_state_dict(state)`` with a message that lists what did not fit."""
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:600]
+        raise BadInputError(f"loading {what} failed: {detail} — check --arch/--arch-kwargs "
+                            "or the file") from None
+    if not strict and result.unexpected_keys:
+        raise BadInputError(
+            f"loading {what}: keys {result.unexpected_keys[:5]} match no parameter of the "
+            "model — is this state meant for this model?"
+        )
+
+
+# --- example inputs ---------------------------------------------------------------------
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "int64": torch.int64,
+    "long": torch.int64,
+    "int32": torch.int32,
+}
+
+
+def parse_input_shape(text: str) -> tuple[torch.dtype, tuple[int, ...]]:
+    """Parse ``[DTYPE:]D0,D1,...`` (e.g. ``1,3,32,32`` or ``int64:1,16``)."""
+    dtype_name, _, dims = text.rpartition(":")
+    dtype = _DTYPES.get(dtype_name or "float32")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if dtype is None or not shape or any(d <= 0 for d in shape):
+        raise BadInputError(
+            f"--input-shape {text!r} is not [DTYPE:]D0,D1,... with positive sizes — e.g. "
+            f"1,3,32,32 or int64:1,16 (dtypes: {', '.join(_DTYPES)})"
+        )
+    return dtype, shape
+
+
+def example_inputs(
+    loaded: LoadedModel,
+    input_shapes: Sequence[str] | None = None,
+    inputs: Sequence[np.ndarray] | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace and to compute reference outputs with.
+
+    In order of preference: given arrays, given shapes (random values), the model's own
+    ``example_inputs()``, a ``.pt2`` program's stored inputs, then a guess from the first
+    layer (``Linear`` -> float ``[1, in_features]``, ``Embedding`` -> token ids ``[1, 16]``).
+    """
+    if inputs:
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs)
+    if input_shapes:
+        gen = torch.Generator().manual_seed(seed)
+        vocab = _vocab_size(loaded.model)
+        tensors = []
+        for text in input_shapes:
+            dtype, shape = parse_input_shape(text)
+            if dtype.is_floating_point:
+                tensors.append(torch.randn(shape, generator=gen, dtype=dtype))
+            else:
+                tensors.append(torch.randint(0, vocab or 2, shape, generator=gen, dtype=dtype))
+        return tuple(tensors)
+    own = getattr(loaded.model, "example_inputs", None)
+    if callable(own) and not isinstance(loaded.model, torch.jit.ScriptModule):
+        result = own()
+        return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+    if loaded.example_inputs:
+        return tuple(loaded.example_inputs)
+    guess = _guess_inputs(loaded.model)
+    if guess is None:
+        raise BadInputError(
+            "edgepet cannot tell what input this model takes — pass --input-shape "
+            "(e.g. --input-shape 1,3,224,224 or --input-shape int64:1,32), or give the "
+            "model an example_inputs() method"
+        )
+    return guess
+
+
+def _leaf_modules(model: Any) -> list[tuple[str, Any]]:
+    if not hasattr(model, "named_modules"):
+        return []
+    return [(n, m) for n, m in model.named_modules() if not list(m.children())]
+
+
+def _type_name(module: Any) -> str:
+    return getattr(module, "original_name", None) or type(module).__name__
+
+
+def _vocab_size(model: Any) -> int | None:
+    for _, module in _leaf_modules(model):
+        if _type_name(module) == "Embedding":
+            return int(module.weight.shape[0])
+    return None
+
+
+def _guess_inputs(model: Any) -> tuple[torch.Tensor, ...] | None:
+    leaves = _leaf_modules(model)
+    for _, module in leaves:
+        kind = _type_name(module)
+        weight = getattr(module, "weight", None)
+        if kind == "Embedding" and weight is not None:
+            gen = torch.Generator().manual_seed(0)
+            return (torch.randint(0, int(weight.shape[0]), (1, 16), generator=gen),)
+        if kind == "Linear" and weight is not None:
+            return (torch.randn(1, int(weight.shape[1]), generator=torch.Generator().manual_seed(0)),)
+        if weight is not None:
+            return None  # a first layer whose input shape cannot be read off
+    return None
+
+
+# --- running and exporting --------------------------------------------------------------
+
+
+def torch_outputs(fn: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Run ``fn(*inputs)`` in float32 without gradients; outputs as numpy arrays."""
+    with torch.no_grad():
+        try:
+            out = fn(*inputs)
+        except Exception as error:  # noqa: BLE001 — the model rejected the example input
+            shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in inputs)
+            raise BadInputError(
+                f"the model cannot run on the example input ({shapes}): "
+                f"{_first_line(error)} — pass --input-shape with the shape it expects"
+            ) from None
+    return [t.detach().float().cpu().numpy() for t in _flatten(out)]
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _flatten(item)]
+    raise BadInputError(
+        f"the model returned a {type(out).__name__}; edgepet exports models that return "
+        "tensors (or tuples/lists/dicts of tensors)"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return (text[:300] + "…") if len(text) > 300 else text or type(error).__name__
+
+
+def _input_names(loaded: LoadedModel, count: int) -> list[str]:
+    fn = loaded.model.forward if isinstance(loaded.model, nn.Module) else None
+    names: list[str] = []
+    if fn is not None and not isinstance(loaded.model, torch.jit.ScriptModule):
+        with contextlib.suppress(TypeError, ValueError):
+            params = inspect.signature(fn).parameters.values()
+            names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                         p.POSITIONAL_OR_KEYWORD)]
+    if len(names) < count:
+        names = [f"input_{i}" if count > 1 else "input" for i in range(count)]
+    return names[:count]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence torch.onnx's progress prints and warnings; edgepet reports its own steps."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelProto:
+    """Export to ONNX with a dynamic leading (batch) dimension where the model allows.
+
+    ``nn.Module`` and ``.pt2`` go through the dynamo exporter; TorchScript through the
+    TorchScript exporter (torch.export cannot trace ScriptModules). A module that the
+    dynamo exporter cannot trace gets a second try with the TorchScript exporter.
+    """
+    inputs = tuple(inputs)
+    if loaded.kind == "exported-program":
+        with _quiet():
+            return _checked(torch.onnx.export(loaded.model, dynamo=True, verbose=False)
+                            .model_proto)
+    if loaded.kind == "torchscript":
+        return _legacy_export(loaded, inputs)
+    names = _input_names(loaded, len(inputs))
+    dynamic = {name: {0: torch.export.Dim.AUTO} for name in names}
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                loaded.model, inputs, dynamo=True, verbose=False,
+                input_names=names, dynamic_shapes=dynamic,
+            )
+        return _checked(program.model_proto)
+    except Exception as dynamo_error:  # noqa: BLE001 — fall back, then report both
+        try:
+            return _legacy_export(loaded, inputs)
+        except BadInputError as legacy_error:
+            raise BadInputError(
+                f"torch could not export the model to ONNX: {_first_line(dynamo_error)} "
+                f"(TorchScript exporter: {legacy_error}) — the model must be traceable by "
+                "torch.export; see docs/export.md"
+            ) from None
+
+
+def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
+    names = _input_names(loaded, len(inputs))
+    buffer = io.BytesIO()
+    try:
+        with _quiet():
+            torch.onnx.export(
+                loaded.model, inputs, buffer, dynamo=False, opset_version=17,
+                input_names=names, dynamic_axes={n: {0: "batch"} for n in names},
+            )
+    except Exception as error:  # noqa: BLE001
+        raise BadInputError(_first_line(error)) from None
+    return _checked(onnx.load_from_string(buffer.getvalue()))
+
+
+def _checked(model: onnx.ModelProto | None) -> onnx.ModelProto:
+    if model is None:
+        raise BadInputError("torch.onnx.export produced no model")
+    return model
+
+
+def named_matrices(model: Any) -> dict[str, torch.Tensor]:
+    """Every 2-D float parameter and buffer of a module, by name (for naming layers)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = dict(model.state_dict)
+        tensors.update({k: v for k, v in model.constants.items() if isinstance(v, torch.Tensor)})
+    elif hasattr(model, "state_dict"):
+        tensors = dict(model.state_dict(keep_vars=False))
+    else:
+        return {}
+    return {
+        name: t for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.ndim == 2 and t.is_floating_point()
+    }
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
+    """``--arch-kwargs`` as a dict (JSON object)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"--arch-kwargs is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise BadInputError("--arch-kwargs must be a JSON object, e.g. '{\"dim\": 64}'")
+    return value
+
+
+__all__ = [
+    "KINDS",
+    "LoadedModel",
+    "build_arch",
+    "example_inputs",
+    "from_module",
+    "load_model",
+    "load_state",
+    "named_matrices",
+    "parse_arch_kwargs",
+    "parse_input_shape",
+    "to_onnx",
+    "torch_outputs",
+]
