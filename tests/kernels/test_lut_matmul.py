@@ -96,8 +96,8 @@ def test_zero_rows_give_an_empty_result():
 
 def test_packed_size_is_half_a_byte_per_plane_per_weight_in_whole_tiles():
     qt = quantize(np.ones((33, 10), np.float32), 3, "per-row")
-    # 2 tiles of 32 rows x 3 quads x 16 bytes per plane x 3 planes
-    assert kernels.pack(qt).shape == (2 * 3 * 16 * 3,)
+    # 2 tiles of 32 rows x 4 quads (K padded to 16) x 16 bytes per plane x 3 planes
+    assert kernels.pack(qt).shape == (2 * 4 * 16 * 3,)
 
 
 def test_wrong_input_width_is_a_clear_error():

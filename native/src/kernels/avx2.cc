@@ -46,23 +46,24 @@ inline float horizontal_max(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-void build_tables(const float* a, int64_t k, int8_t* entries, float* block_scales,
+void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
                   float* block_sums) {
   const __m256 m0 = sign_mask(0), m1 = sign_mask(1), m2 = sign_mask(2);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const int64_t quads = num_quads(k);
-  for (int64_t b = 0; b < num_blocks(k); ++b) {
-    const int64_t q0 = b * kBlockQuads;
-    const int n = static_cast<int>(std::min<int64_t>(quads - q0, kBlockQuads));
-    __m256 half[kBlockQuads];
+  const int block_quads = block / kQuad;
+  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
+    const int64_t q0 = b * block_quads;
+    const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
+    __m256 half[kMaxBlockQuads];
     __m256 largest = _mm256_setzero_ps();
     float sum = 0.0f;
     for (int i = 0; i < n; ++i) {
       const int64_t first = (q0 + i) * kQuad;
       float tail[kQuad] = {0.0f, 0.0f, 0.0f, 0.0f};
       const float* a4 = a + first;
-      if (first + kQuad > k) {
-        std::memcpy(tail, a4, sizeof(float) * static_cast<size_t>(k - first));
+      if (first + kQuad > k) {  // the ragged end of K, or a padding quad
+        if (first < k) std::memcpy(tail, a4, sizeof(float) * static_cast<size_t>(k - first));
         a4 = tail;
       }
       half[i] = half_table(a4, m0, m1, m2);
@@ -84,10 +85,10 @@ inline __m256 high_rows(__m256i acc) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
 }
 
-// Sums of one block (up to 8 quads) for the tile's 32 rows, as int16:
-// acc_a holds rows 0..15, acc_b rows 16..31.
+// Sums of one block (an even number of quads, at most 16) for the tile's 32 rows, as
+// int16: acc_a holds rows 0..15, acc_b rows 16..31.
 template <int Bits>
-inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads, __m256i& acc_a,
+__attribute__((always_inline)) inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads, __m256i& acc_a,
                          __m256i& acc_b) {
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
@@ -96,29 +97,35 @@ inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads, 
   const __m256i pair_weights[2] = {_mm256_set1_epi16(0x0201), _mm256_set1_epi16(0x0804)};
   const __m256i single_even = _mm256_set1_epi16(static_cast<int16_t>(1 << kTop));
   const __m256i single_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
-  const __m256i lane_shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
   acc_a = _mm256_setzero_si256();
   acc_b = _mm256_setzero_si256();
-  for (int q = 0; q < quads; ++q) {
-    const __m256i table = _mm256_broadcastsi128_si256(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(tables + q * kTableSize)));
-    const uint8_t* c = codes + q * 16 * Bits;
-    for (int s = 0; s < kPairs; ++s) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * s));
-      const __m256i lo = _mm256_and_si256(x, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
-      acc_a = _mm256_add_epi16(
-          acc_a, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table, lo)));
-      acc_b = _mm256_add_epi16(
-          acc_b, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table, hi)));
+#pragma GCC unroll 2
+  for (int q = 0; q < quads; q += 2, codes += 32 * Bits, tables += 2 * kTableSize) {
+    const uint8_t* c = codes;
+    __m256i table[2];
+    for (int p = 0; p < 2; ++p) {
+      table[p] = _mm256_broadcastsi128_si256(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(tables + p * kTableSize)));
+      for (int s = 0; s < kPairs; ++s) {
+        const __m256i x =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * (kPairs * p + s)));
+        const __m256i lo = _mm256_and_si256(x, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+        acc_a = _mm256_add_epi16(
+            acc_a, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p], lo)));
+        acc_b = _mm256_add_epi16(
+            acc_b, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p], hi)));
+      }
     }
     if (kSingle) {
-      const __m256i x = _mm256_broadcastsi128_si256(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 32 * kPairs)));
-      const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(x, lane_shift), low4);
-      const __m256i r = _mm256_shuffle_epi8(table, idx);
-      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r));
-      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r));
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 64 * kPairs));
+      const __m256i r0 = _mm256_shuffle_epi8(table[0], _mm256_and_si256(x, low4));
+      const __m256i r1 =
+          _mm256_shuffle_epi8(table[1], _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
+      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r0));
+      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r0));
+      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r1));
+      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r1));
     }
   }
 }
@@ -127,9 +134,10 @@ template <int Bits>
 void tile_dot(const TileJob& job) {
   const WeightFormat& f = job.format;
   const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f.k);
+  const int64_t blocks = num_blocks(f);
   const int64_t groups = num_groups(f);
-  const int64_t blocks_per_group = groups == 1 ? blocks : f.group_size / kBlockK;
+  const int64_t per_group = blocks_per_group(f);
+  const int block_quads = table_block(f) / kQuad;
   const __m256 half = _mm256_set1_ps(0.5f);
   const __m256 mid = _mm256_set1_ps(0.5f * static_cast<float>((1 << Bits) - 1));
   __m256 y[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
@@ -137,13 +145,18 @@ void tile_dot(const TileJob& job) {
   for (int64_t g = 0; g < groups; ++g) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
-    const int64_t b_end = std::min(blocks, (g + 1) * blocks_per_group);
-    for (int64_t b = g * blocks_per_group; b < b_end; ++b) {
-      const int64_t q0 = b * kBlockQuads;
-      const int n = static_cast<int>(std::min<int64_t>(quads - q0, kBlockQuads));
+    const int64_t b_end = std::min(blocks, (g + 1) * per_group);
+    for (int64_t b = g * per_group; b < b_end; ++b) {
+      const int64_t q0 = b * block_quads;
+      const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
       __m256i acc_a, acc_b;
-      block_sums16<Bits>(job.codes + q0 * 16 * Bits, job.tables.entries + q0 * kTableSize, n,
-                         acc_a, acc_b);
+      const uint8_t* codes = job.codes + q0 / 2 * 32 * Bits;
+      const int8_t* tables = job.tables.entries + q0 * kTableSize;
+      if (n == kMaxBlockQuads) {  // a constant count for the common case
+        block_sums16<Bits>(codes, tables, kMaxBlockQuads, acc_a, acc_b);
+      } else {
+        block_sums16<Bits>(codes, tables, n, acc_a, acc_b);
+      }
       const __m256 step = _mm256_set1_ps(job.tables.block_scales[b]);
       acc[0] = _mm256_fmadd_ps(low_rows(acc_a), step, acc[0]);
       acc[1] = _mm256_fmadd_ps(high_rows(acc_a), step, acc[1]);

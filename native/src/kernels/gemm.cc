@@ -10,9 +10,9 @@ std::string check_format(const WeightFormat& f) {
   if (f.ternary && f.bits != 2) return "ternary weights are stored with bits=2";
   if (f.n <= 0 || f.k <= 0) return "N and K must be positive";
   if (f.group_size <= 0) return "group_size must be positive";
-  if (f.group_size < f.k && f.group_size % kBlockK != 0) {
+  if (f.group_size < f.k && f.group_size % kMinBlockK != 0) {
     return "group_size=" + std::to_string(f.group_size) + " must be a multiple of " +
-           std::to_string(kBlockK) + " or at least K=" + std::to_string(f.k);
+           std::to_string(kMinBlockK) + " or at least K=" + std::to_string(f.k);
   }
   return {};
 }
@@ -35,10 +35,10 @@ void build_row(void* ctx, int64_t row) {
   Job& job = *static_cast<Job*>(ctx);
   const WeightFormat& f = job.args->format;
   float* sums = job.block_sums.data() + row * job.blocks;
-  job.kernel->build_tables(job.args->a + row * f.k, f.k,
+  job.kernel->build_tables(job.args->a + row * f.k, f.k, table_block(f),
                            job.entries.data() + row * job.quads * kTableSize,
                            job.block_scales.data() + row * job.blocks, sums);
-  const int64_t per_group = job.groups == 1 ? job.blocks : f.group_size / kBlockK;
+  const int64_t per_group = blocks_per_group(f);
   for (int64_t g = 0; g < job.groups; ++g) {
     float s = 0.0f;
     const int64_t end = std::min(job.blocks, (g + 1) * per_group);
@@ -55,7 +55,7 @@ void run_tile(void* ctx, int64_t tile) {
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
   TileJob t;
   t.format = f;
-  t.codes = args.codes + tile * job.quads * quad_stride(f.bits);
+  t.codes = args.codes + tile * job.quads / 2 * pair_stride(f.bits);
   if (rows == kTileRows) {
     t.scales = args.scales + n0;
     t.zero_points = args.zero_points ? args.zero_points + n0 : nullptr;
@@ -96,7 +96,7 @@ void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parall
   job.kernel = &kernel;
   job.args = &args;
   job.quads = num_quads(f.k);
-  job.blocks = num_blocks(f.k);
+  job.blocks = num_blocks(f);
   job.groups = num_groups(f);
   job.entries.resize(static_cast<size_t>(args.m * job.quads * kTableSize));
   job.block_scales.resize(static_cast<size_t>(args.m * job.blocks));

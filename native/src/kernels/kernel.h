@@ -14,8 +14,11 @@ namespace edgepet {
 constexpr int kTileRows = 32;      // output rows per packed tile
 constexpr int kQuad = 4;           // activations per table
 constexpr int kTableSize = 16;     // entries per table (2^kQuad)
-constexpr int kBlockK = 32;        // inputs sharing one table scale
-constexpr int kBlockQuads = kBlockK / kQuad;
+// Inputs sharing one table scale: 64, or 32 where groups are 32 wide (blocks
+// must nest in groups). 16 quads of 4-bit sums still fit int16 (16 * 15 * 127).
+constexpr int kMaxBlockK = 64;
+constexpr int kMinBlockK = 32;
+constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
 
 // What a weight's codes mean; mirrors the LutMatMul attributes.
 struct WeightFormat {
@@ -28,27 +31,36 @@ struct WeightFormat {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t num_quads(int64_t k) { return ceil_div(k, kQuad); }
-inline int64_t num_blocks(int64_t k) { return ceil_div(k, kBlockK); }
+// Quads come in pairs (the single-plane stream packs two quads per 32 bytes), so K
+// is padded with zeros to a multiple of 8.
+inline int64_t num_quads(int64_t k) { return 2 * ceil_div(k, 2 * kQuad); }
 inline int64_t num_tiles(int64_t n) { return ceil_div(n, kTileRows); }
 inline int64_t num_groups(const WeightFormat& f) { return ceil_div(f.k, f.group_size); }
-// Bytes of one tile's codes for one quad: 32 rows x 4 inputs x bits / 8.
-inline int64_t quad_stride(int bits) { return 16 * bits; }
+inline int table_block(const WeightFormat& f) {
+  return f.group_size >= f.k || f.group_size % kMaxBlockK == 0 ? kMaxBlockK : kMinBlockK;
+}
+inline int64_t num_blocks(int64_t k, int block) { return ceil_div(k, block); }
+inline int64_t num_blocks(const WeightFormat& f) { return num_blocks(f.k, table_block(f)); }
+inline int64_t blocks_per_group(const WeightFormat& f) {
+  return num_groups(f) == 1 ? num_blocks(f) : f.group_size / table_block(f);
+}
+// Bytes of one tile's codes for one pair of quads: 32 rows x 8 inputs x bits / 8.
+inline int64_t pair_stride(int bits) { return 32 * bits; }
 inline int64_t packed_bytes(const WeightFormat& f) {
-  return num_tiles(f.n) * num_quads(f.k) * quad_stride(f.bits);
+  return num_tiles(f.n) * num_quads(f.k) / 2 * pair_stride(f.bits);
 }
 
 // Tables of one activation row.
 struct Tables {
   const int8_t* entries;       // [quads][16]
-  const float* block_scales;   // [blocks]: float value of one table step
+  const float* block_scales;   // [blocks]: float value of one table step (see table_block)
   const float* group_sums;     // [groups]: sum of the activations of each group
 };
 
 // One tile (32 rows) of the weight, read against one activation row.
 struct TileJob {
   WeightFormat format;
-  const uint8_t* codes;        // the tile's packed codes: [quads][quad_stride]
+  const uint8_t* codes;        // the tile's packed codes: [quads / 2][pair_stride]
   const float* scales;         // [groups] x row_stride, first row of the tile
   const float* zero_points;    // same layout, or null
   int64_t row_stride;          // distance between groups in scales (N, or 32 for a padded copy)
@@ -58,10 +70,10 @@ struct TileJob {
 
 struct Kernel {
   const char* name;
-  // a: k floats. entries: num_quads(k)*16 bytes; block_scales: num_blocks(k);
-  // block_sums: num_blocks(k) sums of activations per block.
-  void (*build_tables)(const float* a, int64_t k, int8_t* entries, float* block_scales,
-                       float* block_sums);
+  // a: k floats. entries: num_quads(k)*16 bytes; block_scales and block_sums (the
+  // activations' sum per block): num_blocks(k, block) each; block: 32 or 64.
+  void (*build_tables)(const float* a, int64_t k, int block, int8_t* entries,
+                       float* block_scales, float* block_sums);
   void (*tile_dot)(const TileJob& job);
 };
 

@@ -10,28 +10,31 @@ namespace edgepet {
 // Name recorded in the LutMatMul `layout` attribute.
 constexpr const char* kLayoutName = "tile32";
 
-// Where the 4-bit table index of (row in tile, plane) sits inside one quad's bytes.
+// Where the 4-bit table index of (row in tile, plane, quad) sits inside the bytes
+// of its pair of quads (32 * bits of them).
 struct NibbleAddress {
-  int byte;   // offset from the start of the quad's 16*bits bytes
+  int byte;   // offset from the start of the quad pair's bytes
   int shift;  // 0: low nibble, 4: high nibble
 };
 
-inline NibbleAddress nibble_address(int bits, int row, int plane) {
+// parity: 0 for the first quad of the pair, 1 for the second.
+inline NibbleAddress nibble_address(int bits, int row, int plane, int parity) {
   const int pairs = bits / 2;
   if (plane < 2 * pairs) {
-    // Pair stream: byte c holds planes (2s, 2s+1) of row c/2 (low) and 16 + c/2 (high).
-    const int stream = plane / 2;
-    return {32 * stream + 2 * (row % 16) + plane % 2, 4 * (row / 16)};
+    // Pair streams, first all of quad 0's, then quad 1's: byte c holds planes
+    // (2s, 2s+1) of row c/2 (low nibble) and of row 16 + c/2 (high nibble).
+    return {32 * pairs * parity + 32 * (plane / 2) + 2 * (row % 16) + plane % 2,
+            4 * (row / 16)};
   }
-  // Single stream: unpacked position u holds row u/2 (u even) or 16 + u/2 (u odd);
-  // positions 0..15 are low nibbles of bytes 0..15, 16..31 their high nibbles.
+  // Single stream, 32 bytes shared by both quads (low nibbles: quad 0, high: quad 1).
+  // Byte u holds row u/2 for even u and row 16 + u/2 for odd u.
   const int u = row < 16 ? 2 * row : 2 * (row - 16) + 1;
-  return {32 * pairs + (u & 15), 4 * (u >> 4)};
+  return {64 * pairs + u, 4 * parity};
 }
 
-inline int packed_index(const uint8_t* quad_codes, int bits, int row, int plane) {
-  const NibbleAddress at = nibble_address(bits, row, plane);
-  return (quad_codes[at.byte] >> at.shift) & 0xF;
+inline int packed_index(const uint8_t* pair_codes, int bits, int row, int plane, int parity) {
+  const NibbleAddress at = nibble_address(bits, row, plane, parity);
+  return (pair_codes[at.byte] >> at.shift) & 0xF;
 }
 
 // codes: [n][k] row-major, each < 2^bits. out: packed_bytes() bytes.

@@ -20,12 +20,13 @@ float signed_sum(const float* a4, int idx) {
   return t;
 }
 
-void build_tables(const float* a, int64_t k, int8_t* entries, float* block_scales,
+void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
                   float* block_sums) {
   const int64_t quads = num_quads(k);
-  for (int64_t b = 0; b < num_blocks(k); ++b) {
-    const int64_t q0 = b * kBlockQuads;
-    const int64_t q1 = std::min(quads, q0 + kBlockQuads);
+  const int64_t block_quads = block / kQuad;
+  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
+    const int64_t q0 = b * block_quads;
+    const int64_t q1 = std::min(quads, q0 + block_quads);
     float a4[kQuad];
     float largest = 0.0f;
     float sum = 0.0f;
@@ -53,22 +54,24 @@ void build_tables(const float* a, int64_t k, int8_t* entries, float* block_scale
 void tile_dot(const TileJob& job) {
   const WeightFormat& f = job.format;
   const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f.k);
+  const int64_t blocks = num_blocks(f);
   const int64_t groups = num_groups(f);
-  const int64_t blocks_per_group = groups == 1 ? blocks : f.group_size / kBlockK;
-  const int64_t stride = quad_stride(f.bits);
+  const int64_t per_group = blocks_per_group(f);
+  const int64_t block_quads = table_block(f) / kQuad;
+  const int64_t stride = pair_stride(f.bits);
   for (int row = 0; row < kTileRows; ++row) {
     float y = 0.0f;
     for (int64_t g = 0; g < groups; ++g) {
       float group_acc = 0.0f;
-      const int64_t b_end = std::min(blocks, (g + 1) * blocks_per_group);
-      for (int64_t b = g * blocks_per_group; b < b_end; ++b) {
+      const int64_t b_end = std::min(blocks, (g + 1) * per_group);
+      for (int64_t b = g * per_group; b < b_end; ++b) {
         int32_t plane_sum = 0;
-        const int64_t q_end = std::min(quads, (b + 1) * kBlockQuads);
-        for (int64_t q = b * kBlockQuads; q < q_end; ++q) {
+        const int64_t q_end = std::min(quads, (b + 1) * block_quads);
+        for (int64_t q = b * block_quads; q < q_end; ++q) {
           const int8_t* table = job.tables.entries + q * kTableSize;
           for (int plane = 0; plane < f.bits; ++plane) {
-            const int idx = packed_index(job.codes + q * stride, f.bits, row, plane);
+            const int idx = packed_index(job.codes + q / 2 * stride, f.bits, row, plane,
+                                         static_cast<int>(q % 2));
             plane_sum += table[idx] * (1 << plane);
           }
         }
