@@ -1,0 +1,252 @@
+"""LutMatMul in ONNX Runtime vs ORT's own MatMulNBits and fp32 MatMul, in one run.
+
+For each shape, row count M and thread count it times (median of repeated runs):
+
+* ``edgepet`` — ``ai.edgepet.LutMatMul`` at 1, 2, 3, 4 bits and ternary;
+* ``ort-nbits`` — ``com.microsoft.MatMulNBits`` at 2 and 4 bits, block 32 and 128,
+  with its default path and with ``mlas.use_lut_gemm=1``;
+* ``ort-fp32`` — a plain MatMul with the float weight;
+
+and each one's relative error against the exact product with its own dequantized
+weights. Ratios compare edgepet at b bits with ORT's fastest path at the same bits
+(1-bit and ternary against ORT 2-bit, ORT's narrowest). Noisy machines: compare
+ratios from one run, not absolute times across runs.
+
+    python benchmarks/kernels.py                 # the full table (a few minutes)
+    python benchmarks/kernels.py --json out.json # also write every measurement
+    python benchmarks/kernels.py --smoke         # tiny shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepet import runtime
+from edgepet.exporters.onnx import linear_model
+from edgepet.quant import quantize
+
+SHAPES = {
+    "gemv-4096": (4096, 4096),
+    "smollm2-up 576->1536": (576, 1536),
+    "smollm2-down 1536->576": (1536, 576),
+    "smollm2-attn 576->576": (576, 576),
+}
+EDGEPET_BITS = [1, 2, 3, 4, "ternary"]
+ORT_BITS = [2, 4]
+BLOCKS = [32, 128]
+
+
+@dataclass
+class Result:
+    shape: str
+    k: int
+    n: int
+    m: int
+    threads: int
+    contender: str
+    bits: str
+    block: int
+    median_ms: float
+    rel_err: float
+
+
+def time_session(sess: ort.InferenceSession, x: np.ndarray, budget_s: float) -> float:
+    """Median milliseconds of sess.run over a time budget (at least 5 runs)."""
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(3):
+        sess.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def options(threads: int, lut_gemm: bool = False) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if lut_gemm:
+        opts.add_session_config_entry("mlas.use_lut_gemm", "1")
+    return opts
+
+
+def _one_node_model(node, k: int, n: int, inits) -> bytes:
+    graph = helper.make_graph(
+        [node], "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=inits,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def matmul_nbits(w: np.ndarray, bits: int, block: int) -> tuple[bytes, np.ndarray]:
+    """A MatMulNBits model for w [N, K] (round to nearest, default zero point) and
+    the float weights its codes stand for: (q - 2^(bits-1)) * scale."""
+    n, k = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = w
+    grouped = padded.reshape(n, blocks, block)
+    zero = 1 << (bits - 1)
+    scale = np.abs(grouped).max(axis=2) / zero
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(grouped / scale[:, :, None]) + zero, 0, (1 << bits) - 1).astype(np.uint8)
+    per_byte = 8 // bits
+    q4 = q.reshape(n, blocks, block // per_byte, per_byte).astype(np.uint16)
+    packed = np.zeros(q4.shape[:3], np.uint16)
+    for i in range(per_byte):  # element i of a byte sits at bits [i*bits, (i+1)*bits)
+        packed |= q4[..., i] << (i * bits)
+    dequant = ((q.astype(np.float32) - zero) * scale[:, :, None]).reshape(n, -1)[:, :k]
+    node = helper.make_node(
+        "MatMulNBits", ["x", "W", "S"], ["y"], domain="com.microsoft",
+        K=k, N=n, bits=bits, block_size=block,
+    )
+    inits = [
+        numpy_helper.from_array(packed.astype(np.uint8), "W"),
+        numpy_helper.from_array(scale.astype(np.float32).reshape(-1), "S"),
+    ]
+    return _one_node_model(node, k, n, inits), dequant
+
+
+def fp32_matmul(w: np.ndarray) -> bytes:
+    n, k = w.shape
+    node = helper.make_node("MatMul", ["x", "Wt"], ["y"])
+    return _one_node_model(node, k, n, [numpy_helper.from_array(np.ascontiguousarray(w.T), "Wt")])
+
+
+def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[int],
+        budget_s: float, progress) -> list[Result]:
+    results: list[Result] = []
+    rng = np.random.default_rng(0)
+    for shape_name, (k, n) in shapes.items():
+        w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
+        models: list[tuple[str, str, int, bytes, np.ndarray, bool]] = []
+        for bits in EDGEPET_BITS:
+            for block in BLOCKS:
+                qt = quantize(w, bits, block if block < k else "per-row", symmetric=True)
+                models.append(("edgepet", str(bits), block,
+                               linear_model(qt).SerializeToString(), qt.dequantize(), True))
+        for bits in ORT_BITS:
+            for block in BLOCKS:
+                model, dq = matmul_nbits(w, bits, block)
+                models.append(("ort-nbits", str(bits), block, model, dq, False))
+                models.append(("ort-nbits-lut", str(bits), block, model, dq, False))
+        models.append(("ort-fp32", "32", 0, fp32_matmul(w), w, False))
+        for threads in threads_list:
+            for m in ms:
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                for contender, bits, block, model, dq, ours in models:
+                    progress(f"{shape_name} M={m} threads={threads} {contender} {bits}b/{block}")
+                    if ours:
+                        sess = runtime.InferenceSession(model, options=options(threads))
+                    else:
+                        sess = ort.InferenceSession(
+                            model, options(threads, contender == "ort-nbits-lut"),
+                            providers=["CPUExecutionProvider"],
+                        )
+                    y = sess.run(None, {"x": x})[0]
+                    err = rel_err(y, x @ dq.T)
+                    ms_ = time_session(sess, x, budget_s)
+                    results.append(Result(shape_name, k, n, m, threads, contender, bits, block,
+                                          ms_, err))
+    return results
+
+
+def ratios(results: list[Result]) -> list[dict]:
+    """edgepet at b bits vs ORT's fastest path at the same bits (2-bit for 1-bit/ternary)."""
+    rows = []
+    keys = sorted({(r.shape, r.m, r.threads) for r in results}, key=str)
+    for shape, m, threads in keys:
+        here = [r for r in results if (r.shape, r.m, r.threads) == (shape, m, threads)]
+        ort_best = {}
+        for r in here:
+            if r.contender.startswith("ort-nbits"):
+                best = ort_best.get(r.bits)
+                if best is None or r.median_ms < best.median_ms:
+                    ort_best[r.bits] = r
+        fp32 = next(r for r in here if r.contender == "ort-fp32")
+        for bits in map(str, EDGEPET_BITS):
+            ours = min((r for r in here if r.contender == "edgepet" and r.bits == bits),
+                       key=lambda r: r.median_ms)
+            peer_bits = bits if bits in ort_best else "2"
+            peer = ort_best[peer_bits]
+            rows.append({
+                "shape": shape, "m": m, "threads": threads, "bits": bits,
+                "edgepet_ms": ours.median_ms, "edgepet_block": ours.block,
+                "edgepet_err": ours.rel_err,
+                "ort_bits": peer_bits, "ort_ms": peer.median_ms,
+                "ort_path": f"{peer.contender}/{peer.block}", "ort_err": peer.rel_err,
+                "speedup_vs_ort": peer.median_ms / ours.median_ms,
+                "speedup_vs_fp32": fp32.median_ms / ours.median_ms,
+            })
+    return rows
+
+
+def print_tables(results: list[Result], rows: list[dict]) -> None:
+    print("\nAll measurements (median ms, relative error vs exact dequantized product)")
+    print(f"{'shape':24} {'M':>3} {'thr':>3} {'contender':14} {'bits':>7} {'block':>5}"
+          f" {'ms':>9} {'rel.err':>8}")
+    for r in results:
+        print(f"{r.shape:24} {r.m:>3} {r.threads:>3} {r.contender:14} {r.bits:>7} {r.block:>5}"
+              f" {r.median_ms:>9.3f} {r.rel_err:>8.4f}")
+    print("\nedgepet vs ORT's fastest MatMulNBits at the same bits (1-bit/ternary vs ORT 2-bit)")
+    print(f"{'shape':24} {'M':>3} {'thr':>3} {'bits':>7} {'edgepet ms':>10} {'ORT ms':>9}"
+          f" {'ORT path':>18} {'speedup':>8} {'vs fp32':>8} {'err':>7}")
+    for row in rows:
+        print(f"{row['shape']:24} {row['m']:>3} {row['threads']:>3} {row['bits']:>7}"
+              f" {row['edgepet_ms']:>10.3f} {row['ort_ms']:>9.3f} {row['ort_path']:>18}"
+              f" {row['speedup_vs_ort']:>7.2f}x {row['speedup_vs_fp32']:>7.2f}x"
+              f" {row['edgepet_err']:>7.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write all measurements and ratios to this file")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, to check the script")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    args = parser.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.smoke:
+        shapes, ms, budget = {"smoke 256->96": (256, 96)}, [1, 3], 0.01
+    else:
+        shapes, ms, budget = SHAPES, [1, 32], args.budget
+
+    def progress(msg: str) -> None:
+        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+
+    results = run(shapes, ms, threads, budget, progress)
+    print("\r\033[K", end="", file=sys.stderr)
+    rows = ratios(results)
+    print(f"edgepet benchmark — {platform.processor() or platform.machine()}, "
+          f"onnxruntime {ort.__version__}")
+    print_tables(results, rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"onnxruntime": ort.__version__, "machine": platform.machine(),
+                       "results": [asdict(r) for r in results], "ratios": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
