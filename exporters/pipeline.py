@@ -124,7 +124,7 @@ def export(
         say("loading the model")
         loaded = _resolve_model(model, trust, arch, arch_kwargs)
         tasks = _tasks(loaded, adapters)
-        say("preparing adapters" if tasks else "merging PET layers")
+        say("preparing adapters" if tasks else "preparing the model")
         graph_module, switchable, pet_info = _graph_module(loaded, tasks)
         example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
         references = _torch_references(loaded, tasks, example)
@@ -132,7 +132,8 @@ def export(
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
         _rename_outputs(float_model)
         say(f"quantizing linear layers to {policy.bits} bits")
-        known = _known_weights(graph_module, switchable, policy, quantize_fn)
+        first_task = next(iter(tasks.values())) if tasks else graph_module
+        known = _known_weights(first_task, switchable, policy, quantize_fn)
         names = {digest(v.numpy()): k for k, v in tx.named_matrices(graph_module).items()}
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         say("writing adapters and reference data")
@@ -335,9 +336,34 @@ def _graph_module(loaded: tx.LoadedModel, tasks: dict[str, nn.Module]
         else:
             kept.append(name)
     pet.unload(module)
+    _freeze_packed(module)
     info = {"merged": merged, "kept_unmerged": kept, "switchable": sorted(switchable),
             "tasks": list(tasks)}
     return module, switchable, info
+
+
+class _ConstantMatrix(nn.Module):
+    """Stands in for a binarized matrix when tracing: its dequantized weight as a buffer.
+
+    ``PackedMatrix`` unpacks its codes with numpy in ``forward``, which ``torch.export``
+    cannot trace; the values are the same, so the graph and the value match are too.
+    """
+
+    def __init__(self, weight: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(weight)))
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+def _freeze_packed(module: nn.Module) -> None:
+    pet = _pet()
+    packed = [(n, m) for n, m in module.named_modules() if isinstance(m, pet.PackedMatrix)]
+    for name, matrix in packed:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, _ConstantMatrix(matrix.dequantized()))
 
 
 def _varying_layers(tasks: dict[str, nn.Module], layers: Mapping[str, nn.Module]) -> set[str]:
@@ -405,7 +431,7 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
              known: dict[str, KnownWeight], quantize_fn: Callable[..., QuantizedTensor],
              say: _Steps) -> RewriteResult:
     def tick(done: int, total: int, layer: str) -> None:
-        if done == total or done % max(1, total // 10) == 0:
+        if done == total or done % max(1, total // 4) == 0:
             say(f"  {done}/{total} layers ({layer})")
 
     try:

@@ -1,0 +1,440 @@
+"""The ``edgepet`` command: export, run, inspect, verify, targets, demo.
+
+Exit codes: 0 success, 2 bad input (the message says what failed, why and what to do),
+1 internal error (or, for ``verify``, errors beyond the bundle's tolerance).
+Only ``export`` and ``demo`` import torch; the other commands run on a device that has
+numpy, onnx, onnxruntime and the edgepet op library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+_DESCRIPTION = """\
+edgepet turns a PyTorch model tuned with parameter-efficient methods (LoRA, Bone,
+adapters, 1-bit adapters) into a bundle whose linear layers run at 1-4 bits through
+ONNX Runtime and edgepet's LUT kernels, and runs that bundle on edge CPUs.
+
+typical session:
+  edgepet demo                                   # export, run and verify a small example
+  edgepet targets                                # the CPUs edgepet builds for
+  edgepet export model.pt2 --target rpi5 -o out/ # a torch.export program -> bundle
+  edgepet inspect out/                           # layers, bits, bytes, compression
+  edgepet run out/ --input x.npy --output y.npz  # run it
+  edgepet verify out/                            # error against PyTorch on reference data
+"""
+
+_EXPORT_EPILOG = """\
+model files:
+  model.pt2                   torch.export.save(torch.export.export(model, args), ...)
+  model.ts / model.pt         torch.jit.save(torch.jit.trace(model, args), ...)
+  weights.pt --arch PKG.MOD:Class [--arch-kwargs '{"dim": 64}']
+                              a state dict (torch.save(model.state_dict()) or .safetensors)
+  model.pt --trust            a pickled nn.Module (torch.save(model)); unpickling runs code
+  (none)                      the built-in example (--example mlp|vit|llama, default llama)
+
+adapters (--adapter NAME=PATH, repeatable; PATH: a PEFT folder or a state-dict file):
+  one adapter merges into the model; several stay switchable at run time
+  (adapters/NAME.onnx_adapter; `edgepet run OUT --adapter NAME`).
+  A model carrying binarized 1-bit adapters (edgepet.pet.binarize) keeps them as
+  exact 1-bit LutMatMul layers with an adapter file of their own.
+
+examples:
+  edgepet export model.pt2 --target rpi5 -o bundle/
+  edgepet export weights.safetensors --arch mypkg.net:Net --bits 2 --keep lm_head -o b/
+  edgepet export weights.pt --arch mypkg.net:Net --adapter sst2=runs/sst2 \\
+                 --adapter mnli=runs/mnli -o b/
+  edgepet export model.ts --input-shape 1,3,224,224 -o b/
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgepet", description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from edgepet import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgepet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    export = sub.add_parser(
+        "export", help="export a PyTorch model into a bundle",
+        description="Quantize a (tuned) PyTorch model's linear layers to 1-4 bits, export it "
+                    "to ONNX with ai.edgepet.LutMatMul nodes, and write a verified bundle.",
+        epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _export_arguments(export)
+
+    demo = sub.add_parser(
+        "demo", help="export, run and verify the built-in example (well under a minute)",
+        description="Export a small built-in model, run it through the LUT kernels, verify "
+                    "it against PyTorch and print the summary.",
+    )
+    demo.add_argument("--example", default="llama", choices=("mlp", "vit", "llama"),
+                      help="which example model (default: llama, a 2-layer decoder)")
+    demo.add_argument("--target", help="target profile (default: this machine)")
+    demo.add_argument("--bits", help="1, 2, 3, 4 or ternary (default: the target's)")
+    demo.add_argument("-o", "--output", help="keep the bundle here (default: a temp folder)")
+
+    run = sub.add_parser(
+        "run", help="run a bundle on inputs from .npy/.npz",
+        description="Run a bundle. Inputs: one .npy (single-input models) or an .npz with "
+                    "an array per input name (see `edgepet inspect`).",
+    )
+    run.add_argument("bundle", help="bundle folder")
+    run.add_argument("--input", required=True, help="x.npy or x.npz")
+    run.add_argument("--adapter", help="task adapter to use (see `edgepet inspect`)")
+    run.add_argument("--output", help="write the outputs to this .npz")
+    run.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+
+    inspect = sub.add_parser("inspect", help="layers, bits, bytes, compression, target, ABI")
+    inspect.add_argument("bundle", help="bundle folder")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    verify = sub.add_parser(
+        "verify", help="run reference/ and report the error against PyTorch",
+        description="Run the bundle's reference inputs (for every adapter) and compare with "
+                    "the fp32 PyTorch outputs and with the dequantized graph. Exit code 1 "
+                    "when an error exceeds the tolerance recorded in the manifest.",
+    )
+    verify.add_argument("bundle", help="bundle folder")
+    verify.add_argument("--threads", type=int, help="intra-op threads")
+    verify.add_argument("--json", action="store_true", help="print results as JSON")
+
+    targets = sub.add_parser("targets", help="list the target profiles")
+    targets.add_argument("--json", action="store_true", help="print the profiles as JSON")
+    return parser
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model file (see below); omit for the example")
+    p.add_argument("-o", "--output", help="bundle folder to write (default: MODEL.edgepet, "
+                                          "or edgepet-example for the example)")
+    p.add_argument("--target", help="target profile, see `edgepet targets` (default: this "
+                                    "machine's)")
+    p.add_argument("--bits", help="weight bits: 1, 2, 3, 4 or ternary (default: the target's)")
+    p.add_argument("--group-size", help="inputs per scale: a multiple of 32 or per-row "
+                                        "(default: the target's)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=True,
+                   help="symmetric codes (--no-symmetric: a zero point per group)")
+    p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
+                   help="leave layers matching this name pattern in float (fnmatch, e.g. "
+                        "lm_head or 'layers.0.*'); repeatable")
+    p.add_argument("--quantizer", default="auto", choices=("auto", "rtn", "search"),
+                   help="rtn: round to nearest; search: error-minimizing clip/scale per "
+                        "group (default auto: search)")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
+                   help="a task's adapter: PEFT folder or state-dict file; repeatable")
+    p.add_argument("--input-shape", action="append", default=[], metavar="[DTYPE:]D0,D1,..",
+                   help="shape of a model input, e.g. 1,3,224,224 or int64:1,32; repeatable "
+                        "(default: inferred from the model)")
+    p.add_argument("--input", dest="example_input", metavar="FILE",
+                   help="example/reference inputs (.npy or .npz) instead of --input-shape")
+    p.add_argument("--arch", help="package.module:Class that builds the model of a state dict")
+    p.add_argument("--arch-kwargs", help="JSON object of keyword arguments for --arch")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a pickled nn.Module (runs code from the file)")
+    p.add_argument("--example", choices=("mlp", "vit", "llama"),
+                   help="export a built-in example model instead of MODEL")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+class _Usage(Exception):
+    """Bad command-line input found by the CLI itself (exit code 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgepet`` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    from edgepet.exporters.errors import BadInputError
+
+    handler = {"export": _cmd_export, "demo": _cmd_demo, "run": _cmd_run,
+               "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
+    try:
+        return handler[args.command](args)
+    except (BadInputError, _Usage) as error:
+        print(f"edgepet {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("edgepet: interrupted", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as error:  # noqa: BLE001 — the last line of defence
+        if os.environ.get("EDGEPET_DEBUG"):
+            traceback.print_exc()
+        print(f"edgepet {args.command}: internal error: {type(error).__name__}: {error}\n"
+              "  this is a bug in edgepet — rerun with EDGEPET_DEBUG=1 for the traceback and "
+              "report it", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+# --- export and demo -----------------------------------------------------------------------
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def _adapters(specs: list[str]) -> dict[str, str] | None:
+    if not specs:
+        return None
+    adapters = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec.rstrip("/")).name or "adapter", spec
+        if name in adapters:
+            raise _Usage(f"--adapter name {name!r} is given twice — name each task once")
+        adapters[name] = path
+    return adapters
+
+
+def _example_inputs(path: str | None) -> list | None:
+    if path is None:
+        return None
+    import numpy as np
+
+    arrays = _read_arrays(path)
+    return [np.asarray(a) for a in arrays.values()]
+
+
+def _read_arrays(path: str) -> dict[str, Any]:
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise _Usage(f"input file {path} does not exist")
+    try:
+        if file.suffix == ".npz":
+            with np.load(file, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        return {"": np.load(file, allow_pickle=False)}
+    except (ValueError, OSError, EOFError) as error:
+        raise _Usage(f"{path} is not a readable .npy/.npz file ({error}) — save inputs with "
+                     "numpy.save or numpy.savez") from None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgepet.exporters.errors import BadInputError
+    from edgepet.exporters.torch_export import parse_arch_kwargs
+
+    if args.model and args.example:
+        raise _Usage("give either MODEL or --example, not both")
+    model = args.model or f"example:{args.example or 'llama'}"
+    default_out = (Path(args.model).stem + ".edgepet") if args.model else "edgepet-example"
+    bits = args.bits
+    try:
+        bundle = _export(
+            model, args.output or default_out, args, bits=bits,
+            group_size=args.group_size, symmetric=args.symmetric, keep=args.keep,
+            quantizer=args.quantizer, adapters=_adapters(args.adapter),
+            input_shapes=args.input_shape or None,
+            inputs=_example_inputs(args.example_input),
+            trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
+            overwrite=args.force,
+        )
+    except ValueError as error:
+        if isinstance(error, BadInputError):
+            raise
+        raise BadInputError(str(error)) from None
+    print(summary(bundle))
+    return EXIT_OK
+
+
+def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
+    from edgepet.exporters.errors import BadInputError
+    from edgepet.exporters.pipeline import export
+
+    try:
+        return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
+    except ValueError as error:  # e.g. an unknown target from edgepet.targets
+        if isinstance(error, BadInputError):
+            raise
+        raise BadInputError(str(error)) from None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    args.quiet = False
+    with tempfile.TemporaryDirectory(prefix="edgepet-demo-") as tmp:
+        out = args.output or str(Path(tmp) / "bundle")
+        bundle = _export(f"example:{args.example}", out, args, bits=args.bits,
+                         overwrite=bool(args.output))
+        session = bundle.session()
+        inputs = bundle.reference_inputs()
+        outputs = session.run(inputs)
+        first = next(iter(outputs.values()))
+        print(summary(bundle))
+        print(f"  ran         {', '.join(f'{k} {list(v.shape)}' for k, v in inputs.items())} -> "
+              f"{list(first.shape)}; first values {np.array2string(first.ravel()[:4], precision=3)}")
+        results = bundle.verify()
+        print(_verify_lines(results))
+        if args.output:
+            print(f"\nbundle kept in {out}; try: edgepet inspect {out}")
+        return EXIT_OK if all(r.ok for r in results) else EXIT_INTERNAL
+
+
+def summary(bundle) -> str:
+    """A few lines that say what was exported, how small it is and how accurate."""
+    m = bundle.manifest
+    q, s, t = m["quantization"], m["sizes"], m["target"]
+    lut = [layer for layer in m["layers"] if layer["bits"] is not None]
+    kept = len(m["layers"]) - len(lut)
+    group = q["group_size"] or "per-row"
+    lines = [
+        f"edgepet bundle: {bundle.path}",
+        f"  target      {t['name']} ({t['arch']}, {t['kernel']} kernel, {t['threads']} threads)",
+        (f"  weights     {q['bits']}-bit, group {group}, "
+         f"{'symmetric' if q['symmetric'] else 'asymmetric'}, {q['quantizer']} quantizer"),
+        f"  layers      {len(lut)} LutMatMul, {kept} kept in float",
+        (f"  size        weights {_mb(s['float_weight_bytes'])} fp32 -> "
+         f"{_mb(s['weight_bytes'])} ({s['compression']:.2f}x smaller); bundle "
+         f"{_mb(s['bundle_bytes'])} on disk"),
+    ]
+    if m["adapters"]:
+        lines.append("  adapters    " + ", ".join(
+            f"{a['name']} ({_mb(a['bytes'])})" for a in m["adapters"]))
+    measured = m["reference"].get("measured", {})
+    tol = m["reference"]["tolerance"]
+    for name, r in measured.items():
+        label = "error" if len(measured) == 1 else f"error [{name}]"
+        top1 = r.get("top1_agreement")
+        lines.append(
+            f"  {label:<11} vs PyTorch fp32 {r['relative_error_vs_pytorch']:.4f} (tolerance "
+            f"{tol['vs_pytorch']}), vs dequantized graph {r['relative_error_vs_quantized']:.4f}"
+            f" (tolerance {tol['vs_quantized']})"
+            + (f", top-1 agreement {100 * top1:.0f}%" if top1 is not None else ""))
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+# --- device-side commands (no torch) --------------------------------------------------------
+
+
+def _open(path: str):
+    from edgepet.exporters.bundle import Bundle
+
+    return Bundle.open(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    bundle = _open(args.bundle)
+    session = bundle.session(args.threads)
+    arrays = _read_arrays(args.input)
+    if list(arrays) == [""]:
+        if len(session.input_names) != 1:
+            raise _Usage(f"the bundle takes inputs {', '.join(session.input_names)} — give an "
+                         ".npz with one array per name")
+        arrays = {session.input_names[0]: arrays[""]}
+    outputs = session.run(arrays, adapter=args.adapter)
+    for name, value in outputs.items():
+        preview = np.array2string(value.ravel()[:6], precision=4)
+        print(f"{name}: {value.dtype} {list(value.shape)} {preview}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    bundle = _open(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return EXIT_OK
+    print(summary(bundle))
+    op = m["operator"]
+    print(f"  operator    {op['domain']}.{op['op_type']} v{op['version']}, layout {op['layout']},"
+          f" ABI {op['abi_version']}")
+    print("  inputs      " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}"
+                                         for i in m["inputs"]))
+    print("  outputs     " + ", ".join(f"{o['name']} {o['dtype']} {o['shape']}"
+                                         for o in m["outputs"]))
+    print(f"\n  {'layer':<40} {'N':>6} {'K':>6} {'bits':>7} {'group':>6} {'fp32':>10} "
+          f"{'stored':>10} {'ratio':>6}")
+    for layer in m["layers"]:
+        bits = "float" if layer["bits"] is None else str(layer["bits"])
+        if layer["switchable"]:
+            bits += "*"
+        print(f"  {layer['name'][:40]:<40} {layer['N']:>6} {layer['K']:>6} {bits:>7} "
+              f"{layer['group_size'] or '-'!s:>6} {layer['float_bytes']:>10,} "
+              f"{layer['stored_bytes']:>10,} {layer['float_bytes'] / layer['stored_bytes']:>6.2f}")
+    if any(layer["switchable"] for layer in m["layers"]):
+        print("  * switchable: its parameters come from the active adapter file")
+    print("\n  files (sizes and SHA-256 checked against the manifest):")
+    for rel, info in m["files"].items():
+        print(f"    {rel:<44} {info['bytes']:>12,} bytes")
+    return EXIT_OK
+
+
+def _verify_lines(results) -> str:
+    lines = []
+    for r in results:
+        name = r.adapter or "model"
+        verdict = "ok" if r.ok else "FAILED"
+        top1 = "" if r.top1_agreement is None else f", top-1 agreement {100 * r.top1_agreement:.0f}%"
+        lines.append(
+            f"  verify [{name}] {verdict}: vs PyTorch fp32 {r.vs_pytorch:.4f} (<= "
+            f"{r.tolerance_pytorch}), vs dequantized graph {r.vs_quantized:.4f} (<= "
+            f"{r.tolerance_quantized}){top1}")
+    return "\n".join(lines)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    bundle = _open(args.bundle)
+    results = bundle.verify(args.threads)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(f"edgepet verify: {bundle.path} ({bundle.manifest['quantization']['bits']}-bit, "
+              f"target {bundle.target})")
+        print(_verify_lines(results))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_INTERNAL
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from edgepet.targets import TARGETS
+
+    if args.json:
+        print(json.dumps({n: p.to_dict() for n, p in TARGETS.items()}, indent=2))
+        return EXIT_OK
+    for profile in TARGETS.values():
+        here = " (this machine's architecture)" if profile.runs_on_host() else ""
+        print(f"{profile.name}: {profile.description}{here}")
+        print(f"  cpu        {profile.arch}, {profile.cpu}")
+        missing = f" (no {', '.join(profile.missing_features)})" if profile.missing_features else ""
+        print(f"  isa        {', '.join(profile.isa_features)}{missing}")
+        print(f"  defaults   {profile.default_bits}-bit, group {profile.default_group_size}, "
+              f"{profile.threads} threads, {profile.kernel} kernel, layout {profile.layout}")
+        tc = profile.toolchain
+        print(f"  toolchain  {tc.cxx} {tc.flags}"
+              + (f"; run with {tc.emulator}" if tc.emulator else "")
+              + (f"; {tc.note}" if tc.note else ""))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
