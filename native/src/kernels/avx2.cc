@@ -85,11 +85,14 @@ inline __m256 high_rows(__m256i acc) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
 }
 
-// Sums of one block (an even number of quads, at most 16) for the tile's 32 rows, as
-// int16: acc_a holds rows 0..15, acc_b rows 16..31.
-template <int Bits>
-__attribute__((always_inline)) inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads, __m256i& acc_a,
-                         __m256i& acc_b) {
+// Sums of one block (an even number of quads, at most 16) for the tile's 32 rows
+// against Rows activation rows, as int16: acc_a[m] holds rows 0..15, acc_b[m] 16..31.
+// The codes are loaded and unpacked once for all activation rows.
+template <int Bits, int Rows>
+__attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
+                                                        const int8_t* const* tables_in,
+                                                        int quads, __m256i* acc_a,
+                                                        __m256i* acc_b) {
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
   constexpr int kTop = Bits - 1;
@@ -97,40 +100,52 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes, co
   const __m256i pair_weights[2] = {_mm256_set1_epi16(0x0201), _mm256_set1_epi16(0x0804)};
   const __m256i single_even = _mm256_set1_epi16(static_cast<int16_t>(1 << kTop));
   const __m256i single_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
-  acc_a = _mm256_setzero_si256();
-  acc_b = _mm256_setzero_si256();
+  const int8_t* tables[Rows];
+  for (int m = 0; m < Rows; ++m) {
+    tables[m] = tables_in[m];
+    acc_a[m] = _mm256_setzero_si256();
+    acc_b[m] = _mm256_setzero_si256();
+  }
 #pragma GCC unroll 2
-  for (int q = 0; q < quads; q += 2, codes += 32 * Bits, tables += 2 * kTableSize) {
-    const uint8_t* c = codes;
-    __m256i table[2];
+  for (int q = 0; q < quads; q += 2, codes += 32 * Bits) {
+    __m256i table[2][Rows];
     for (int p = 0; p < 2; ++p) {
-      table[p] = _mm256_broadcastsi128_si256(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(tables + p * kTableSize)));
+      for (int m = 0; m < Rows; ++m) {
+        table[p][m] = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(tables[m] + (q + p) * kTableSize)));
+      }
       for (int s = 0; s < kPairs; ++s) {
         const __m256i x =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * (kPairs * p + s)));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * (kPairs * p + s)));
         const __m256i lo = _mm256_and_si256(x, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
-        acc_a = _mm256_add_epi16(
-            acc_a, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p], lo)));
-        acc_b = _mm256_add_epi16(
-            acc_b, _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p], hi)));
+        for (int m = 0; m < Rows; ++m) {
+          acc_a[m] = _mm256_add_epi16(
+              acc_a[m],
+              _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p][m], lo)));
+          acc_b[m] = _mm256_add_epi16(
+              acc_b[m],
+              _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p][m], hi)));
+        }
       }
     }
     if (kSingle) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 64 * kPairs));
-      const __m256i r0 = _mm256_shuffle_epi8(table[0], _mm256_and_si256(x, low4));
-      const __m256i r1 =
-          _mm256_shuffle_epi8(table[1], _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
-      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r0));
-      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r0));
-      acc_a = _mm256_add_epi16(acc_a, _mm256_maddubs_epi16(single_even, r1));
-      acc_b = _mm256_add_epi16(acc_b, _mm256_maddubs_epi16(single_odd, r1));
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * kPairs));
+      const __m256i lo = _mm256_and_si256(x, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+      for (int m = 0; m < Rows; ++m) {
+        const __m256i r0 = _mm256_shuffle_epi8(table[0][m], lo);
+        const __m256i r1 = _mm256_shuffle_epi8(table[1][m], hi);
+        acc_a[m] = _mm256_add_epi16(acc_a[m], _mm256_maddubs_epi16(single_even, r0));
+        acc_b[m] = _mm256_add_epi16(acc_b[m], _mm256_maddubs_epi16(single_odd, r0));
+        acc_a[m] = _mm256_add_epi16(acc_a[m], _mm256_maddubs_epi16(single_even, r1));
+        acc_b[m] = _mm256_add_epi16(acc_b[m], _mm256_maddubs_epi16(single_odd, r1));
+      }
     }
   }
 }
 
-template <int Bits>
+template <int Bits, int Rows>
 void tile_dot(const TileJob& job) {
   const WeightFormat& f = job.format;
   const int64_t quads = num_quads(f.k);
@@ -140,57 +155,81 @@ void tile_dot(const TileJob& job) {
   const int block_quads = table_block(f) / kQuad;
   const __m256 half = _mm256_set1_ps(0.5f);
   const __m256 mid = _mm256_set1_ps(0.5f * static_cast<float>((1 << Bits) - 1));
-  __m256 y[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                 _mm256_setzero_ps()};
+  __m256 y[Rows][4];
+  for (int m = 0; m < Rows; ++m)
+    for (int i = 0; i < 4; ++i) y[m][i] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
+    __m256 acc[Rows][4];
+    for (int m = 0; m < Rows; ++m)
+      for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
     const int64_t b_end = std::min(blocks, (g + 1) * per_group);
     for (int64_t b = g * per_group; b < b_end; ++b) {
       const int64_t q0 = b * block_quads;
       const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
-      __m256i acc_a, acc_b;
+      __m256i acc_a[Rows], acc_b[Rows];
       const uint8_t* codes = job.codes + q0 / 2 * 32 * Bits;
-      const int8_t* tables = job.tables.entries + q0 * kTableSize;
+      const int8_t* tables[Rows];
+      for (int m = 0; m < Rows; ++m) tables[m] = job.tables[m].entries + q0 * kTableSize;
       if (n == kMaxBlockQuads) {  // a constant count for the common case
-        block_sums16<Bits>(codes, tables, kMaxBlockQuads, acc_a, acc_b);
+        block_sums16<Bits, Rows>(codes, tables, kMaxBlockQuads, acc_a, acc_b);
       } else {
-        block_sums16<Bits>(codes, tables, n, acc_a, acc_b);
+        block_sums16<Bits, Rows>(codes, tables, n, acc_a, acc_b);
       }
-      const __m256 step = _mm256_set1_ps(job.tables.block_scales[b]);
-      acc[0] = _mm256_fmadd_ps(low_rows(acc_a), step, acc[0]);
-      acc[1] = _mm256_fmadd_ps(high_rows(acc_a), step, acc[1]);
-      acc[2] = _mm256_fmadd_ps(low_rows(acc_b), step, acc[2]);
-      acc[3] = _mm256_fmadd_ps(high_rows(acc_b), step, acc[3]);
+      for (int m = 0; m < Rows; ++m) {
+        const __m256 step = _mm256_set1_ps(job.tables[m].block_scales[b]);
+        acc[m][0] = _mm256_fmadd_ps(low_rows(acc_a[m]), step, acc[m][0]);
+        acc[m][1] = _mm256_fmadd_ps(high_rows(acc_a[m]), step, acc[m][1]);
+        acc[m][2] = _mm256_fmadd_ps(low_rows(acc_b[m]), step, acc[m][2]);
+        acc[m][3] = _mm256_fmadd_ps(high_rows(acc_b[m]), step, acc[m][3]);
+      }
     }
     const float* s = job.scales + g * job.row_stride;
-    const __m256 group_sum = _mm256_set1_ps(job.tables.group_sums[g]);
     for (int i = 0; i < 4; ++i) {
       const __m256 scale = _mm256_loadu_ps(s + 8 * i);
-      if (f.ternary) {
-        const __m256 sc = _mm256_mul_ps(half, scale);
-        y[i] = _mm256_add_ps(y[i], _mm256_add_ps(_mm256_mul_ps(sc, acc[i]),
-                                                 _mm256_mul_ps(sc, group_sum)));
-      } else if (f.symmetric) {
-        y[i] = _mm256_fmadd_ps(scale, acc[i], y[i]);
-      } else {
-        const __m256 z = _mm256_loadu_ps(job.zero_points + g * job.row_stride + 8 * i);
-        const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
-        const __m256 sc = _mm256_mul_ps(half, scale);
-        y[i] = _mm256_add_ps(y[i], _mm256_add_ps(_mm256_mul_ps(sc, acc[i]),
-                                                 _mm256_mul_ps(off, group_sum)));
+      for (int m = 0; m < Rows; ++m) {
+        const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
+        if (f.ternary) {
+          const __m256 sc = _mm256_mul_ps(half, scale);
+          y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),
+                                                         _mm256_mul_ps(sc, group_sum)));
+        } else if (f.symmetric) {
+          y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
+        } else {
+          const __m256 z = _mm256_loadu_ps(job.zero_points + g * job.row_stride + 8 * i);
+          const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
+          const __m256 sc = _mm256_mul_ps(half, scale);
+          y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),
+                                                         _mm256_mul_ps(off, group_sum)));
+        }
       }
     }
   }
-  for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out + 8 * i, y[i]);
+  for (int m = 0; m < Rows; ++m)
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out[m] + 8 * i, y[m][i]);
+}
+
+// Two activation rows share the unpacked codes where that measured faster (even
+// widths); with a single-plane stream the doubled tables spill registers, so odd
+// widths take the rows one at a time.
+template <int Bits>
+void tile_dot_bits(const TileJob& job) {
+  static_assert(kMaxRowsPerCall == 2, "tile_dot_bits handles 1 or 2 activation rows");
+  if (Bits % 2 == 0 && job.rows == 2) return tile_dot<Bits, 2>(job);
+  for (int m = 0; m < job.rows; ++m) {
+    TileJob one = job;
+    one.rows = 1;
+    one.tables[0] = job.tables[m];
+    one.out[0] = job.out[m];
+    tile_dot<Bits, 1>(one);
+  }
 }
 
 void tile_dot_any(const TileJob& job) {
   switch (job.format.bits) {
-    case 1: return tile_dot<1>(job);
-    case 2: return tile_dot<2>(job);
-    case 3: return tile_dot<3>(job);
-    default: return tile_dot<4>(job);
+    case 1: return tile_dot_bits<1>(job);
+    case 2: return tile_dot_bits<2>(job);
+    case 3: return tile_dot_bits<3>(job);
+    default: return tile_dot_bits<4>(job);
   }
 }
 

@@ -65,15 +65,21 @@ void run_tile(void* ctx, int64_t tile) {
     t.zero_points = args.zero_points ? job.tail_zeros.data() : nullptr;
     t.row_stride = kTileRows;
   }
-  alignas(32) float out[kTileRows];
-  t.out = out;
-  for (int64_t m = 0; m < args.m; ++m) {
-    t.tables.entries = job.entries.data() + m * job.quads * kTableSize;
-    t.tables.block_scales = job.block_scales.data() + m * job.blocks;
-    t.tables.group_sums = job.group_sums.data() + m * job.groups;
+  alignas(32) float out[kMaxRowsPerCall][kTileRows];
+  for (int64_t m0 = 0; m0 < args.m; m0 += kMaxRowsPerCall) {
+    t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
+    for (int i = 0; i < t.rows; ++i) {
+      const int64_t m = m0 + i;
+      t.tables[i].entries = job.entries.data() + m * job.quads * kTableSize;
+      t.tables[i].block_scales = job.block_scales.data() + m * job.blocks;
+      t.tables[i].group_sums = job.group_sums.data() + m * job.groups;
+      t.out[i] = out[i];
+    }
     job.kernel->tile_dot(t);
-    float* y = args.y + m * f.n + n0;
-    for (int r = 0; r < rows; ++r) y[r] = out[r] + (args.bias ? args.bias[n0 + r] : 0.0f);
+    for (int i = 0; i < t.rows; ++i) {
+      float* y = args.y + (m0 + i) * f.n + n0;
+      for (int r = 0; r < rows; ++r) y[r] = out[i][r] + (args.bias ? args.bias[n0 + r] : 0.0f);
+    }
   }
 }
 

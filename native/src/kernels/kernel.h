@@ -57,15 +57,20 @@ struct Tables {
   const float* group_sums;     // [groups]: sum of the activations of each group
 };
 
-// One tile (32 rows) of the weight, read against one activation row.
+// Activation rows one tile_dot call reads against the same weight codes: the
+// unpacked indices are shared, which pays off in prefill (M > 1).
+constexpr int kMaxRowsPerCall = 2;
+
+// One tile (32 rows) of the weight, read against 1..kMaxRowsPerCall activation rows.
 struct TileJob {
   WeightFormat format;
   const uint8_t* codes;        // the tile's packed codes: [quads / 2][pair_stride]
   const float* scales;         // [groups] x row_stride, first row of the tile
   const float* zero_points;    // same layout, or null
   int64_t row_stride;          // distance between groups in scales (N, or 32 for a padded copy)
-  Tables tables;
-  float* out;                  // 32 outputs
+  int rows;                    // activation rows in this call
+  Tables tables[kMaxRowsPerCall];
+  float* out[kMaxRowsPerCall]; // 32 outputs per activation row
 };
 
 struct Kernel {

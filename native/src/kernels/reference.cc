@@ -51,7 +51,7 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
   }
 }
 
-void tile_dot(const TileJob& job) {
+void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
   const WeightFormat& f = job.format;
   const int64_t quads = num_quads(f.k);
   const int64_t blocks = num_blocks(f);
@@ -68,22 +68,26 @@ void tile_dot(const TileJob& job) {
         int32_t plane_sum = 0;
         const int64_t q_end = std::min(quads, (b + 1) * block_quads);
         for (int64_t q = b * block_quads; q < q_end; ++q) {
-          const int8_t* table = job.tables.entries + q * kTableSize;
+          const int8_t* table = tables.entries + q * kTableSize;
           for (int plane = 0; plane < f.bits; ++plane) {
             const int idx = packed_index(job.codes + q / 2 * stride, f.bits, row, plane,
                                          static_cast<int>(q % 2));
             plane_sum += table[idx] * (1 << plane);
           }
         }
-        group_acc += static_cast<float>(plane_sum) * job.tables.block_scales[b];
+        group_acc += static_cast<float>(plane_sum) * tables.block_scales[b];
       }
       const int64_t at = g * job.row_stride + row;
       const float z = job.zero_points ? job.zero_points[at] : 0.0f;
       const GroupAffine aff = group_affine(f, job.scales[at], z);
-      y += aff.sc * group_acc + aff.off * job.tables.group_sums[g];
+      y += aff.sc * group_acc + aff.off * tables.group_sums[g];
     }
-    job.out[row] = y;
+    out[row] = y;
   }
+}
+
+void tile_dot(const TileJob& job) {
+  for (int m = 0; m < job.rows; ++m) tile_dot_one(job, job.tables[m], job.out[m]);
 }
 
 }  // namespace
