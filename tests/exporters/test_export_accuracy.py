@@ -1,0 +1,69 @@
+"""Export, run and verify the three model shapes at 4, 2 and ternary bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from edgepet.exporters import examples
+from edgepet.exporters.bundle import relative_error
+from edgepet.exporters.pipeline import TOLERANCE_VS_PYTORCH, TOLERANCE_VS_QUANTIZED
+
+BITS = [4, 2, "ternary"]
+
+
+@pytest.mark.parametrize("bits", BITS, ids=str)
+@pytest.mark.parametrize("name", ["mlp", "vit", "llama"])
+def test_bundle_output_matches_pytorch_within_the_bit_width_tolerance(bundles, name, bits):
+    bundle = bundles.example(name, bits)
+    model = examples.EXAMPLES[name]().eval()
+    inputs = bundle.reference_inputs()
+    with torch.no_grad():
+        expected = model(*[torch.from_numpy(v) for v in inputs.values()]).numpy()
+    got = bundle.session().run(inputs)["output"]
+    assert got.shape == expected.shape
+    error = relative_error([got], [expected])
+    assert error <= TOLERANCE_VS_PYTORCH[bits], f"{name} {bits}-bit: {error:.3f}"
+    _, dequantized = bundle.reference_outputs()
+    kernel_error = relative_error([got], [dequantized["output"]])
+    assert kernel_error <= TOLERANCE_VS_QUANTIZED, f"{name} {bits}: kernels {kernel_error:.4f}"
+    assert all(r.ok for r in bundle.verify())
+
+
+@pytest.mark.parametrize("name", ["mlp", "vit", "llama"])
+def test_every_linear_layer_becomes_lutmatmul_with_its_pytorch_name(bundles, name):
+    import onnx
+
+    bundle = bundles.example(name, 4)
+    model = examples.EXAMPLES[name]()
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {layer["name"] for layer in bundle.layers} == linears
+    graph = onnx.load(str(bundle.model_path), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("LutMatMul") == len(linears)
+    assert "Gemm" not in ops
+    assert all(n.domain == "ai.edgepet" for n in graph.node if n.op_type == "LutMatMul")
+
+
+def test_dequantized_graph_equals_pytorch_running_the_same_codes(bundles):
+    """The rewrite is exact: only the codes and the kernels' tables differ from PyTorch."""
+    from edgepet.quant import quantize
+
+    bundle = bundles.example("mlp", 2, quantizer="rtn")
+    model = examples.TinyMLP().eval()
+    with torch.no_grad():
+        for layer in bundle.layers:
+            linear = model.get_submodule(layer["name"])
+            qt = quantize(linear.weight.numpy(), 2, layer["group_size"], True)
+            linear.weight.copy_(torch.from_numpy(qt.dequantize()))
+        x = bundle.reference_inputs()["x"]
+        expected = model(torch.from_numpy(x)).numpy()
+    _, dequantized = bundle.reference_outputs()
+    np.testing.assert_allclose(dequantized["output"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_size_is_dynamic(bundles):
+    bundle = bundles.example("mlp", 4)
+    session = bundle.session()
+    x = np.random.default_rng(0).standard_normal((7, 96)).astype(np.float32)
+    assert session.run({"x": x})["output"].shape == (7, 10)
