@@ -23,7 +23,7 @@ from typing import Literal, Union
 
 import numpy as np
 
-Bits = Union[int, Literal["ternary"]]
+Bits = Union[int, Literal["ternary"]]  # noqa: UP007 (a runtime alias on 3.10)
 
 #: Group sizes must be multiples of this (or cover the whole row): the kernels
 #: quantize their activation tables per block of 32 inputs.

@@ -11,7 +11,6 @@ from edgepet import kernels, runtime
 from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, linear_model, lut_matmul_node
 from edgepet.quant import quantize
 
-
 FORMATS = [(b, s) for b in (1, 2, 3, 4, "ternary") for s in (True, False)
            if b != "ternary" or s]
 
