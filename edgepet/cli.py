@@ -283,8 +283,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         outputs = session.run(inputs)
         first = next(iter(outputs.values()))
         print(summary(bundle))
-        print(f"  ran         {', '.join(f'{k} {list(v.shape)}' for k, v in inputs.items())} -> "
-              f"{list(first.shape)}; first values {np.array2string(first.ravel()[:4], precision=3)}")
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in inputs.items())
+        values = np.array2string(first.ravel()[:4], precision=3)
+        print(f"  ran         {shapes} -> {list(first.shape)}; first values {values}")
         results = bundle.verify()
         print(_verify_lines(results))
         if args.output:
@@ -395,7 +396,8 @@ def _verify_lines(results) -> str:
     for r in results:
         name = r.adapter or "model"
         verdict = "ok" if r.ok else "FAILED"
-        top1 = "" if r.top1_agreement is None else f", top-1 agreement {100 * r.top1_agreement:.0f}%"
+        top1 = ("" if r.top1_agreement is None
+                else f", top-1 agreement {100 * r.top1_agreement:.0f}%")
         lines.append(
             f"  verify [{name}] {verdict}: vs PyTorch fp32 {r.vs_pytorch:.4f} (<= "
             f"{r.tolerance_pytorch}), vs dequantized graph {r.vs_quantized:.4f} (<= "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgepet.exporters import manifest as manifest_schema
 from edgepet.exporters.errors import BadInputError
 
@@ -66,7 +67,8 @@ def op_abi_version() -> int:
 
 def relative_error(y: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
     """``||y - ref|| / ||ref||`` over all outputs together (0 when both are zero)."""
-    num = sum(float(np.sum((np.asarray(a, np.float64) - b) ** 2)) for a, b in zip(y, ref))
+    pairs = zip(y, ref, strict=True)
+    num = sum(float(np.sum((np.asarray(a, np.float64) - b) ** 2)) for a, b in pairs)
     den = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in ref)
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
 
@@ -228,7 +230,7 @@ class Bundle:
                 vs_pytorch=relative_error(y, [fp32[n] for n in names]),
                 vs_quantized=relative_error(y, [quant[n] for n in names]),
                 max_abs_vs_pytorch=max(float(np.max(np.abs(a - fp32[n]))) if a.size else 0.0
-                                       for a, n in zip(y, names)),
+                                       for a, n in zip(y, names, strict=False)),
                 top1_agreement=_top1(y[0], fp32[names[0]]),
                 tolerance_pytorch=float(tol["vs_pytorch"]),
                 tolerance_quantized=float(tol["vs_quantized"]),
@@ -340,7 +342,7 @@ class BundleSession:
             outputs = self._session.run(None, feeds, self._run_options)
         except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
             raise BadInputError(f"the bundle could not run on these inputs: {error}") from None
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=False))
 
     def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
         names = list(self._inputs)
@@ -350,7 +352,7 @@ class BundleSession:
             if len(inputs) != len(names):
                 raise BadInputError(f"the bundle takes {len(names)} inputs ({', '.join(names)}),"
                                     f" got {len(inputs)}")
-            inputs = dict(zip(names, inputs))
+            inputs = dict(zip(names, inputs, strict=False))
         missing = [n for n in names if n not in inputs]
         if missing:
             raise BadInputError(f"missing input(s) {', '.join(missing)} — the bundle takes "
@@ -372,7 +374,7 @@ class BundleSession:
             value = value.astype(dtype)
         expected = info.shape
         if len(expected) != value.ndim or any(
-            isinstance(e, int) and e != v for e, v in zip(expected, value.shape)
+            isinstance(e, int) and e != v for e, v in zip(expected, value.shape, strict=False)
         ):
             shown = ["?" if not isinstance(e, int) else e for e in expected]
             raise BadInputError(f"input {name!r} has shape {list(value.shape)}; the bundle "

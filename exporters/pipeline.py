@@ -30,6 +30,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import numpy_helper
+from torch import nn
+
+import edgepet
 from edgepet.exporters import bundle as bundle_io
 from edgepet.exporters import manifest as manifest_schema
 from edgepet.exporters import torch_export as tx
@@ -44,10 +48,6 @@ from edgepet.exporters.rewrite import (
     make_overridable,
     rewrite_linears,
 )
-from onnx import numpy_helper
-from torch import nn
-
-import edgepet
 from edgepet.quant import QuantizedTensor, quantize
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits
 from edgepet.targets import TargetProfile, get_target, host_target
@@ -134,7 +134,8 @@ def export(
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = _known_weights(first_task, switchable, policy, quantize_fn)
-        names = {digest(v.numpy()): k for k, v in tx.named_matrices(graph_module).items()}
+        names = {digest(v.detach().cpu().numpy()): k
+                 for k, v in tx.named_matrices(graph_module).items()}
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         say("writing adapters and reference data")
         task_params = _task_parameters(result, tasks, switchable, policy, quantize_fn)
@@ -566,7 +567,7 @@ def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch
     output_names = [o.name for o in result.model.graph.output]
     if len(input_names) != len(example):
         raise RuntimeError(f"ONNX graph has inputs {input_names}, expected {len(example)}")
-    feeds = {n: t.detach().cpu().numpy() for n, t in zip(input_names, example)}
+    feeds = {n: t.detach().cpu().numpy() for n, t in zip(input_names, example, strict=False)}
     np.savez(folder / "inputs.npz", **feeds)
     entries: dict[str, Any] = {"inputs": "reference/inputs.npz", "per_task": {}}
     for task, outputs in references.items():
@@ -585,8 +586,9 @@ def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch
         twin_out = session.run(None, feeds)
         if len(outputs) != len(output_names):
             raise RuntimeError(f"PyTorch gave {len(outputs)} outputs, ONNX {len(output_names)}")
-        np.savez(folder / f"outputs{suffix}.npz", **dict(zip(output_names, outputs)))
-        np.savez(folder / f"quantized_outputs{suffix}.npz", **dict(zip(output_names, twin_out)))
+        np.savez(folder / f"outputs{suffix}.npz", **dict(zip(output_names, outputs, strict=True)))
+        np.savez(folder / f"quantized_outputs{suffix}.npz",
+                 **dict(zip(output_names, twin_out, strict=True)))
         entries["per_task"][task] = (f"reference/outputs{suffix}.npz",
                                      f"reference/quantized_outputs{suffix}.npz")
     return entries
@@ -610,7 +612,6 @@ def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
               float_model: onnx.ModelProto, files: dict[str, Any], adapters: list[dict],
               reference: dict[str, Any], pet_info: dict[str, Any]) -> dict[str, Any]:
     from edgepet.exporters.onnx import OP_VERSION
-
     from edgepet.kernels import LAYOUT
 
     per_task = reference["per_task"]

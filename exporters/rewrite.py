@@ -216,12 +216,21 @@ def _gemm_site(g: _Graph, i: int, node: onnx.NodeProto) -> _Site | None:
     return _Site(i, node.input[0], node.output[0], weight, bias, [], node.input[1])
 
 
-def _unique(name: str, taken: set[str]) -> str:
+_INIT_SUFFIXES = (".weight_packed", ".scales", ".zero_points", ".bias")
+
+
+def _unique(name: str, taken: set[str], values: set[str]) -> str:
+    """A node name not used yet whose initializer names clash with no value of the graph."""
     candidate, n = name, 2
-    while candidate in taken:
+    while candidate in taken or any(candidate + s in values for s in _INIT_SUFFIXES):
         candidate, n = f"{name}#{n}", n + 1
     taken.add(candidate)
     return candidate
+
+
+def _value_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    return names | {o for node in graph.node for o in node.output}
 
 
 def rewrite_linears(
@@ -256,6 +265,7 @@ def rewrite_linears(
     layers: list[LayerRecord] = []
     quantized: dict[str, tuple[QuantizedTensor, np.ndarray | None]] = {}
     taken = {n.name for n in model.graph.node if n.name}
+    values = _value_names(model.graph)
     for done, site in enumerate(sites):
         key = digest(site.weight)
         fixed = known.get(key)
@@ -270,7 +280,7 @@ def rewrite_linears(
             continue
         qt = fixed.qt if fixed else quantize_fn(site.weight, policy.bits, policy.group_size,
                                                 policy.symmetric)
-        node_name = _unique(layer, taken)
+        node_name = _unique(layer, taken, values)
         node, inits = lut_matmul_node(qt, site.input_name, site.output_name, node_name,
                                       site.bias)
         replaced[site.index] = [node]

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from edgepet.exporters.errors import BadInputError
 from torch import nn
+
+from edgepet.exporters.errors import BadInputError
 
 #: Input kinds, as recorded in the manifest's provenance.
 KINDS = ("module", "torchscript", "exported-program", "pickle", "state-dict")
@@ -164,7 +165,7 @@ def _load_pickle(
             raise BadInputError(
                 f"{path} holds a {type(obj).__name__}, not a torch.nn.Module — save the "
                 "model itself, or its state_dict and pass --arch"
-            )
+            ) from None
         return LoadedModel(obj.eval(), "pickle", str(path))
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # the usual training-checkpoint wrapper
@@ -345,7 +346,8 @@ def _guess_inputs(model: Any) -> tuple[torch.Tensor, ...] | None:
             gen = torch.Generator().manual_seed(0)
             return (torch.randint(0, int(weight.shape[0]), (1, 16), generator=gen),)
         if kind == "Linear" and weight is not None:
-            return (torch.randn(1, int(weight.shape[1]), generator=torch.Generator().manual_seed(0)),)
+            gen = torch.Generator().manual_seed(0)
+            return (torch.randn(1, int(weight.shape[1]), generator=gen),)
         if weight is not None:
             return None  # a first layer whose input shape cannot be read off
     return None
@@ -416,8 +418,9 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
     """Export to ONNX with a dynamic leading (batch) dimension where the model allows.
 
     ``nn.Module`` and ``.pt2`` go through the dynamo exporter; TorchScript through the
-    TorchScript exporter (torch.export cannot trace ScriptModules). A module that the
-    dynamo exporter cannot trace gets a second try with the TorchScript exporter.
+    TorchScript exporter (torch.export cannot trace ScriptModules), with the example's
+    shapes fixed. A module that the dynamo exporter cannot trace gets a second try with
+    the TorchScript exporter.
     """
     inputs = tuple(inputs)
     if loaded.kind == "exported-program":
@@ -451,9 +454,12 @@ def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onn
     buffer = io.BytesIO()
     try:
         with _quiet():
+            # Static shapes: with a dynamic batch this exporter leaves dims that are
+            # neither numbers nor names, which LutMatMul's shape inference (ORT 1.32)
+            # turns into -1 — and ORT then folds Shape() of them to a wrong constant.
             torch.onnx.export(
                 loaded.model, inputs, buffer, dynamo=False, opset_version=17,
-                input_names=names, dynamic_axes={n: {0: "batch"} for n in names},
+                input_names=names,
             )
     except Exception as error:  # noqa: BLE001
         raise BadInputError(_first_line(error)) from None

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from edgepet import pet
 from edgepet.exporters import examples
 from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
-
-from edgepet import pet
 
 
 def _task(tuned: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -103,7 +103,7 @@ def _task_adapter(tuned, seed):
     model = copy.deepcopy(tuned)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     pet.binarize(model)
