@@ -14,7 +14,8 @@ from edgepet.pet import PetError
 def write_peft(folder, config, tensors):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
     return folder
 
 
@@ -51,7 +52,8 @@ def test_peft_rslora_and_alpha_pattern_set_each_layers_scale(tiny, tmp_path):
 def test_peft_miss_row_shard_block_is_used_as_bone(tiny, tmp_path):
     block = torch.randn(4, 32)
     config = {"peft_type": "MISS", "r": 4, "init_weights": True, "target_modules": ["inp"]}
-    pet.load_peft(tiny, write_peft(tmp_path / "m", config, {"base_model.model.inp.miss_block": block}))
+    folder = write_peft(tmp_path / "m", config, {"base_model.model.inp.miss_block": block})
+    pet.load_peft(tiny, folder)
     assert isinstance(tiny.inp, pet.BoneLinear)
     assert torch.equal(tiny.inp.delta_weight()[:, 5], block[1])
 
@@ -59,14 +61,16 @@ def test_peft_miss_row_shard_block_is_used_as_bone(tiny, tmp_path):
 def test_peft_miss_mini_block_is_repeated_along_the_output(tiny, tmp_path):
     block = torch.randn(4, 8)
     config = {"peft_type": "MISS", "r": 4, "init_weights": "mini", "mini_r": 8}
-    pet.load_peft(tiny, write_peft(tmp_path / "m", config, {"base_model.model.inp.miss_block": block}))
+    folder = write_peft(tmp_path / "m", config, {"base_model.model.inp.miss_block": block})
+    pet.load_peft(tiny, folder)
     assert torch.equal(tiny.inp.bone_block.detach(), block.repeat(1, 4))
 
 
 def test_peft_bone_bat_block_is_used_as_bone_bat(tiny, tmp_path):
     block = torch.randn(48 // 8, 8, 8) * 0.1
     config = {"peft_type": "BONE", "r": 8, "init_weights": "bat"}
-    pet.load_peft(tiny, write_peft(tmp_path / "b", config, {"base_model.model.hidden.bone_block": block}))
+    folder = write_peft(tmp_path / "b", config, {"base_model.model.hidden.bone_block": block})
+    pet.load_peft(tiny, folder)
     assert isinstance(tiny.hidden, pet.BoneBatLinear)
     assert torch.equal(tiny.hidden.bone_block.detach(), block)
 

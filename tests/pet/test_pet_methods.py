@@ -238,3 +238,15 @@ def test_merge_and_unmerge_twice_are_no_ops(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pet.unmerge(tiny).layers == []
+
+
+def test_unmerging_a_singular_bone_bat_block_names_the_layer_and_changes_nothing(tiny):
+    pet.apply(tiny, "bone-bat", ["hidden"], r=8)
+    with torch.no_grad():
+        tiny.hidden.bone_block.copy_(-torch.eye(8).expand(6, 8, 8))  # I + B = 0
+    pet.merge(tiny)
+    before = snapshot(tiny)
+    with pytest.raises(PetError, match="unmerging layer 'hidden'.*singular"):
+        pet.unmerge(tiny)
+    assert_unchanged(tiny, before)
+    assert tiny.hidden.merged

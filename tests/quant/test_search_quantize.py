@@ -42,7 +42,9 @@ def test_search_is_never_worse_than_rtn_in_any_group(bits, symmetric):
         assert np.all(e_found <= e_rtn * (1 + 1e-5) + 1e-9)
 
 
-@pytest.mark.parametrize(("bits", "symmetric"), [(2, True), (3, True), (4, False), ("ternary", True)])
+@pytest.mark.parametrize(
+    ("bits", "symmetric"), [(2, True), (3, True), (4, False), ("ternary", True)]
+)
 def test_search_lowers_weight_error_on_heavy_tailed_weights(bits, symmetric):
     w = heavy_tailed()
     rtn = quantization_error(w, quantize(w, bits, 64, symmetric)).weight_mse
