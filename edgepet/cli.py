@@ -303,7 +303,7 @@ def summary(bundle) -> str:
     lines = [
         f"edgepet bundle: {bundle.path}",
         f"  target      {t['name']} ({t['arch']}, {t['kernel']} kernel, {t['threads']} threads)",
-        (f"  weights     {q['bits']}-bit, group {group}, "
+        (f"  weights     {_bits(q['bits'])}, group {group}, "
          f"{'symmetric' if q['symmetric'] else 'asymmetric'}, {q['quantizer']} quantizer"),
         f"  layers      {len(lut)} LutMatMul, {kept} kept in float",
         (f"  size        weights {_mb(s['float_weight_bytes'])} fp32 -> "
@@ -324,6 +324,10 @@ def summary(bundle) -> str:
             f" (tolerance {tol['vs_quantized']})"
             + (f", top-1 agreement {100 * top1:.0f}%" if top1 is not None else ""))
     return "\n".join(lines)
+
+
+def _bits(bits: int | str) -> str:
+    return "ternary (1.58-bit)" if bits == "ternary" else f"{bits}-bit"
 
 
 def _mb(n: int) -> str:
@@ -411,7 +415,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        print(f"edgepet verify: {bundle.path} ({bundle.manifest['quantization']['bits']}-bit, "
+        print(f"edgepet verify: {bundle.path} ({_bits(bundle.manifest['quantization']['bits'])}, "
               f"target {bundle.target})")
         print(_verify_lines(results))
     return EXIT_OK if all(r.ok for r in results) else EXIT_INTERNAL

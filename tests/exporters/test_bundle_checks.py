@@ -1,0 +1,109 @@
+"""A bundle is checked when read: files, sizes, hashes, schema version, op ABI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgepet.exporters import manifest as manifest_schema
+from edgepet.exporters.bundle import Bundle, BundleError
+from edgepet.exporters.pipeline import export
+
+
+@pytest.fixture
+def bundle_copy(bundles, tmp_path):
+    source = bundles.example("mlp", 4)
+    copy = tmp_path / "bundle"
+    shutil.copytree(source.path, copy)
+    return copy
+
+
+def _edit_manifest(path, change):
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_follows_its_json_schema(bundles):
+    manifest = bundles.example("llama", 4).manifest
+    assert manifest_schema.check(manifest) == []
+    jsonschema = pytest.importorskip("jsonschema")  # cross-check the small checker
+    jsonschema.validate(manifest, manifest_schema.schema())
+    assert manifest["schema_version"] == manifest_schema.SCHEMA_VERSION
+
+
+def test_schema_file_ships_in_the_bundle(bundles):
+    bundle = bundles.example("mlp", 4)
+    shipped = json.loads((bundle.path / "manifest.schema.json").read_text())
+    assert shipped == manifest_schema.schema()
+
+
+def test_checker_names_what_is_wrong():
+    problems = manifest_schema.check({"schema": "edgepet.bundle", "schema_version": "one"})
+    assert any("schema_version: expected integer" in p for p in problems)
+    assert any("missing required field 'layers'" in p for p in problems)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda p: (p / "model.onnx").write_bytes((p / "model.onnx").read_bytes()[:100]),
+     "truncated"),
+    (lambda p: (p / "reference" / "inputs.npz").unlink(), "missing reference/inputs.npz"),
+    (lambda p: (p / "model.onnx").write_bytes(
+        bytes(b ^ 1 if i == 50 else b for i, b in enumerate((p / "model.onnx").read_bytes()))),
+     "SHA-256"),
+    (lambda p: _edit_manifest(p, lambda m: m.update(schema_version=99)), "schema version 99"),
+    (lambda p: _edit_manifest(p, lambda m: m["operator"].update(abi_version=99)), "ABI 99"),
+    (lambda p: _edit_manifest(p, lambda m: m.pop("layers")), "missing required field"),
+    (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
+    (lambda p: (p / "manifest.json").unlink(), "no manifest.json"),
+])
+def test_damaged_bundle_is_a_clear_error(bundle_copy, damage, expected):
+    damage(bundle_copy)
+    with pytest.raises(BundleError, match=expected.replace("(", r"\(")):
+        Bundle.open(bundle_copy)
+
+
+def test_large_models_keep_weights_as_external_data(tmp_path):
+    bundle = export("example:mlp", tmp_path / "b", target="x86-avx2",
+                    external_data_threshold=0)
+    assert bundle.manifest["model"]["external_data"] == "model.onnx.data"
+    assert (bundle.path / "model.onnx.data").stat().st_size > 10_000
+    assert "model.onnx.data" in bundle.manifest["files"]
+    assert all(r.ok for r in bundle.verify())
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):
+        export("example:mlp", out, target="x86-avx2", input_shapes=["1,95"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_and_running_a_bundle_never_imports_torch(bundles):
+    """A device has numpy, onnx, onnxruntime and the op library — not torch."""
+    bundle = bundles.example("mlp", 4)
+    x = np.zeros((1, 96), np.float32)
+    np.save(bundle.path.parent / "x_no_torch.npy", x)
+    script = textwrap.dedent(f"""
+        import sys
+        import edgepet, edgepet.api
+        session = edgepet.api.load({str(bundle.path)!r})
+        session.run({{"x": __import__("numpy").zeros((1, 96), "float32")}})
+        from edgepet.cli import main
+        for args in (["inspect", {str(bundle.path)!r}], ["verify", {str(bundle.path)!r}],
+                     ["targets"],
+                     ["run", {str(bundle.path)!r}, "--input",
+                      {str(bundle.path.parent / "x_no_torch.npy")!r}]):
+            assert main(args) == 0, args
+        assert "torch" not in sys.modules, "torch was imported"
+        print("NO_TORCH_OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert "NO_TORCH_OK" in result.stdout, result.stderr[-2000:]
