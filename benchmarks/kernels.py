@@ -44,6 +44,7 @@ SHAPES = {
 EDGEPET_BITS = [1, 2, 3, 4, "ternary"]
 ORT_BITS = [2, 4]
 BLOCKS = [32, 128]
+ROUNDS = 5
 
 
 @dataclass
@@ -60,18 +61,16 @@ class Result:
     rel_err: float
 
 
-def time_session(sess: ort.InferenceSession, x: np.ndarray, budget_s: float) -> float:
-    """Median milliseconds of sess.run over a time budget (at least 5 runs)."""
+def time_runs(sess: ort.InferenceSession, x: np.ndarray, budget_s: float) -> list[float]:
+    """Seconds of each sess.run within a time budget (at least 3 runs)."""
     feed = {sess.get_inputs()[0].name: x}
-    for _ in range(3):
-        sess.run(None, feed)
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < budget_s and len(times) < 200):
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 100):
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return times
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -153,22 +152,31 @@ def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[in
                 models.append(("ort-nbits-lut", str(bits), block, model, dq, False))
         models.append(("ort-fp32", "32", 0, fp32_matmul(w), w, False))
         for threads in threads_list:
+            sessions = []
+            for contender, _bits, _block, model, _dq, ours in models:
+                if ours:
+                    sess = runtime.InferenceSession(model, options=options(threads))
+                else:
+                    sess = ort.InferenceSession(
+                        model, options(threads, contender == "ort-nbits-lut"),
+                        providers=["CPUExecutionProvider"],
+                    )
+                sessions.append(sess)
             for m in ms:
                 x = rng.standard_normal((m, k)).astype(np.float32)
-                for contender, bits, block, model, dq, ours in models:
-                    progress(f"{shape_name} M={m} threads={threads} {contender} {bits}b/{block}")
-                    if ours:
-                        sess = runtime.InferenceSession(model, options=options(threads))
-                    else:
-                        sess = ort.InferenceSession(
-                            model, options(threads, contender == "ort-nbits-lut"),
-                            providers=["CPUExecutionProvider"],
-                        )
-                    y = sess.run(None, {"x": x})[0]
-                    err = rel_err(y, x @ dq.T)
-                    ms_ = time_session(sess, x, budget_s)
+                errors = [rel_err(sess.run(None, {"x": x})[0], x @ entry[4].T)
+                          for sess, entry in zip(sessions, models, strict=True)]
+                # Rounds over all contenders, so that a slow spell of a shared machine
+                # hits every contender alike; the median is taken over all rounds.
+                times: list[list[float]] = [[] for _ in models]
+                for r in range(ROUNDS):
+                    progress(f"{shape_name} M={m} threads={threads} round {r + 1}/{ROUNDS}")
+                    for i, sess in enumerate(sessions):
+                        times[i] += time_runs(sess, x, budget_s / ROUNDS)
+                for entry, err, t in zip(models, errors, times, strict=True):
+                    contender, bits, block = entry[:3]
                     results.append(Result(shape_name, k, n, m, threads, contender, bits, block,
-                                          ms_, err))
+                                          statistics.median(t) * 1e3, err))
     return results
 
 
