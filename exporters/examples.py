@@ -54,6 +54,7 @@ class _Attention(nn.Module):
     def __init__(self, dim: int, heads: int, bias: bool) -> None:
         super().__init__()
         self.heads = heads
+        self.scale = (dim // heads) ** -0.5
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(dim, dim, bias=bias)
         self.v_proj = nn.Linear(dim, dim, bias=bias)
@@ -65,7 +66,7 @@ class _Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor | None) -> torch.Tensor:
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        scores = (q @ k.transpose(-1, -2)) * self.scale
         if mask is not None:
             scores = scores + mask
         out = torch.softmax(scores, dim=-1) @ v

@@ -164,3 +164,44 @@ def test_missing_adapter_path_is_refused(cli, no_partial_output, tmp_path):
                           "--quiet")
     assert code == 2 and "nope" in stderr
     assert no_partial_output(tmp_path / "out")
+
+
+def test_binarized_model_with_two_adapter_state_dicts_switches_tasks(cli, tmp_path):
+    import copy
+
+    import numpy as np
+
+    import edgepet
+    from edgepet import pet
+
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1", "fc2"], r=4, bits=1)
+    tasks = {}
+    for seed, name in ((1, "alpha"), (2, "beta")):
+        model = copy.deepcopy(tuned)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if "lora_" in key:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        pet.binarize(model)
+        tasks[name] = model.eval()
+        torch.save(model.state_dict(), str(tmp_path / f"{name}.pt"))
+    torch.save(tasks["alpha"], str(tmp_path / "model.pt"))
+    out = tmp_path / "out"
+    manifest = _export_ok(cli, tmp_path / "model.pt", out, "--trust", "--keep", "*",
+                          "--adapter", f"alpha={tmp_path / 'alpha.pt'}",
+                          "--adapter", f"beta={tmp_path / 'beta.pt'}")
+    assert [a["name"] for a in manifest["adapters"]] == ["alpha", "beta"]
+    x = np.random.default_rng(0).standard_normal((2, 96)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    session = edgepet.load(out)
+    for name, model in tasks.items():
+        code, _, _ = cli("run", out, "--input", tmp_path / "x.npy", "--adapter", name,
+                         "--output", tmp_path / f"y_{name}.npz")
+        assert code == 0
+        y = np.load(tmp_path / f"y_{name}.npz")["output"]
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        assert np.linalg.norm(y - expected) / np.linalg.norm(expected) < 0.03
+        np.testing.assert_allclose(session.run(x, adapter=name)["output"], y, rtol=1e-6)

@@ -92,8 +92,8 @@ def test_loading_and_running_a_bundle_never_imports_torch(bundles):
     np.save(bundle.path.parent / "x_no_torch.npy", x)
     script = textwrap.dedent(f"""
         import sys
-        import edgepet, edgepet.api
-        session = edgepet.api.load({str(bundle.path)!r})
+        import edgepet
+        session = edgepet.load({str(bundle.path)!r})
         session.run({{"x": __import__("numpy").zeros((1, 96), "float32")}})
         from edgepet.cli import main
         for args in (["inspect", {str(bundle.path)!r}], ["verify", {str(bundle.path)!r}],
