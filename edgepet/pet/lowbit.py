@@ -55,7 +55,7 @@ def gaussian_codebook(bits: int) -> tuple[float, ...]:
         new = [
             (pdf(lo) - pdf(hi)) / (cdf(hi) - cdf(lo)) for lo, hi in pairwise(edges)
         ]
-        done = max(abs(a - b) for a, b in zip(new, levels)) < 1e-12
+        done = max(abs(a - b) for a, b in zip(new, levels, strict=True)) < 1e-12
         levels = new
         if done:
             break

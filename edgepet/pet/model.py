@@ -79,7 +79,7 @@ def pet_layers(model: nn.Module) -> dict[str, PetLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PetLayer)}
 
 
-def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     """Linear layers that are not already inside a PET layer."""
     inside = {f"{n}.base" for n in pet_layers(model)}
     return {
@@ -88,7 +88,7 @@ def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def _targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
-    linears = _linear_layers(model)
+    linears = linear_layers(model)
     wrapped = {f"{n}.base": n for n in pet_layers(model)}
     if target_modules == ALL_LINEAR:
         head = output_head(model)
@@ -152,7 +152,7 @@ def apply(
     """
     cfg = _make_config(method, config)
     layer_type = METHODS[method][1]
-    linears = _linear_layers(model)
+    linears = linear_layers(model)
     new_layers = {}
     for name in _targets(model, target_modules):
         try:
@@ -162,6 +162,14 @@ def apply(
     keep = [n for n, _ in model.named_modules() if also_train and name_matches(n, also_train)]
     if also_train and not keep:
         raise PetError(f"also_train={list(also_train)!r} matches no module")
+    return install(model, method, new_layers, keep)
+
+
+def install(
+    model: nn.Module, method: str, new_layers: dict[str, PetLayer], also_train: Sequence[str] = ()
+) -> ApplyReport:
+    """Put built PET layers into ``model`` and freeze all but PET (and ``also_train``)
+    parameters. Nothing here can fail half-way, so callers build everything first."""
     for name, layer in new_layers.items():
         _set_module(model, name, layer)
     for p in model.parameters():
@@ -169,7 +177,7 @@ def apply(
     for layer in pet_layers(model).values():
         for p in layer.pet_parameters():
             p.requires_grad_(True)
-    for name in keep:
+    for name in also_train:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

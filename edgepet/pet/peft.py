@@ -19,7 +19,7 @@ from torch import nn
 from edgepet.pet.bone import BoneBatLinear, BoneConfig, BoneLinear
 from edgepet.pet.layer import PetError, PetLayer
 from edgepet.pet.lora import LoraConfig, LoraLinear
-from edgepet.pet.model import ApplyReport, _linear_layers, _set_module, pet_layers
+from edgepet.pet.model import ApplyReport, install, linear_layers
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -126,6 +126,24 @@ def _miss_layer(name: str, base: nn.Linear, parts: dict, config: dict) -> PetLay
     return layer
 
 
+def _check_config(config: dict, path: Path) -> str:
+    """The upper-case ``peft_type``, after refusing what load_peft cannot read."""
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type not in SUPPORTED:
+        raise PetError(
+            f"{path}: peft_type {config.get('peft_type')!r} is not supported "
+            f"— load_peft reads {', '.join(SUPPORTED)}"
+        )
+    if config.get("use_dora"):
+        raise PetError(f"{path}: DoRA (use_dora=true) is not supported")
+    if config.get("fan_in_fan_out"):
+        raise PetError(
+            f"{path}: fan_in_fan_out=true (GPT-2 Conv1D layers) is not supported — "
+            f"edgepet wraps nn.Linear"
+        )
+    return peft_type
+
+
 def load_peft(model: nn.Module, folder: str | Path) -> ApplyReport:
     """Load a PEFT LoRA / rsLoRA / MiSS / Bone adapter onto ``model`` as edgepet layers.
 
@@ -136,20 +154,8 @@ def load_peft(model: nn.Module, folder: str | Path) -> ApplyReport:
     """
     folder = Path(folder)
     config, tensors = _read(folder)
-    peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type not in SUPPORTED:
-        raise PetError(
-            f"{folder / CONFIG_FILE}: peft_type {config.get('peft_type')!r} is not supported "
-            f"— load_peft reads {', '.join(SUPPORTED)}"
-        )
-    if config.get("use_dora"):
-        raise PetError(f"{folder / CONFIG_FILE}: DoRA (use_dora=true) is not supported")
-    if config.get("fan_in_fan_out"):
-        raise PetError(
-            f"{folder / CONFIG_FILE}: fan_in_fan_out=true (GPT-2 Conv1D layers) is not "
-            f"supported — edgepet wraps nn.Linear"
-        )
-    linears = _linear_layers(model)
+    peft_type = _check_config(config, folder / CONFIG_FILE)
+    linears = linear_layers(model)
     make = _lora_layer if peft_type == "LORA" else _miss_layer
     groups = _group(tensors)
     order = {n: i for i, n in enumerate(linears)}
@@ -165,14 +171,4 @@ def load_peft(model: nn.Module, folder: str | Path) -> ApplyReport:
         new_layers[name] = make(name, linears[name], parts, config)
     if not new_layers:
         raise PetError(f"{folder / WEIGHTS_FILE} holds no adapter tensors")
-    for name, layer in new_layers.items():
-        _set_module(model, name, layer)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in pet_layers(model).values():
-        for p in layer.pet_parameters():
-            p.requires_grad_(True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    method = "lora" if peft_type == "LORA" else "bone"
-    return ApplyReport(method, list(new_layers), trainable, total)
+    return install(model, "lora" if peft_type == "LORA" else "bone", new_layers)
