@@ -16,17 +16,6 @@ from edgepet.quant import quantize
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _ort_headers() -> Path | None:
-    for pattern in ("build/*/_onnxruntime_headers/root/usr/include/onnxruntime",):
-        for folder in ROOT.glob(pattern):
-            if (folder / "onnxruntime_c_api.h").is_file():
-                return folder
-    for folder in (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime")):
-        if (folder / "onnxruntime_c_api.h").is_file():
-            return folder
-    return None
-
-
 def _ort_library() -> Path | None:
     capi = Path(onnxruntime.__file__).parent / "capi"
     found = sorted(capi.glob("libonnxruntime.so*"))
@@ -34,10 +23,10 @@ def _ort_library() -> Path | None:
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-def test_c_app_runs_a_lutmatmul_model(tmp_path):
-    headers, library = _ort_headers(), _ort_library()
-    if headers is None or library is None:
-        pytest.skip("ONNX Runtime headers or shared library not found")
+def test_c_app_runs_a_lutmatmul_model(tmp_path, ort_headers):
+    headers, library = ort_headers, _ort_library()
+    if library is None:
+        pytest.skip("ONNX Runtime's shared library not found in the onnxruntime package")
     # The wheel ships libonnxruntime.so.1.x.y with soname libonnxruntime.so.1.
     (tmp_path / "libonnxruntime.so").symlink_to(library)
     (tmp_path / "libonnxruntime.so.1").symlink_to(library)

@@ -8,6 +8,9 @@ namespace edgepet {
 #ifndef EDGEPET_HAVE_AVX2
 const Kernel* avx2_kernel() { return nullptr; }
 #endif
+#ifndef EDGEPET_HAVE_NEON
+const Kernel* neon_kernel() { return nullptr; }
+#endif
 
 const Kernel* select_kernel(const std::string& name) {
   std::string wanted = name;
@@ -17,8 +20,10 @@ const Kernel* select_kernel(const std::string& name) {
   }
   if (wanted == "reference") return &reference_kernel();
   if (wanted == "avx2") return avx2_kernel();
+  if (wanted == "neon") return neon_kernel();
   if (wanted == "auto") {
     if (const Kernel* k = avx2_kernel()) return k;
+    if (const Kernel* k = neon_kernel()) return k;
     return &reference_kernel();
   }
   return nullptr;

@@ -85,6 +85,8 @@ struct Kernel {
 const Kernel& reference_kernel();
 // Null where the CPU or the build lacks AVX2.
 const Kernel* avx2_kernel();
+// Null except in aarch64 builds (every aarch64 CPU has NEON).
+const Kernel* neon_kernel();
 
 // Epilogue constants of the code rule: y += sc * planesum + off * sum(a).
 // sc = s (symmetric) or s/2; off = s * ((2^b - 1)/2 - z), z = 1 for ternary.

@@ -1,0 +1,140 @@
+// NEON kernel (aarch64): tbl looks up 16 table indices at once. Same tile32 layout and
+// the same tables as every other kernel (built by the reference builder, so results
+// match the reference to float rounding).
+//
+// Widening: a pair stream's lookups hold (plane p, plane p+1) of a row in adjacent
+// bytes, so vpadalq_s8 widens and adds them (weights [1, 1]) in one instruction; a
+// second vpadalq_s8 on the odd bytes alone makes the weights [1, 2]. A single-plane
+// stream holds rows r and r + 16 in adjacent bytes; viewed as int16, a shift right by
+// 8 yields row r + 16 and a shift left then right by 8 yields row r.
+#include <arm_neon.h>
+
+#include <algorithm>
+
+#include "kernels/kernel.h"
+
+namespace edgepet {
+namespace {
+
+// int16 sums of one block for the tile's 32 rows, per weight class c (planes 2c and
+// 2c+1, scaled by 4^c at the flush) and per group of 8 rows.
+template <int Bits>
+inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
+                         int16x8_t acc[2][4]) {
+  constexpr int kPairs = Bits / 2;
+  constexpr bool kSingle = Bits & 1;
+  constexpr int kSingleClass = (Bits - 1) / 2;
+  const uint8x16_t low4 = vdupq_n_u8(0x0F);
+  const int8x16_t odd = vreinterpretq_s8_u16(vdupq_n_u16(0xFF00));
+  for (int c = 0; c < 2; ++c)
+    for (int g = 0; g < 4; ++g) acc[c][g] = vdupq_n_s16(0);
+  for (int q = 0; q < quads; q += 2, codes += 32 * Bits) {
+    int8x16_t table[2];
+    for (int p = 0; p < 2; ++p) {
+      table[p] = vld1q_s8(tables + (q + p) * kTableSize);
+      for (int s = 0; s < kPairs; ++s) {
+        const uint8_t* c = codes + 32 * (kPairs * p + s);
+        const uint8x16_t x[2] = {vld1q_u8(c), vld1q_u8(c + 16)};
+        for (int h = 0; h < 2; ++h) {
+          // low nibbles: rows 8h..8h+7; high nibbles: rows 16+8h..16+8h+7
+          const int8x16_t lo = vqtbl1q_s8(table[p], vandq_u8(x[h], low4));
+          const int8x16_t hi = vqtbl1q_s8(table[p], vshrq_n_u8(x[h], 4));
+          acc[s][h] = vpadalq_s8(vpadalq_s8(acc[s][h], lo), vandq_s8(lo, odd));
+          acc[s][2 + h] = vpadalq_s8(vpadalq_s8(acc[s][2 + h], hi), vandq_s8(hi, odd));
+        }
+      }
+    }
+    if (kSingle) {
+      const uint8_t* c = codes + 64 * kPairs;
+      for (int h = 0; h < 2; ++h) {
+        const uint8x16_t x = vld1q_u8(c + 16 * h);
+        const uint8x16_t idx[2] = {vandq_u8(x, low4), vshrq_n_u8(x, 4)};
+        for (int p = 0; p < 2; ++p) {
+          const int16x8_t r = vreinterpretq_s16_s8(vqtbl1q_s8(table[p], idx[p]));
+          int16x8_t& rows_low = acc[kSingleClass][h];       // rows 8h..8h+7
+          int16x8_t& rows_high = acc[kSingleClass][2 + h];  // rows 16+8h..
+          rows_low = vsraq_n_s16(rows_low, vshlq_n_s16(r, 8), 8);
+          rows_high = vsraq_n_s16(rows_high, r, 8);
+        }
+      }
+    }
+  }
+}
+
+template <int Bits>
+void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
+  const WeightFormat& f = job.format;
+  const int64_t quads = num_quads(f.k);
+  const int64_t blocks = num_blocks(f);
+  const int64_t groups = num_groups(f);
+  const int64_t per_group = blocks_per_group(f);
+  const int block_quads = table_block(f) / kQuad;
+  const float mid = 0.5f * static_cast<float>((1 << Bits) - 1);
+  float32x4_t y[8];
+  for (auto& v : y) v = vdupq_n_f32(0.0f);
+  for (int64_t g = 0; g < groups; ++g) {
+    float32x4_t acc[8];
+    for (auto& v : acc) v = vdupq_n_f32(0.0f);
+    const int64_t b_end = std::min(blocks, (g + 1) * per_group);
+    for (int64_t b = g * per_group; b < b_end; ++b) {
+      const int64_t q0 = b * block_quads;
+      const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
+      int16x8_t sums[2][4];
+      block_sums16<Bits>(job.codes + q0 / 2 * 32 * Bits, tables.entries + q0 * kTableSize, n,
+                         sums);
+      const float step = tables.block_scales[b];
+      for (int h = 0; h < 4; ++h) {
+        int32x4_t lo = vmovl_s16(vget_low_s16(sums[0][h]));
+        int32x4_t hi = vmovl_high_s16(sums[0][h]);
+        if (Bits > 2) {
+          lo = vmlal_n_s16(lo, vget_low_s16(sums[1][h]), 4);
+          hi = vmlal_high_n_s16(hi, sums[1][h], 4);
+        }
+        acc[2 * h] = vfmaq_n_f32(acc[2 * h], vcvtq_f32_s32(lo), step);
+        acc[2 * h + 1] = vfmaq_n_f32(acc[2 * h + 1], vcvtq_f32_s32(hi), step);
+      }
+    }
+    const float* s = job.scales + g * job.row_stride;
+    const float group_sum = tables.group_sums[g];
+    for (int i = 0; i < 8; ++i) {
+      const float32x4_t scale = vld1q_f32(s + 4 * i);
+      if (f.ternary) {
+        const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
+        y[i] = vaddq_f32(y[i], vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(sc, group_sum)));
+      } else if (f.symmetric) {
+        y[i] = vfmaq_f32(y[i], scale, acc[i]);
+      } else {
+        const float32x4_t z = vld1q_f32(job.zero_points + g * job.row_stride + 4 * i);
+        const float32x4_t off = vmulq_f32(scale, vsubq_f32(vdupq_n_f32(mid), z));
+        const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
+        y[i] = vaddq_f32(y[i], vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum)));
+      }
+    }
+  }
+  for (int i = 0; i < 8; ++i) vst1q_f32(out + 4 * i, y[i]);
+}
+
+template <int Bits>
+void tile_dot_bits(const TileJob& job) {
+  for (int m = 0; m < job.rows; ++m) tile_dot_one<Bits>(job, job.tables[m], job.out[m]);
+}
+
+void tile_dot(const TileJob& job) {
+  switch (job.format.bits) {
+    case 1: return tile_dot_bits<1>(job);
+    case 2: return tile_dot_bits<2>(job);
+    case 3: return tile_dot_bits<3>(job);
+    default: return tile_dot_bits<4>(job);
+  }
+}
+
+}  // namespace
+
+const Kernel* neon_kernel() {
+  // Tables come from the reference builder: bit-identical by construction. A vector
+  // builder is the next step for M=1 speed (see docs/operator.md).
+  static const Kernel kernel{"neon", reference_kernel().build_tables, tile_dot};
+  return &kernel;
+}
+
+}  // namespace edgepet

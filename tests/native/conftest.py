@@ -1,0 +1,41 @@
+"""Where the native tests find toolchains and ONNX Runtime pieces."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / "build" / "tools"
+
+
+@pytest.fixture
+def ort_headers() -> Path:
+    """ONNX Runtime's C headers: the ones the build fetched, or a system install."""
+    candidates = [Path(os.environ["EDGEPET_ORT_INCLUDE_DIR"])] if os.environ.get(
+        "EDGEPET_ORT_INCLUDE_DIR") else []
+    candidates += sorted(ROOT.glob("build/*/_onnxruntime_headers/root/usr/include/onnxruntime"))
+    candidates += [Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime")]
+    for folder in candidates:
+        if (folder / "onnxruntime_c_api.h").is_file():
+            return folder
+    pytest.skip("ONNX Runtime headers not found (build the package first)")
+
+
+@pytest.fixture
+def aarch64_tools() -> dict[str, Path]:
+    """Cross compiler, qemu-aarch64 and ONNX Runtime's aarch64 library
+    (scripts/aarch64-tools.sh fetches them)."""
+    qemu = os.environ.get("EDGEPET_QEMU_AARCH64") or str(TOOLS / "qemu/usr/bin/qemu-aarch64")
+    ort = os.environ.get("EDGEPET_ORT_AARCH64_LIB_DIR") or str(
+        TOOLS / "onnxruntime-aarch64/lib")
+    missing = [what for what, ok in [
+        ("aarch64-linux-gnu-g++", shutil.which("aarch64-linux-gnu-g++")),
+        ("qemu-aarch64", Path(qemu).is_file()),
+        ("ONNX Runtime for aarch64", (Path(ort) / "libonnxruntime.so.1").exists()),
+        ("cmake", shutil.which("cmake")),
+    ] if not ok]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing: run scripts/aarch64-tools.sh")
+    return {"qemu": Path(qemu), "ort_lib": Path(ort), "sysroot": Path("/usr/aarch64-linux-gnu")}
