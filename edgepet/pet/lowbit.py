@@ -107,7 +107,8 @@ class LowBitMatrix(nn.Module):
     def packed(self) -> PackedMatrix:
         """The frozen form: packed codes plus mean and std."""
         codes, mean, std = gaussian_codes(self.weight, self.bits)
-        return PackedMatrix.from_codes(codes.cpu().numpy().astype(np.uint8), self.bits, mean, std)
+        codes = codes.cpu().numpy().astype(np.uint8)
+        return PackedMatrix.from_codes(codes, self.bits, mean, std, self.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, bits={self.bits}"
@@ -128,22 +129,38 @@ def _unpack_codes(packed: np.ndarray, bits: int, shape: tuple[int, int]) -> np.n
 class PackedMatrix(nn.Module):
     """A frozen k-bit adapter matrix: bit-packed codes plus mean and std.
 
-    Calling it returns the dequantized float32 weights; nothing in it trains.
+    Calling it returns the dequantized weights (computed in float32, then cast to the
+    dtype the matrix was trained in); nothing in it trains.
     """
 
-    def __init__(self, packed: np.ndarray, bits: int, shape: tuple[int, int], stats: np.ndarray):
+    def __init__(
+        self,
+        packed: np.ndarray,
+        bits: int,
+        shape: tuple[int, int],
+        stats: np.ndarray,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.bits = check_adapter_bits(bits)
+        self.dtype = dtype
         self.register_buffer("packed_codes", torch.from_numpy(np.ascontiguousarray(packed)))
         self.register_buffer("shape_", torch.tensor(shape, dtype=torch.int64))
         # mean, std as float32: the two floats the file stores.
         self.register_buffer("stats", torch.from_numpy(stats.astype(np.float32)))
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, bits: int, mean: float, std: float) -> PackedMatrix:
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        bits: int,
+        mean: float,
+        std: float,
+        dtype: torch.dtype = torch.float32,
+    ) -> PackedMatrix:
         """Pack ``codes`` (uint8 ``[N, K]``, indices into the codebook) with their stats."""
         stats = np.array([mean, std], dtype=np.float32)
-        return cls(_pack_codes(codes, bits), bits, tuple(codes.shape), stats)
+        return cls(_pack_codes(codes, bits), bits, tuple(codes.shape), stats, dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -191,7 +208,8 @@ class PackedMatrix(nn.Module):
         return (mean + std * levels[self.codes()]).astype(np.float32)
 
     def forward(self) -> torch.Tensor:
-        return torch.from_numpy(self.dequantized()).to(self.packed_codes.device)
+        weights = torch.from_numpy(self.dequantized())
+        return weights.to(device=self.packed_codes.device, dtype=self.dtype)
 
     def stored_bytes(self) -> int:
         """Bytes of the packed codes plus mean and std."""

@@ -150,3 +150,14 @@ def test_constant_matrix_binarizes_to_its_constant():
     m = LowBitMatrix(torch.full((3, 5), 0.25), bits=1)
     qt = m.packed().quantized_tensor()
     assert np.allclose(qt.dequantize(), 0.25)
+
+
+def test_a_bfloat16_one_bit_adapter_trains_and_binarizes(tiny, x):
+    tiny.to(torch.bfloat16)
+    pet.apply(tiny, "adapter", r=4, bits=1)
+    randomize_pet(tiny)
+    tiny(x.bfloat16()).float().square().mean().backward()
+    pet.binarize(tiny)
+    qt = tiny.inp.quantized_weights()["down"]
+    assert tiny.inp.down().dtype == torch.bfloat16
+    assert torch.equal(tiny.inp.down(), torch.from_numpy(qt.dequantize()).bfloat16())
