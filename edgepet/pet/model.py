@@ -80,10 +80,12 @@ def pet_layers(model: nn.Module) -> dict[str, PetLayer]:
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Linear layers that are not already inside a PET layer."""
+    """Linear layers that are not already inside a PET layer (nor the model itself)."""
     inside = {f"{n}.base" for n in pet_layers(model)}
     return {
-        n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n and n not in inside
     }
 
 
@@ -102,7 +104,10 @@ def _targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]
                 f"layer '{outer}' already has a {pet_layers(model)[outer].method} layer — "
                 f"merge and unload it first (edgepet.pet.merge, edgepet.pet.unload)"
             )
-    return select_names(linears, target_modules, what="linear layer")
+    try:
+        return select_names(linears, target_modules, what="linear layer")
+    except ValueError as e:
+        raise PetError(str(e)) from None
 
 
 def _make_config(method: str, config: dict) -> object:
@@ -268,8 +273,9 @@ def binarize(model: nn.Module) -> StorageReport:
     """Freeze every k-bit adapter matrix into packed codes plus mean and std.
 
     After this the matrices no longer train; the forward pass uses exactly the
-    dequantized codes (for 1 bit, :func:`quantized_weights` gives them as
-    ``QuantizedTensor``). Returns the stored bytes per PET layer: one task's file.
+    dequantized codes (for 1 bit, :meth:`PetLayer.quantized_weights` gives them as
+    ``QuantizedTensor``; for 2-4 bits :meth:`PetLayer.frozen_weights` gives floats).
+    Returns the stored bytes per PET layer: one task's adapter file.
     """
     packed = {}
     for name, module in model.named_modules():

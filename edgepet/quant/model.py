@@ -57,7 +57,7 @@ def select_linear_layers(
         head = output_head(model)
         picked = [n for n in names if n != head]
     else:
-        picked = select_names(names, layers, what="linear layer")
+        picked = select_names(names, layers, what="linear layer", argument="layers")
     picked = [n for n in picked if not (skip and name_matches(n, skip))]
     if not picked:
         raise ValueError(f"no linear layer left to quantize (layers={layers!r}, skip={skip!r})")

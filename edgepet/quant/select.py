@@ -28,24 +28,26 @@ def select_names(
     names: Iterable[str],
     patterns: str | Sequence[str],
     what: str = "layer",
+    argument: str = "target_modules",
 ) -> list[str]:
     """The names picked by ``patterns``, in order; ValueError if none is.
 
-    ``what`` words the error (e.g. "linear layer") so it says what was searched.
+    ``what`` and ``argument`` word the error (e.g. "linear layer", "layers") so it says
+    what was searched and which argument to fix.
     """
     names = list(names)
     if isinstance(patterns, str):
         try:
             re.compile(patterns)
         except re.error as e:
-            raise ValueError(f"target pattern {patterns!r} is not a valid regex: {e}") from e
+            raise ValueError(f"{argument}={patterns!r} is not a valid regex: {e}") from e
     elif not patterns:
-        raise ValueError("target_modules is empty — name at least one layer or use 'all-linear'")
+        raise ValueError(f"{argument} is empty — name at least one layer or use 'all-linear'")
     picked = [n for n in names if name_matches(n, patterns)]
     if not picked:
         sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ValueError(
-            f"target_modules={patterns!r} matches no {what} — the model's {what}s are: "
+            f"{argument}={patterns!r} matches no {what} — the model's {what}s are: "
             f"{sample or '(none)'}; a string is a full-match regex, a list matches names "
             f"or name suffixes"
         )

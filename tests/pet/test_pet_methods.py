@@ -178,7 +178,7 @@ def test_unknown_setting_is_refused_with_the_known_ones(tiny):
 
 def test_targets_that_match_nothing_list_the_layers(tiny):
     before = snapshot(tiny)
-    with pytest.raises(ValueError, match=r"matches no linear layer.*inp, hidden, head"):
+    with pytest.raises(PetError, match=r"matches no linear layer.*inp, hidden, head"):
         pet.apply(tiny, "lora", ["q_proj"])
     assert_unchanged(tiny, before)
 
@@ -250,3 +250,8 @@ def test_unmerging_a_singular_bone_bat_block_names_the_layer_and_changes_nothing
         pet.unmerge(tiny)
     assert_unchanged(tiny, before)
     assert tiny.hidden.merged
+
+
+def test_an_invalid_regex_is_refused_with_the_reason(tiny):
+    with pytest.raises(PetError, match=r"target_modules='\(inp' is not a valid regex"):
+        pet.apply(tiny, "lora", "(inp")
