@@ -131,6 +131,7 @@ def export(
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
         _rename_outputs(float_model)
+        _name_batch_dim(float_model)
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = _known_weights(first_task, switchable, policy, quantize_fn)
@@ -522,6 +523,19 @@ def _rename_outputs(model: onnx.ModelProto) -> None:
                 node.input[i] = renames[name]
     for o in model.graph.output:
         o.name = renames[o.name]
+
+
+def _name_batch_dim(model: onnx.ModelProto) -> None:
+    """Call the exporter's symbol for the leading input dimension ``batch`` everywhere."""
+    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
+               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+    if len(symbols) != 1:
+        return
+    (old,) = symbols
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = "batch"
 
 
 def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[str, Any]:
