@@ -104,6 +104,31 @@ void expect(bool ok, const char* what, const Case& c, double err) {
               c.symmetric, (long long)c.group_size, err);
 }
 
+// Vector kernels must build the same int8 tables as the reference, bit for bit.
+int check_tables_identical(const Kernel& kernel, std::mt19937& rng) {
+  int checked = 0;
+  std::normal_distribution<float> normal;
+  for (int64_t k : {1, 5, 31, 64, 100, 1000}) {
+    for (int block : {32, 64}) {
+      std::vector<float> a(k);
+      for (auto& v : a) v = normal(rng);
+      const int64_t quads = num_quads(k), blocks = num_blocks(k, block);
+      std::vector<int8_t> e_ref(quads * kTableSize), e_vec(quads * kTableSize);
+      std::vector<float> s_ref(blocks), s_vec(blocks), sum_ref(blocks), sum_vec(blocks);
+      reference_kernel().build_tables(a.data(), k, block, e_ref.data(), s_ref.data(),
+                                      sum_ref.data());
+      kernel.build_tables(a.data(), k, block, e_vec.data(), s_vec.data(), sum_vec.data());
+      if (e_ref != e_vec || s_ref != s_vec || sum_ref != sum_vec) {
+        ++failures;
+        std::printf("FAIL tables differ: kernel=%s k=%lld block=%d\n", kernel.name,
+                    (long long)k, block);
+      }
+      ++checked;
+    }
+  }
+  return checked;
+}
+
 }  // namespace
 
 int main() {
@@ -128,6 +153,7 @@ int main() {
           ++cases;
         }
       }
+  cases += check_tables_identical(*vector_kernel, rng);
   std::printf("%d passed, %d failed (kernel: %s)\n", cases - failures, failures,
               vector_kernel->name);
   return failures ? 1 : 0;

@@ -1,6 +1,6 @@
-// NEON kernel (aarch64): tbl looks up 16 table indices at once. Same tile32 layout and
-// the same tables as every other kernel (built by the reference builder, so results
-// match the reference to float rounding).
+// NEON kernel (aarch64): tbl looks up 16 table indices at once. Same tile32 layout as
+// every other kernel, and tables built bit-identically to the reference kernel's (same
+// additions, same rounding), so results match the reference to float rounding.
 //
 // Widening: a pair stream's lookups hold (plane p, plane p+1) of a row in adjacent
 // bytes, so vpadalq_s8 widens and adds them (weights [1, 1]) in one instruction; a
@@ -15,6 +15,57 @@
 
 namespace edgepet {
 namespace {
+
+// Entries 0..7 of one quad's table (bit 3 clear: a3 enters negated), summed in the
+// reference order ((a0 a1) a2) a3, so that the rounded tables are bit-identical.
+inline void half_table(const float* a4, float32x4_t out[2]) {
+  // Sign bits to flip a_l for entry idx where bit l of idx is clear.
+  static const uint32_t kFlip[3][8] = {
+      {1u << 31, 0, 1u << 31, 0, 1u << 31, 0, 1u << 31, 0},
+      {1u << 31, 1u << 31, 0, 0, 1u << 31, 1u << 31, 0, 0},
+      {1u << 31, 1u << 31, 1u << 31, 1u << 31, 0, 0, 0, 0}};
+  for (int h = 0; h < 2; ++h) {
+    float32x4_t t = vreinterpretq_f32_u32(
+        veorq_u32(vreinterpretq_u32_f32(vdupq_n_f32(a4[0])), vld1q_u32(kFlip[0] + 4 * h)));
+    for (int l = 1; l < 3; ++l) {
+      t = vaddq_f32(t, vreinterpretq_f32_u32(veorq_u32(
+                           vreinterpretq_u32_f32(vdupq_n_f32(a4[l])), vld1q_u32(kFlip[l] + 4 * h))));
+    }
+    out[h] = vsubq_f32(t, vdupq_n_f32(a4[3]));
+  }
+}
+
+void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
+                  float* block_sums) {
+  const int64_t quads = num_quads(k);
+  const int block_quads = block / kQuad;
+  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
+    const int64_t q0 = b * block_quads;
+    const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
+    float32x4_t half[kMaxBlockQuads][2];
+    float32x4_t largest = vdupq_n_f32(0.0f);
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const int64_t first = (q0 + i) * kQuad;
+      float a4[kQuad] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int l = 0; l < kQuad && first + l < k; ++l) a4[l] = a[first + l];
+      half_table(a4, half[i]);
+      largest = vmaxq_f32(largest, vmaxq_f32(vabsq_f32(half[i][0]), vabsq_f32(half[i][1])));
+      sum -= vgetq_lane_f32(half[i][0], 0);  // entry 0 is minus the quad's sum
+    }
+    const float top = vmaxvq_f32(largest);
+    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
+    block_scales[b] = top / 127.0f;
+    block_sums[b] = sum;
+    for (int i = 0; i < n; ++i) {
+      const int16x8_t i16 = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(half[i][0], inv))),
+                                         vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(half[i][1], inv))));
+      const int8x8_t low = vqmovn_s16(i16);
+      // Entry 15 - j is minus entry j.
+      vst1q_s8(entries + (q0 + i) * kTableSize, vcombine_s8(low, vrev64_s8(vneg_s8(low))));
+    }
+  }
+}
 
 // int16 sums of one block for the tile's 32 rows, per weight class c (planes 2c and
 // 2c+1, scaled by 4^c at the flush) and per group of 8 rows.
@@ -131,9 +182,7 @@ void tile_dot(const TileJob& job) {
 }  // namespace
 
 const Kernel* neon_kernel() {
-  // Tables come from the reference builder: bit-identical by construction. A vector
-  // builder is the next step for M=1 speed (see docs/operator.md).
-  static const Kernel kernel{"neon", reference_kernel().build_tables, tile_dot};
+  static const Kernel kernel{"neon", build_tables, tile_dot};
   return &kernel;
 }
 
