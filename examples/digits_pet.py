@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,11 +79,13 @@ class Block(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
         att = nn.functional.scaled_dot_product_attention(
-            split(self.q(h)), split(self.k(h)), split(self.v(h))
+            self._heads(self.q(h)), self._heads(self.k(h)), self._heads(self.v(h))
         )
         x = x + self.o(att.transpose(1, 2).flatten(-2))
         return x + self.down(nn.functional.gelu(self.up(self.norm2(x))))
@@ -139,8 +142,6 @@ def four_bit_accuracy(model: nn.Module, split: Split) -> float:
     """Accuracy with every linear layer but the head at 4 bits (merged where possible)."""
     model = copy.deepcopy(model)
     if pet.pet_layers(model):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # adapters that cannot merge stay beside the base
             pet.merge(model)

@@ -67,18 +67,16 @@ def _codebook_tensors(bits: int, like: torch.Tensor) -> tuple[torch.Tensor, torc
     return levels, (levels[1:] + levels[:-1]) / 2
 
 
-def _standardize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = w.mean()
-    std = w.std(unbiased=False)
-    return mean, std
+def gaussian_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes (int64 index of the nearest level), mean and std (0-d tensors) of a matrix.
 
-
-def gaussian_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, float, float]:
-    """Codes (int64, index of the nearest level), mean and std of a matrix."""
-    mean, std = _standardize(w.detach())
+    Kept on ``w``'s device, without host syncs, since it runs in every training step.
+    """
+    w = w.detach()
+    mean, std = w.mean(), w.std(unbiased=False)
     _, edges = _codebook_tensors(bits, w)
-    z = (w.detach() - mean) / std if std > 0 else torch.zeros_like(w)
-    return torch.bucketize(z, edges), float(mean), float(std)
+    z = (w - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return torch.bucketize(z, edges), mean, std
 
 
 def gaussian_quantize_ste(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -108,7 +106,9 @@ class LowBitMatrix(nn.Module):
         """The frozen form: packed codes plus mean and std."""
         codes, mean, std = gaussian_codes(self.weight, self.bits)
         codes = codes.cpu().numpy().astype(np.uint8)
-        return PackedMatrix.from_codes(codes, self.bits, mean, std, self.weight.dtype)
+        return PackedMatrix.from_codes(
+            codes, self.bits, float(mean), float(std), self.weight.dtype
+        )
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, bits={self.bits}"
