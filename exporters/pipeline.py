@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,12 @@ def export(
                  for k, v in tx.named_matrices(graph_module).items()}
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         say("writing adapters and reference data")
-        task_params = _task_parameters(result, tasks, switchable, policy, quantize_fn)
-        make_overridable(result.model, sorted({n for p in task_params.values() for n in p}))
+        task_adapters = _task_adapters(result, tasks, switchable, policy, quantize_fn)
+        make_overridable(result.model, sorted(
+            {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)
-        adapter_entries = _write_adapters(stage, task_params)
-        reference = _write_reference(stage, result, example, references, task_params)
+        adapter_entries = _write_adapters(stage, task_adapters)
+        reference = _write_reference(stage, result, example, references, task_adapters)
         manifest = _manifest(
             stage, loaded, profile, policy, quantizer, result, float_model, files,
             adapter_entries, reference, pet_info,
@@ -360,12 +362,19 @@ class _ConstantMatrix(nn.Module):
 
 
 def _freeze_packed(module: nn.Module) -> None:
+    """Replace adapter matrices that compute their weight (k-bit) with constant stand-ins."""
     pet = _pet()
-    packed = [(n, m) for n, m in module.named_modules() if isinstance(m, pet.PackedMatrix)]
-    for name, matrix in packed:
+    kinds = (pet.PackedMatrix, pet.LowBitMatrix)
+    found = [(n, m) for n, m in module.named_modules() if isinstance(m, kinds)]
+    for name, matrix in found:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attr, _ConstantMatrix(matrix.dequantized()))
+        if isinstance(matrix, pet.PackedMatrix):
+            weight = matrix.dequantized()
+        else:
+            with torch.no_grad():
+                weight = matrix().detach().float().numpy()
+        setattr(parent, attr, _ConstantMatrix(weight))
 
 
 def _varying_layers(tasks: dict[str, nn.Module], layers: Mapping[str, nn.Module]) -> set[str]:
@@ -448,10 +457,18 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
     return result
 
 
-def _task_parameters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
-                     policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
-                     ) -> dict[str, dict[str, np.ndarray]]:
-    """Task -> the packed tensors (by initializer name) its adapter file overrides."""
+@dataclass
+class _TaskAdapter:
+    """One task's adapter: packed tensors by initializer name, and its LutMatMul weights."""
+
+    parameters: dict[str, np.ndarray]
+    quantized: dict[str, tuple[QuantizedTensor, np.ndarray | None]]
+
+
+def _task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
+                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
+                   ) -> dict[str, _TaskAdapter]:
+    """Task -> what its adapter file overrides (by initializer name)."""
     from edgepet.exporters.onnx import lut_matmul_node
 
     records = [r for r in result.layers if r.switchable]
@@ -459,10 +476,12 @@ def _task_parameters(result: RewriteResult, tasks: dict[str, nn.Module], switcha
         return {}
     first = next(iter(tasks.values()))
     bias_keys = {r.node: _bias_key(first, r, result) for r in records}
-    params: dict[str, dict[str, np.ndarray]] = {}
+    _check_switchable(tasks, records, bias_keys)
+    adapters: dict[str, _TaskAdapter] = {}
     for task, model in tasks.items():
         matrices = _adapter_matrices(model, switchable)
-        values: dict[str, np.ndarray] = {}
+        state = model.state_dict()
+        adapter = _TaskAdapter({}, {})
         for record in records:
             if record.name not in matrices:
                 raise BadInputError(f"adapter {task!r} has no matrix {record.name}")
@@ -475,18 +494,36 @@ def _task_parameters(result: RewriteResult, tasks: dict[str, nn.Module], switcha
                     f"first adapter's is {record.n}x{record.k} — all tasks must share shapes"
                 )
             key = bias_keys[record.node]
-            bias = None
+            bias = result.quantized[record.node][1]
             if key is not None:
-                bias = model.state_dict()[key].detach().float().numpy()
-            elif record.bias:
-                bias = result.quantized[record.node][1]
+                bias = state[key].detach().float().numpy()
             _, inits = lut_matmul_node(qt, "a", "y", record.node, bias)
             for t in inits:
                 if t.name in record.parameters or (key is not None and t.name.endswith(".bias")):
-                    values[t.name] = numpy_helper.to_array(t)
-            result.quantized.setdefault(f"{task}::{record.node}", (qt, bias))
-        params[task] = values
-    return params
+                    adapter.parameters[t.name] = numpy_helper.to_array(t)
+            adapter.quantized[record.node] = (qt, bias)
+        adapters[task] = adapter
+    return adapters
+
+
+def _check_switchable(tasks: dict[str, nn.Module], records: list[LayerRecord],
+                      bias_keys: dict[str, str | None]) -> None:
+    """Refuse tasks that differ in a tensor no adapter file can carry (it would be lost)."""
+    states = [m.state_dict() for m in tasks.values()]
+    covered_prefixes = tuple(f"{r.name}." for r in records)
+    covered = {k for k in bias_keys.values() if k}
+    lost = [
+        key for key, value in states[0].items()
+        if not key.startswith(covered_prefixes) and key not in covered
+        and any(key not in s or not torch.equal(s[key], value) for s in states[1:])
+    ]
+    if lost:
+        raise BadInputError(
+            f"the tasks differ in {', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}, "
+            "which an adapter file cannot switch (it carries adapter matrices and their "
+            "biases) — train those parameters once for all tasks, or export each task as "
+            "its own bundle"
+        )
 
 
 def _bias_key(model: nn.Module, record: LayerRecord, result: RewriteResult) -> str | None:
@@ -550,13 +587,14 @@ def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[st
     return {"external_data": bundle_io.EXTERNAL_DATA if large else None}
 
 
-def _write_adapters(stage: Path, task_params: dict[str, dict[str, np.ndarray]]) -> list[dict]:
+def _write_adapters(stage: Path, task_adapters: dict[str, _TaskAdapter]) -> list[dict]:
     entries = []
-    if not task_params:
+    if not task_adapters:
         return entries
     folder = stage / bundle_io.ADAPTER_DIR
     folder.mkdir()
-    for task, values in task_params.items():
+    for task, task_adapter in task_adapters.items():
+        values = task_adapter.parameters
         adapter = ort.AdapterFormat()
         adapter.set_adapter_version(1)
         adapter.set_model_version(1)
@@ -573,10 +611,10 @@ def _write_adapters(stage: Path, task_params: dict[str, dict[str, np.ndarray]]) 
 
 def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch.Tensor],
                      references: dict[str | None, list[np.ndarray]],
-                     task_params: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+                     task_adapters: dict[str, _TaskAdapter]) -> dict[str, Any]:
     folder = stage / bundle_io.REFERENCE_DIR
     folder.mkdir()
-    overridable = {n for values in task_params.values() for n in values}
+    overridable = {n for a in task_adapters.values() for n in a.parameters}
     input_names = [i.name for i in result.model.graph.input if i.name not in overridable]
     output_names = [o.name for o in result.model.graph.output]
     if len(input_names) != len(example):
@@ -587,11 +625,8 @@ def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch
     for task, outputs in references.items():
         suffix = "" if task is None or task == next(iter(references)) else f".{task}"
         quantized = dict(result.quantized)
-        if task is not None:
-            for key, value in list(result.quantized.items()):
-                if key.startswith(f"{task}::"):
-                    quantized[key.split("::", 1)[1]] = value
-        quantized = {k: v for k, v in quantized.items() if "::" not in k}
+        if task in task_adapters:
+            quantized.update(task_adapters[task].quantized)
         twin = dequantized_twin(result.model, quantized)
         options = ort.SessionOptions()
         options.log_severity_level = 3

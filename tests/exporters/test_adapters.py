@@ -153,3 +153,28 @@ def test_two_peft_folders_become_switchable_adapters(tmp_path):
     bundle = export(model, tmp_path / "b", target="x86-avx2", bits=4, adapters=adapters)
     assert bundle.adapters == ["t1", "t2"]
     assert all(r.ok for r in bundle.verify())
+
+
+def test_tasks_that_differ_outside_their_adapters_are_refused(tmp_path):
+    from edgepet.exporters.errors import BadInputError
+
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4, bits=1)
+    a, b = _task(tuned, 1), _task(tuned, 2)
+    with torch.no_grad():
+        b.head.weight.mul_(2.0)  # a per-task head: not something an adapter file carries
+    with pytest.raises(BadInputError, match="head.weight"):
+        export(a, tmp_path / "b", target="x86-avx2", adapters={"a": a, "b": b})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kbit_adapter_still_in_training_form_exports_its_rounded_weights(tmp_path):
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "adapter", target_modules=["fc1"], r=8, bits=2, activation="relu")
+    with torch.no_grad():
+        tuned.fc1.up.weight.normal_(0, 0.1)
+    bundle = export(tuned, tmp_path / "b", target="x86-avx2", bits=4)
+    assert bundle.adapters == []  # not binarized, one task: nothing to switch
+    names = {layer["name"] for layer in bundle.layers}
+    assert {"fc1.down", "fc1.up", "fc1.base"} <= names
+    assert all(r.ok for r in bundle.verify())
