@@ -147,6 +147,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow loading a pickled nn.Module (runs code from the file)")
     p.add_argument("--example", choices=("mlp", "vit", "llama"),
                    help="export a built-in example model instead of MODEL")
+    p.add_argument("--op-library", metavar="PATH",
+                   help="ship this op library (built for the target, e.g. cross-compiled "
+                        "libedgepet_ort.so for aarch64) in the bundle's lib/")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -248,7 +251,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             input_shapes=args.input_shape or None,
             inputs=_example_inputs(args.example_input),
             trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
-            overwrite=args.force,
+            overwrite=args.force, op_library=args.op_library,
         )
     except ValueError as error:
         if isinstance(error, BadInputError):

@@ -46,7 +46,7 @@ class TargetProfile:
 
     def runs_on_host(self) -> bool:
         """True when bundles for this target run on this machine's CPU architecture."""
-        return _host_arch() == self.arch
+        return host_arch() == self.arch
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as JSON-ready data (as written into bundle manifests)."""
@@ -56,7 +56,8 @@ class TargetProfile:
         return data
 
 
-def _host_arch() -> str:
+def host_arch() -> str:
+    """This machine's CPU architecture as profiles spell it ("x86_64", "aarch64")."""
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
@@ -184,9 +185,9 @@ def get_target(name: str) -> TargetProfile:
 
 def host_target() -> TargetProfile:
     """The profile that best describes this machine (used when no target is named)."""
-    if _host_arch() == "aarch64":
+    if host_arch() == "aarch64":
         return TARGETS["apple-m1" if platform.system() == "Darwin" else "rpi5"]
     return TARGETS["x86-avx2"]
 
 
-__all__ = ["TARGETS", "TargetProfile", "Toolchain", "get_target", "host_target"]
+__all__ = ["TARGETS", "TargetProfile", "Toolchain", "get_target", "host_arch", "host_target"]

@@ -56,12 +56,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: ELF e_machine values of the architectures target profiles name.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
+
+
+def library_arch(path: str | os.PathLike[str]) -> str | None:
+    """CPU architecture of a shared library (ELF), or None when it cannot tell."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    order = "little" if header[5] == 1 else "big"
+    return _ELF_MACHINES.get(int.from_bytes(header[18:20], order))
+
+
 @cache
-def op_abi_version() -> int:
-    """ABI version of the op library this process would load (asked of the library)."""
+def op_abi_version(path: str | None = None) -> int:
+    """ABI version of an op library (default: the installed one), asked of the library."""
     from edgepet.runtime import op_library_path
 
-    library = ctypes.CDLL(op_library_path())
+    library = ctypes.CDLL(path or op_library_path())
     return int(library.edgepet_op_abi_version())
 
 
@@ -181,11 +195,21 @@ class Bundle:
                     "was changed or damaged after export; copy the bundle again"
                 )
 
+    def op_library(self) -> str:
+        """The op library to run with: the bundle's own when it ships one for this CPU."""
+        from edgepet.runtime import op_library_path
+        from edgepet.targets import host_arch
+
+        shipped = self.manifest["operator"].get("library")
+        if shipped and library_arch(self.path / shipped) == host_arch():
+            return str(self.path / shipped)
+        return op_library_path()
+
     def check_abi(self) -> None:
         """The op library here reads this bundle's operator ABI and layout."""
         op = self.manifest["operator"]
         try:
-            have = op_abi_version()
+            have = op_abi_version(self.op_library())
         except (FileNotFoundError, OSError, AttributeError) as error:
             raise BundleError(f"edgepet's op library cannot be loaded: {error}") from None
         if op["abi_version"] != have:
@@ -280,16 +304,18 @@ class BundleSession:
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from edgepet.runtime import InferenceSession
-
         self.bundle = bundle
         options = ort.SessionOptions()
+        options.register_custom_ops_library(bundle.op_library())
         # Adapter parameters are initializers listed as inputs; ORT warns about each.
         options.log_severity_level = 3
         if threads is not None:
+            if threads < 1:
+                raise BadInputError(f"threads={threads} must be at least 1")
+            options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self._session = InferenceSession(str(bundle.model_path), threads=threads,
-                                         options=options)
+        self._session = ort.InferenceSession(str(bundle.model_path), options,
+                                             providers=["CPUExecutionProvider"])
         self._ort = ort
         self._loaded: dict[str, Any] = {}
         self._active: str | None = None
@@ -439,6 +465,7 @@ __all__ = [
     "BundleSession",
     "VerifyResult",
     "file_table",
+    "library_arch",
     "load",
     "read_manifest",
     "relative_error",

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -86,6 +87,7 @@ def export(
     arch_kwargs: dict[str, Any] | None = None,
     overwrite: bool = False,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    op_library: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> bundle_io.Bundle:
     """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
@@ -113,6 +115,8 @@ def export(
         arch, arch_kwargs: ``package.module:Class`` and its kwargs for a state dict.
         overwrite: replace an existing bundle at ``out``.
         external_data_threshold: bytes above which weights go to ``model.onnx.data``.
+        op_library: an op library built for the target (e.g. cross-compiled for aarch64)
+            to ship in ``lib/``; devices of that architecture run with it.
         progress: called with a line per step (the CLI prints them).
     """
     say = _Steps(progress)
@@ -120,6 +124,7 @@ def export(
         get_target(target) if target else host_target())
     policy = _policy(profile, bits, group_size, symmetric, keep)
     quantizer, quantize_fn = _quantizer(quantizer)
+    library = _check_op_library(op_library, profile)
     out = Path(out)
     with bundle_io.staged_output(out, overwrite) as stage:
         say("loading the model")
@@ -144,6 +149,7 @@ def export(
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)
+        files["library"] = _ship_op_library(stage, library)
         adapter_entries = _write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
         manifest = _manifest(
@@ -220,6 +226,30 @@ def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
                                 "edgepet lacks — use --quantizer rtn") from None
         return "rtn", quantize
     return "search", search_quantize
+
+
+def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfile
+                      ) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"--op-library {path} does not exist")
+    arch = bundle_io.library_arch(path)
+    if arch is not None and arch != profile.arch:
+        raise BadInputError(
+            f"--op-library {path} is built for {arch}, but target {profile.name} is "
+            f"{profile.arch} — build it with {profile.toolchain.cxx}"
+        )
+    return path
+
+
+def _ship_op_library(stage: Path, library: Path | None) -> str | None:
+    if library is None:
+        return None
+    (stage / "lib").mkdir()
+    shutil.copy2(library, stage / "lib" / library.name)
+    return f"lib/{library.name}"
 
 
 # --- the model and its tasks ------------------------------------------------------------
@@ -688,7 +718,7 @@ def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
         "operator": {
             "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
             "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
-            "library": None,
+            "library": files["library"],
         },
         "model": {
             "file": bundle_io.MODEL, "external_data": files["external_data"],
@@ -730,8 +760,6 @@ def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
             "pet": pet_info,
         },
     }
-    if profile.runs_on_host() is False:
-        manifest["operator"]["library"] = None  # cross builds are not shipped yet
     problems = manifest_schema.check(manifest)
     if problems:
         raise RuntimeError("edgepet wrote a manifest that breaks its schema: " + "; ".join(

@@ -205,3 +205,21 @@ def test_binarized_model_with_two_adapter_state_dicts_switches_tasks(cli, tmp_pa
             expected = model(torch.from_numpy(x)).numpy()
         assert np.linalg.norm(y - expected) / np.linalg.norm(expected) < 0.03
         np.testing.assert_allclose(session.run(x, adapter=name)["output"], y, rtol=1e-6)
+
+
+def test_op_library_for_the_target_ships_in_the_bundle(cli, no_partial_output, tmp_path):
+    from edgepet.exporters.bundle import Bundle
+    from edgepet.runtime import op_library_path
+
+    library = op_library_path()  # built for this machine: x86_64
+    manifest = _export_ok(cli, "", tmp_path / "out", "--example", "mlp", "--op-library",
+                          library)
+    shipped = manifest["operator"]["library"]
+    assert shipped.startswith("lib/") and shipped in manifest["files"]
+    bundle = Bundle.open(tmp_path / "out")
+    assert bundle.op_library() == str(tmp_path / "out" / shipped)
+    assert all(r.ok for r in bundle.verify())
+    code, _, stderr = cli("export", "--example", "mlp", "--target", "rpi5", "--op-library",
+                          library, "-o", tmp_path / "arm", "--quiet")
+    assert code == 2 and "x86_64" in stderr and "aarch64" in stderr
+    assert no_partial_output(tmp_path / "arm")
