@@ -12,7 +12,7 @@ fold their update in first, the others keep it beside the quantized base.
 Then a task sequence (rotated -> inverted -> mirrored): one adapter trained on each task
 in turn forgets the earlier ones; LAE's online/offline pair remembers them better.
 
-Run: ``python examples/digits_pet.py`` (about a minute on two cores);
+Run: ``python examples/digits_pet.py`` (about three minutes on one core);
 ``--quick`` runs a few epochs of everything, as the test does.
 """
 

@@ -91,7 +91,8 @@ class _Groups:
         self.h = None
         if x is not None:
             xg = self.split(x)  # [M, G, gs]
-            self.h = np.einsum("mgi,mgj->gij", xg, xg) / x.shape[0]
+            xg = xg.transpose(1, 0, 2)  # [G, M, gs]
+            self.h = np.matmul(xg.transpose(0, 2, 1), xg) / x.shape[0]
 
     def split(self, a: np.ndarray) -> np.ndarray:
         padded = np.zeros((a.shape[0], self.g * self.gs), dtype=np.float32)
@@ -105,7 +106,9 @@ class _Groups:
         """``H d`` per group (``H`` = the group's activation Gram matrix, or the mask)."""
         if self.h is None:
             return d * self.mask
-        return np.einsum("gij,ngj->ngi", self.h, d)
+        if self.gs < 512:  # measured: einsum wins for small blocks, BLAS for large ones
+            return np.einsum("gij,ngj->ngi", self.h, d)
+        return np.matmul(d.transpose(1, 0, 2), self.h).transpose(1, 0, 2)  # H is symmetric
 
     def error(self, q: np.ndarray) -> np.ndarray:
         """Per-group error ``[N, G]`` of grouped dequantized weights ``q``."""
@@ -124,8 +127,8 @@ def _encode(w: np.ndarray, s: np.ndarray, z: np.ndarray | None, bits: Bits) -> n
     return np.clip(np.rint(w / safe + z[..., None]), 0, top).astype(np.uint8)
 
 
-def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Codes, grouped dequantized weights and per-group error for scales ``s``, ``z``."""
+def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``."""
     codes = _encode(groups.w, s, z, bits)
     qt = QuantizedTensor(
         codes=np.ascontiguousarray(groups.join(codes)),
@@ -135,33 +138,43 @@ def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray,
         group_size=gs,
         symmetric=z is None,
     )
-    deq = groups.split(qt.dequantize())
-    return codes, deq, groups.error(deq)
+    return codes, groups.error(groups.split(qt.dequantize()))
 
 
 def _refit(groups: _Groups, bits, codes: np.ndarray, symmetric: bool):
-    """Least-squares scale (and zero point) for fixed codes, weighted like the error."""
+    """Least-squares scale (and zero point) for fixed codes, weighted like the error.
+
+    Returns ``(s, z)`` per group (``z`` None for symmetric codes), NaN where no fit.
+    """
     q = codes.astype(np.float32)
     if bits == "ternary":
-        c = q - 1.0
-    elif symmetric:
-        c = 2.0 * q - ((1 << int(bits)) - 1)
-    if bits == "ternary" or symmetric:
-        hc = groups.weigh(c)
-        den = np.sum(c * hc, axis=2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.sum(groups.w * hc, axis=2) / den
-        return np.where((den > 0) & (s > 0), s, np.nan), None
+        return _fit_scale(groups, q - 1.0), None
+    if symmetric:
+        return _fit_scale(groups, 2.0 * q - ((1 << int(bits)) - 1)), None
+    return _fit_affine(groups, q)
+
+
+def _fit_scale(groups: _Groups, levels: np.ndarray) -> np.ndarray:
+    """``s`` minimizing the error of ``s * levels`` (levels: codes as odd/ternary units)."""
+    hl = groups.weigh(levels)
+    den = np.sum(levels * hl, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.sum(groups.w * hl, axis=2) / den
+    return np.where((den > 0) & (s > 0), s, np.nan)
+
+
+def _fit_affine(groups: _Groups, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``s, z`` minimizing the error of ``s * (q - z)``: a weighted line fit ``s q + t``."""
     one = np.broadcast_to(groups.mask, q.shape)
     hq, h1 = groups.weigh(q), groups.weigh(one)
-    a, b, c2 = np.sum(q * hq, 2), np.sum(q * h1, 2), np.sum(one * h1, 2)
+    a, b, c = np.sum(q * hq, 2), np.sum(q * h1, 2), np.sum(one * h1, 2)
     r1, r2 = np.sum(groups.w * hq, 2), np.sum(groups.w * h1, 2)
-    det = a * c2 - b * b
+    det = a * c - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = (c2 * r1 - b * r2) / det
+        s = (c * r1 - b * r2) / det
         t = (a * r2 - b * r1) / det
         z = -t / s
-    ok = (np.abs(det) > 1e-12 * np.maximum(a * c2, 1e-30)) & (s > 0) & np.isfinite(z)
+    ok = (np.abs(det) > 1e-12 * np.maximum(a * c, 1e-30)) & (s > 0) & np.isfinite(z)
     return np.where(ok, s, np.nan), np.where(ok, z, np.nan)
 
 
@@ -198,11 +211,11 @@ def search_quantize(
     shifts = [0.0] if sym else [-0.4, -0.2, 0.0, 0.2, 0.4]
 
     best_s, best_z = base.scales.copy(), None if sym else base.zero_points.copy()
-    best_codes, _, best_err = _candidate(groups, bits, best_s, best_z, gs)
+    best_codes, best_err = _candidate(groups, bits, best_s, best_z, gs)
 
     def consider(s, z):
         nonlocal best_codes, best_err
-        codes, _, err = _candidate(groups, bits, s, z, gs)
+        codes, err = _candidate(groups, bits, s, z, gs)
         better = err < best_err
         best_s[better] = s[better]
         if z is not None:
