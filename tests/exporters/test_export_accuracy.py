@@ -68,3 +68,42 @@ def test_batch_size_is_dynamic(bundles):
     session = bundle.session()
     x = np.random.default_rng(0).standard_normal((7, 96)).astype(np.float32)
     assert session.run({"x": x})["output"].shape == (7, 10)
+
+
+class _TwoInTwoOut(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(64, 32)
+        self.b = torch.nn.Linear(48, 32)
+
+    def forward(self, x, z):
+        h = self.a(x) + self.b(z)
+        return h.relu(), h.sum(-1)
+
+
+def test_several_inputs_and_outputs_keep_their_names_and_order(tmp_path):
+    from edgepet.exporters.pipeline import export
+
+    model = _TwoInTwoOut().eval()
+    bundle = export(model, tmp_path / "b", target="x86-avx2", input_shapes=["3,64", "3,48"])
+    assert [i["name"] for i in bundle.manifest["inputs"]] == ["x", "z"]
+    assert [o["name"] for o in bundle.manifest["outputs"]] == ["output_0", "output_1"]
+    x = np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)
+    z = np.random.default_rng(2).standard_normal((5, 48)).astype(np.float32)
+    got = bundle.session().run({"x": x, "z": z})
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(torch.from_numpy(x), torch.from_numpy(z))]
+    assert relative_error([got["output_0"], got["output_1"]], expected) < 0.2
+
+
+def test_a_model_without_linear_layers_is_refused(tmp_path):
+    from edgepet.exporters.errors import BadInputError
+    from edgepet.exporters.pipeline import export
+
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    with pytest.raises(BadInputError, match="no linear layer"):
+        export(Doubler(), tmp_path / "b", input_shapes=["2,3"])
+    assert list(tmp_path.iterdir()) == []
