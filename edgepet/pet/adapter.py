@@ -63,14 +63,13 @@ class AdapterLinear(PetLayer):
     def __init__(self, base: nn.Linear, config: AdapterConfig) -> None:
         super().__init__(base)
         self.config = config
-        dtype = base.weight.dtype
-        down = torch.empty(config.r, base.in_features, dtype=dtype)
+        down = torch.empty(config.r, base.in_features, **self.factory)
         nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         self.down = make_matrix(down, config.bits)
-        self.up = make_matrix(torch.zeros(base.out_features, config.r, dtype=dtype), config.bits)
+        self.up = make_matrix(torch.zeros(base.out_features, config.r, **self.factory), config.bits)
         if config.bias:
-            self.down_bias = nn.Parameter(torch.zeros(config.r, dtype=dtype))
-            self.up_bias = nn.Parameter(torch.zeros(base.out_features, dtype=dtype))
+            self.down_bias = nn.Parameter(torch.zeros(config.r, **self.factory))
+            self.up_bias = nn.Parameter(torch.zeros(base.out_features, **self.factory))
         else:
             self.down_bias = self.up_bias = None
 

@@ -42,7 +42,7 @@ class BoneLinear(PetLayer):
         super().__init__(base)
         self.config = config
         self.bone_block = nn.Parameter(
-            torch.zeros(config.r, base.out_features, dtype=base.weight.dtype)
+            torch.zeros(config.r, base.out_features, **self.factory)
         )
 
     def update_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class BoneBatLinear(PetLayer):
             )
         self.config = config
         self.bone_block = nn.Parameter(
-            torch.zeros(base.out_features // r, r, r, dtype=base.weight.dtype)
+            torch.zeros(base.out_features // r, r, r, **self.factory)
         )
 
     def _blocks(self, w: torch.Tensor) -> torch.Tensor:
@@ -99,7 +99,7 @@ class BoneBatLinear(PetLayer):
     def unmerged_weight(self, merged: torch.Tensor) -> torch.Tensor:
         """``W_ij = (W'_ij - B_i) (I + B_i)^-1``, solved in float64."""
         b = self.bone_block.double()[:, None]
-        eye = torch.eye(self.config.r, dtype=torch.float64)
+        eye = torch.eye(self.config.r, dtype=torch.float64, device=merged.device)
         lhs = self._blocks(merged.double()) - b
         try:
             w = torch.linalg.solve(eye + b, lhs, left=False)

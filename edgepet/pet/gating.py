@@ -51,16 +51,16 @@ class GatedAdapterLinear(AdapterLinear):
 
     def __init__(self, base: nn.Linear, config: GatingConfig) -> None:
         super().__init__(base, config)
-        dtype = base.weight.dtype
         g = config.granularity
         if g == "large":
-            down = torch.randn(config.gate_r, base.in_features, dtype=dtype)
+            down = torch.randn(config.gate_r, base.in_features, **self.factory)
             self.gate_down = DenseMatrix(down / base.in_features**0.5)
-            self.gate_up = DenseMatrix(torch.zeros(base.out_features, config.gate_r, dtype=dtype))
+            up = torch.zeros(base.out_features, config.gate_r, **self.factory)
+            self.gate_up = DenseMatrix(up)
         elif g == "middle-channel":
-            self.gate = nn.Parameter(torch.zeros(base.out_features, dtype=dtype))
+            self.gate = nn.Parameter(torch.zeros(base.out_features, **self.factory))
         else:  # middle-token, small: one gate from a linear read of the input
-            self.gate_read = DenseMatrix(torch.zeros(1, base.in_features, dtype=dtype))
+            self.gate_read = DenseMatrix(torch.zeros(1, base.in_features, **self.factory))
         # Gates start at sigmoid(0) = 1/2 everywhere.
 
     @property

@@ -62,6 +62,11 @@ class PetLayer(nn.Module):
         self.merged = False
 
     @property
+    def factory(self) -> dict:
+        """``dtype`` and ``device`` of the base weight, for creating the update's tensors."""
+        return {"dtype": self.base.weight.dtype, "device": self.base.weight.device}
+
+    @property
     def in_features(self) -> int:
         return self.base.in_features
 

@@ -54,9 +54,9 @@ class LoraLinear(PetLayer):
     def __init__(self, base: nn.Linear, config: LoraConfig) -> None:
         super().__init__(base)
         self.config = config
-        a = torch.empty(config.r, base.in_features, dtype=base.weight.dtype)
+        a = torch.empty(config.r, base.in_features, **self.factory)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        b = torch.zeros(base.out_features, config.r, dtype=base.weight.dtype)
+        b = torch.zeros(base.out_features, config.r, **self.factory)
         self.lora_A = make_matrix(a, config.bits)
         self.lora_B = make_matrix(b, config.bits)
 

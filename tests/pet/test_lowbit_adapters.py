@@ -161,3 +161,16 @@ def test_a_bfloat16_one_bit_adapter_trains_and_binarizes(tiny, x):
     qt = tiny.inp.quantized_weights()["down"]
     assert tiny.inp.down().dtype == torch.bfloat16
     assert torch.equal(tiny.inp.down(), torch.from_numpy(qt.dequantize()).bfloat16())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_bit_adapter_trains_and_binarizes_on_cuda(tiny, x):
+    tiny.cuda()
+    pet.apply(tiny, "adapter", r=4, bits=1)
+    randomize_pet(tiny)
+    tiny(x.cuda()).square().mean().backward()
+    before = tiny(x.cuda())
+    pet.binarize(tiny)
+    assert torch.allclose(tiny(x.cuda()), before, atol=1e-5)
+    qt = tiny.inp.quantized_weights()["up"]
+    assert torch.equal(tiny.inp.up().cpu(), torch.from_numpy(qt.dequantize()))

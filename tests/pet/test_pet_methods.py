@@ -255,3 +255,12 @@ def test_unmerging_a_singular_bone_bat_block_names_the_layer_and_changes_nothing
 def test_an_invalid_regex_is_refused_with_the_reason(tiny):
     with pytest.raises(PetError, match=r"target_modules='\(inp' is not a valid regex"):
         pet.apply(tiny, "lora", "(inp")
+
+
+@pytest.mark.parametrize(("method", "config"), [*MERGEABLE, ("gating", {"r": 4})])
+def test_pet_parameters_are_created_where_the_base_weight_lives(method, config):
+    model = nn.Sequential(nn.Linear(16, 32, device="meta", dtype=torch.float64),
+                          nn.Linear(32, 3, device="meta", dtype=torch.float64))
+    pet.apply(model, method, **config)
+    for p in model[0].pet_parameters():
+        assert (p.device.type, p.dtype) == ("meta", torch.float64)
