@@ -42,7 +42,8 @@ def lut_matmul(
         qt: the quantized weight ``[N, K]``.
         bias: optional float32 ``[N]``.
         threads: worker threads (None: all cores).
-        kernel: "auto" (best for this CPU), "avx2" or "reference".
+        kernel: "auto" (best for this CPU) or one of :func:`available_kernels`
+            ("avx512", "avx2", "neon", "reference").
 
     The result differs from the exact product by the int8 rounding of the
     activation tables: 0.5-0.8 % relative on Gaussian data (docs/operator.md).

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/kernel.h"
+#include "kernels/x86_tile.h"
 
 namespace edgepet {
 namespace {
@@ -78,13 +79,6 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
   }
 }
 
-inline __m256 low_rows(__m256i acc) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
-}
-inline __m256 high_rows(__m256i acc) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
-}
-
 // Sums of one block (an even number of quads, at most 16) for the tile's 32 rows
 // against Rows activation rows, as int16: acc_a[m] holds rows 0..15, acc_b[m] 16..31.
 // The codes are loaded and unpacked once for all activation rows.
@@ -145,98 +139,24 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
   }
 }
 
-template <int Bits, int Rows>
-void tile_dot(const TileJob& job) {
-  const WeightFormat& f = job.format;
-  const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f);
-  const int64_t groups = num_groups(f);
-  const int64_t per_group = blocks_per_group(f);
-  const int block_quads = table_block(f) / kQuad;
-  const __m256 half = _mm256_set1_ps(0.5f);
-  const __m256 mid = _mm256_set1_ps(0.5f * static_cast<float>((1 << Bits) - 1));
-  __m256 y[Rows][4];
-  for (int m = 0; m < Rows; ++m)
-    for (int i = 0; i < 4; ++i) y[m][i] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[Rows][4];
-    for (int m = 0; m < Rows; ++m)
-      for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
-    const int64_t b_end = std::min(blocks, (g + 1) * per_group);
-    for (int64_t b = g * per_group; b < b_end; ++b) {
-      const int64_t q0 = b * block_quads;
-      const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
-      __m256i acc_a[Rows], acc_b[Rows];
-      const uint8_t* codes = job.codes + q0 / 2 * 32 * Bits;
-      const int8_t* tables[Rows];
-      for (int m = 0; m < Rows; ++m) tables[m] = job.tables[m].entries + q0 * kTableSize;
-      if (n == kMaxBlockQuads) {  // a constant count for the common case
-        block_sums16<Bits, Rows>(codes, tables, kMaxBlockQuads, acc_a, acc_b);
-      } else {
-        block_sums16<Bits, Rows>(codes, tables, n, acc_a, acc_b);
-      }
-      for (int m = 0; m < Rows; ++m) {
-        const __m256 step = _mm256_set1_ps(job.tables[m].block_scales[b]);
-        acc[m][0] = _mm256_fmadd_ps(low_rows(acc_a[m]), step, acc[m][0]);
-        acc[m][1] = _mm256_fmadd_ps(high_rows(acc_a[m]), step, acc[m][1]);
-        acc[m][2] = _mm256_fmadd_ps(low_rows(acc_b[m]), step, acc[m][2]);
-        acc[m][3] = _mm256_fmadd_ps(high_rows(acc_b[m]), step, acc[m][3]);
-      }
-    }
-    const float* s = job.scales + g * job.row_stride;
-    for (int i = 0; i < 4; ++i) {
-      const __m256 scale = _mm256_loadu_ps(s + 8 * i);
-      for (int m = 0; m < Rows; ++m) {
-        const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
-        if (f.ternary) {
-          const __m256 sc = _mm256_mul_ps(half, scale);
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),
-                                                         _mm256_mul_ps(sc, group_sum)));
-        } else if (f.symmetric) {
-          y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
-        } else {
-          const __m256 z = _mm256_loadu_ps(job.zero_points + g * job.row_stride + 8 * i);
-          const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
-          const __m256 sc = _mm256_mul_ps(half, scale);
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),
-                                                         _mm256_mul_ps(off, group_sum)));
-        }
-      }
-    }
-  }
-  for (int m = 0; m < Rows; ++m)
-    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out[m] + 8 * i, y[m][i]);
-}
+struct Avx2Sums {
+  // Two rows per pass pay off for even widths; with a single-plane stream the doubled
+  // tables spill registers.
+  template <int Bits>
+  static constexpr bool shares_rows() { return Bits % 2 == 0; }
 
-// Two activation rows share the unpacked codes where that measured faster (even
-// widths); with a single-plane stream the doubled tables spill registers, so odd
-// widths take the rows one at a time.
-template <int Bits>
-void tile_dot_bits(const TileJob& job) {
-  static_assert(kMaxRowsPerCall == 2, "tile_dot_bits handles 1 or 2 activation rows");
-  if (Bits % 2 == 0 && job.rows == 2) return tile_dot<Bits, 2>(job);
-  for (int m = 0; m < job.rows; ++m) {
-    TileJob one = job;
-    one.rows = 1;
-    one.tables[0] = job.tables[m];
-    one.out[0] = job.out[m];
-    tile_dot<Bits, 1>(one);
+  template <int Bits, int Rows>
+  __attribute__((always_inline)) static void block(const uint8_t* codes,
+                                                   const int8_t* const* tables, int quads,
+                                                   __m256i* acc_a, __m256i* acc_b) {
+    block_sums16<Bits, Rows>(codes, tables, quads, acc_a, acc_b);
   }
-}
-
-void tile_dot_any(const TileJob& job) {
-  switch (job.format.bits) {
-    case 1: return tile_dot_bits<1>(job);
-    case 2: return tile_dot_bits<2>(job);
-    case 3: return tile_dot_bits<3>(job);
-    default: return tile_dot_bits<4>(job);
-  }
-}
+};
 
 }  // namespace
 
 const Kernel* avx2_kernel() {
-  static const Kernel kernel{"avx2", build_tables, tile_dot_any};
+  static const Kernel kernel{"avx2", build_tables, x86::tile_dot_any<Avx2Sums>};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernel;
   return nullptr;
 }

@@ -8,6 +8,9 @@ namespace edgepet {
 #ifndef EDGEPET_HAVE_AVX2
 const Kernel* avx2_kernel() { return nullptr; }
 #endif
+#ifndef EDGEPET_HAVE_AVX512
+const Kernel* avx512_kernel() { return nullptr; }
+#endif
 #ifndef EDGEPET_HAVE_NEON
 const Kernel* neon_kernel() { return nullptr; }
 #endif
@@ -20,8 +23,10 @@ const Kernel* select_kernel(const std::string& name) {
   }
   if (wanted == "reference") return &reference_kernel();
   if (wanted == "avx2") return avx2_kernel();
+  if (wanted == "avx512") return avx512_kernel();
   if (wanted == "neon") return neon_kernel();
   if (wanted == "auto") {
+    if (const Kernel* k = avx512_kernel()) return k;
     if (const Kernel* k = avx2_kernel()) return k;
     if (const Kernel* k = neon_kernel()) return k;
     return &reference_kernel();

@@ -129,6 +129,7 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Floats2 scale
 
 std::vector<std::string> available_kernels() {
   std::vector<std::string> names;
+  if (avx512_kernel()) names.push_back("avx512");
   if (avx2_kernel()) names.push_back("avx2");
   if (neon_kernel()) names.push_back("neon");
   names.push_back("reference");

@@ -1,0 +1,139 @@
+// AVX-512 kernel (AVX512F + AVX512BW): the AVX2 method on 64-byte vectors. The tile32
+// layout puts a quad pair's streams next to each other, so one 64-byte load covers two
+// quads of a 2-bit tile (or both pair streams of a 4-bit quad); each 128-bit lane
+// looks up in its own quad's table. Tables are the AVX2 kernel's (bit-identical to
+// the reference); the float epilogue is shared (x86_tile.h).
+#include <immintrin.h>
+
+#include "kernels/kernel.h"
+
+// GCC 12's AVX-512 intrinsics pass _mm*_undefined_*() as the merge source of
+// unmasked forms, which -Wmaybe-uninitialized reports once inlined here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "kernels/x86_tile.h"
+
+namespace edgepet {
+namespace {
+
+// Lanes (a, a, b, b) of the four 16-byte tables starting at t.
+template <int A, int B>
+inline __m512i table_lanes(__m512i four_tables) {
+  return _mm512_shuffle_i64x2(four_tables, four_tables, (B << 6) | (B << 4) | (A << 2) | A);
+}
+
+inline __m512i load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i join(const uint8_t* lo, const uint8_t* hi) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1);
+}
+
+template <int Bits>
+struct Block512 {
+  static constexpr int kPairs = Bits / 2;
+  static constexpr bool kSingle = Bits & 1;
+  static constexpr int kTop = Bits - 1;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  // 2-bit and 3-bit: [1, 2] everywhere; 4-bit: planes (0,1) in lanes 0-1, (2,3) in 2-3.
+  const __m512i pair_weights =
+      kPairs == 2 ? _mm512_inserti64x4(_mm512_set1_epi16(0x0201), _mm256_set1_epi16(0x0804), 1)
+                  : _mm512_set1_epi16(0x0201);
+  const __m512i single_even = _mm512_set1_epi16(static_cast<int16_t>(1 << kTop));
+  const __m512i single_odd = _mm512_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
+  __m512i acc_a = _mm512_setzero_si512();
+  __m512i acc_b = _mm512_setzero_si512();
+
+  inline void add_pairs(__m512i x, __m512i table) {
+    const __m512i lo = _mm512_and_si512(x, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), low4);
+    acc_a = _mm512_add_epi16(acc_a,
+                             _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table, lo)));
+    acc_b = _mm512_add_epi16(acc_b,
+                             _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table, hi)));
+  }
+
+  inline void add_single(__m512i x, __m512i table_lo, __m512i table_hi) {
+    const __m512i r0 = _mm512_shuffle_epi8(table_lo, _mm512_and_si512(x, low4));
+    const __m512i r1 =
+        _mm512_shuffle_epi8(table_hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), low4));
+    acc_a = _mm512_add_epi16(acc_a, _mm512_add_epi16(_mm512_maddubs_epi16(single_even, r0),
+                                                     _mm512_maddubs_epi16(single_even, r1)));
+    acc_b = _mm512_add_epi16(acc_b, _mm512_add_epi16(_mm512_maddubs_epi16(single_odd, r0),
+                                                     _mm512_maddubs_epi16(single_odd, r1)));
+  }
+
+  // The pair streams of one quad pair (q, q+1) at c, tables t (32 bytes).
+  inline void pair_streams(const uint8_t* c, const int8_t* t) {
+    if (kPairs == 1) {
+      const __m512i two = _mm512_castsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
+      add_pairs(load(c), table_lanes<0, 1>(two));
+    } else if (kPairs == 2) {
+      for (int p = 0; p < 2; ++p) {
+        add_pairs(load(c + 64 * p), _mm512_broadcast_i32x4(
+                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16 * p))));
+      }
+    }
+  }
+
+  // Four quads: two quad pairs at c and c + 32 * Bits.
+  inline void four_quads(const uint8_t* c, const int8_t* t) {
+    pair_streams(c, t);
+    pair_streams(c + 32 * Bits, t + 2 * kTableSize);
+    if (kSingle) {
+      const __m512i four = _mm512_loadu_si512(t);
+      const __m512i x = Bits == 1 ? load(c) : join(c + 64 * kPairs, c + 32 * Bits + 64 * kPairs);
+      add_single(x, table_lanes<0, 2>(four), table_lanes<1, 3>(four));
+    }
+  }
+
+  // The last quad pair of a block whose quad count is not a multiple of 4.
+  inline void two_quads(const uint8_t* c, const int8_t* t) {
+    pair_streams(c, t);
+    if (kSingle) {
+      const __m512i four = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t);  // lanes 2, 3 zero
+      const __m512i x = _mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 64 * kPairs)));
+      add_single(x, table_lanes<0, 2>(four), table_lanes<1, 3>(four));
+    }
+  }
+
+  // The two 256-bit halves hold different quads of the same rows.
+  inline __m256i rows(__m512i acc) const {
+    return _mm256_add_epi16(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+  }
+};
+
+struct Avx512Sums {
+  template <int Bits>
+  static constexpr bool shares_rows() { return false; }
+
+  template <int Bits, int Rows>
+  static void block(const uint8_t* codes, const int8_t* const* tables, int quads,
+                    __m256i* acc_a, __m256i* acc_b) {
+    static_assert(Rows == 1, "the AVX-512 kernel takes activation rows one at a time");
+    Block512<Bits> sums;
+    const int8_t* t = tables[0];
+    int q = 0;
+    for (; q + 4 <= quads; q += 4, codes += 64 * Bits, t += 4 * kTableSize) {
+      sums.four_quads(codes, t);
+    }
+    if (q < quads) sums.two_quads(codes, t);
+    acc_a[0] = sums.rows(sums.acc_a);
+    acc_b[0] = sums.rows(sums.acc_b);
+  }
+};
+
+}  // namespace
+
+const Kernel* avx512_kernel() {
+  static const Kernel kernel{"avx512", avx2_kernel() ? avx2_kernel()->build_tables : nullptr,
+                             x86::tile_dot_any<Avx512Sums>};
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      avx2_kernel()) {
+    return &kernel;
+  }
+  return nullptr;
+}
+
+}  // namespace edgepet
