@@ -14,7 +14,6 @@ base weight (or, if its math cannot merge, exported as it is).
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import os
@@ -22,9 +21,7 @@ import platform
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +29,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 import edgepet
+from edgepet.exporters import adapters as adapters_io
 from edgepet.exporters import bundle as bundle_io
 from edgepet.exporters import manifest as manifest_schema
 from edgepet.exporters import torch_export as tx
 from edgepet.exporters.errors import BadInputError
 from edgepet.exporters.rewrite import (
     KnownWeight,
-    LayerRecord,
     QuantPolicy,
     RewriteResult,
     dequantized_twin,
@@ -129,9 +125,9 @@ def export(
     with bundle_io.staged_output(out, overwrite) as stage:
         say("loading the model")
         loaded = _resolve_model(model, trust, arch, arch_kwargs)
-        tasks = _tasks(loaded, adapters)
+        tasks = adapters_io.task_models(loaded, adapters)
         say("preparing adapters" if tasks else "preparing the model")
-        graph_module, switchable, pet_info = _graph_module(loaded, tasks)
+        graph_module, switchable, pet_info = adapters_io.graph_module(loaded, tasks)
         example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
         references = _torch_references(loaded, tasks, example)
         say("exporting to ONNX with torch")
@@ -140,17 +136,17 @@ def export(
         _name_batch_dim(float_model)
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
-        known = _known_weights(first_task, switchable, policy, quantize_fn)
+        known = adapters_io.known_weights(first_task, switchable, policy, quantize_fn)
         names = {digest(v.detach().cpu().numpy()): k
                  for k, v in tx.named_matrices(graph_module).items()}
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         say("writing adapters and reference data")
-        task_adapters = _task_adapters(result, tasks, switchable, policy, quantize_fn)
+        task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn)
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)
         files["library"] = _ship_op_library(stage, library)
-        adapter_entries = _write_adapters(stage, task_adapters)
+        adapter_entries = adapters_io.write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
         manifest = _manifest(
             stage, loaded, profile, policy, quantizer, result, float_model, files,
@@ -277,151 +273,6 @@ def _as_loaded(loaded: tx.LoadedModel, module: Any) -> tx.LoadedModel:
     return tx.LoadedModel(module, loaded.kind, loaded.source, loaded.example_inputs)
 
 
-def _pet():
-    try:
-        from edgepet import pet
-    except ImportError:  # pragma: no cover - edgepet.pet ships with edgepet
-        return None
-    return pet
-
-
-def _tasks(loaded: tx.LoadedModel, adapters: Mapping[str, Any] | None) -> dict[str, nn.Module]:
-    """Task name -> a model carrying that task's adapter (first task: the graph's)."""
-    base = loaded.model
-    if not adapters:
-        if isinstance(base, nn.Module) and _packed_layers(base):
-            return {"default": base}
-        return {}
-    if not isinstance(base, nn.Module) or isinstance(base, torch.jit.ScriptModule):
-        raise BadInputError(
-            f"adapters need the model as an nn.Module, but it is a {loaded.kind} — give a "
-            "state dict with --arch (or a pickled module with --trust)"
-        )
-    tasks = {}
-    for name, value in adapters.items():
-        if not name or not all(c.isalnum() or c in "_.-" for c in name):
-            raise BadInputError(f"adapter name {name!r} must use letters, digits, '_', '.' "
-                                "or '-' (it names adapters/NAME.onnx_adapter)")
-        tasks[name] = _task_model(base, name, value).eval()
-    return tasks
-
-
-def _task_model(base: nn.Module, name: str, value: Any) -> nn.Module:
-    if isinstance(value, nn.Module):
-        return value
-    if isinstance(value, Mapping):
-        model = copy.deepcopy(base)
-        tx.load_state(model, dict(value), f"adapter {name!r}", strict=False)
-        return model
-    path = Path(value)
-    if path.is_dir():
-        pet = _pet()
-        model = copy.deepcopy(base)
-        try:
-            pet.load_peft(model, path)
-        except ValueError as error:
-            raise BadInputError(f"adapter {name!r}: {error}") from None
-        return model
-    if not path.is_file():
-        raise BadInputError(f"adapter {name!r}: {path} does not exist — give a PEFT folder "
-                            "or a state-dict file")
-    if path.suffix == ".safetensors":
-        state = tx._read_safetensors(path)
-    else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001
-            raise BadInputError(f"adapter {name!r}: {path} is not a state dict of tensors "
-                                f"({tx._first_line(error)})") from None
-    model = copy.deepcopy(base)
-    tx.load_state(model, state, f"adapter {name!r} from {path}", strict=False)
-    return model
-
-
-def _packed_layers(model: nn.Module) -> set[str]:
-    pet = _pet()
-    if pet is None:
-        return set()
-    return {name for name, layer in pet.pet_layers(model).items()
-            if any(isinstance(c, pet.PackedMatrix) for c in layer.children())}
-
-
-def _graph_module(loaded: tx.LoadedModel, tasks: dict[str, nn.Module]
-                  ) -> tuple[Any, set[str], dict[str, Any]]:
-    """The module to trace: the first task's, with every non-switchable PET layer merged."""
-    source = next(iter(tasks.values())) if tasks else loaded.model
-    if not isinstance(source, nn.Module) or isinstance(source, torch.jit.ScriptModule):
-        return source, set(), {}
-    pet = _pet()
-    layers = pet.pet_layers(source) if pet else {}
-    if not layers:
-        return source, set(), {}
-    switchable = _packed_layers(source) | _varying_layers(tasks, layers)
-    module = copy.deepcopy(source).eval()
-    merged, kept = [], []
-    for name, layer in pet.pet_layers(module).items():
-        if name in switchable:
-            continue
-        if layer.merged or layer.is_mergeable():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pet.merge(layer)
-            merged.append(name)
-        else:
-            kept.append(name)
-    pet.unload(module)
-    _freeze_packed(module)
-    info = {"merged": merged, "kept_unmerged": kept, "switchable": sorted(switchable),
-            "tasks": list(tasks)}
-    return module, switchable, info
-
-
-class _ConstantMatrix(nn.Module):
-    """Stands in for a binarized matrix when tracing: its dequantized weight as a buffer.
-
-    ``PackedMatrix`` unpacks its codes with numpy in ``forward``, which ``torch.export``
-    cannot trace; the values are the same, so the graph and the value match are too.
-    """
-
-    def __init__(self, weight: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(weight)))
-
-    def forward(self) -> torch.Tensor:
-        return self.weight
-
-
-def _freeze_packed(module: nn.Module) -> None:
-    """Replace adapter matrices that compute their weight (k-bit) with constant stand-ins."""
-    pet = _pet()
-    kinds = (pet.PackedMatrix, pet.LowBitMatrix)
-    found = [(n, m) for n, m in module.named_modules() if isinstance(m, kinds)]
-    for name, matrix in found:
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        if isinstance(matrix, pet.PackedMatrix):
-            weight = matrix.dequantized()
-        else:
-            with torch.no_grad():
-                weight = matrix().detach().float().numpy()
-        setattr(parent, attr, _ConstantMatrix(weight))
-
-
-def _varying_layers(tasks: dict[str, nn.Module], layers: Mapping[str, nn.Module]) -> set[str]:
-    if len(tasks) < 2:
-        return set()
-    states = [m.state_dict() for m in tasks.values()]
-    varying = set()
-    for name in layers:
-        prefix = name + "."
-        for key, value in states[0].items():
-            own = key.startswith(prefix) and not key.startswith(prefix + "base.")
-            if own and any(key not in s or not torch.equal(s[key], value) for s in states[1:]):
-                varying.add(name)
-                break
-    return varying
-
-
 def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
                       example: Sequence[torch.Tensor]) -> dict[str | None, list[np.ndarray]]:
     if not tasks:
@@ -430,42 +281,6 @@ def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
 
 
 # --- quantization and adapters ----------------------------------------------------------
-
-
-def _adapter_matrices(model: nn.Module, switchable: set[str]
-                      ) -> dict[str, tuple[np.ndarray, QuantizedTensor | None]]:
-    """``layer.attr`` -> (weight as the forward pass uses it, its exact codes if any)."""
-    pet = _pet()
-    found: dict[str, tuple[np.ndarray, QuantizedTensor | None]] = {}
-    for name in sorted(switchable):
-        layer = model.get_submodule(name)
-        for attr, child in layer.named_children():
-            if attr == "base":
-                continue
-            if isinstance(child, pet.PackedMatrix):
-                if child.bits == 1:
-                    qt = child.quantized_tensor()
-                    found[f"{name}.{attr}"] = (qt.dequantize(), qt)
-                else:
-                    found[f"{name}.{attr}"] = (child.dequantized(), None)
-            elif callable(child) and any(p.ndim == 2 for p in child.parameters(recurse=False)):
-                with torch.no_grad():
-                    weight = child()
-                if isinstance(weight, torch.Tensor) and weight.ndim == 2:
-                    found[f"{name}.{attr}"] = (weight.detach().float().numpy(), None)
-    return found
-
-
-def _known_weights(module: Any, switchable: set[str], policy: QuantPolicy,
-                   quantize_fn: Callable[..., QuantizedTensor]) -> dict[str, KnownWeight]:
-    if not switchable:
-        return {}
-    known = {}
-    for key, (value, qt) in _adapter_matrices(module, switchable).items():
-        if qt is None:
-            qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
-        known[digest(value)] = KnownWeight(key, qt, switchable=True)
-    return known
 
 
 def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
@@ -485,89 +300,6 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
             "kept them all) — edgepet rewrites MatMul/Gemm with constant weights"
         )
     return result
-
-
-@dataclass
-class _TaskAdapter:
-    """One task's adapter: packed tensors by initializer name, and its LutMatMul weights."""
-
-    parameters: dict[str, np.ndarray]
-    quantized: dict[str, tuple[QuantizedTensor, np.ndarray | None]]
-
-
-def _task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
-                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
-                   ) -> dict[str, _TaskAdapter]:
-    """Task -> what its adapter file overrides (by initializer name)."""
-    from edgepet.exporters.onnx import lut_matmul_node
-
-    records = [r for r in result.layers if r.switchable]
-    if not records or not tasks:
-        return {}
-    first = next(iter(tasks.values()))
-    bias_keys = {r.node: _bias_key(first, r, result) for r in records}
-    _check_switchable(tasks, records, bias_keys)
-    adapters: dict[str, _TaskAdapter] = {}
-    for task, model in tasks.items():
-        matrices = _adapter_matrices(model, switchable)
-        state = model.state_dict()
-        adapter = _TaskAdapter({}, {})
-        for record in records:
-            if record.name not in matrices:
-                raise BadInputError(f"adapter {task!r} has no matrix {record.name}")
-            value, qt = matrices[record.name]
-            if qt is None:
-                qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
-            if qt.shape != (record.n, record.k):
-                raise BadInputError(
-                    f"adapter {task!r}: {record.name} is {qt.shape[0]}x{qt.shape[1]}, the "
-                    f"first adapter's is {record.n}x{record.k} — all tasks must share shapes"
-                )
-            key = bias_keys[record.node]
-            bias = result.quantized[record.node][1]
-            if key is not None:
-                bias = state[key].detach().float().numpy()
-            _, inits = lut_matmul_node(qt, "a", "y", record.node, bias)
-            for t in inits:
-                if t.name in record.parameters or (key is not None and t.name.endswith(".bias")):
-                    adapter.parameters[t.name] = numpy_helper.to_array(t)
-            adapter.quantized[record.node] = (qt, bias)
-        adapters[task] = adapter
-    return adapters
-
-
-def _check_switchable(tasks: dict[str, nn.Module], records: list[LayerRecord],
-                      bias_keys: dict[str, str | None]) -> None:
-    """Refuse tasks that differ in a tensor no adapter file can carry (it would be lost)."""
-    states = [m.state_dict() for m in tasks.values()]
-    covered_prefixes = tuple(f"{r.name}." for r in records)
-    covered = {k for k in bias_keys.values() if k}
-    lost = [
-        key for key, value in states[0].items()
-        if not key.startswith(covered_prefixes) and key not in covered
-        and any(key not in s or not torch.equal(s[key], value) for s in states[1:])
-    ]
-    if lost:
-        raise BadInputError(
-            f"the tasks differ in {', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}, "
-            "which an adapter file cannot switch (it carries adapter matrices and their "
-            "biases) — train those parameters once for all tasks, or export each task as "
-            "its own bundle"
-        )
-
-
-def _bias_key(model: nn.Module, record: LayerRecord, result: RewriteResult) -> str | None:
-    """Name of the PyTorch parameter that is ``record``'s fused bias, when it is an adapter's."""
-    bias = result.quantized[record.node][1]
-    if bias is None:
-        return None
-    layer_name = record.name.rsplit(".", 1)[0]
-    for key, value in model.state_dict().items():
-        if (key.startswith(layer_name + ".") and not key.startswith(layer_name + ".base.")
-                and value.ndim == 1 and value.shape[0] == bias.shape[0]
-                and np.array_equal(value.detach().float().numpy(), bias)):
-            return key
-    return None
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -617,31 +349,9 @@ def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[st
     return {"external_data": bundle_io.EXTERNAL_DATA if large else None}
 
 
-def _write_adapters(stage: Path, task_adapters: dict[str, _TaskAdapter]) -> list[dict]:
-    entries = []
-    if not task_adapters:
-        return entries
-    folder = stage / bundle_io.ADAPTER_DIR
-    folder.mkdir()
-    for task, task_adapter in task_adapters.items():
-        values = task_adapter.parameters
-        adapter = ort.AdapterFormat()
-        adapter.set_adapter_version(1)
-        adapter.set_model_version(1)
-        adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
-                                for k, v in values.items()})
-        file = folder / f"{task}{bundle_io.ADAPTER_SUFFIX}"
-        adapter.export_adapter(str(file))
-        entries.append({
-            "name": task, "file": file.relative_to(stage).as_posix(),
-            "parameters": sorted(values), "bytes": file.stat().st_size,
-        })
-    return entries
-
-
 def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch.Tensor],
                      references: dict[str | None, list[np.ndarray]],
-                     task_adapters: dict[str, _TaskAdapter]) -> dict[str, Any]:
+                     task_adapters: dict[str, adapters_io.TaskAdapter]) -> dict[str, Any]:
     folder = stage / bundle_io.REFERENCE_DIR
     folder.mkdir()
     overridable = {n for a in task_adapters.values() for n in a.parameters}
