@@ -79,13 +79,26 @@ def pet_layers(model: nn.Module) -> dict[str, PetLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PetLayer)}
 
 
+def _attention_projections(model: nn.Module) -> set[str]:
+    """Linear layers of ``nn.MultiheadAttention``, which reads their ``.weight`` directly
+    instead of calling them, so a wrapper's update would be silently ignored."""
+    return {
+        f"{n}.{child}" if n else child
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for child, c in m.named_children()
+        if isinstance(c, nn.Linear)
+    }
+
+
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Linear layers that are not already inside a PET layer (nor the model itself)."""
-    inside = {f"{n}.base" for n in pet_layers(model)}
+    """Linear layers PET can wrap: not inside a PET layer or ``nn.MultiheadAttention``,
+    and not the model itself."""
+    skip = {f"{n}.base" for n in pet_layers(model)} | _attention_projections(model)
     return {
         n: m
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and n and n not in inside
+        if isinstance(m, nn.Linear) and n and n not in skip
     }
 
 
@@ -98,6 +111,13 @@ def _targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]
         if not names:
             raise PetError("'all-linear' found no linear layer besides the output head")
         return names
+    for name in _attention_projections(model):
+        if name_matches(name, target_modules):
+            raise PetError(
+                f"layer '{name}' belongs to an nn.MultiheadAttention, which reads its weight "
+                f"directly, so a PET layer there would be ignored — target other layers, or "
+                f"use an attention module that calls its projections"
+            )
     for inner, outer in wrapped.items():
         if name_matches(outer, target_modules) or name_matches(inner, target_modules):
             raise PetError(

@@ -264,3 +264,23 @@ def test_pet_parameters_are_created_where_the_base_weight_lives(method, config):
     pet.apply(model, method, **config)
     for p in model[0].pet_parameters():
         assert (p.device.type, p.dtype) == ("meta", torch.float64)
+
+
+class WithTorchAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.mlp = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+
+def test_all_linear_leaves_torch_multihead_attention_alone():
+    assert pet.apply(WithTorchAttention(), "lora", r=2).layers == ["mlp"]
+
+
+def test_targeting_a_torch_multihead_attention_projection_is_refused():
+    model = WithTorchAttention()
+    before = snapshot(model)
+    with pytest.raises(PetError, match="'attn.out_proj' belongs to an nn.MultiheadAttention"):
+        pet.apply(model, "lora", ["out_proj", "mlp"], r=2)
+    assert_unchanged(model, before)
