@@ -2,7 +2,8 @@
 
 For each shape, row count M and thread count it times (median of repeated runs):
 
-* ``edgepet`` — ``ai.edgepet.LutMatMul`` at 1, 2, 3, 4 bits and ternary;
+* ``edgepet-KERNEL`` — ``ai.edgepet.LutMatMul`` at 1, 2, 3, 4 bits and ternary, once per
+  vector kernel this CPU has (avx512, avx2, neon; ``--kernels`` picks);
 * ``ort-nbits`` — ``com.microsoft.MatMulNBits`` at 2 and 4 bits, block 32 and 128,
   with its default path and with ``mlas.use_lut_gemm=1``;
 * ``ort-fp32`` — a plain MatMul with the float weight;
@@ -20,7 +21,9 @@ ratios from one run, not absolute times across runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -33,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepet import runtime
 from edgepet.exporters.onnx import linear_model
+from edgepet.kernels import available_kernels
 from edgepet.quant import quantize
 
 SHAPES = {
@@ -133,8 +137,21 @@ def fp32_matmul(w: np.ndarray) -> bytes:
     return _one_node_model(node, k, n, [numpy_helper.from_array(np.ascontiguousarray(w.T), "Wt")])
 
 
+def edgepet_session(model: bytes, threads: int, kernel: str) -> ort.InferenceSession:
+    """A session whose LutMatMul nodes use the named kernel (chosen at session start)."""
+    before = os.environ.get("EDGEPET_KERNEL")
+    os.environ["EDGEPET_KERNEL"] = kernel
+    try:
+        return runtime.InferenceSession(model, options=options(threads))
+    finally:
+        if before is None:
+            del os.environ["EDGEPET_KERNEL"]
+        else:
+            os.environ["EDGEPET_KERNEL"] = before
+
+
 def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[int],
-        budget_s: float, progress) -> list[Result]:
+        kernel_names: list[str], budget_s: float, progress) -> list[Result]:
     results: list[Result] = []
     rng = np.random.default_rng(0)
     for shape_name, (k, n) in shapes.items():
@@ -143,8 +160,10 @@ def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[in
         for bits in EDGEPET_BITS:
             for block in BLOCKS:
                 qt = quantize(w, bits, block if block < k else "per-row", symmetric=True)
-                models.append(("edgepet", str(bits), block,
-                               linear_model(qt).SerializeToString(), qt.dequantize(), True))
+                model = linear_model(qt).SerializeToString()
+                for kernel in kernel_names:
+                    models.append((f"edgepet-{kernel}", str(bits), block, model,
+                                   qt.dequantize(), True))
         for bits in ORT_BITS:
             for block in BLOCKS:
                 model, dq = matmul_nbits(w, bits, block)
@@ -155,7 +174,7 @@ def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[in
             sessions = []
             for contender, _bits, _block, model, _dq, ours in models:
                 if ours:
-                    sess = runtime.InferenceSession(model, options=options(threads))
+                    sess = edgepet_session(model, threads, contender.removeprefix("edgepet-"))
                 else:
                     sess = ort.InferenceSession(
                         model, options(threads, contender == "ort-nbits-lut"),
@@ -193,13 +212,15 @@ def ratios(results: list[Result]) -> list[dict]:
                 if best is None or r.median_ms < best.median_ms:
                     ort_best[r.bits] = r
         fp32 = next(r for r in here if r.contender == "ort-fp32")
-        for bits in map(str, EDGEPET_BITS):
-            ours = min((r for r in here if r.contender == "edgepet" and r.bits == bits),
+        ours_by_kernel = sorted({r.contender for r in here if r.contender.startswith("edgepet")})
+        for contender, bits in itertools.product(ours_by_kernel, map(str, EDGEPET_BITS)):
+            ours = min((r for r in here if r.contender == contender and r.bits == bits),
                        key=lambda r: r.median_ms)
             peer_bits = bits if bits in ort_best else "2"
             peer = ort_best[peer_bits]
             rows.append({
                 "shape": shape, "m": m, "threads": threads, "bits": bits,
+                "kernel": contender.removeprefix("edgepet-"),
                 "edgepet_ms": ours.median_ms, "edgepet_block": ours.block,
                 "edgepet_err": ours.rel_err,
                 "ort_bits": peer_bits, "ort_ms": peer.median_ms,
@@ -212,16 +233,17 @@ def ratios(results: list[Result]) -> list[dict]:
 
 def print_tables(results: list[Result], rows: list[dict]) -> None:
     print("\nAll measurements (median ms, relative error vs exact dequantized product)")
-    print(f"{'shape':24} {'M':>3} {'thr':>3} {'contender':14} {'bits':>7} {'block':>5}"
+    print(f"{'shape':24} {'M':>3} {'thr':>3} {'contender':16} {'bits':>7} {'block':>5}"
           f" {'ms':>9} {'rel.err':>8}")
     for r in results:
-        print(f"{r.shape:24} {r.m:>3} {r.threads:>3} {r.contender:14} {r.bits:>7} {r.block:>5}"
+        print(f"{r.shape:24} {r.m:>3} {r.threads:>3} {r.contender:16} {r.bits:>7} {r.block:>5}"
               f" {r.median_ms:>9.3f} {r.rel_err:>8.4f}")
     print("\nedgepet vs ORT's fastest MatMulNBits at the same bits (1-bit/ternary vs ORT 2-bit)")
-    print(f"{'shape':24} {'M':>3} {'thr':>3} {'bits':>7} {'edgepet ms':>10} {'ORT ms':>9}"
-          f" {'ORT path':>18} {'speedup':>8} {'vs fp32':>8} {'err':>7}")
+    print(f"{'shape':24} {'M':>3} {'thr':>3} {'kernel':>7} {'bits':>7} {'edgepet ms':>10}"
+          f" {'ORT ms':>9} {'ORT path':>18} {'speedup':>8} {'vs fp32':>8} {'err':>7}")
     for row in rows:
-        print(f"{row['shape']:24} {row['m']:>3} {row['threads']:>3} {row['bits']:>7}"
+        print(f"{row['shape']:24} {row['m']:>3} {row['threads']:>3} {row['kernel']:>7}"
+              f" {row['bits']:>7}"
               f" {row['edgepet_ms']:>10.3f} {row['ort_ms']:>9.3f} {row['ort_path']:>18}"
               f" {row['speedup_vs_ort']:>7.2f}x {row['speedup_vs_fp32']:>7.2f}x"
               f" {row['edgepet_err']:>7.4f}")
@@ -233,8 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, to check the script")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per measurement")
+    vector = [k for k in available_kernels() if k != "reference"] or ["reference"]
+    parser.add_argument("--kernels", default=",".join(vector),
+                        help=f"edgepet kernels to time (default: {','.join(vector)})")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    kernel_names = args.kernels.split(",")
+    unknown = set(kernel_names) - set(available_kernels())
+    if unknown:
+        parser.error(f"kernel(s) {sorted(unknown)} not available here: {available_kernels()}")
     if args.smoke:
         shapes, ms, budget = {"smoke 256->96": (256, 96)}, [1, 3], 0.01
     else:
@@ -243,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(msg: str) -> None:
         print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
 
-    results = run(shapes, ms, threads, budget, progress)
+    results = run(shapes, ms, threads, kernel_names, budget, progress)
     print("\r\033[K", end="", file=sys.stderr)
     rows = ratios(results)
     print(f"edgepet benchmark — {platform.processor() or platform.machine()}, "

@@ -18,9 +18,11 @@ def test_smoke_run_writes_every_contender_and_ratio(tmp_path, monkeypatch, capsy
         assert stop.code == 0
     data = json.loads(out.read_text())
     contenders = {r["contender"] for r in data["results"]}
-    assert contenders == {"edgepet", "ort-nbits", "ort-nbits-lut", "ort-fp32"}
+    assert {"ort-nbits", "ort-nbits-lut", "ort-fp32"} < contenders
+    assert any(c.startswith("edgepet-") for c in contenders)
     assert {r["bits"] for r in data["ratios"]} == {"1", "2", "3", "4", "ternary"}
     # ORT's MatMulNBits model is built to match its own dequantization exactly.
-    assert max(r["rel_err"] for r in data["results"] if r["contender"] != "edgepet") < 1e-5
-    assert max(r["rel_err"] for r in data["results"] if r["contender"] == "edgepet") < 0.015
+    ours = [r["rel_err"] for r in data["results"] if r["contender"].startswith("edgepet")]
+    theirs = [r["rel_err"] for r in data["results"] if r["contender"].startswith("ort")]
+    assert max(theirs) < 1e-5 and max(ours) < 0.015
     assert "speedup" in capsys.readouterr().out
