@@ -51,7 +51,7 @@ def test_neon_kernel_and_op_library_on_aarch64(tmp_path, aarch64_tools, ort_head
     qt = quantize(rng.standard_normal((40, 100), dtype=np.float32), 3, 32, symmetric=False)
     model = tmp_path / "model.onnx"
     model.write_bytes(linear_model(qt).SerializeToString())
-    run = _qemu(aarch64_tools, app, build / "native" / "libedgepet_ort.so", model, 100, 2,
+    run = _qemu(aarch64_tools, app, build / "native" / "libedgepet_ort.so", model, 2, 100,
                 env_lib=aarch64_tools["ort_lib"])
     assert run.returncode == 0, run.stderr
     got = np.array([float(v) for v in run.stdout.split()], np.float32).reshape(2, 40)

@@ -41,7 +41,7 @@ def test_c_app_runs_a_lutmatmul_model(tmp_path, ort_headers):
     qt = quantize(rng.standard_normal((40, 100), dtype=np.float32), 3, 32, symmetric=False)
     model = tmp_path / "model.onnx"
     model.write_bytes(linear_model(qt).SerializeToString())
-    run = subprocess.run([str(app), runtime.op_library_path(), str(model), "100", "2"],
+    run = subprocess.run([str(app), runtime.op_library_path(), str(model), "2", "100"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     got = np.array([float(v) for v in run.stdout.split()], np.float32).reshape(2, 40)
