@@ -375,8 +375,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(summary(bundle))
     op = m["operator"]
+    library = op.get("library") or "the installed edgepet's"
     print(f"  operator    {op['domain']}.{op['op_type']} v{op['version']}, layout {op['layout']},"
-          f" ABI {op['abi_version']}")
+          f" ABI {op['abi_version']}; op library: {library}")
     print("  inputs      " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}"
                                          for i in m["inputs"]))
     print("  outputs     " + ", ".join(f"{o['name']} {o['dtype']} {o['shape']}"

@@ -42,11 +42,17 @@ class TargetProfile:
     default_group_size: int
     threads: int
     toolchain: Toolchain
+    #: Operating system: "linux", "android" or "macos" (decides which op library fits).
+    os: str = "linux"
     missing_features: tuple[str, ...] = field(default=())
 
     def runs_on_host(self) -> bool:
         """True when bundles for this target run on this machine's CPU architecture."""
         return host_arch() == self.arch
+
+    def is_host_platform(self) -> bool:
+        """True when this machine's op library is the one this target loads."""
+        return self.runs_on_host() and self.os == _host_os()
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as JSON-ready data (as written into bundle manifests)."""
@@ -98,6 +104,7 @@ TARGETS: dict[str, TargetProfile] = {
             default_bits=2,
             default_group_size=64,
             threads=4,
+            os="android",
             toolchain=Toolchain(
                 cxx="aarch64-linux-android24-clang++ (Android NDK r26 or newer)",
                 flags="-O3 -march=armv8.2-a+dotprod+fp16",
@@ -117,6 +124,7 @@ TARGETS: dict[str, TargetProfile] = {
             default_bits=4,
             default_group_size=128,
             threads=4,
+            os="macos",
             toolchain=Toolchain(
                 cxx="clang++ (Xcode command line tools)",
                 flags="-O3 -arch arm64 -mcpu=apple-m1",
@@ -135,6 +143,7 @@ TARGETS: dict[str, TargetProfile] = {
             default_bits=4,
             default_group_size=128,
             threads=4,
+            os="macos",
             toolchain=Toolchain(
                 cxx="clang++ (Xcode command line tools)",
                 flags="-O3 -arch arm64 -mcpu=apple-m2",
@@ -181,6 +190,10 @@ def get_target(name: str) -> TargetProfile:
             f"unknown target {name!r} — known targets: {', '.join(TARGETS)} "
             "(`edgepet targets` describes them)"
         ) from None
+
+
+def _host_os() -> str:
+    return {"Darwin": "macos", "Linux": "linux"}.get(platform.system(), platform.system())
 
 
 def host_target() -> TargetProfile:

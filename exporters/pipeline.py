@@ -226,8 +226,9 @@ def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
 
 def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfile
                       ) -> Path | None:
+    """The op library to ship: the one given, else this install's build for the target."""
     if path is None:
-        return None
+        return _installed_cross_library(profile)
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"--op-library {path} does not exist")
@@ -238,6 +239,20 @@ def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfil
             f"{profile.arch} — build it with {profile.toolchain.cxx}"
         )
     return path
+
+
+def _installed_cross_library(profile: TargetProfile) -> Path | None:
+    """``edgepet/lib/ARCH/libedgepet_ort.so`` (built beside the host one) for a Linux target
+    of another architecture; None for the host or when this install has none."""
+    if profile.is_host_platform() or profile.os != "linux":
+        return None
+    from edgepet.runtime import op_library_path
+
+    host = Path(op_library_path())
+    candidate = host.parent / profile.arch / host.name
+    if candidate.is_file() and bundle_io.library_arch(candidate) == profile.arch:
+        return candidate
+    return None
 
 
 def _ship_op_library(stage: Path, library: Path | None) -> str | None:

@@ -223,3 +223,24 @@ def test_op_library_for_the_target_ships_in_the_bundle(cli, no_partial_output, t
                           library, "-o", tmp_path / "arm", "--quiet")
     assert code == 2 and "x86_64" in stderr and "aarch64" in stderr
     assert no_partial_output(tmp_path / "arm")
+
+
+def test_bundle_for_an_aarch64_target_ships_the_aarch64_op_library(cli, tmp_path):
+    from pathlib import Path
+
+    from edgepet.exporters.bundle import Bundle, library_arch
+    from edgepet.runtime import op_library_path
+
+    cross = Path(op_library_path()).parent / "aarch64" / "libedgepet_ort.so"
+    if not cross.is_file():
+        pytest.skip("this edgepet was built without the aarch64 op library "
+                    "(needs g++-aarch64-linux-gnu at build time)")
+    out = tmp_path / "rpi5"
+    code, stdout, stderr = cli("export", "--example", "mlp", "--target", "rpi5", "-o", out,
+                               "--quiet")
+    assert code == 0, stderr
+    bundle = Bundle.open(out)
+    shipped = bundle.manifest["operator"]["library"]
+    assert library_arch(out / shipped) == "aarch64"
+    assert bundle.op_library() != str(out / shipped)  # this x86-64 host uses its own
+    assert all(r.ok for r in bundle.verify())
