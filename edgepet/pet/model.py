@@ -281,6 +281,8 @@ def unload(model: nn.Module) -> list[str]:
 
     Unmerged layers stay as they are. Returns the names replaced.
     """
+    if isinstance(model, PetLayer):
+        raise PetError("unload replaces layers inside a model; for a single layer use .base")
     done = []
     for name, layer in pet_layers(model).items():
         if layer.merged:

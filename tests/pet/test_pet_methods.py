@@ -284,3 +284,15 @@ def test_targeting_a_torch_multihead_attention_projection_is_refused():
     with pytest.raises(PetError, match="'attn.out_proj' belongs to an nn.MultiheadAttention"):
         pet.apply(model, "lora", ["out_proj", "mlp"], r=2)
     assert_unchanged(model, before)
+
+
+def test_merge_and_unmerge_accept_a_single_pet_layer(tiny, x):
+    pet.apply(tiny, "lora", ["inp"], r=2)
+    randomize_pet(tiny)
+    adapted = tiny(x)
+    assert pet.merge(tiny.inp).layers == [""]
+    assert tiny.inp.merged and torch.allclose(tiny(x), adapted, atol=1e-5)
+    pet.unmerge(tiny.inp)
+    assert not tiny.inp.merged
+    with pytest.raises(PetError, match="use .base"):
+        pet.unload(tiny.inp)
