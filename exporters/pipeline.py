@@ -137,8 +137,9 @@ def export(
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = adapters_io.known_weights(first_task, switchable, policy, quantize_fn)
-        names = {digest(v.detach().cpu().numpy()): k
-                 for k, v in tx.named_matrices(graph_module).items()}
+        names: dict[str, list[str]] = {}
+        for name, value in tx.named_matrices(graph_module).items():
+            names.setdefault(digest(value.detach().cpu().numpy()), []).append(name)
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         say("writing adapters and reference data")
         task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn)

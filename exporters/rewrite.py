@@ -216,6 +216,17 @@ def _gemm_site(g: _Graph, i: int, node: onnx.NodeProto) -> _Site | None:
     return _Site(i, node.input[0], node.output[0], weight, bias, [], node.input[1])
 
 
+def _next_name(candidates: str | list[str] | None, used: set[str], fallback: str) -> str:
+    """The first candidate not given out yet (the last one again when all are)."""
+    if candidates is None:
+        return fallback
+    if isinstance(candidates, str):
+        return candidates
+    name = next((c for c in candidates if c not in used), candidates[-1])
+    used.add(name)
+    return name
+
+
 _INIT_SUFFIXES = (".weight_packed", ".scales", ".zero_points", ".bias")
 
 
@@ -236,7 +247,7 @@ def _value_names(graph: onnx.GraphProto) -> set[str]:
 def rewrite_linears(
     model: onnx.ModelProto,
     policy: QuantPolicy,
-    names: Mapping[str, str] | None = None,
+    names: Mapping[str, str | list[str]] | None = None,
     known: Mapping[str, KnownWeight] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     quantize_fn: Callable[..., QuantizedTensor] = quantize,
@@ -246,7 +257,9 @@ def rewrite_linears(
     Args:
         model: an ONNX model from the torch exporter (not modified).
         policy: bits, group size, symmetry and layers to keep in float.
-        names: ``digest(weight [N, K]) -> layer name`` (from the PyTorch parameters).
+        names: ``digest(weight [N, K]) -> layer name`` (from the PyTorch parameters), or a
+            list of names when several parameters hold equal values (copied layers): they
+            are given out in order.
         known: ``digest(dequantized weight) -> KnownWeight``: matrices that already have
             codes (frozen 1-bit adapters); they keep those codes exactly.
         progress: called as ``progress(done, total, layer)`` per layer.
@@ -256,6 +269,7 @@ def rewrite_linears(
 
     names = names or {}
     known = known or {}
+    used: set[str] = set()
     model = _copy(model)
     g = _Graph(model.graph)
     sites = _find_sites(g)
@@ -269,7 +283,7 @@ def rewrite_linears(
     for done, site in enumerate(sites):
         key = digest(site.weight)
         fixed = known.get(key)
-        layer = fixed.name if fixed else names.get(key, site.fallback_name)
+        layer = fixed.name if fixed else _next_name(names.get(key), used, site.fallback_name)
         layer = layer.removesuffix(".weight")
         n, k = site.weight.shape
         float_bytes = site.weight.size * 4 + (0 if site.bias is None else site.bias.size * 4)

@@ -481,9 +481,13 @@ def named_matrices(model: Any) -> dict[str, torch.Tensor]:
         tensors = dict(model.state_dict(keep_vars=False))
     else:
         return {}
+    # Embedding tables are gathered from, never multiplied: a head tied to one takes
+    # the head's name.
+    tables = {f"{n}.weight" for n, m in _leaf_modules(model) if _type_name(m) == "Embedding"}
     return {
         name: t for name, t in tensors.items()
         if isinstance(t, torch.Tensor) and t.ndim == 2 and t.is_floating_point()
+        and name not in tables
     }
 
 

@@ -107,3 +107,26 @@ def test_a_model_without_linear_layers_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="no linear layer"):
         export(Doubler(), tmp_path / "b", input_shapes=["2,3"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_copied_layers_keep_their_own_names(tmp_path):
+    """nn.TransformerEncoder deep-copies its layer: equal weights, distinct names."""
+    from edgepet.exporters.pipeline import export
+
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 96, batch_first=True, dropout=0.0)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    bundle = export(model, tmp_path / "b", target="x86-avx2", input_shapes=["2,10,64"])
+    names = [layer["name"] for layer in bundle.layers]
+    assert names == [f"layers.{i}.{n}" for i in (0, 1) for n in (
+        "self_attn.in_proj_weight", "self_attn.out_proj", "linear1", "linear2")]
+    assert all(r.ok for r in bundle.verify())
+
+
+def test_a_head_tied_to_the_embedding_is_named_after_the_head(tmp_path):
+    from edgepet.exporters.pipeline import export
+
+    model = examples.TinyLlama().eval()
+    model.lm_head.weight = model.embed.weight  # tied, as in many small language models
+    bundle = export(model, tmp_path / "b", target="x86-avx2")
+    assert bundle.layers[-1]["name"] == "lm_head"
+    assert all(r.ok for r in bundle.verify())
