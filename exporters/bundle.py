@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,6 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
-    _adapters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], check_files: bool = True) -> Bundle:
@@ -294,6 +293,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+#: ``BundleSession.run``'s default: keep the active adapter.
+_ACTIVE = object()
+
+
 class BundleSession:
     """Runs a bundle: ``run(inputs)``, ``adapters``, ``set_adapter(name)``.
 
@@ -355,13 +358,13 @@ class BundleSession:
     def run(
         self,
         inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray] | np.ndarray,
-        adapter: str | None | type[...] = ...,
+        adapter: str | None | object = _ACTIVE,
     ) -> dict[str, np.ndarray]:
         """Outputs by name for ``inputs`` (a dict by input name, a list, or one array).
 
         ``adapter`` switches task first, as :meth:`set_adapter` does.
         """
-        if adapter is not ...:
+        if adapter is not _ACTIVE:
             self.set_adapter(adapter)  # type: ignore[arg-type]
         feeds = self._feeds(inputs)
         try:

@@ -176,13 +176,11 @@ def export(
 class _Steps:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
-        self.start = self.last = time.perf_counter()
+        self.start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
         if self.progress is not None:
-            now = time.perf_counter()
-            self.progress(f"[{now - self.start:5.1f}s] {message}")
-            self.last = now
+            self.progress(f"[{time.perf_counter() - self.start:5.1f}s] {message}")
 
     def finish(self) -> None:
         self(f"done in {time.perf_counter() - self.start:.1f} s")
