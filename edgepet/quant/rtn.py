@@ -14,6 +14,7 @@ from edgepet.quant.tensor import (
     Bits,
     QuantizedTensor,
     check_bits,
+    nearest_codes,
     num_groups,
     resolve_group_size,
 )
@@ -31,6 +32,17 @@ def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
 def _ungroup(codes: np.ndarray, k: int) -> np.ndarray:
     n = codes.shape[0]
     return codes.reshape(n, -1)[:, :k]
+
+
+def _tensor(grouped_codes, scale, zero, bits: Bits, gs: int, k: int) -> QuantizedTensor:
+    return QuantizedTensor(
+        codes=np.ascontiguousarray(_ungroup(grouped_codes, k)),
+        scales=scale.astype(np.float32),
+        zero_points=None if zero is None else zero.astype(np.float32),
+        bits=bits,
+        group_size=gs,
+        symmetric=zero is None,
+    )
 
 
 def _check_weight(w: np.ndarray) -> np.ndarray:
@@ -85,17 +97,8 @@ def _symmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
             scale = np.nanmean(np.abs(grouped), axis=2)
         else:
             scale = np.nanmax(np.abs(grouped), axis=2) / top
-    safe = np.where(scale > 0, scale, 1.0)[:, :, None]
-    q = np.rint((np.nan_to_num(grouped) / safe + top) / 2.0)
-    codes = np.clip(q, 0, top).astype(np.uint8)
-    return QuantizedTensor(
-        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
-        scales=scale.astype(np.float32),
-        zero_points=None,
-        bits=bits,
-        group_size=gs,
-        symmetric=True,
-    )
+    codes = nearest_codes(np.nan_to_num(grouped), scale, None, bits)
+    return _tensor(codes, scale, None, bits, gs, w.shape[1])
 
 
 def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
@@ -110,16 +113,8 @@ def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
     # A constant group keeps its value exactly: code 0 at zero point -c/s.
     scale = np.where(span > 0, span / top, np.where(lo != 0, np.abs(lo), 1.0))
     zero = -lo / scale
-    q = np.rint(np.nan_to_num(grouped) / scale[:, :, None] + zero[:, :, None])
-    codes = np.clip(q, 0, top).astype(np.uint8)
-    return QuantizedTensor(
-        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
-        scales=scale.astype(np.float32),
-        zero_points=zero.astype(np.float32),
-        bits=bits,
-        group_size=gs,
-        symmetric=False,
-    )
+    codes = nearest_codes(np.nan_to_num(grouped), scale, zero, bits)
+    return _tensor(codes, scale, zero, bits, gs, w.shape[1])
 
 
 def _two_means(grouped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,14 +138,5 @@ def _two_means(grouped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _ternary(w: np.ndarray, gs: int) -> QuantizedTensor:
     grouped = _grouped(w, gs)
     scale = np.nanmean(np.abs(grouped), axis=2)
-    safe = np.where(scale > 0, scale, 1.0)[:, :, None]
-    t = np.clip(np.rint(np.nan_to_num(grouped) / safe), -1, 1)
-    codes = (t + 1).astype(np.uint8)
-    return QuantizedTensor(
-        codes=np.ascontiguousarray(_ungroup(codes, w.shape[1])),
-        scales=scale.astype(np.float32),
-        zero_points=None,
-        bits="ternary",
-        group_size=gs,
-        symmetric=True,
-    )
+    codes = nearest_codes(np.nan_to_num(grouped), scale, None, "ternary")
+    return _tensor(codes, scale, None, "ternary", gs, w.shape[1])

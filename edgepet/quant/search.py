@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgepet.quant.rtn import quantize
-from edgepet.quant.tensor import Bits, QuantizedTensor, check_bits, num_groups, resolve_group_size
+from edgepet.quant.tensor import (
+    Bits,
+    QuantizedTensor,
+    check_bits,
+    nearest_codes,
+    num_groups,
+    resolve_group_size,
+)
 
 
 @dataclass(frozen=True)
@@ -116,20 +123,9 @@ class _Groups:
         return np.sum(d * self.weigh(d), axis=2)
 
 
-def _encode(w: np.ndarray, s: np.ndarray, z: np.ndarray | None, bits: Bits) -> np.ndarray:
-    """Nearest codes for grouped weights under scales ``s`` (and zero points ``z``)."""
-    safe = np.where(s > 0, s, 1.0)[..., None]
-    if bits == "ternary":
-        return (np.clip(np.rint(w / safe), -1, 1) + 1).astype(np.uint8)
-    top = (1 << int(bits)) - 1
-    if z is None:
-        return np.clip(np.rint((w / safe + top) / 2.0), 0, top).astype(np.uint8)
-    return np.clip(np.rint(w / safe + z[..., None]), 0, top).astype(np.uint8)
-
-
 def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray]:
     """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``."""
-    codes = _encode(groups.w, s, z, bits)
+    codes = nearest_codes(groups.w, s, z, bits)
     qt = QuantizedTensor(
         codes=np.ascontiguousarray(groups.join(codes)),
         scales=s.astype(np.float32),

@@ -73,6 +73,23 @@ def num_groups(k: int, group_size: int) -> int:
     return -(-k // group_size)
 
 
+def nearest_codes(
+    w: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits
+) -> np.ndarray:
+    """The inverse of the rule: the uint8 codes whose values are nearest to ``w``.
+
+    ``w`` is grouped, ``[..., group]``; ``scales`` (and ``zero_points`` for asymmetric
+    codes) are ``[...]``, one per group. A zero scale gives the middle code.
+    """
+    safe = np.where(scales > 0, scales, 1.0)[..., None]
+    if bits == "ternary":
+        return (np.clip(np.rint(w / safe), -1, 1) + 1).astype(np.uint8)
+    top = (1 << int(bits)) - 1
+    if zero_points is None:
+        return np.clip(np.rint((w / safe + top) / 2.0), 0, top).astype(np.uint8)
+    return np.clip(np.rint(w / safe + zero_points[..., None]), 0, top).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class QuantizedTensor:
     """A weight matrix ``[N, K]`` stored as low-bit codes with group scales.
