@@ -18,7 +18,8 @@ def mlp():
 
 
 def _export_ok(cli, model_file, out, *extra):
-    code, stdout, stderr = cli("export", model_file, "-o", out, "--target", "x86-avx2",
+    model = [model_file] if model_file is not None else []
+    code, stdout, stderr = cli("export", *model, "-o", out, "--target", "x86-avx2",
                                "--quiet", *extra)
     assert code == 0, stderr
     assert "LutMatMul" in stdout
@@ -212,7 +213,7 @@ def test_op_library_for_the_target_ships_in_the_bundle(cli, no_partial_output, t
     from edgepet.runtime import op_library_path
 
     library = op_library_path()  # built for this machine: x86_64
-    manifest = _export_ok(cli, "", tmp_path / "out", "--example", "mlp", "--op-library",
+    manifest = _export_ok(cli, None, tmp_path / "out", "--example", "mlp", "--op-library",
                           library)
     shipped = manifest["operator"]["library"]
     assert shipped.startswith("lib/") and shipped in manifest["files"]
