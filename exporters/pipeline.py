@@ -241,17 +241,17 @@ def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfil
 
 
 def _installed_cross_library(profile: TargetProfile) -> Path | None:
-    """``edgepet/lib/ARCH/libedgepet_ort.so`` (built beside the host one) for a Linux target
-    of another architecture; None for the host or when this install has none."""
+    """The op library this edgepet built for a Linux target of another architecture
+    (``op_library_path(arch)``); None for the host, or when the install has none."""
     if profile.is_host_platform() or profile.os != "linux":
         return None
     from edgepet.runtime import op_library_path
 
-    host = Path(op_library_path())
-    candidate = host.parent / profile.arch / host.name
-    if candidate.is_file() and bundle_io.library_arch(candidate) == profile.arch:
-        return candidate
-    return None
+    try:
+        candidate = Path(op_library_path(profile.arch))
+    except FileNotFoundError:
+        return None
+    return candidate if bundle_io.library_arch(candidate) == profile.arch else None
 
 
 def _ship_op_library(stage: Path, library: Path | None) -> str | None:
