@@ -454,12 +454,9 @@ def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onn
     buffer = io.BytesIO()
     try:
         with _quiet():
-            # Static shapes: with a dynamic batch this exporter leaves dims that are
-            # neither numbers nor names, which LutMatMul's shape inference (ORT 1.32)
-            # turns into -1 — and ORT then folds Shape() of them to a wrong constant.
             torch.onnx.export(
                 loaded.model, inputs, buffer, dynamo=False, opset_version=17,
-                input_names=names,
+                input_names=names, dynamic_axes={name: {0: "batch"} for name in names},
             )
     except Exception as error:  # noqa: BLE001
         raise BadInputError(_first_line(error)) from None

@@ -33,6 +33,16 @@ def test_torchscript_file_exports(cli, tmp_path, mlp):
     manifest = _export_ok(cli, path, tmp_path / "out")
     assert manifest["provenance"]["source_kind"] == "torchscript"
     assert manifest["inputs"][0]["shape"][1] == 96  # inferred from the first Linear
+    # The batch stays dynamic: a batch the example did not have runs and matches torch.
+    import numpy as np
+
+    import edgepet
+
+    x = torch.randn(5, 96)
+    (got,) = edgepet.load(tmp_path / "out").run(x.numpy()).values()
+    want = mlp(x).detach().numpy()
+    assert got.shape == want.shape
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.35
 
 
 def test_torch_export_program_exports(cli, tmp_path, mlp):

@@ -99,8 +99,6 @@ def test_keep_patterns_leave_layers_in_float():
     assert [n.op_type for n in result.model.graph.node] == ["MatMul", "LutMatMul"]
 
 
-@pytest.mark.xfail(reason="native: LutMatMul shape inference writes -1 for unnamed unknown "
-                          "dims and ORT folds Shape() of them to -1 (wrong answer)", strict=False)
 def test_shape_of_a_lutmatmul_output_with_an_unnamed_dim_is_right():
     from edgepet.exporters.onnx import lut_matmul_node
     from edgepet.quant import quantize

@@ -106,6 +106,17 @@ OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int
   if (s) return s;
   dims.back() = n;
   symbols.back() = "";
+  // An unknown dimension without a name must get one: given as -1 with an empty name,
+  // ONNX Runtime takes it for a fixed -1 and folds Shape() of the output into a wrong
+  // constant. A fresh name per dimension claims no equality with any other tensor.
+  std::vector<std::string> fresh(rank);
+  static std::atomic<uint64_t> counter{0};
+  for (size_t i = 0; i + 1 < rank; ++i) {
+    if (dims[i] < 0 && (symbols[i] == nullptr || symbols[i][0] == '\0')) {
+      fresh[i] = "edgepet_lutmatmul_dim_" + std::to_string(counter.fetch_add(1));
+      symbols[i] = fresh[i].c_str();
+    }
+  }
   OrtTensorTypeAndShapeInfo* out = nullptr;
   s = api->CreateTensorTypeAndShapeInfo(&out);
   if (!s) s = api->SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
