@@ -3,8 +3,6 @@ bundle ships, no Python — under qemu on an x86-64 host."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,33 +10,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ROOT / "build" / "tools"  # scripts/aarch64-tools.sh puts qemu and ORT here
 
 
-def _tools() -> dict[str, Path]:
-    qemu = Path(os.environ.get("EDGEPET_QEMU_AARCH64") or TOOLS / "qemu/usr/bin/qemu-aarch64")
-    ort = Path(os.environ.get("EDGEPET_ORT_AARCH64_LIB_DIR")
-               or TOOLS / "onnxruntime-aarch64/lib")
-    headers = [Path(os.environ["EDGEPET_ORT_INCLUDE_DIR"])] if os.environ.get(
-        "EDGEPET_ORT_INCLUDE_DIR") else []
-    headers += sorted(ROOT.glob("build/*/_onnxruntime_headers/root/usr/include/onnxruntime"))
-    headers += [Path("/usr/include/onnxruntime")]
-    header = next((h for h in headers if (h / "onnxruntime_c_api.h").is_file()), None)
-    missing = [what for what, ok in [
-        ("aarch64-linux-gnu-gcc", shutil.which("aarch64-linux-gnu-gcc")),
-        ("qemu-aarch64", qemu.is_file()),
-        ("ONNX Runtime for aarch64", (ort / "libonnxruntime.so.1").exists()),
-        ("ONNX Runtime headers", header is not None),
-    ] if not ok]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} missing: run scripts/aarch64-tools.sh")
-    return {"qemu": qemu, "ort_lib": ort, "headers": header}
-
-
-def test_rpi5_bundle_gives_the_same_outputs_on_aarch64(tmp_path):
+def test_rpi5_bundle_gives_the_same_outputs_on_aarch64(tmp_path, aarch64_tools, ort_headers):
     from edgepet.exporters.pipeline import export
 
-    tools = _tools()
+    tools = aarch64_tools
     bundle = export("example:llama", tmp_path / "rpi5", target="rpi5", bits=2)
     library = bundle.manifest["operator"]["library"]
     if library is None:
@@ -46,12 +23,12 @@ def test_rpi5_bundle_gives_the_same_outputs_on_aarch64(tmp_path):
     app = tmp_path / "run_model"
     subprocess.run(
         ["aarch64-linux-gnu-gcc", "-O1", "-o", str(app),
-         str(ROOT / "examples/c_app/run_model.c"), f"-I{tools['headers']}",
+         str(ROOT / "examples/c_app/run_model.c"), f"-I{ort_headers}",
          f"-L{tools['ort_lib']}", "-lonnxruntime", "-lm"],
         check=True, capture_output=True,
     )
     run = subprocess.run(
-        [str(tools["qemu"]), "-L", "/usr/aarch64-linux-gnu", "-E",
+        [str(tools["qemu"]), "-L", str(tools["sysroot"]), "-E",
          f"LD_LIBRARY_PATH={tools['ort_lib']}", str(app), str(bundle.path / library),
          str(bundle.model_path), "2", "16"],
         capture_output=True, text=True, timeout=300,

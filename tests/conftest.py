@@ -1,4 +1,4 @@
-"""Where the native tests find toolchains and ONNX Runtime pieces."""
+"""Shared fixtures: where tests find toolchains and ONNX Runtime pieces."""
 
 import os
 import shutil
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "build" / "tools"
 
 
