@@ -48,7 +48,7 @@ SHAPES = {
 EDGEPET_BITS = [1, 2, 3, 4, "ternary"]
 ORT_BITS = [2, 4]
 BLOCKS = [32, 128]
-ROUNDS = 5
+ROUNDS = 3
 
 
 @dataclass
@@ -150,48 +150,52 @@ def edgepet_session(model: bytes, threads: int, kernel: str) -> ort.InferenceSes
             os.environ["EDGEPET_KERNEL"] = before
 
 
+def session(contender: str, model: bytes, threads: int) -> ort.InferenceSession:
+    """A session for one contender (edgepet-KERNEL, ort-nbits, ort-nbits-lut, ort-fp32)."""
+    if contender.startswith("edgepet-"):
+        return edgepet_session(model, threads, contender.removeprefix("edgepet-"))
+    return ort.InferenceSession(model, options(threads, contender == "ort-nbits-lut"),
+                                providers=["CPUExecutionProvider"])
+
+
 def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[int],
         kernel_names: list[str], budget_s: float, progress) -> list[Result]:
     results: list[Result] = []
     rng = np.random.default_rng(0)
     for shape_name, (k, n) in shapes.items():
         w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
-        models: list[tuple[str, str, int, bytes, np.ndarray, bool]] = []
+        models: list[tuple[str, str, int, bytes, np.ndarray]] = []
         for bits in EDGEPET_BITS:
             for block in BLOCKS:
                 qt = quantize(w, bits, block if block < k else "per-row", symmetric=True)
                 model = linear_model(qt).SerializeToString()
                 for kernel in kernel_names:
                     models.append((f"edgepet-{kernel}", str(bits), block, model,
-                                   qt.dequantize(), True))
+                                   qt.dequantize()))
         for bits in ORT_BITS:
             for block in BLOCKS:
                 model, dq = matmul_nbits(w, bits, block)
-                models.append(("ort-nbits", str(bits), block, model, dq, False))
-                models.append(("ort-nbits-lut", str(bits), block, model, dq, False))
-        models.append(("ort-fp32", "32", 0, fp32_matmul(w), w, False))
+                models.append(("ort-nbits", str(bits), block, model, dq))
+                models.append(("ort-nbits-lut", str(bits), block, model, dq))
+        models.append(("ort-fp32", "32", 0, fp32_matmul(w), w))
         for threads in threads_list:
-            sessions = []
-            for contender, _bits, _block, model, _dq, ours in models:
-                if ours:
-                    sess = edgepet_session(model, threads, contender.removeprefix("edgepet-"))
-                else:
-                    sess = ort.InferenceSession(
-                        model, options(threads, contender == "ort-nbits-lut"),
-                        providers=["CPUExecutionProvider"],
-                    )
-                sessions.append(sess)
             for m in ms:
                 x = rng.standard_normal((m, k)).astype(np.float32)
-                errors = [rel_err(sess.run(None, {"x": x})[0], x @ entry[4].T)
-                          for sess, entry in zip(sessions, models, strict=True)]
+                errors = [0.0] * len(models)
                 # Rounds over all contenders, so that a slow spell of a shared machine
-                # hits every contender alike; the median is taken over all rounds.
+                # hits every contender alike; the median is taken over all rounds. One
+                # session lives at a time: ONNX Runtime's idle per-session workers keep
+                # spinning and would take the cores from the next session's.
                 times: list[list[float]] = [[] for _ in models]
                 for r in range(ROUNDS):
                     progress(f"{shape_name} M={m} threads={threads} round {r + 1}/{ROUNDS}")
-                    for i, sess in enumerate(sessions):
+                    for i, (contender, _bits, _block, model, dq) in enumerate(models):
+                        sess = session(contender, model, threads)
+                        y = sess.run(None, {"x": x})[0]
+                        if r == 0:
+                            errors[i] = rel_err(y, x @ dq.T)
                         times[i] += time_runs(sess, x, budget_s / ROUNDS)
+                        del sess
                 for entry, err, t in zip(models, errors, times, strict=True):
                     contender, bits, block = entry[:3]
                     results.append(Result(shape_name, k, n, m, threads, contender, bits, block,
