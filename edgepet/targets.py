@@ -167,10 +167,9 @@ TARGETS: dict[str, TargetProfile] = {
             name="x86-avx512",
             description="x86-64 with AVX-512 (Ice Lake / Zen 4 or newer)",
             arch="x86_64",
-            cpu="any AVX-512 F/BW/VL + VNNI CPU",
+            cpu="any AVX-512 F/BW CPU",
             isa_features=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni"),
-            # No AVX-512 kernel yet: the op library dispatches to AVX2 there.
-            kernel="avx2",
+            kernel="avx512",
             layout="tile32",
             default_bits=4,
             default_group_size=128,
