@@ -46,7 +46,7 @@ def lut_matmul(
             ("avx512", "avx2", "neon", "reference").
 
     The result differs from the exact product by the int8 rounding of the
-    activation tables: 0.5-0.8 % relative on Gaussian data (docs/operator.md).
+    activation tables: 0.5-0.9 % relative on Gaussian data (docs/operator.md).
     """
     n, k = qt.shape
     x = np.asarray(x, dtype=np.float32)
