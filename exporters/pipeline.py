@@ -100,8 +100,7 @@ def export(
         symmetric: symmetric codes (False: a zero point per group).
         keep: fnmatch patterns of layer names to leave in float (e.g. ``lm_head``).
         quantizer: "rtn" (round to nearest), "search" (error-minimizing clip and scale
-            per group; about half the output error at 2 bits) or "auto" (search if this
-            edgepet has it, else rtn).
+            per group; about half the output error at 2 bits) or "auto" (search).
         adapters: task name -> a tuned ``nn.Module`` of the same structure, a state dict
             (dict or file) to load onto a copy of ``model``, or a Hugging Face PEFT folder.
             One task merges into the model; several stay switchable adapters.
@@ -213,13 +212,8 @@ def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
         raise BadInputError(f"--quantizer {name!r} is unknown — use auto, rtn or search")
     if name == "rtn":
         return name, quantize
-    try:
-        from edgepet.quant.search import search_quantize
-    except ImportError:
-        if name == "search":
-            raise BadInputError("--quantizer search needs edgepet.quant.search, which this "
-                                "edgepet lacks — use --quantizer rtn") from None
-        return "rtn", quantize
+    from edgepet.quant.search import search_quantize
+
     return "search", search_quantize
 
 
