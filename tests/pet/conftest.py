@@ -1,13 +1,7 @@
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 class TinyNet(nn.Module):
