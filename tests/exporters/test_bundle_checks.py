@@ -104,6 +104,7 @@ def test_loading_and_running_a_bundle_never_imports_torch(bundles):
         assert "torch" not in sys.modules, "torch was imported"
         print("NO_TORCH_OK")
     """)
+    # Run outside the source tree, so that the installed package is the one imported.
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=bundle.path.parent)
     assert "NO_TORCH_OK" in result.stdout, result.stderr[-2000:]
