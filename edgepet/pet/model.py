@@ -237,11 +237,7 @@ def merge(model: nn.Module) -> MergeReport:
         w = layer.base.weight + layer.delta_weight().to(layer.base.weight.dtype)
         _check_finite(name, w, "merging")
         new_weights[name] = w
-    for name, w in new_weights.items():
-        layer = model.get_submodule(name)
-        layer.base.weight.copy_(w)
-        layer.merged = True
-        report.layers.append(name)
+    report.layers += _commit(model, new_weights, merged=True)
     if report.not_mergeable:
         warnings.warn(
             "these PET layers cannot merge and stay modules: "
@@ -268,12 +264,17 @@ def unmerge(model: nn.Module) -> MergeReport:
             raise PetError(f"unmerging layer '{name}': {e}") from e
         _check_finite(name, w, "unmerging")
         restored[name] = w
-    for name, w in restored.items():
+    report.layers += _commit(model, restored, merged=False)
+    return report
+
+
+def _commit(model: nn.Module, weights: dict[str, torch.Tensor], merged: bool) -> list[str]:
+    """Write base weights computed (and checked) in full beforehand: all or nothing."""
+    for name, w in weights.items():
         layer = model.get_submodule(name)
         layer.base.weight.copy_(w)
-        layer.merged = False
-        report.layers.append(name)
-    return report
+        layer.merged = merged
+    return list(weights)
 
 
 def unload(model: nn.Module) -> list[str]:
