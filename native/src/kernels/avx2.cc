@@ -92,8 +92,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
   constexpr int kTop = Bits - 1;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i pair_weights[2] = {_mm256_set1_epi16(0x0201), _mm256_set1_epi16(0x0804)};
-  const __m256i single_even = _mm256_set1_epi16(static_cast<int16_t>(1 << kTop));
-  const __m256i single_odd = _mm256_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
+  const __m256i single_weights = _mm256_set1_epi8(static_cast<char>(1 << kTop));
+  const __m256i odd_bytes = _mm256_set1_epi16(static_cast<int16_t>(0xFF00));
   const int8_t* tables[Rows];
   for (int m = 0; m < Rows; ++m) {
     tables[m] = tables_in[m];
@@ -130,10 +130,11 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
       for (int m = 0; m < Rows; ++m) {
         const __m256i r0 = _mm256_shuffle_epi8(table[0][m], lo);
         const __m256i r1 = _mm256_shuffle_epi8(table[1][m], hi);
-        acc_a[m] = _mm256_add_epi16(acc_a[m], _mm256_maddubs_epi16(single_even, r0));
-        acc_b[m] = _mm256_add_epi16(acc_b[m], _mm256_maddubs_epi16(single_odd, r0));
-        acc_a[m] = _mm256_add_epi16(acc_a[m], _mm256_maddubs_epi16(single_even, r1));
-        acc_b[m] = _mm256_add_epi16(acc_b[m], _mm256_maddubs_epi16(single_odd, r1));
+        // Even bytes of quad 0 with odd bytes of quad 1: rows 0..15, both quads.
+        const __m256i rows_a = _mm256_blendv_epi8(r0, r1, odd_bytes);
+        const __m256i rows_b = _mm256_blendv_epi8(r1, r0, odd_bytes);
+        acc_a[m] = _mm256_add_epi16(acc_a[m], _mm256_maddubs_epi16(single_weights, rows_a));
+        acc_b[m] = _mm256_add_epi16(acc_b[m], _mm256_maddubs_epi16(single_weights, rows_b));
       }
     }
   }

@@ -38,8 +38,8 @@ struct Block512 {
   const __m512i pair_weights =
       kPairs == 2 ? _mm512_inserti64x4(_mm512_set1_epi16(0x0201), _mm256_set1_epi16(0x0804), 1)
                   : _mm512_set1_epi16(0x0201);
-  const __m512i single_even = _mm512_set1_epi16(static_cast<int16_t>(1 << kTop));
-  const __m512i single_odd = _mm512_set1_epi16(static_cast<int16_t>((1 << kTop) << 8));
+  const __m512i single_weights = _mm512_set1_epi8(static_cast<char>(1 << kTop));
+  static constexpr __mmask64 kOddBytes = 0xAAAAAAAAAAAAAAAAull;
   __m512i acc_a = _mm512_setzero_si512();
   __m512i acc_b = _mm512_setzero_si512();
 
@@ -52,14 +52,16 @@ struct Block512 {
                              _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table, hi)));
   }
 
+  // Single-plane stream: even bytes of one quad's lookups with odd bytes of the next
+  // put a row's two quads side by side (the layout of pack.h), so one maddubs each.
   inline void add_single(__m512i x, __m512i table_lo, __m512i table_hi) {
     const __m512i r0 = _mm512_shuffle_epi8(table_lo, _mm512_and_si512(x, low4));
     const __m512i r1 =
         _mm512_shuffle_epi8(table_hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), low4));
-    acc_a = _mm512_add_epi16(acc_a, _mm512_add_epi16(_mm512_maddubs_epi16(single_even, r0),
-                                                     _mm512_maddubs_epi16(single_even, r1)));
-    acc_b = _mm512_add_epi16(acc_b, _mm512_add_epi16(_mm512_maddubs_epi16(single_odd, r0),
-                                                     _mm512_maddubs_epi16(single_odd, r1)));
+    acc_a = _mm512_add_epi16(acc_a, _mm512_maddubs_epi16(
+                                        single_weights, _mm512_mask_blend_epi8(kOddBytes, r0, r1)));
+    acc_b = _mm512_add_epi16(acc_b, _mm512_maddubs_epi16(
+                                        single_weights, _mm512_mask_blend_epi8(kOddBytes, r1, r0)));
   }
 
   // The pair streams of one quad pair (q, q+1) at c, tables t (32 bytes).

@@ -5,8 +5,7 @@
 // Widening: a pair stream's lookups hold (plane p, plane p+1) of a row in adjacent
 // bytes, so vpadalq_s8 widens and adds them (weights [1, 1]) in one instruction; a
 // second vpadalq_s8 on the odd bytes alone makes the weights [1, 2]. A single-plane
-// stream holds rows r and r + 16 in adjacent bytes; viewed as int16, a shift right by
-// 8 yields row r + 16 and a shift left then right by 8 yields row r.
+// stream is blended so that a row's two quads sit in adjacent bytes (see below).
 #include <arm_neon.h>
 
 #include <algorithm>
@@ -96,17 +95,17 @@ inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
       }
     }
     if (kSingle) {
+      // Even bytes of quad 0's lookups with odd bytes of quad 1's hold one row's two
+      // quads side by side (the layout of pack.h): one vpadalq_s8 per 8 rows.
       const uint8_t* c = codes + 64 * kPairs;
       for (int h = 0; h < 2; ++h) {
         const uint8x16_t x = vld1q_u8(c + 16 * h);
-        const uint8x16_t idx[2] = {vandq_u8(x, low4), vshrq_n_u8(x, 4)};
-        for (int p = 0; p < 2; ++p) {
-          const int16x8_t r = vreinterpretq_s16_s8(vqtbl1q_s8(table[p], idx[p]));
-          int16x8_t& rows_low = acc[kSingleClass][h];       // rows 8h..8h+7
-          int16x8_t& rows_high = acc[kSingleClass][2 + h];  // rows 16+8h..
-          rows_low = vsraq_n_s16(rows_low, vshlq_n_s16(r, 8), 8);
-          rows_high = vsraq_n_s16(rows_high, r, 8);
-        }
+        const int8x16_t r0 = vqtbl1q_s8(table[0], vandq_u8(x, low4));
+        const int8x16_t r1 = vqtbl1q_s8(table[1], vshrq_n_u8(x, 4));
+        const uint8x16_t odd_bytes = vreinterpretq_u8_s8(odd);
+        acc[kSingleClass][h] = vpadalq_s8(acc[kSingleClass][h], vbslq_s8(odd_bytes, r1, r0));
+        acc[kSingleClass][2 + h] =
+            vpadalq_s8(acc[kSingleClass][2 + h], vbslq_s8(odd_bytes, r0, r1));
       }
     }
   }

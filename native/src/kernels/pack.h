@@ -27,8 +27,12 @@ inline NibbleAddress nibble_address(int bits, int row, int plane, int parity) {
             4 * (row / 16)};
   }
   // Single stream, 32 bytes shared by both quads (low nibbles: quad 0, high: quad 1).
-  // Byte u holds row u/2 for even u and row 16 + u/2 for odd u.
-  const int u = row < 16 ? 2 * row : 2 * (row - 16) + 1;
+  // Quad 0: byte u holds row u/2 for even u and row 16 + u/2 for odd u; quad 1 the
+  // other way round, so that a byte blend of the two lookups puts one row's two quads
+  // side by side (rows 0..15 in one blend, 16..31 in the other).
+  const bool low_rows = row < 16;
+  const int r = row % 16;
+  const int u = (low_rows == (parity == 0)) ? 2 * r : 2 * r + 1;
   return {64 * pairs + u, 4 * parity};
 }
 
