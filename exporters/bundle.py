@@ -307,16 +307,15 @@ class BundleSession:
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        from edgepet.runtime import session_options
+
         self.bundle = bundle
-        options = ort.SessionOptions()
-        options.register_custom_ops_library(bundle.op_library())
+        try:
+            options = session_options(threads, library=bundle.op_library())
+        except ValueError as error:  # a bad thread count: the user's input
+            raise BadInputError(str(error)) from None
         # Adapter parameters are initializers listed as inputs; ORT warns about each.
         options.log_severity_level = 3
-        if threads is not None:
-            if threads < 1:
-                raise BadInputError(f"threads={threads} must be at least 1")
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(bundle.model_path), options,
                                              providers=["CPUExecutionProvider"])
         self._ort = ort

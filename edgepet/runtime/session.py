@@ -41,7 +41,8 @@ def op_library_path(arch: str | None = None) -> str:
             raise FileNotFoundError(f"EDGEPET_ORT_LIBRARY={override} is not a file")
         return override
     folders = _library_folders()
-    if arch is not None and arch != platform.machine():
+    foreign = arch is not None and arch != platform.machine()
+    if foreign:
         folders = [folder / arch for folder in folders]
     for folder in folders:
         for name in _LIBRARY_NAMES:
@@ -52,7 +53,7 @@ def op_library_path(arch: str | None = None) -> str:
             "edgepet's op library for aarch64 was not built — install the cross compiler "
             "(Debian: apt-get install g++-aarch64-linux-gnu) and reinstall edgepet"
         )
-    if arch is not None and arch != platform.machine():
+    if foreign:
         raise FileNotFoundError(
             f"edgepet builds op libraries for this machine ({platform.machine()}) and "
             f"aarch64, not for {arch}"
@@ -63,13 +64,23 @@ def op_library_path(arch: str | None = None) -> str:
     )
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """SessionOptions with the op library registered and ``threads`` intra-op threads."""
-    options = ort.SessionOptions()
-    options.register_custom_ops_library(op_library_path())
+def session_options(
+    threads: int | None = None,
+    library: str | None = None,
+    options: ort.SessionOptions | None = None,
+) -> ort.SessionOptions:
+    """SessionOptions with the op library registered and ``threads`` intra-op threads.
+
+    Args:
+        threads: intra-op threads (None: ONNX Runtime's default, all cores).
+        library: the op library to load (None: :func:`op_library_path`).
+        options: SessionOptions to add to (None: fresh ones).
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads} must be at least 1")
+    options = ort.SessionOptions() if options is None else options
+    options.register_custom_ops_library(library or op_library_path())
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads={threads} must be at least 1")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
@@ -96,11 +107,6 @@ class InferenceSession(ort.InferenceSession):
             model = model.SerializeToString()
         elif isinstance(model, os.PathLike):
             model = os.fspath(model)
-        if options is None:
-            options = session_options(threads)
-        else:
-            options.register_custom_ops_library(op_library_path())
-            if threads is not None:
-                options.intra_op_num_threads = threads
+        options = session_options(threads, options=options)
         kwargs.setdefault("providers", ["CPUExecutionProvider"])
         super().__init__(model, sess_options=options, **kwargs)
