@@ -15,21 +15,25 @@ const Kernel* avx512_kernel() { return nullptr; }
 const Kernel* neon_kernel() { return nullptr; }
 #endif
 
+std::vector<const Kernel*> available_kernels() {
+  std::vector<const Kernel*> kernels;
+  for (const Kernel* k : {avx512_kernel(), avx2_kernel(), neon_kernel()}) {
+    if (k) kernels.push_back(k);
+  }
+  kernels.push_back(&reference_kernel());
+  return kernels;
+}
+
 const Kernel* select_kernel(const std::string& name) {
   std::string wanted = name;
   if (wanted == "auto") {
     const char* env = std::getenv("EDGEPET_KERNEL");
     if (env && *env) wanted = env;
   }
-  if (wanted == "reference") return &reference_kernel();
-  if (wanted == "avx2") return avx2_kernel();
-  if (wanted == "avx512") return avx512_kernel();
-  if (wanted == "neon") return neon_kernel();
-  if (wanted == "auto") {
-    if (const Kernel* k = avx512_kernel()) return k;
-    if (const Kernel* k = avx2_kernel()) return k;
-    if (const Kernel* k = neon_kernel()) return k;
-    return &reference_kernel();
+  const std::vector<const Kernel*> kernels = available_kernels();
+  if (wanted == "auto") return kernels.front();
+  for (const Kernel* k : kernels) {
+    if (wanted == k->name) return k;
   }
   return nullptr;
 }

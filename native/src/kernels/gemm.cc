@@ -20,9 +20,18 @@ std::string check_format(const WeightFormat& f) {
 namespace {
 
 struct Job {
+  Job(const Kernel& k, const GemmArgs& a)
+      : kernel(&k),
+        args(&a),
+        plan(a.format),
+        entries(static_cast<size_t>(a.m * plan.quads * kTableSize)),
+        block_scales(static_cast<size_t>(a.m * plan.blocks)),
+        block_sums(static_cast<size_t>(a.m * plan.blocks)),
+        group_sums(static_cast<size_t>(a.m * plan.groups)) {}
+
   const Kernel* kernel;
   const GemmArgs* args;
-  int64_t quads, blocks, groups;
+  BlockPlan plan;
   std::vector<int8_t> entries;        // [m][quads][16]
   std::vector<float> block_scales;    // [m][blocks]
   std::vector<float> block_sums;      // [m][blocks]
@@ -34,16 +43,15 @@ struct Job {
 void build_row(void* ctx, int64_t row) {
   Job& job = *static_cast<Job*>(ctx);
   const WeightFormat& f = job.args->format;
-  float* sums = job.block_sums.data() + row * job.blocks;
+  const BlockPlan& plan = job.plan;
+  float* sums = job.block_sums.data() + row * plan.blocks;
   job.kernel->build_tables(job.args->a + row * f.k, f.k, table_block(f),
-                           job.entries.data() + row * job.quads * kTableSize,
-                           job.block_scales.data() + row * job.blocks, sums);
-  const int64_t per_group = blocks_per_group(f);
-  for (int64_t g = 0; g < job.groups; ++g) {
+                           job.entries.data() + row * plan.quads * kTableSize,
+                           job.block_scales.data() + row * plan.blocks, sums);
+  for (int64_t g = 0; g < plan.groups; ++g) {
     float s = 0.0f;
-    const int64_t end = std::min(job.blocks, (g + 1) * per_group);
-    for (int64_t b = g * per_group; b < end; ++b) s += sums[b];
-    job.group_sums[row * job.groups + g] = s;
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) s += sums[b];
+    job.group_sums[row * plan.groups + g] = s;
   }
 }
 
@@ -55,7 +63,7 @@ void run_tile(void* ctx, int64_t tile) {
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
   TileJob t;
   t.format = f;
-  t.codes = args.codes + tile * job.quads / 2 * pair_stride(f.bits);
+  t.codes = args.codes + tile * job.plan.quads / 2 * pair_stride(f.bits);
   if (rows == kTileRows) {
     t.scales = args.scales + n0;
     t.zero_points = args.zero_points ? args.zero_points + n0 : nullptr;
@@ -70,9 +78,9 @@ void run_tile(void* ctx, int64_t tile) {
     t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
     for (int i = 0; i < t.rows; ++i) {
       const int64_t m = m0 + i;
-      t.tables[i].entries = job.entries.data() + m * job.quads * kTableSize;
-      t.tables[i].block_scales = job.block_scales.data() + m * job.blocks;
-      t.tables[i].group_sums = job.group_sums.data() + m * job.groups;
+      t.tables[i].entries = job.entries.data() + m * job.plan.quads * kTableSize;
+      t.tables[i].block_scales = job.block_scales.data() + m * job.plan.blocks;
+      t.tables[i].group_sums = job.group_sums.data() + m * job.plan.groups;
       t.out[i] = out[i];
     }
     job.kernel->tile_dot(t);
@@ -98,19 +106,10 @@ void pad_tail(const float* src, int64_t n, int64_t groups, std::vector<float>& d
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
   const WeightFormat& f = args.format;
   if (args.m == 0) return;
-  Job job;
-  job.kernel = &kernel;
-  job.args = &args;
-  job.quads = num_quads(f.k);
-  job.blocks = num_blocks(f);
-  job.groups = num_groups(f);
-  job.entries.resize(static_cast<size_t>(args.m * job.quads * kTableSize));
-  job.block_scales.resize(static_cast<size_t>(args.m * job.blocks));
-  job.block_sums.resize(static_cast<size_t>(args.m * job.blocks));
-  job.group_sums.resize(static_cast<size_t>(args.m * job.groups));
+  Job job(kernel, args);
   if (f.n % kTileRows != 0) {
-    pad_tail(args.scales, f.n, job.groups, job.tail_scales);
-    if (args.zero_points) pad_tail(args.zero_points, f.n, job.groups, job.tail_zeros);
+    pad_tail(args.scales, f.n, job.plan.groups, job.tail_scales);
+    if (args.zero_points) pad_tail(args.zero_points, f.n, job.plan.groups, job.tail_zeros);
   }
   if (args.m == 1) {
     build_row(&job, 0);  // not worth a hand-off to the pool

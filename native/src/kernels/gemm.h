@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/kernel.h"
 
@@ -40,8 +41,12 @@ std::string check_format(const WeightFormat& f);
 
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 
-// The kernel for this CPU, or the one named ("reference", "avx2"); null if unknown
-// or unsupported here. EDGEPET_KERNEL in the environment overrides "auto".
+// The kernels this CPU and build can run, best first; the reference is last.
+std::vector<const Kernel*> available_kernels();
+
+// The best kernel for this CPU ("auto"), or the one named ("avx512", "avx2", "neon",
+// "reference"); null if unknown or unsupported here. EDGEPET_KERNEL in the
+// environment overrides "auto".
 const Kernel* select_kernel(const std::string& name = "auto");
 
 }  // namespace edgepet

@@ -6,6 +6,7 @@
 // output rows. The math is documented in docs/operator.md.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -44,6 +45,27 @@ inline int64_t num_blocks(const WeightFormat& f) { return num_blocks(f.k, table_
 inline int64_t blocks_per_group(const WeightFormat& f) {
   return num_groups(f) == 1 ? num_blocks(f) : f.group_size / table_block(f);
 }
+
+// How every kernel walks K: groups (one scale each) made of table blocks (one table
+// scale each) made of quads. Blocks nest in groups; the last of each may be short.
+struct BlockPlan {
+  int64_t quads, blocks, groups, per_group;
+  int block_quads;
+
+  explicit BlockPlan(const WeightFormat& f)
+      : quads(num_quads(f.k)),
+        blocks(num_blocks(f)),
+        groups(num_groups(f)),
+        per_group(blocks_per_group(f)),
+        block_quads(table_block(f) / kQuad) {}
+
+  int64_t first_block(int64_t group) const { return group * per_group; }
+  int64_t end_block(int64_t group) const { return std::min(blocks, (group + 1) * per_group); }
+  int64_t first_quad(int64_t block) const { return block * block_quads; }
+  int quads_in(int64_t block) const {
+    return static_cast<int>(std::min<int64_t>(quads - first_quad(block), block_quads));
+  }
+};
 // Bytes of one tile's codes for one pair of quads: 32 rows x 8 inputs x bits / 8.
 inline int64_t pair_stride(int bits) { return 32 * bits; }
 inline int64_t packed_bytes(const WeightFormat& f) {

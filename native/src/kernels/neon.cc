@@ -114,21 +114,16 @@ inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
 template <int Bits>
 void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
   const WeightFormat& f = job.format;
-  const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f);
-  const int64_t groups = num_groups(f);
-  const int64_t per_group = blocks_per_group(f);
-  const int block_quads = table_block(f) / kQuad;
+  const BlockPlan plan(f);
   const float mid = 0.5f * static_cast<float>((1 << Bits) - 1);
   float32x4_t y[8];
   for (auto& v : y) v = vdupq_n_f32(0.0f);
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < plan.groups; ++g) {
     float32x4_t acc[8];
     for (auto& v : acc) v = vdupq_n_f32(0.0f);
-    const int64_t b_end = std::min(blocks, (g + 1) * per_group);
-    for (int64_t b = g * per_group; b < b_end; ++b) {
-      const int64_t q0 = b * block_quads;
-      const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      const int64_t q0 = plan.first_quad(b);
+      const int n = plan.quads_in(b);
       int16x8_t sums[2][4];
       block_sums16<Bits>(job.codes + q0 / 2 * 32 * Bits, tables.entries + q0 * kTableSize, n,
                          sums);

@@ -53,21 +53,16 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
 
 void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
   const WeightFormat& f = job.format;
-  const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f);
-  const int64_t groups = num_groups(f);
-  const int64_t per_group = blocks_per_group(f);
-  const int64_t block_quads = table_block(f) / kQuad;
+  const BlockPlan plan(f);
   const int64_t stride = pair_stride(f.bits);
   for (int row = 0; row < kTileRows; ++row) {
     float y = 0.0f;
-    for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t g = 0; g < plan.groups; ++g) {
       float group_acc = 0.0f;
-      const int64_t b_end = std::min(blocks, (g + 1) * per_group);
-      for (int64_t b = g * per_group; b < b_end; ++b) {
+      for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
         int32_t plane_sum = 0;
-        const int64_t q_end = std::min(quads, (b + 1) * block_quads);
-        for (int64_t q = b * block_quads; q < q_end; ++q) {
+        const int64_t q_end = plan.first_quad(b) + plan.quads_in(b);
+        for (int64_t q = plan.first_quad(b); q < q_end; ++q) {
           const int8_t* table = tables.entries + q * kTableSize;
           for (int plane = 0; plane < f.bits; ++plane) {
             const int idx = packed_index(job.codes + q / 2 * stride, f.bits, row, plane,

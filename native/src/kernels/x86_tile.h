@@ -24,24 +24,19 @@ inline __m256 high_rows(__m256i acc) {
 template <class Sums, int Bits, int Rows>
 void tile_dot(const TileJob& job) {
   const WeightFormat& f = job.format;
-  const int64_t quads = num_quads(f.k);
-  const int64_t blocks = num_blocks(f);
-  const int64_t groups = num_groups(f);
-  const int64_t per_group = blocks_per_group(f);
-  const int block_quads = table_block(f) / kQuad;
+  const BlockPlan plan(f);
   const __m256 half = _mm256_set1_ps(0.5f);
   const __m256 mid = _mm256_set1_ps(0.5f * static_cast<float>((1 << Bits) - 1));
   __m256 y[Rows][4];
   for (int m = 0; m < Rows; ++m)
     for (int i = 0; i < 4; ++i) y[m][i] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < plan.groups; ++g) {
     __m256 acc[Rows][4];
     for (int m = 0; m < Rows; ++m)
       for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
-    const int64_t b_end = std::min(blocks, (g + 1) * per_group);
-    for (int64_t b = g * per_group; b < b_end; ++b) {
-      const int64_t q0 = b * block_quads;
-      const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      const int64_t q0 = plan.first_quad(b);
+      const int n = plan.quads_in(b);
       __m256i acc_a[Rows], acc_b[Rows];
       const uint8_t* codes = job.codes + q0 / 2 * 32 * Bits;
       const int8_t* tables[Rows];

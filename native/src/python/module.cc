@@ -127,12 +127,9 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Floats2 scale
   return y;
 }
 
-std::vector<std::string> available_kernels() {
+std::vector<std::string> kernel_names() {
   std::vector<std::string> names;
-  if (avx512_kernel()) names.push_back("avx512");
-  if (avx2_kernel()) names.push_back("avx2");
-  if (neon_kernel()) names.push_back("neon");
-  names.push_back("reference");
+  for (const Kernel* k : available_kernels()) names.push_back(k->name);
   return names;
 }
 
@@ -148,5 +145,5 @@ NB_MODULE(_native, m) {
   m.def("lut_matmul", &edgepet::lut_matmul, "a"_a, "codes"_a, "scales"_a,
         "zero_points"_a.none(), "bias"_a.none(), "n"_a, "bits"_a, "ternary"_a, "group_size"_a,
         "threads"_a, "kernel"_a, "Y = A . dequant(W)^T (+ bias) through the LUT kernels.");
-  m.def("available_kernels", &edgepet::available_kernels, "Kernels usable on this CPU.");
+  m.def("available_kernels", &edgepet::kernel_names, "Kernels usable on this CPU.");
 }
