@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,30 @@ def aarch64_tools() -> dict[str, Path]:
     if missing:
         pytest.skip(f"{', '.join(missing)} missing: run scripts/aarch64-tools.sh")
     return {"qemu": Path(qemu), "ort_lib": Path(ort), "sysroot": Path("/usr/aarch64-linux-gnu")}
+
+
+@pytest.fixture
+def aarch64_run():
+    """Runs an aarch64 program under qemu: ``aarch64_run(tools, program, *args)``."""
+
+    def run(tools, program, *args, timeout=300):
+        command = [str(tools["qemu"]), "-L", str(tools["sysroot"]),
+                   "-E", f"LD_LIBRARY_PATH={tools['ort_lib']}", str(program)]
+        return subprocess.run(command + [str(a) for a in args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def aarch64_c_app(tmp_path, aarch64_tools, ort_headers, aarch64_run):
+    """examples/c_app/run_model.c built for aarch64 against ONNX Runtime's aarch64
+    library; call it with ``(op_library, model, *dims)`` to run it under qemu."""
+    app = tmp_path / "run_model_aarch64"
+    subprocess.run(
+        ["aarch64-linux-gnu-gcc", "-O1", "-o", str(app),
+         str(ROOT / "examples/c_app/run_model.c"), f"-I{ort_headers}",
+         f"-L{aarch64_tools['ort_lib']}", "-lonnxruntime", "-lm"],
+        check=True, capture_output=True,
+    )
+    return lambda library, model, *dims: aarch64_run(aarch64_tools, app, library, model, *dims)

@@ -3,7 +3,6 @@ bundle ships, no Python — under qemu on an x86-64 host."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_rpi5_bundle_gives_the_same_outputs_on_aarch64(tmp_path, aarch64_tools, ort_headers):
+def test_rpi5_bundle_gives_the_same_outputs_on_aarch64(tmp_path, aarch64_c_app):
     from edgepet.exporters.pipeline import export
 
-    tools = aarch64_tools
     bundle = export("example:llama", tmp_path / "rpi5", target="rpi5", bits=2)
     library = bundle.manifest["operator"]["library"]
     if library is None:
         pytest.skip("this edgepet was built without the aarch64 op library")
-    app = tmp_path / "run_model"
-    subprocess.run(
-        ["aarch64-linux-gnu-gcc", "-O1", "-o", str(app),
-         str(ROOT / "examples/c_app/run_model.c"), f"-I{ort_headers}",
-         f"-L{tools['ort_lib']}", "-lonnxruntime", "-lm"],
-        check=True, capture_output=True,
-    )
-    run = subprocess.run(
-        [str(tools["qemu"]), "-L", str(tools["sysroot"]), "-E",
-         f"LD_LIBRARY_PATH={tools['ort_lib']}", str(app), str(bundle.path / library),
-         str(bundle.model_path), "2", "16"],
-        capture_output=True, text=True, timeout=300,
-    )
+    run = aarch64_c_app(bundle.path / library, bundle.model_path, 2, 16)
     assert run.returncode == 0, run.stderr[-2000:]
     got = np.array([float(v) for v in run.stdout.split()], np.float32)
     ids = (np.arange(32) % 7).reshape(2, 16).astype(np.int64)  # what run_model feeds

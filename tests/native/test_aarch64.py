@@ -25,34 +25,20 @@ def _cross_build(build: Path, headers: Path) -> None:
                    capture_output=True)
 
 
-def _qemu(tools, *args, env_lib=None):
-    command = [str(tools["qemu"]), "-L", str(tools["sysroot"])]
-    if env_lib:
-        command += ["-E", f"LD_LIBRARY_PATH={env_lib}"]
-    return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True)
-
-
-def test_neon_kernel_and_op_library_on_aarch64(tmp_path, aarch64_tools, ort_headers):
+def test_neon_kernel_and_op_library_on_aarch64(tmp_path, aarch64_tools, ort_headers,
+                                               aarch64_run, aarch64_c_app):
     build = tmp_path / "build"
     _cross_build(build, ort_headers)
 
-    kernels = _qemu(aarch64_tools, build / "native" / "test_kernels")
+    kernels = aarch64_run(aarch64_tools, build / "native" / "test_kernels")
     assert kernels.returncode == 0, kernels.stdout + kernels.stderr
     assert "0 failed (kernels: reference, neon)" in kernels.stdout
 
-    app = tmp_path / "run_model"
-    subprocess.run(
-        ["aarch64-linux-gnu-gcc", "-O1", "-o", str(app),
-         str(ROOT / "examples/c_app/run_model.c"), f"-I{ort_headers}",
-         f"-L{aarch64_tools['ort_lib']}", "-lonnxruntime", "-lm"],
-        check=True, capture_output=True,
-    )
     rng = np.random.default_rng(0)
     qt = quantize(rng.standard_normal((40, 100), dtype=np.float32), 3, 32, symmetric=False)
     model = tmp_path / "model.onnx"
     model.write_bytes(linear_model(qt).SerializeToString())
-    run = _qemu(aarch64_tools, app, build / "native" / "libedgepet_ort.so", model, 2, 100,
-                env_lib=aarch64_tools["ort_lib"])
+    run = aarch64_c_app(build / "native" / "libedgepet_ort.so", model, 2, 100)
     assert run.returncode == 0, run.stderr
     got = np.array([float(v) for v in run.stdout.split()], np.float32).reshape(2, 40)
     x = np.sin(np.arange(200, dtype=np.float64)).astype(np.float32).reshape(2, 100)
