@@ -28,6 +28,19 @@ def scales_group_major(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray | No
     return scales, zeros
 
 
+def _kernel_inputs(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Packed codes and group-major scales of ``qt``, made once per tensor.
+
+    Packing costs far more than one product (33 ms against 0.1 ms for 4096 x 4096);
+    a ``QuantizedTensor`` is immutable, so the result is kept on it.
+    """
+    cached = qt.__dict__.get("_kernel_inputs")
+    if cached is None:
+        cached = (pack(qt), *scales_group_major(qt))
+        object.__setattr__(qt, "_kernel_inputs", cached)
+    return cached
+
+
 def lut_matmul(
     x: np.ndarray,
     qt: QuantizedTensor,
@@ -56,12 +69,12 @@ def lut_matmul(
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         if bias.shape != (n,):
             raise ValueError(f"bias has shape {bias.shape}, expected ({n},)")
-    scales, zeros = scales_group_major(qt)
+    packed, scales, zeros = _kernel_inputs(qt)
     lead = x.shape[:-1]
     a = np.ascontiguousarray(x.reshape(-1, k))
     y = _native.lut_matmul(
         a,
-        pack(qt),
+        packed,
         scales,
         zeros,
         bias,

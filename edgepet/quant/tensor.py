@@ -90,9 +90,12 @@ def nearest_codes(
     return np.clip(np.rint(w / safe + zero_points[..., None]), 0, top).astype(np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuantizedTensor:
     """A weight matrix ``[N, K]`` stored as low-bit codes with group scales.
+
+    Immutable: its arrays are read-only views, so that what was derived from it once
+    (a kernel's packed codes, say) stays valid. Equality is identity.
 
     Attributes:
         codes: uint8 ``[N, K]``, one code per weight (unpacked; packing for a
@@ -141,6 +144,12 @@ class QuantizedTensor:
             raise ValueError(
                 f"codes exceed {self.max_code}, the largest {self.bits}-bit code"
             )
+        for name in ("codes", "scales", "zero_points"):
+            array = getattr(self, name)
+            if array is not None:
+                view = array.view()
+                view.flags.writeable = False
+                object.__setattr__(self, name, view)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -119,3 +119,14 @@ def test_unknown_kernel_name_is_a_clear_error():
     qt = quantize(np.ones((8, 64), np.float32), 2, 32)
     with pytest.raises(ValueError, match="kernel 'neon' is not available"):
         kernels.lut_matmul(np.zeros((1, 64), np.float32), qt, kernel="neon")
+
+
+def test_packing_happens_once_per_tensor(monkeypatch):
+    qt = quantize(np.ones((40, 64), np.float32), 2, 32)
+    calls = []
+    real_pack = kernels.pack
+    monkeypatch.setattr(kernels, "pack", lambda t: calls.append(t) or real_pack(t))
+    x = np.ones((1, 64), np.float32)
+    first = kernels.lut_matmul(x, qt)
+    np.testing.assert_array_equal(first, kernels.lut_matmul(x, qt))
+    assert len(calls) == 1

@@ -69,3 +69,10 @@ def test_non_finite_weights_are_rejected_with_their_position():
     w[2, 5] = np.nan
     with pytest.raises(ValueError, match=r"non-finite value at \(2, 5\)"):
         quantize(w, 2, 32)
+
+
+def test_quantized_tensor_is_immutable():
+    qt = quantize(np.ones((4, 64), np.float32), 2, 32)
+    for array in (qt.codes, qt.scales):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0, 0] = 1
