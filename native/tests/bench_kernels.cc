@@ -1,0 +1,51 @@
+// Times each kernel alone (no ONNX Runtime, one thread) on an N x K product, so that
+// kernel changes can be measured without session overhead:
+//   bench_kernels [M] [N] [K] [group_size]      (defaults: 1 4096 4096 128)
+// Prints min and median milliseconds over 300 runs per kernel and bit width.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "kernels/gemm.h"
+
+using namespace edgepet;
+
+int main(int argc, char** argv) {
+  const int64_t m = argc > 1 ? std::atoll(argv[1]) : 1;
+  const int64_t n = argc > 2 ? std::atoll(argv[2]) : 4096;
+  const int64_t k = argc > 3 ? std::atoll(argv[3]) : 4096;
+  const int64_t group = argc > 4 ? std::atoll(argv[4]) : 128;
+  for (const Kernel* kernel : available_kernels()) {
+    for (int bits = 1; bits <= 4; ++bits) {
+      WeightFormat f{n, k, bits, false, true, group};
+      if (!check_format(f).empty()) {
+        std::fprintf(stderr, "bad shape: %s\n", check_format(f).c_str());
+        return 2;
+      }
+      std::vector<uint8_t> codes(packed_bytes(f), 0x5a);
+      std::vector<float> a(m * k), scales(num_groups(f) * n, 0.01f), y(m * n);
+      for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i * 7919 % 1000) / 1000.f;
+      GemmArgs args;
+      args.format = f;
+      args.a = a.data();
+      args.m = m;
+      args.codes = codes.data();
+      args.scales = scales.data();
+      args.y = y.data();
+      std::vector<double> ms;
+      for (int r = 0; r < 300; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        lut_gemm(*kernel, args, Serial());
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+      }
+      std::sort(ms.begin(), ms.end());
+      std::printf("%-9s bits=%d M=%lld N=%lld K=%lld  min %.4f  median %.4f ms\n", kernel->name,
+                  bits, (long long)m, (long long)n, (long long)k, ms[0], ms[ms.size() / 2]);
+    }
+  }
+  return 0;
+}
