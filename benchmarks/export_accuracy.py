@@ -3,7 +3,10 @@
 Exports each built-in example (random weights: the worst case for quantization) at
 every bit width with both quantizers, verifies the bundle on its reference data and
 prints the relative L2 error against PyTorch fp32, and the kernels' own share (the
-bundle against the same graph with dequantized float weights).
+bundle against the same graph with dequantized float weights). Then exports a TinyLlama
+with two 1-bit LoRA tasks once and switches between them at run time, with the base in
+float and at 4 bits, printing each task's error against its own and the other task's
+PyTorch output.
 
     python benchmarks/export_accuracy.py
 """
@@ -14,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
 
 MODELS = ("mlp", "vit", "llama")
@@ -33,7 +37,47 @@ def main() -> int:
                     (result,) = [r for r in bundle.verify() if r.adapter is None]
                     print(f"{model:6} {bits!s:>7} {quantizer:>9} {result.vs_pytorch:>11.3f}"
                           f" {result.vs_quantized:>15.4f}", flush=True)
+    adapter_switching()
     return 0
+
+
+def adapter_switching() -> None:
+    import copy
+
+    import torch
+
+    from edgepet import pet
+    from edgepet.exporters import examples
+
+    tuned = examples.TinyLlama().eval()
+    pet.apply(tuned, "lora", target_modules=["q_proj", "v_proj", "down_proj"], r=8, bits=1)
+    tasks = {}
+    for seed, name in ((1, "sst2"), (2, "mnli")):
+        model = copy.deepcopy(tuned)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if "lora_" in key:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        pet.binarize(model)
+        tasks[name] = model.eval()
+    print(f"\n{'base':7} {'task':5} {'vs its PyTorch':>15} {'vs other task':>14} {'file kB':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for base, keep in (("float", ["*"]), ("4-bit", [])):
+            bundle = export(tasks["sst2"], Path(tmp) / base, target="x86-avx2", adapters=tasks,
+                            keep=keep, bits=4)
+            session = bundle.session()
+            inputs = bundle.reference_inputs()
+            with torch.no_grad():
+                want = {n: m(torch.from_numpy(inputs["input_ids"])).numpy()
+                        for n, m in tasks.items()}
+            for name in tasks:
+                other = next(n for n in tasks if n != name)
+                session.set_adapter(name)
+                got = session.run(inputs)["output"]
+                size = bundle.adapter_path(name).stat().st_size / 1e3
+                print(f"{base:7} {name:5} {relative_error([got], [want[name]]):>15.4f}"
+                      f" {relative_error([got], [want[other]]):>14.3f} {size:>8.1f}")
 
 
 if __name__ == "__main__":
