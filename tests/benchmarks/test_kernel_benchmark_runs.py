@@ -17,12 +17,21 @@ def test_smoke_run_writes_every_contender_and_ratio(tmp_path, monkeypatch, capsy
     except SystemExit as stop:
         assert stop.code == 0
     data = json.loads(out.read_text())
-    contenders = {r["contender"] for r in data["results"]}
-    assert {"ort-nbits", "ort-nbits-lut", "ort-fp32"} < contenders
+    results = data["results"]
+    contenders = {r["contender"] for r in results}
+    assert {"ort-nbits", "ort-quantizer", "ort-fp32"} < contenders
     assert any(c.startswith("edgepet-") for c in contenders)
+    configs = {r["config"] for r in results if r["contender"] == "ort-nbits"}
+    assert {f"b{b}{z}/{p}" for b in (32, 64, 128) for z in ("", "/zp")
+            for p in ("default", "lut")} == configs
     assert {r["bits"] for r in data["ratios"]} == {"1", "2", "3", "4", "ternary"}
-    # ORT's MatMulNBits model is built to match its own dequantization exactly.
-    ours = [r["rel_err"] for r in data["results"] if r["contender"].startswith("edgepet")]
-    theirs = [r["rel_err"] for r in data["results"] if r["contender"].startswith("ort")]
-    assert max(theirs) < 1e-5 and max(ours) < 0.015
-    assert "speedup" in capsys.readouterr().out
+    # Every ORT model is read back with ORT's own dequantization rule: valid, and
+    # accuracy_level=4's int8 activations keep it within about 1 % of that product.
+    theirs = [r for r in results if r["contender"].startswith("ort-nbits")]
+    assert all(r["valid"] for r in theirs) and max(r["rel_err"] for r in theirs) < 0.02
+    ours = [r for r in results if r["contender"].startswith("edgepet")]
+    assert max(r["rel_err"] for r in ours) < 0.015
+    # 2-bit codes + one fp16 scale per 64 weights (K=256, N=96: no layout padding).
+    assert {r["bits_per_weight"] for r in ours if r["bits"] == "2"} == {2.25}
+    out_text = capsys.readouterr().out
+    assert "speedup" in out_text and "CPU:" in out_text

@@ -6,6 +6,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -26,6 +28,8 @@ using CodesIn = nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device
 using BytesIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Floats2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Floats1 = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+// fp16 scales and zero points, passed as their bits (numpy: .view(np.uint16)).
+using Halves2 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 template <typename T>
 nb::ndarray<nb::numpy, T> owned_array(std::vector<size_t> shape) {
@@ -70,8 +74,8 @@ void expect_shape(const char* name, size_t got0, size_t got1, int64_t want0, int
   }
 }
 
-nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Floats2 scales,
-                                         std::optional<Floats2> zero_points,
+nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves2 scales,
+                                         std::optional<Halves2> zero_points,
                                          std::optional<Floats1> bias, int64_t n, int bits,
                                          bool ternary, int64_t group_size, int threads,
                                          const std::string& kernel_name) {
@@ -127,6 +131,60 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Floats2 scale
   return y;
 }
 
+int64_t packed_nbytes(int64_t n, int64_t k, int bits) {
+  if (bits < 1 || bits > 4 || n <= 0 || k <= 0) {
+    throw nb::value_error("packed_bytes needs N, K > 0 and bits in 1..4");
+  }
+  WeightFormat f;
+  f.n = n;
+  f.k = k;
+  f.bits = bits;
+  return packed_bytes(f);
+}
+
+// Reads `buffer` once with `threads` threads (64-bit adds, so the loop is bound by the
+// loads), returning the seconds taken: the machine's read bandwidth, measured the way a
+// GEMV streams its weights.
+struct ReadJob {
+  const uint64_t* data;
+  int64_t words_per_chunk;
+  int64_t words;
+  std::vector<uint64_t> sums;
+};
+
+void read_chunk(void* ctx, int64_t i) {
+  auto& job = *static_cast<ReadJob*>(ctx);
+  const int64_t begin = i * job.words_per_chunk;
+  const int64_t end = std::min(job.words, begin + job.words_per_chunk);
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t w = begin;
+  for (; w + 4 <= end; w += 4) {
+    s0 += job.data[w];
+    s1 += job.data[w + 1];
+    s2 += job.data[w + 2];
+    s3 += job.data[w + 3];
+  }
+  for (; w < end; ++w) s0 += job.data[w];
+  job.sums[static_cast<size_t>(i)] = s0 + s1 + s2 + s3;
+}
+
+double read_seconds(BytesIn buffer, int threads) {
+  if (threads < 1) throw nb::value_error("threads must be >= 1");
+  ReadJob job;
+  job.data = reinterpret_cast<const uint64_t*>(buffer.data());
+  job.words = static_cast<int64_t>(buffer.shape(0) / sizeof(uint64_t));
+  const int64_t chunks = 64 * threads;
+  job.words_per_chunk = ceil_div(std::max<int64_t>(job.words, 1), chunks);
+  job.sums.assign(static_cast<size_t>(chunks), 0);
+  nb::gil_scoped_release release;
+  const auto t0 = std::chrono::steady_clock::now();
+  ThreadPool::shared(threads).run(chunks, read_chunk, &job);
+  const auto t1 = std::chrono::steady_clock::now();
+  volatile uint64_t sink = 0;
+  for (uint64_t s : job.sums) sink = sink + s;
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
 std::vector<std::string> kernel_names() {
   std::vector<std::string> names;
   for (const Kernel* k : available_kernels()) names.push_back(k->name);
@@ -145,5 +203,9 @@ NB_MODULE(_native, m) {
   m.def("lut_matmul", &edgepet::lut_matmul, "a"_a, "codes"_a, "scales"_a,
         "zero_points"_a.none(), "bias"_a.none(), "n"_a, "bits"_a, "ternary"_a, "group_size"_a,
         "threads"_a, "kernel"_a, "Y = A . dequant(W)^T (+ bias) through the LUT kernels.");
+  m.def("packed_bytes", &edgepet::packed_nbytes, "n"_a, "k"_a, "bits"_a,
+        "Bytes of the packed codes of an N x K weight at `bits` bits.");
+  m.def("read_seconds", &edgepet::read_seconds, "buffer"_a, "threads"_a,
+        "Seconds to read a uint8 buffer once with `threads` threads (bandwidth probe).");
   m.def("available_kernels", &edgepet::kernel_names, "Kernels usable on this CPU.");
 }
