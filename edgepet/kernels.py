@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepet import _native
-from edgepet.quant.tensor import QuantizedTensor
+from edgepet.quant.tensor import SCALE_DTYPE, QuantizedTensor
 
 #: The packed layout every kernel of this version reads (see docs/operator.md).
 LAYOUT = _native.LAYOUT
@@ -22,9 +22,13 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
 
 
 def scales_group_major(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scales (and zero points) as the kernels read them: float32 ``[G, N]``."""
-    scales = np.ascontiguousarray(qt.scales.T)
-    zeros = None if qt.zero_points is None else np.ascontiguousarray(qt.zero_points.T)
+    """Scales (and zero points) as the kernels read them: fp16 ``[G, N]``.
+
+    Exact: a ``QuantizedTensor``'s scales are fp16 values already.
+    """
+    scales = np.ascontiguousarray(qt.scales.T.astype(SCALE_DTYPE))
+    zeros = (None if qt.zero_points is None
+             else np.ascontiguousarray(qt.zero_points.T.astype(SCALE_DTYPE)))
     return scales, zeros
 
 
@@ -75,8 +79,8 @@ def lut_matmul(
     y = _native.lut_matmul(
         a,
         packed,
-        scales,
-        zeros,
+        scales.view(np.uint16),
+        None if zeros is None else zeros.view(np.uint16),
         bias,
         n,
         qt.storage_bits,
@@ -86,6 +90,14 @@ def lut_matmul(
         kernel,
     )
     return y.reshape(*lead, n)
+
+
+def packed_bits_per_weight(qt: QuantizedTensor) -> float:
+    """Bits a kernel reads per weight of ``qt``: packed codes (with the layout's
+    padding of N to 32 rows and K to 8 inputs) + fp16 scales + fp16 zero points."""
+    n, k = qt.shape
+    scale_bytes = sum(a.nbytes for a in scales_group_major(qt) if a is not None)
+    return 8.0 * (_native.packed_bytes(n, k, qt.storage_bits) + scale_bytes) / (n * k)
 
 
 def available_kernels() -> list[str]:

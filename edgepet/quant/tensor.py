@@ -10,7 +10,10 @@ with it; :meth:`QuantizedTensor.dequantize` is its executable form):
 * ternary codes ``q`` in ``{0, 1, 2}``:                  ``w = s * (q - 1)``.
 
 ``s`` and ``z`` are per output row and per group of ``group_size`` consecutive
-inputs along K (the last group of a row may be shorter). Why odd levels for
+inputs along K (the last group of a row may be shorter). Both are stored as IEEE
+fp16 (:data:`SCALE_DTYPE`): a :class:`QuantizedTensor` rounds them to fp16 once, when
+it is made, and the rule above uses the rounded values -- so what the kernels read
+is exactly what :meth:`QuantizedTensor.dequantize` means. Why odd levels for
 symmetric codes: written as bit-planes, ``2q - (2^b - 1) = sum_i 2^i (2 b_i - 1)``,
 so every plane is a vector of +-1 and a table of signed activation sums serves
 all planes -- the heart of the LUT kernel.
@@ -30,6 +33,25 @@ Bits = Union[int, Literal["ternary"]]  # noqa: UP007 (a runtime alias on 3.10)
 GROUP_MULTIPLE = 32
 
 SUPPORTED_BITS = (1, 2, 3, 4, "ternary")
+
+#: How scales and zero points are stored (and read by the kernels): at 2 bits and
+#: group 64, fp32 scales would add half a bit to every weight a product reads.
+SCALE_DTYPE = np.float16
+_SCALE_MAX = float(np.finfo(SCALE_DTYPE).max)
+
+
+def storage_values(values: np.ndarray, what: str = "scales") -> np.ndarray:
+    """``values`` (scales or zero points) rounded to :data:`SCALE_DTYPE`, as float32.
+
+    Raises ValueError for values fp16 cannot hold (beyond +-65504, inf, nan).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.size and not (np.isfinite(values).all() and np.abs(values).max() <= _SCALE_MAX):
+        raise ValueError(
+            f"{what} must be finite and within +-{_SCALE_MAX:g} (stored as fp16); got "
+            f"max |value| {np.abs(values).max():g} — rescale the weights"
+        )
+    return values.astype(SCALE_DTYPE).astype(np.float32)
 
 
 def check_bits(bits: object) -> None:
@@ -79,8 +101,12 @@ def nearest_codes(
     """The inverse of the rule: the uint8 codes whose values are nearest to ``w``.
 
     ``w`` is grouped, ``[..., group]``; ``scales`` (and ``zero_points`` for asymmetric
-    codes) are ``[...]``, one per group. A zero scale gives the middle code.
+    codes) are ``[...]``, one per group, taken as stored (rounded to fp16). A zero
+    scale gives the middle code.
     """
+    scales = storage_values(scales)
+    if zero_points is not None:
+        zero_points = storage_values(zero_points, "zero_points")
     safe = np.where(scales > 0, scales, 1.0)[..., None]
     if bits == "ternary":
         return (np.clip(np.rint(w / safe), -1, 1) + 1).astype(np.uint8)
@@ -100,8 +126,9 @@ class QuantizedTensor:
     Attributes:
         codes: uint8 ``[N, K]``, one code per weight (unpacked; packing for a
             kernel layout is :func:`edgepet.kernels.pack`).
-        scales: float32 ``[N, G]``.
-        zero_points: float32 ``[N, G]`` for asymmetric codes, else None.
+        scales: float32 ``[N, G]``, rounded to fp16 on construction (as stored).
+        zero_points: float32 ``[N, G]`` for asymmetric codes, else None; rounded
+            to fp16 likewise.
         bits: 1, 2, 3, 4 or "ternary".
         group_size: inputs per group along K (``K`` means per-row).
         symmetric: symmetric codes (no zero points). Ternary counts as symmetric.
@@ -144,6 +171,10 @@ class QuantizedTensor:
             raise ValueError(
                 f"codes exceed {self.max_code}, the largest {self.bits}-bit code"
             )
+        object.__setattr__(self, "scales", storage_values(self.scales))
+        if self.zero_points is not None:
+            object.__setattr__(self, "zero_points",
+                               storage_values(self.zero_points, "zero_points"))
         for name in ("codes", "scales", "zero_points"):
             array = getattr(self, name)
             if array is not None:
@@ -183,7 +214,17 @@ class QuantizedTensor:
         """Bytes of codes + scales (+ zero points) as shipped, before layout padding."""
         n, k = self.shape
         code_bytes = -(-n * k * self.storage_bits // 8)
-        extra = self.scales.nbytes + (
-            0 if self.zero_points is None else self.zero_points.nbytes
+        itemsize = np.dtype(SCALE_DTYPE).itemsize
+        extra = self.scales.size * itemsize + (
+            0 if self.zero_points is None else self.zero_points.size * itemsize
         )
         return code_bytes + extra
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits a product reads per weight: codes + scales + zero points, as stored.
+
+        2-bit codes in groups of 64 read 2.25 (2 + 16/64); asymmetric 2.5.
+        """
+        n, k = self.shape
+        return 8.0 * self.nbytes_packed() / (n * k) if n * k else 0.0

@@ -3,6 +3,7 @@
 // reference. Built with EDGEPET_BUILD_TESTS=ON; runs under qemu for other ISAs.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,9 +26,29 @@ struct Case {
 
 struct Problem {
   WeightFormat f;
-  std::vector<float> a, scales, zeros, bias, exact;
+  std::vector<float> a, scales, zeros, bias, exact;  // scales, zeros: fp16 values
+  std::vector<Half> half_scales, half_zeros;          // the same, as stored
   std::vector<uint8_t> codes, packed;
 };
+
+// fp32 -> fp16 for normal values, rounding to nearest (ties away; test data only).
+Half to_half(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const int exponent = static_cast<int>((bits >> 23) & 0xFFu) - 127 + 15;
+  const uint32_t rounded = (bits & 0x7FFFFFu) + 0x1000u;  // half an fp16 ulp
+  return static_cast<Half>(sign + (static_cast<uint32_t>(exponent) << 10) + (rounded >> 13));
+}
+
+// Random values that fp16 holds exactly: the kernels read them as stored.
+void fill_halves(std::vector<float>& values, std::vector<Half>& halves) {
+  halves.resize(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    halves[i] = to_half(values[i]);
+    values[i] = half_to_float(halves[i]);
+  }
+}
 
 // The code -> value rule of docs/operator.md, written out for the test.
 float dequant(const WeightFormat& f, int q, float s, float z) {
@@ -54,6 +75,8 @@ Problem make(const Case& c, std::mt19937& rng) {
     p.zeros.resize(groups * c.n);
     for (auto& v : p.zeros) v = uniform(rng) * 10.0f * top;
   }
+  fill_halves(p.scales, p.half_scales);
+  fill_halves(p.zeros, p.half_zeros);
   p.bias.resize(c.n);
   for (auto& v : p.bias) v = normal(rng);
   p.packed.resize(packed_bytes(p.f));
@@ -80,8 +103,8 @@ std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m) {
   args.a = p.a.data();
   args.m = m;
   args.codes = p.packed.data();
-  args.scales = p.scales.data();
-  args.zero_points = p.zeros.empty() ? nullptr : p.zeros.data();
+  args.scales = p.half_scales.data();
+  args.zero_points = p.zeros.empty() ? nullptr : p.half_zeros.data();
   args.bias = p.bias.data();
   args.y = y.data();
   lut_gemm(kernel, args, Serial());
@@ -130,6 +153,32 @@ int check_tables_identical(const Kernel& kernel, std::mt19937& rng) {
   return checked;
 }
 
+// half_to_float is exact on every class of fp16 value, and to_half inverts it.
+int check_half_conversion() {
+  const struct {
+    Half h;
+    float f;
+  } known[] = {{0x3C00, 1.0f},     {0xC000, -2.0f},          {0x3555, 0.333251953125f},
+               {0x7BFF, 65504.0f}, {0x0001, 5.9604645e-8f},  {0x03FF, 6.0975552e-5f},
+               {0x0000, 0.0f},     {0x2E66, 0.0999755859375f}};
+  int checked = 0;
+  for (const auto& k : known) {
+    if (half_to_float(k.h) != k.f) {
+      ++failures;
+      std::printf("FAIL half_to_float(0x%04x) = %g, expected %g\n", k.h, half_to_float(k.h), k.f);
+    }
+    ++checked;
+  }
+  for (uint32_t h = 0x0400; h < 0x7C00; ++h) {  // every normal positive half
+    if (to_half(half_to_float(static_cast<Half>(h))) != h) {
+      ++failures;
+      std::printf("FAIL half round trip 0x%04x\n", h);
+      break;
+    }
+  }
+  return checked + 1;
+}
+
 }  // namespace
 
 int main() {
@@ -161,6 +210,7 @@ int main() {
         }
       }
   for (const Kernel* kernel : vector_kernels) cases += check_tables_identical(*kernel, rng);
+  cases += check_half_conversion();
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

@@ -39,11 +39,39 @@ def test_rounding_error_is_bounded_per_bit_width(bits):
     assert err < limit
 
 
-def test_constant_groups_are_exact():
+def test_constant_groups_are_exact_to_fp16_scale_precision():
     w = np.full((2, 64), 2.5, np.float32)
     for bits in (1, 2, 3, 4):
         for symmetric in (True, False):
-            np.testing.assert_allclose(quantize(w, bits, 32, symmetric).dequantize(), w)
+            # Scales are stored as fp16: 2.5 / 7 is off by up to half an fp16 ulp.
+            np.testing.assert_allclose(quantize(w, bits, 32, symmetric).dequantize(), w,
+                                       rtol=2**-11)
+
+
+def test_scales_and_zero_points_are_fp16_values_and_dequantize_uses_them():
+    rng = np.random.default_rng(9)
+    qt = quantize(rng.standard_normal((8, 64), dtype=np.float32), 2, 32, symmetric=False)
+    for values in (qt.scales, qt.zero_points):
+        assert values.dtype == np.float32
+        np.testing.assert_array_equal(values, values.astype(np.float16).astype(np.float32))
+    s = np.repeat(qt.scales, 32, axis=1)
+    z = np.repeat(qt.zero_points, 32, axis=1)
+    np.testing.assert_array_equal(qt.dequantize(), s * (qt.codes - z))
+
+
+def test_scales_beyond_fp16_are_refused():
+    codes = np.zeros((1, 32), np.uint8)
+    with pytest.raises(ValueError, match="stored as fp16"):
+        QuantizedTensor(codes, np.array([[1e6]], np.float32), None, 2, 32, True)
+
+
+@pytest.mark.parametrize("bits,symmetric,expected", [
+    (2, True, 2.25), (2, False, 2.5), (1, True, 1.25), (4, True, 4.25), ("ternary", True, 2.25),
+])
+def test_bits_per_weight_counts_codes_scales_and_zero_points(bits, symmetric, expected):
+    w = np.random.default_rng(1).standard_normal((64, 256), dtype=np.float32)
+    qt = quantize(w, bits, 64, symmetric)
+    assert qt.bits_per_weight == pytest.approx(expected)
 
 
 def test_per_row_is_group_size_k():

@@ -116,10 +116,57 @@ def test_truncated_weight_buffer_names_node():
 
 def test_scales_for_wrong_group_count_names_node():
     def bad(node, inits, inputs):
-        _replace_init(inits, "scales", np.ones((4, 16), np.float32))
+        _replace_init(inits, "scales", np.ones((4, 16), np.float16))
 
     msg = _error(_broken(bad), X)
     assert "scales has shape [4, 16], expected [2, 16] (K=64, N=16, group_size=32)" in msg
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_abi1_model_with_float32_scales_is_refused_with_re_export(symmetric):
+    def old(node, inits, inputs):
+        for suffix in ("scales", "zero_points"):
+            for t in inits:
+                if t.name.endswith(suffix):
+                    _replace_init(inits, suffix,
+                                  numpy_helper.to_array(t).astype(np.float32))
+
+    msg = _error(_broken(old, symmetric=symmetric), X)
+    assert "'layers.3.mlp.up'" in msg and "scales is float32, expected float16" in msg
+    assert "re-export the model" in msg
+
+
+def test_weights_given_at_run_time_are_checked_per_call():
+    """W as a graph input (not an initializer): read and checked on every call."""
+    rng = np.random.default_rng(8)
+    qt = quantize(rng.standard_normal((40, 64), dtype=np.float32), 2, 32)
+    node, inits = lut_matmul_node(qt, "x", "y", "proj")
+    w = inits.pop(0)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", 64]),
+         helper.make_tensor_value_info(w.name, TensorProto.UINT8, ["B"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    sess = runtime.InferenceSession(_model(graph))
+    x = rng.standard_normal((3, 64), dtype=np.float32)
+    packed = numpy_helper.to_array(w)
+    got = sess.run(None, {"x": x, w.name: packed})[0]
+    np.testing.assert_allclose(got, kernels.lut_matmul(x, qt), rtol=1e-6)
+    with pytest.raises(Exception, match=r"W has shape \[\d+\], expected"):
+        sess.run(None, {"x": x, w.name: packed[:-1]})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_large_enough_for_threads_equal_the_native_module(threads):
+    rng = np.random.default_rng(10)
+    qt = quantize(rng.standard_normal((520, 4096), dtype=np.float32), 2, 64)
+    sess = runtime.InferenceSession(linear_model(qt), threads=threads)
+    for m in (1, 5):
+        x = rng.standard_normal((m, 4096), dtype=np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], kernels.lut_matmul(x, qt),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_unsupported_bits_names_node():

@@ -2,7 +2,8 @@
 #ifndef EDGEPET_VERSION_H_
 #define EDGEPET_VERSION_H_
 
-/* Bumped whenever an operator's inputs, attributes or packed layout change. */
-#define EDGEPET_OP_ABI_VERSION 1
+/* Bumped whenever an operator's inputs, attributes or packed layout change.
+   2: scales and zero points stored as float16 (1: float32). */
+#define EDGEPET_OP_ABI_VERSION 2
 
 #endif /* EDGEPET_VERSION_H_ */

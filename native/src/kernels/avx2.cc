@@ -158,7 +158,10 @@ struct Avx2Sums {
 
 const Kernel* avx2_kernel() {
   static const Kernel kernel{"avx2", build_tables, x86::tile_dot_any<Avx2Sums>};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernel;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
+    return &kernel;
+  }
   return nullptr;
 }
 

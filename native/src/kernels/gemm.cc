@@ -19,35 +19,52 @@ std::string check_format(const WeightFormat& f) {
 
 namespace {
 
-struct Job {
-  Job(const Kernel& k, const GemmArgs& a)
-      : kernel(&k),
-        args(&a),
-        plan(a.format),
-        entries(static_cast<size_t>(a.m * plan.quads * kTableSize)),
-        block_scales(static_cast<size_t>(a.m * plan.blocks)),
-        block_sums(static_cast<size_t>(a.m * plan.blocks)),
-        group_sums(static_cast<size_t>(a.m * plan.groups)) {}
-
-  const Kernel* kernel;
-  const GemmArgs* args;
-  BlockPlan plan;
+// Per-call working memory, kept per calling thread and grown, never shrunk: a call
+// of the same shape as the last allocates nothing.
+struct Scratch {
   std::vector<int8_t> entries;        // [m][quads][16]
   std::vector<float> block_scales;    // [m][blocks]
   std::vector<float> block_sums;      // [m][blocks]
   std::vector<float> group_sums;      // [m][groups]
-  std::vector<float> tail_scales;     // [groups][32] for the last, partial tile
-  std::vector<float> tail_zeros;
+  std::vector<Half> tail_scales;      // [groups][32] for the last, partial tile
+  std::vector<Half> tail_zeros;
+
+  template <typename T>
+  static T* at_least(std::vector<T>& v, int64_t count) {
+    if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
+    return v.data();
+  }
+};
+
+struct Job {
+  Job(const Kernel& k, const GemmArgs& a, Scratch& s)
+      : kernel(&k),
+        args(&a),
+        plan(a.format),
+        entries(Scratch::at_least(s.entries, a.m * plan.quads * kTableSize)),
+        block_scales(Scratch::at_least(s.block_scales, a.m * plan.blocks)),
+        block_sums(Scratch::at_least(s.block_sums, a.m * plan.blocks)),
+        group_sums(Scratch::at_least(s.group_sums, a.m * plan.groups)) {}
+
+  const Kernel* kernel;
+  const GemmArgs* args;
+  BlockPlan plan;
+  int8_t* entries;
+  float* block_scales;
+  float* block_sums;
+  float* group_sums;
+  const Half* tail_scales = nullptr;
+  const Half* tail_zeros = nullptr;
 };
 
 void build_row(void* ctx, int64_t row) {
   Job& job = *static_cast<Job*>(ctx);
   const WeightFormat& f = job.args->format;
   const BlockPlan& plan = job.plan;
-  float* sums = job.block_sums.data() + row * plan.blocks;
+  float* sums = job.block_sums + row * plan.blocks;
   job.kernel->build_tables(job.args->a + row * f.k, f.k, table_block(f),
-                           job.entries.data() + row * plan.quads * kTableSize,
-                           job.block_scales.data() + row * plan.blocks, sums);
+                           job.entries + row * plan.quads * kTableSize,
+                           job.block_scales + row * plan.blocks, sums);
   for (int64_t g = 0; g < plan.groups; ++g) {
     float s = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) s += sums[b];
@@ -69,8 +86,8 @@ void run_tile(void* ctx, int64_t tile) {
     t.zero_points = args.zero_points ? args.zero_points + n0 : nullptr;
     t.row_stride = f.n;
   } else {
-    t.scales = job.tail_scales.data();
-    t.zero_points = args.zero_points ? job.tail_zeros.data() : nullptr;
+    t.scales = job.tail_scales;
+    t.zero_points = args.zero_points ? job.tail_zeros : nullptr;
     t.row_stride = kTileRows;
   }
   alignas(32) float out[kMaxRowsPerCall][kTileRows];
@@ -78,9 +95,9 @@ void run_tile(void* ctx, int64_t tile) {
     t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
     for (int i = 0; i < t.rows; ++i) {
       const int64_t m = m0 + i;
-      t.tables[i].entries = job.entries.data() + m * job.plan.quads * kTableSize;
-      t.tables[i].block_scales = job.block_scales.data() + m * job.plan.blocks;
-      t.tables[i].group_sums = job.group_sums.data() + m * job.plan.groups;
+      t.tables[i].entries = job.entries + m * job.plan.quads * kTableSize;
+      t.tables[i].block_scales = job.block_scales + m * job.plan.blocks;
+      t.tables[i].group_sums = job.group_sums + m * job.plan.groups;
       t.out[i] = out[i];
     }
     job.kernel->tile_dot(t);
@@ -93,9 +110,9 @@ void run_tile(void* ctx, int64_t tile) {
 
 // The last tile's scales copied into a zero-padded [groups][32] block, so that
 // kernels always read 32 rows.
-void pad_tail(const float* src, int64_t n, int64_t groups, std::vector<float>& dst) {
+void pad_tail(const Half* src, int64_t n, int64_t groups, std::vector<Half>& dst) {
   const int64_t n0 = (num_tiles(n) - 1) * kTileRows;
-  dst.assign(static_cast<size_t>(groups * kTileRows), 0.0f);
+  dst.assign(static_cast<size_t>(groups * kTileRows), 0);
   for (int64_t g = 0; g < groups; ++g) {
     std::copy(src + g * n + n0, src + g * n + n, dst.begin() + g * kTileRows);
   }
@@ -106,10 +123,15 @@ void pad_tail(const float* src, int64_t n, int64_t groups, std::vector<float>& d
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
   const WeightFormat& f = args.format;
   if (args.m == 0) return;
-  Job job(kernel, args);
+  thread_local Scratch scratch;
+  Job job(kernel, args, scratch);
   if (f.n % kTileRows != 0) {
-    pad_tail(args.scales, f.n, job.plan.groups, job.tail_scales);
-    if (args.zero_points) pad_tail(args.zero_points, f.n, job.plan.groups, job.tail_zeros);
+    pad_tail(args.scales, f.n, job.plan.groups, scratch.tail_scales);
+    job.tail_scales = scratch.tail_scales.data();
+    if (args.zero_points) {
+      pad_tail(args.zero_points, f.n, job.plan.groups, scratch.tail_zeros);
+      job.tail_zeros = scratch.tail_zeros.data();
+    }
   }
   if (args.m == 1) {
     build_row(&job, 0);  // not worth a hand-off to the pool

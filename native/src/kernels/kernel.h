@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace edgepet {
 
@@ -83,12 +84,43 @@ struct Tables {
 // unpacked indices are shared, which pays off in prefill (M > 1).
 constexpr int kMaxRowsPerCall = 2;
 
+// Scales and zero points are stored as IEEE fp16 (the bits, as uint16): at 2 bits and
+// group 64 an fp32 scale would add half a bit per weight to every byte a GEMV reads.
+using Half = uint16_t;
+
+// fp16 -> fp32, exact (every fp16 value is a float). The portable form for the
+// reference kernel; vector kernels convert 8 at a time (F16C, NEON fcvtl).
+inline float half_to_float(Half h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);  // inf, nan
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = mantissa;
+    do {
+      ++e;
+      m <<= 1;
+    } while ((m & 0x400u) == 0);
+    bits = sign | (static_cast<uint32_t>(112 - e) << 23) | ((m & 0x3FFu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 // One tile (32 rows) of the weight, read against 1..kMaxRowsPerCall activation rows.
 struct TileJob {
   WeightFormat format;
   const uint8_t* codes;        // the tile's packed codes: [quads / 2][pair_stride]
-  const float* scales;         // [groups] x row_stride, first row of the tile
-  const float* zero_points;    // same layout, or null
+  const Half* scales;          // [groups] x row_stride, first row of the tile
+  const Half* zero_points;     // same layout, or null
   int64_t row_stride;          // distance between groups in scales (N, or 32 for a padded copy)
   int rows;                    // activation rows in this call
   Tables tables[kMaxRowsPerCall];
@@ -105,7 +137,7 @@ struct Kernel {
 };
 
 const Kernel& reference_kernel();
-// Null where the CPU or the build lacks AVX2.
+// Null where the CPU or the build lacks AVX2, FMA or F16C.
 const Kernel* avx2_kernel();
 // Null where the CPU or the build lacks AVX512F + AVX512BW.
 const Kernel* avx512_kernel();

@@ -1,6 +1,6 @@
 // The x86 tile driver shared by the AVX2 and AVX-512 kernels: everything after the
 // int16 block sums (their float conversion, group scales, zero points) is the same
-// for both; only the lookups differ. Include from files compiled with AVX2 and FMA.
+// for both; only the lookups differ. Include from files compiled with AVX2, FMA and F16C.
 #pragma once
 
 #include <immintrin.h>
@@ -17,6 +17,11 @@ inline __m256 low_rows(__m256i acc) {
 }
 inline __m256 high_rows(__m256i acc) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
+}
+
+// Eight fp16 scales or zero points as floats (F16C).
+inline __m256 load_halves(const Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 // Sums::block<Bits, Rows>(codes, tables, quads, acc_a, acc_b) fills int16 sums of
@@ -54,9 +59,9 @@ void tile_dot(const TileJob& job) {
         acc[m][3] = _mm256_fmadd_ps(high_rows(acc_b[m]), step, acc[m][3]);
       }
     }
-    const float* s = job.scales + g * job.row_stride;
+    const Half* s = job.scales + g * job.row_stride;
     for (int i = 0; i < 4; ++i) {
-      const __m256 scale = _mm256_loadu_ps(s + 8 * i);
+      const __m256 scale = load_halves(s + 8 * i);
       for (int m = 0; m < Rows; ++m) {
         const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
         if (f.ternary) {
@@ -66,7 +71,7 @@ void tile_dot(const TileJob& job) {
         } else if (f.symmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
         } else {
-          const __m256 z = _mm256_loadu_ps(job.zero_points + g * job.row_stride + 8 * i);
+          const __m256 z = load_halves(job.zero_points + g * job.row_stride + 8 * i);
           const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
           const __m256 sc = _mm256_mul_ps(half, scale);
           y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "edgepet/edgepet_ort.h"
+#include "edgepet/version.h"
 #include "kernels/gemm.h"
 #include "kernels/pack.h"
 #include "ort/ort_util.h"
@@ -14,11 +15,21 @@ namespace {
 
 enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
 
+// Below this many weight bits a product is a few microseconds of work, less than
+// handing it to ORT's thread pool and waiting costs (576 x 576 at 2 bits is 663k;
+// measured: benchmarks/kernels.py, docs/operator.md "Threads").
+constexpr int64_t kParallelMinWeightBits = int64_t{1} << 21;
+
 struct LutMatMulKernel {
   const OrtApi* api;
   std::string node;
   WeightFormat format;
   const Kernel* kernel;
+  // Inputs that are initializers, read and checked once at creation: a call then
+  // fetches only A and the output.
+  bool constant[kInputCount] = {};
+  TensorView cached[kInputCount];
+  bool weights_checked = false;  // W, scales, zero points: constant and checked
 
   std::string where() const { return "LutMatMul '" + node + "': "; }
 };
@@ -53,6 +64,70 @@ class OrtParallel final : public Parallel {
   OrtKernelContext* ctx_;
 };
 
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    default: return "another type";
+  }
+}
+
+// Checks one input's type and shape; empty string when it is right.
+std::string check_input(const TensorView& t, const char* name, ONNXTensorElementDataType type,
+                        const std::vector<int64_t>& expected, const std::string& why) {
+  if (t.type != type) {
+    std::string msg = std::string(name) + " is " + type_name(t.type) + ", expected " +
+                      type_name(type);
+    if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      msg += ": the model was exported for LutMatMul ABI 1 (float32 scales and zero points); "
+             "this library reads ABI " + std::to_string(EDGEPET_OP_ABI_VERSION) +
+             " (float16) — re-export the model with this edgepet version";
+    }
+    return msg;
+  }
+  if (t.shape != expected) {
+    return std::string(name) + " has shape " + shape_str(t.shape) + ", expected " +
+           shape_str(expected) + " (" + why + ")";
+  }
+  return {};
+}
+
+// W, scales and zero points: empty when right, else what is wrong.
+std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount]) {
+  const int64_t groups = num_groups(f);
+  const std::string gwhy = "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
+                           ", group_size=" + std::to_string(f.group_size);
+  std::string bad = check_input(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+                                {packed_bytes(f)},
+                                "layout tile32, bits=" + std::to_string(f.bits) + ", " + gwhy);
+  if (bad.empty()) {
+    bad = check_input(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+                      {groups, f.n}, gwhy);
+  }
+  const bool wants_zeros = !f.symmetric;
+  if (bad.empty() && wants_zeros && !in[kZeroPoints].present) {
+    bad = "zero_points are required for asymmetric codes (symmetric=0)";
+  } else if (bad.empty() && !wants_zeros && in[kZeroPoints].present) {
+    bad = "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
+  } else if (bad.empty() && wants_zeros) {
+    bad = check_input(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
+                      {groups, f.n}, gwhy);
+  }
+  return bad;
+}
+
+std::string check_bias(const WeightFormat& f, const TensorView& bias) {
+  return check_input(bias, "bias", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {f.n},
+                     "N=" + std::to_string(f.n));
+}
+
 OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
                          void** out) {
   auto k = std::make_unique<LutMatMulKernel>();
@@ -84,25 +159,25 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   }
   k->kernel = select_kernel("auto");
   if (!k->kernel) return fail(api, k->where() + "EDGEPET_KERNEL names no kernel usable here");
+  // Initializers: view and check them now, once. An input given at run time is looked
+  // at (and checked) per call instead.
+  for (size_t i = kW; i < kInputCount; ++i) {
+    if (OrtStatus* s = constant_input(api, info, i, &k->cached[i])) return s;
+    k->constant[i] = k->cached[i].present;
+  }
+  const bool symmetric_codes = k->format.symmetric;
+  k->weights_checked = k->constant[kW] && k->constant[kScales] &&
+                       (symmetric_codes || k->constant[kZeroPoints]);
+  if (k->weights_checked) {
+    const std::string wrong = check_weights(k->format, k->cached);
+    if (!wrong.empty()) return fail(api, k->where() + wrong);
+  }
+  if (k->constant[kBias]) {
+    const std::string wrong = check_bias(k->format, k->cached[kBias]);
+    if (!wrong.empty()) return fail(api, k->where() + wrong);
+  }
   *out = k.release();
   return nullptr;
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// Checks one input's type and shape; empty string when it is right.
-std::string check_input(const TensorView& t, const char* name, ONNXTensorElementDataType type,
-                        const std::vector<int64_t>& expected, const std::string& why) {
-  if (t.type != type) return std::string(name) + " has the wrong element type";
-  if (t.shape != expected) {
-    return std::string(name) + " has shape " + shape_str(t.shape) + ", expected " +
-           shape_str(expected) + " (" + why + ")";
-  }
-  return {};
 }
 
 OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
@@ -113,7 +188,11 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   size_t count = 0;
   if (OrtStatus* s = api->KernelContext_GetInputCount(ctx, &count)) return s;
   for (size_t i = 0; i < count && i < kInputCount; ++i) {
-    if (OrtStatus* s = view_input(api, ctx, i, &in[i])) return s;
+    if (k.constant[i]) {
+      in[i] = k.cached[i];
+    } else if (OrtStatus* s = view_input(api, ctx, i, &in[i])) {
+      return s;
+    }
   }
   const TensorView& a = in[kA];
   if (a.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return fail(api, k.where() + "A must be float32");
@@ -121,32 +200,17 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
     return fail(api, k.where() + "A has shape " + shape_str(a.shape) +
                          ", its last dimension must be K=" + std::to_string(f.k));
   }
-  const int64_t groups = num_groups(f);
-  const std::string gwhy = "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
-                           ", group_size=" + std::to_string(f.group_size);
-  std::string bad = check_input(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-                                {packed_bytes(f)},
-                                "layout tile32, bits=" + std::to_string(f.bits) + ", " + gwhy);
-  if (bad.empty()) {
-    bad = check_input(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {groups, f.n},
-                      gwhy);
+  const bool runtime_zeros = in[kZeroPoints].present && !k.constant[kZeroPoints];
+  if (!k.weights_checked || runtime_zeros) {
+    const std::string bad = check_weights(f, in);
+    if (!bad.empty()) return fail(api, k.where() + bad);
   }
-  const bool wants_zeros = !f.symmetric;
-  if (bad.empty() && wants_zeros && !in[kZeroPoints].present) {
-    bad = "zero_points are required for asymmetric codes (symmetric=0)";
-  } else if (bad.empty() && !wants_zeros && in[kZeroPoints].present) {
-    bad = "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
-  } else if (bad.empty() && wants_zeros) {
-    bad = check_input(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-                      {groups, f.n}, gwhy);
+  if (in[kBias].present && !k.constant[kBias]) {
+    const std::string bad = check_bias(f, in[kBias]);
+    if (!bad.empty()) return fail(api, k.where() + bad);
   }
-  if (bad.empty() && in[kBias].present) {
-    bad = check_input(in[kBias], "bias", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {f.n},
-                      "N=" + std::to_string(f.n));
-  }
-  if (!bad.empty()) return fail(api, k.where() + bad);
 
-  std::vector<int64_t> out_shape = a.shape;
+  std::vector<int64_t>& out_shape = in[kA].shape;  // A's shape, last dimension N
   out_shape.back() = f.n;
   float* y = nullptr;
   if (OrtStatus* s = output_float(api, ctx, 0, out_shape, &y)) return s;
@@ -155,11 +219,15 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   args.a = static_cast<const float*>(a.data);
   args.m = a.elements / f.k;
   args.codes = static_cast<const uint8_t*>(in[kW].data);
-  args.scales = static_cast<const float*>(in[kScales].data);
-  args.zero_points = wants_zeros ? static_cast<const float*>(in[kZeroPoints].data) : nullptr;
+  args.scales = static_cast<const Half*>(in[kScales].data);
+  args.zero_points = f.symmetric ? nullptr : static_cast<const Half*>(in[kZeroPoints].data);
   args.bias = in[kBias].present ? static_cast<const float*>(in[kBias].data) : nullptr;
   args.y = y;
-  lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
+  if (args.m * f.n * f.k * f.bits < kParallelMinWeightBits) {
+    lut_gemm(*k.kernel, args, Serial());
+  } else {
+    lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
+  }
   return nullptr;
 }
 
@@ -180,8 +248,12 @@ struct LutMatMulOp : OrtCustomOp {
     GetName = [](const OrtCustomOp*) { return "LutMatMul"; };
     GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
     GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputCount; };
+    // Scales and zero points accept any type here, so that an ABI-1 model (float32)
+    // gets our "re-export" message rather than a bare type error.
     GetInputType = [](const OrtCustomOp*, size_t i) {
-      return i == kW ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      if (i == kW) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+      if (i == kScales || i == kZeroPoints) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     };
     GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
     GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };

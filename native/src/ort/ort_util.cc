@@ -54,10 +54,9 @@ bool get_string(const OrtApi* api, const OrtKernelInfo* info, const char* name,
   return true;
 }
 
-OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, TensorView* out) {
-  const OrtValue* value = nullptr;
-  if (OrtStatus* s = api->KernelContext_GetInput(ctx, i, &value)) return s;
-  if (!value) return nullptr;
+namespace {
+
+OrtStatus* view_value(const OrtApi* api, const OrtValue* value, TensorView* out) {
   OrtTensorTypeAndShapeInfo* info = nullptr;
   if (OrtStatus* s = api->GetTensorTypeAndShape(value, &info)) return s;
   size_t rank = 0;
@@ -78,6 +77,31 @@ OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, Tensor
   out->data = data;
   out->present = true;
   return nullptr;
+}
+
+}  // namespace
+
+OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, TensorView* out) {
+  const OrtValue* value = nullptr;
+  if (OrtStatus* s = api->KernelContext_GetInput(ctx, i, &value)) return s;
+  if (!value) return nullptr;
+  return view_value(api, value, out);
+}
+
+OrtStatus* constant_input(const OrtApi* api, const OrtKernelInfo* info, size_t i,
+                          TensorView* out) {
+  size_t count = 0;
+  if (OrtStatus* s = api->KernelInfo_GetInputCount(info, &count)) return s;
+  if (i >= count) return nullptr;
+  int is_constant = 0;
+  const OrtValue* value = nullptr;
+  if (OrtStatus* s = api->KernelInfoGetConstantInput_tensor(info, i, &is_constant, &value)) {
+    api->ReleaseStatus(s);  // an absent optional input: not a constant
+    return nullptr;
+  }
+  if (!is_constant || !value) return nullptr;
+  // The value belongs to the session and outlives the kernel that asked for it.
+  return view_value(api, value, out);
 }
 
 OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,

@@ -29,6 +29,10 @@ struct TensorView {
 
 // Fills `out` for input i; an absent optional input leaves present = false.
 OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, TensorView* out);
+// Fills `out` for input i when it is a constant (an initializer); present = false when it
+// is not, or absent.
+OrtStatus* constant_input(const OrtApi* api, const OrtKernelInfo* info, size_t i,
+                          TensorView* out);
 OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
                         const std::vector<int64_t>& shape, float** data);
 
