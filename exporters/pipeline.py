@@ -37,6 +37,7 @@ from edgepet.exporters import bundle as bundle_io
 from edgepet.exporters import manifest as manifest_schema
 from edgepet.exporters import torch_export as tx
 from edgepet.exporters.errors import BadInputError
+from edgepet.exporters.fuse import fuse_shared_inputs
 from edgepet.exporters.rewrite import (
     KnownWeight,
     QuantPolicy,
@@ -139,7 +140,7 @@ def export(
         names: dict[str, list[str]] = {}
         for name, value in tx.named_matrices(graph_module).items():
             names.setdefault(digest(value.detach().cpu().numpy()), []).append(name)
-        result = _rewrite(float_model, policy, names, known, quantize_fn, say)
+        result = fuse_shared_inputs(_rewrite(float_model, policy, names, known, quantize_fn, say))
         say("writing adapters and reference data")
         task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn)
         make_overridable(result.model, sorted(
