@@ -21,15 +21,27 @@ def pack(qt: QuantizedTensor) -> np.ndarray:
     return _native.pack(qt.codes, qt.storage_bits)
 
 
-def scales_group_major(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scales (and zero points) as the kernels read them: fp16 ``[G, N]``.
+#: Output rows per tile of the packed layout; scales are stored per tile.
+TILE_ROWS = 32
+
+
+def _tiled(values: np.ndarray) -> np.ndarray:
+    """[N, G] -> fp16 [ceil(N/32), G, 32], rows past N zero (exact: fp16 values)."""
+    n, g = values.shape
+    tiles = -(-n // TILE_ROWS)
+    padded = np.zeros((tiles * TILE_ROWS, g), SCALE_DTYPE)
+    padded[:n] = values
+    return np.ascontiguousarray(padded.reshape(tiles, TILE_ROWS, g).transpose(0, 2, 1))
+
+
+def scales_tiled(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scales (and zero points) as the kernels read them: fp16, tile-major
+    ``[ceil(N/32), G, 32]`` -- one tile's values contiguous (docs/operator.md).
 
     Exact: a ``QuantizedTensor``'s scales are fp16 values already.
     """
-    scales = np.ascontiguousarray(qt.scales.T.astype(SCALE_DTYPE))
-    zeros = (None if qt.zero_points is None
-             else np.ascontiguousarray(qt.zero_points.T.astype(SCALE_DTYPE)))
-    return scales, zeros
+    zeros = None if qt.zero_points is None else _tiled(qt.zero_points)
+    return _tiled(qt.scales), zeros
 
 
 def _kernel_inputs(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -40,7 +52,7 @@ def _kernel_inputs(qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray, np.ndar
     """
     cached = qt.__dict__.get("_kernel_inputs")
     if cached is None:
-        cached = (pack(qt), *scales_group_major(qt))
+        cached = (pack(qt), *scales_tiled(qt))
         object.__setattr__(qt, "_kernel_inputs", cached)
     return cached
 
@@ -93,10 +105,10 @@ def lut_matmul(
 
 
 def packed_bits_per_weight(qt: QuantizedTensor) -> float:
-    """Bits a kernel reads per weight of ``qt``: packed codes (with the layout's
-    padding of N to 32 rows and K to 8 inputs) + fp16 scales + fp16 zero points."""
+    """Bits a kernel reads per weight of ``qt``: packed codes and fp16 scales and zero
+    points, with the layout's padding (N to 32 rows, K to 8 inputs)."""
     n, k = qt.shape
-    scale_bytes = sum(a.nbytes for a in scales_group_major(qt) if a is not None)
+    scale_bytes = sum(a.nbytes for a in scales_tiled(qt) if a is not None)
     return 8.0 * (_native.packed_bytes(n, k, qt.storage_bits) + scale_bytes) / (n * k)
 
 

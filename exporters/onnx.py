@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepet.kernels import LAYOUT, pack, scales_group_major
+from edgepet.kernels import LAYOUT, pack, scales_tiled
 from edgepet.quant.tensor import QuantizedTensor
 
 DOMAIN = "ai.edgepet"
@@ -32,7 +32,7 @@ def lut_matmul_node(
     Returns the node and the initializers it reads (named after ``name``).
     """
     n, k = qt.shape
-    scales, zeros = scales_group_major(qt)
+    scales, zeros = scales_tiled(qt)
     inits = [
         numpy_helper.from_array(pack(qt), f"{name}.weight_packed"),
         numpy_helper.from_array(scales, f"{name}.scales"),

@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
       }
       std::vector<uint8_t> codes(packed_bytes(f), 0x5a);
       std::vector<float> a(m * k), y(m * n);
-      std::vector<Half> scales(num_groups(f) * n, 0x211F);  // 0.01 in fp16
+      std::vector<Half> scales(scale_count(f), 0x211F);  // 0.01 in fp16
       for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i * 7919 % 1000) / 1000.f;
       GemmArgs args;
       args.format = f;

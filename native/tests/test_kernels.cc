@@ -41,13 +41,19 @@ Half to_half(float v) {
   return static_cast<Half>(sign + (static_cast<uint32_t>(exponent) << 10) + (rounded >> 13));
 }
 
-// Random values that fp16 holds exactly: the kernels read them as stored.
-void fill_halves(std::vector<float>& values, std::vector<Half>& halves) {
-  halves.resize(values.size());
-  for (size_t i = 0; i < values.size(); ++i) {
-    halves[i] = to_half(values[i]);
-    values[i] = half_to_float(halves[i]);
-  }
+// values [groups][n] rounded to what fp16 holds (the kernels read them as stored), and
+// their stored form: tile-major [tiles][groups][32], rows past n zero.
+void fill_halves(const WeightFormat& f, std::vector<float>& values, std::vector<Half>& halves) {
+  if (values.empty()) return;
+  const int64_t groups = num_groups(f);
+  halves.assign(static_cast<size_t>(scale_count(f)), 0);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r = 0; r < f.n; ++r) {
+      float& v = values[g * f.n + r];
+      const Half h = to_half(v);
+      v = half_to_float(h);
+      halves[(r / kTileRows * groups + g) * kTileRows + r % kTileRows] = h;
+    }
 }
 
 // The code -> value rule of docs/operator.md, written out for the test.
@@ -75,8 +81,8 @@ Problem make(const Case& c, std::mt19937& rng) {
     p.zeros.resize(groups * c.n);
     for (auto& v : p.zeros) v = uniform(rng) * 10.0f * top;
   }
-  fill_halves(p.scales, p.half_scales);
-  fill_halves(p.zeros, p.half_zeros);
+  fill_halves(p.f, p.scales, p.half_scales);
+  fill_halves(p.f, p.zeros, p.half_zeros);
   p.bias.resize(c.n);
   for (auto& v : p.bias) v = normal(rng);
   p.packed.resize(packed_bytes(p.f));

@@ -130,3 +130,23 @@ def test_packing_happens_once_per_tensor(monkeypatch):
     first = kernels.lut_matmul(x, qt)
     np.testing.assert_array_equal(first, kernels.lut_matmul(x, qt))
     assert len(calls) == 1
+
+
+def test_scales_are_stored_fp16_tile_major_with_zero_padding():
+    rng = np.random.default_rng(11)
+    qt = quantize(rng.standard_normal((40, 128), dtype=np.float32), 2, 32, symmetric=False)
+    scales, zeros = kernels.scales_tiled(qt)
+    assert scales.dtype == np.float16 and scales.shape == (2, 4, 32) == zeros.shape
+    for r in (0, 31, 32, 39):
+        for g in range(4):
+            assert scales[r // 32, g, r % 32] == qt.scales[r, g]
+            assert zeros[r // 32, g, r % 32] == qt.zero_points[r, g]
+    assert not scales[1, :, 8:].any()  # rows 40..63 do not exist
+
+
+def test_packed_bits_per_weight_includes_layout_padding():
+    w = np.random.default_rng(12).standard_normal((64, 256), dtype=np.float32)
+    assert kernels.packed_bits_per_weight(quantize(w, 2, 64)) == pytest.approx(2.25)
+    # N=40 pads to 64 rows: 64/40 of the bytes of a 40-row tensor.
+    w40 = w[:40]
+    assert kernels.packed_bits_per_weight(quantize(w40, 2, 64)) == pytest.approx(2.25 * 64 / 40)

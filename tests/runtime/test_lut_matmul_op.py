@@ -116,10 +116,10 @@ def test_truncated_weight_buffer_names_node():
 
 def test_scales_for_wrong_group_count_names_node():
     def bad(node, inits, inputs):
-        _replace_init(inits, "scales", np.ones((4, 16), np.float16))
+        _replace_init(inits, "scales", np.ones((1, 4, 32), np.float16))
 
     msg = _error(_broken(bad), X)
-    assert "scales has shape [4, 16], expected [2, 16] (K=64, N=16, group_size=32)" in msg
+    assert "scales has shape [1, 4, 32], expected [1, 2, 32] (K=64, N=16, group_size=32)" in msg
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -26,8 +26,6 @@ struct Scratch {
   std::vector<float> block_scales;    // [m][blocks]
   std::vector<float> block_sums;      // [m][blocks]
   std::vector<float> group_sums;      // [m][groups]
-  std::vector<Half> tail_scales;      // [groups][32] for the last, partial tile
-  std::vector<Half> tail_zeros;
 
   template <typename T>
   static T* at_least(std::vector<T>& v, int64_t count) {
@@ -53,8 +51,6 @@ struct Job {
   float* block_scales;
   float* block_sums;
   float* group_sums;
-  const Half* tail_scales = nullptr;
-  const Half* tail_zeros = nullptr;
 };
 
 void build_row(void* ctx, int64_t row) {
@@ -81,15 +77,9 @@ void run_tile(void* ctx, int64_t tile) {
   TileJob t;
   t.format = f;
   t.codes = args.codes + tile * job.plan.quads / 2 * pair_stride(f.bits);
-  if (rows == kTileRows) {
-    t.scales = args.scales + n0;
-    t.zero_points = args.zero_points ? args.zero_points + n0 : nullptr;
-    t.row_stride = f.n;
-  } else {
-    t.scales = job.tail_scales;
-    t.zero_points = args.zero_points ? job.tail_zeros : nullptr;
-    t.row_stride = kTileRows;
-  }
+  const int64_t tile_scales = tile * job.plan.groups * kTileRows;
+  t.scales = args.scales + tile_scales;
+  t.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
   alignas(32) float out[kMaxRowsPerCall][kTileRows];
   for (int64_t m0 = 0; m0 < args.m; m0 += kMaxRowsPerCall) {
     t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
@@ -108,16 +98,6 @@ void run_tile(void* ctx, int64_t tile) {
   }
 }
 
-// The last tile's scales copied into a zero-padded [groups][32] block, so that
-// kernels always read 32 rows.
-void pad_tail(const Half* src, int64_t n, int64_t groups, std::vector<Half>& dst) {
-  const int64_t n0 = (num_tiles(n) - 1) * kTileRows;
-  dst.assign(static_cast<size_t>(groups * kTileRows), 0);
-  for (int64_t g = 0; g < groups; ++g) {
-    std::copy(src + g * n + n0, src + g * n + n, dst.begin() + g * kTileRows);
-  }
-}
-
 }  // namespace
 
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
@@ -125,14 +105,6 @@ void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parall
   if (args.m == 0) return;
   thread_local Scratch scratch;
   Job job(kernel, args, scratch);
-  if (f.n % kTileRows != 0) {
-    pad_tail(args.scales, f.n, job.plan.groups, scratch.tail_scales);
-    job.tail_scales = scratch.tail_scales.data();
-    if (args.zero_points) {
-      pad_tail(args.zero_points, f.n, job.plan.groups, scratch.tail_zeros);
-      job.tail_zeros = scratch.tail_zeros.data();
-    }
-  }
   if (args.m == 1) {
     build_row(&job, 0);  // not worth a hand-off to the pool
   } else {

@@ -30,8 +30,8 @@ struct GemmArgs {
   const float* a = nullptr;            // [m][k]
   int64_t m = 0;
   const uint8_t* codes = nullptr;      // packed_bytes(format)
-  const Half* scales = nullptr;        // [groups][n], fp16
-  const Half* zero_points = nullptr;   // [groups][n] fp16, or null
+  const Half* scales = nullptr;        // fp16, [tiles][groups][32] (scale_count)
+  const Half* zero_points = nullptr;   // fp16, same layout, or null
   const float* bias = nullptr;         // [n] or null
   float* y = nullptr;                  // [m][n]
 };

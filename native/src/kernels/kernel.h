@@ -72,6 +72,13 @@ inline int64_t pair_stride(int bits) { return 32 * bits; }
 inline int64_t packed_bytes(const WeightFormat& f) {
   return num_tiles(f.n) * num_quads(f.k) / 2 * pair_stride(f.bits);
 }
+// Scales and zero points are tile-major, [tiles][groups][32] (rows past N are zero): one
+// tile's are 64 contiguous bytes per group. Group-major [groups][N] put them N * 2 bytes
+// apart, a separate page per group for wide layers, which a GEMV streaming weights from
+// memory waited on.
+inline int64_t scale_count(const WeightFormat& f) {
+  return num_tiles(f.n) * num_groups(f) * kTileRows;
+}
 
 // Tables of one activation row.
 struct Tables {
@@ -119,9 +126,8 @@ inline float half_to_float(Half h) {
 struct TileJob {
   WeightFormat format;
   const uint8_t* codes;        // the tile's packed codes: [quads / 2][pair_stride]
-  const Half* scales;          // [groups] x row_stride, first row of the tile
+  const Half* scales;          // the tile's scales: [groups][32], contiguous
   const Half* zero_points;     // same layout, or null
-  int64_t row_stride;          // distance between groups in scales (N, or 32 for a padded copy)
   int rows;                    // activation rows in this call
   Tables tables[kMaxRowsPerCall];
   float* out[kMaxRowsPerCall]; // 32 outputs per activation row

@@ -144,7 +144,7 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
         acc[2 * h + 1] = vfmaq_n_f32(acc[2 * h + 1], vcvtq_f32_s32(hi), step);
       }
     }
-    const Half* s = job.scales + g * job.row_stride;
+    const Half* s = job.scales + g * kTileRows;
     const float group_sum = tables.group_sums[g];
     for (int i = 0; i < 8; ++i) {
       const float32x4_t scale = load_halves(s + 4 * i);
@@ -154,7 +154,7 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
       } else if (f.symmetric) {
         y[i] = vfmaq_f32(y[i], scale, acc[i]);
       } else {
-        const float32x4_t z = load_halves(job.zero_points + g * job.row_stride + 4 * i);
+        const float32x4_t z = load_halves(job.zero_points + g * kTileRows + 4 * i);
         const float32x4_t off = vmulq_f32(scale, vsubq_f32(vdupq_n_f32(mid), z));
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
         y[i] = vaddq_f32(y[i], vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum)));

@@ -72,7 +72,7 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
         }
         group_acc += static_cast<float>(plane_sum) * tables.block_scales[b];
       }
-      const int64_t at = g * job.row_stride + row;
+      const int64_t at = g * kTileRows + row;
       const float z = job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;
       const GroupAffine aff = group_affine(f, half_to_float(job.scales[at]), z);
       y += aff.sc * group_acc + aff.off * tables.group_sums[g];

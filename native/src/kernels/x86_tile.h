@@ -59,7 +59,7 @@ void tile_dot(const TileJob& job) {
         acc[m][3] = _mm256_fmadd_ps(high_rows(acc_b[m]), step, acc[m][3]);
       }
     }
-    const Half* s = job.scales + g * job.row_stride;
+    const Half* s = job.scales + g * kTileRows;
     for (int i = 0; i < 4; ++i) {
       const __m256 scale = load_halves(s + 8 * i);
       for (int m = 0; m < Rows; ++m) {
@@ -71,7 +71,7 @@ void tile_dot(const TileJob& job) {
         } else if (f.symmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
         } else {
-          const __m256 z = load_halves(job.zero_points + g * job.row_stride + 8 * i);
+          const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
           const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
           const __m256 sc = _mm256_mul_ps(half, scale);
           y[m][i] = _mm256_add_ps(y[m][i], _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),

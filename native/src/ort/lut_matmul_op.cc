@@ -102,6 +102,7 @@ std::string check_input(const TensorView& t, const char* name, ONNXTensorElement
 // W, scales and zero points: empty when right, else what is wrong.
 std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount]) {
   const int64_t groups = num_groups(f);
+  const int64_t tiles = num_tiles(f.n);
   const std::string gwhy = "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
                            ", group_size=" + std::to_string(f.group_size);
   std::string bad = check_input(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
@@ -109,7 +110,7 @@ std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount
                                 "layout tile32, bits=" + std::to_string(f.bits) + ", " + gwhy);
   if (bad.empty()) {
     bad = check_input(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
-                      {groups, f.n}, gwhy);
+                      {tiles, groups, kTileRows}, gwhy);
   }
   const bool wants_zeros = !f.symmetric;
   if (bad.empty() && wants_zeros && !in[kZeroPoints].present) {
@@ -118,7 +119,7 @@ std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount
     bad = "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
   } else if (bad.empty() && wants_zeros) {
     bad = check_input(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
-                      {groups, f.n}, gwhy);
+                      {tiles, groups, kTileRows}, gwhy);
   }
   return bad;
 }

@@ -29,7 +29,7 @@ using BytesIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device
 using Floats2 = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Floats1 = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 // fp16 scales and zero points, passed as their bits (numpy: .view(np.uint16)).
-using Halves2 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+using Halves3 = nb::ndarray<const uint16_t, nb::ndim<3>, nb::c_contig, nb::device::cpu>;
 
 template <typename T>
 nb::ndarray<nb::numpy, T> owned_array(std::vector<size_t> shape) {
@@ -74,8 +74,24 @@ void expect_shape(const char* name, size_t got0, size_t got1, int64_t want0, int
   }
 }
 
-nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves2 scales,
-                                         std::optional<Halves2> zero_points,
+// Scales and zero points are tile-major [tiles][groups][32] (kernel.h, scale_count).
+void expect_tiled(const char* name, const Halves3& t, const WeightFormat& f,
+                  const std::string& why) {
+  const int64_t want[3] = {num_tiles(f.n), num_groups(f), kTileRows};
+  for (int d = 0; d < 3; ++d) {
+    if (static_cast<int64_t>(t.shape(d)) != want[d]) {
+      throw nb::value_error((std::string(name) + " has shape (" + std::to_string(t.shape(0)) +
+                             ", " + std::to_string(t.shape(1)) + ", " +
+                             std::to_string(t.shape(2)) + "), expected (" +
+                             std::to_string(want[0]) + ", " + std::to_string(want[1]) +
+                             ", 32) (" + why + ")")
+                                .c_str());
+    }
+  }
+}
+
+nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves3 scales,
+                                         std::optional<Halves3> zero_points,
                                          std::optional<Floats1> bias, int64_t n, int bits,
                                          bool ternary, int64_t group_size, int threads,
                                          const std::string& kernel_name) {
@@ -96,11 +112,8 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves2 scale
                            ", bits=" + std::to_string(bits) + ")")
                               .c_str());
   }
-  expect_shape("scales", scales.shape(0), scales.shape(1), num_groups(f), n, why);
-  if (zero_points) {
-    expect_shape("zero_points", zero_points->shape(0), zero_points->shape(1), num_groups(f), n,
-                 why);
-  }
+  expect_tiled("scales", scales, f, why);
+  if (zero_points) expect_tiled("zero_points", *zero_points, f, why);
   if (bias && static_cast<int64_t>(bias->shape(0)) != n) {
     throw nb::value_error(("bias has " + std::to_string(bias->shape(0)) +
                            " values, expected N=" + std::to_string(n))
