@@ -1,11 +1,12 @@
 // Times each kernel alone (no ONNX Runtime, one thread) on an N x K product, so that
 // kernel changes can be measured without session overhead:
-//   bench_kernels [M] [N] [K] [group_size]      (defaults: 1 4096 4096 128)
+//   bench_kernels [M] [N] [K] [group_size] [kernel]  (defaults: 1 4096 4096 128, all)
 // Prints min and median milliseconds over 300 runs per kernel and bit width.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -17,7 +18,9 @@ int main(int argc, char** argv) {
   const int64_t n = argc > 2 ? std::atoll(argv[2]) : 4096;
   const int64_t k = argc > 3 ? std::atoll(argv[3]) : 4096;
   const int64_t group = argc > 4 ? std::atoll(argv[4]) : 128;
+  const std::string only = argc > 5 ? argv[5] : "";
   for (const Kernel* kernel : available_kernels()) {
+    if (!only.empty() && only != kernel->name) continue;
     for (int bits = 1; bits <= 4; ++bits) {
       WeightFormat f{n, k, bits, false, true, group};
       if (!check_format(f).empty()) {
