@@ -59,7 +59,9 @@ def test_binarize_keeps_the_outputs(tiny, x, method, config):
     _trained_one_bit(tiny, method, **config)
     before = tiny(x)
     pet.binarize(tiny)
-    assert torch.allclose(tiny(x), before, atol=1e-5)
+    # The frozen 1-bit matrix's scale and zero point are stored as fp16 (LutMatMul ABI 2).
+    after = tiny(x)
+    assert torch.linalg.norm(after - before) <= 2e-3 * torch.linalg.norm(before)
     assert not any(isinstance(m, LowBitMatrix) for m in tiny.modules())
     assert not any(n.endswith(("_A.weight", "_B.weight", "down.weight", "up.weight"))
                    for n, _ in tiny.named_parameters())
@@ -88,8 +90,9 @@ def test_one_bit_quantized_tensor_is_asymmetric_per_row_with_one_scale_and_zero_
     mean, std = w.mean().item(), w.std(unbiased=False).item()
     s = 2 * math.sqrt(2 / math.pi) * std
     assert (qt.bits, qt.symmetric, qt.group_size, qt.shape) == (1, False, 32, (4, 32))
-    assert np.allclose(qt.scales, s, rtol=1e-5)
-    assert np.allclose(qt.zero_points, 0.5 - mean / s, rtol=1e-5, atol=1e-6)
+    # Stored as fp16 (LutMatMul ABI 2): equal to half an fp16 ulp.
+    assert np.allclose(qt.scales, s, rtol=2**-11)
+    assert np.allclose(qt.zero_points, 0.5 - mean / s, rtol=2**-10, atol=1e-6)
     assert np.array_equal(qt.codes, (w >= mean).numpy().astype(np.uint8))
 
 
