@@ -29,6 +29,9 @@ ExternalProject_Add(edgepet_ort_aarch64
     -DEDGEPET_CROSS_AARCH64=OFF
     -DEDGEPET_ORT_INCLUDE_DIR=${ONNXRUNTIME_INCLUDE_DIR}
   BUILD_COMMAND ${CMAKE_COMMAND} --build <BINARY_DIR> --target edgepet_ort
+  # Re-run the (incremental) inner build every time: without this a source change
+  # leaves the aarch64 library stale, speaking an older operator ABI.
+  BUILD_ALWAYS ON
   INSTALL_COMMAND ""
   BUILD_BYPRODUCTS "${CMAKE_BINARY_DIR}/aarch64/native/libedgepet_ort.so")
 add_custom_target(edgepet_cross_libraries ALL DEPENDS edgepet_ort_aarch64)
