@@ -102,6 +102,9 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
   }
 #pragma GCC unroll 2
   for (int q = 0; q < quads; q += 2, codes += 32 * Bits) {
+    for (int line = 0; line < 32 * Bits; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + line, _MM_HINT_T0);
+    }
     __m256i table[2][Rows];
     for (int p = 0; p < 2; ++p) {
       for (int m = 0; m < Rows; ++m) {

@@ -118,6 +118,9 @@ struct Avx512Sums {
     const int8_t* t = tables[0];
     int q = 0;
     for (; q + 4 <= quads; q += 4, codes += 64 * Bits, t += 4 * kTableSize) {
+      for (int line = 0; line < 64 * Bits; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + line, _MM_HINT_T0);
+      }
       sums.four_quads(codes, t);
     }
     if (q < quads) sums.two_quads(codes, t);
