@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
+from edgepet.runtime.bundle import relative_error
 
 MODELS = ("mlp", "vit", "llama")
 BITS = (4, 3, 2, "ternary", 1)

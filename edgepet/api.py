@@ -17,7 +17,7 @@ def export(model: Any = None, out: str | os.PathLike[str] = "edgepet-bundle", **
 
     See :func:`edgepet.exporters.pipeline.export` for every option (target, bits,
     group_size, keep, adapters, input_shapes, ...). Returns a
-    :class:`~edgepet.exporters.bundle.Bundle`; ``bundle.session()`` runs it.
+    :class:`~edgepet.runtime.bundle.Bundle`; ``bundle.session()`` runs it.
     """
     from edgepet.exporters.pipeline import export as _export
 
@@ -30,6 +30,6 @@ def load(path: str | os.PathLike[str], threads: int | None = None):
     The session has ``run(inputs)``, ``adapters``, ``set_adapter(name)`` and ``bundle``
     (the manifest and reference data).
     """
-    from edgepet.exporters.bundle import load as _load
+    from edgepet.runtime.bundle import load as _load
 
     return _load(path, threads)

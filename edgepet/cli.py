@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    from edgepet.exporters.errors import BadInputError
+    from edgepet.runtime.errors import BadInputError
 
     handler = {"export": _cmd_export, "demo": _cmd_demo, "run": _cmd_run,
                "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
@@ -235,8 +235,8 @@ def _read_arrays(path: str) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgepet.exporters.errors import BadInputError
     from edgepet.exporters.torch_export import parse_arch_kwargs
+    from edgepet.runtime.errors import BadInputError
 
     if args.model and args.example:
         raise _Usage("give either MODEL or --example, not both")
@@ -262,8 +262,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
-    from edgepet.exporters.errors import BadInputError
     from edgepet.exporters.pipeline import export
+    from edgepet.runtime.errors import BadInputError
 
     try:
         return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
@@ -341,7 +341,7 @@ def _mb(n: int) -> str:
 
 
 def _open(path: str):
-    from edgepet.exporters.bundle import Bundle
+    from edgepet.runtime.bundle import Bundle
 
     return Bundle.open(path)
 

@@ -11,11 +11,9 @@ _SUBMODULES = (
     "rewrite",
     "adapters",
     "bundle",
-    "manifest",
     "torch_export",
     "pipeline",
     "examples",
-    "errors",
 )
 
 __all__ = list(_SUBMODULES)

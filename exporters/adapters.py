@@ -23,11 +23,11 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgepet.exporters import bundle as bundle_io
 from edgepet.exporters import torch_export as tx
-from edgepet.exporters.errors import BadInputError
 from edgepet.exporters.rewrite import KnownWeight, LayerRecord, QuantPolicy, RewriteResult, digest
 from edgepet.quant import QuantizedTensor
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime.errors import BadInputError
 
 
 def _pet():

@@ -33,10 +33,8 @@ from torch import nn
 
 import edgepet
 from edgepet.exporters import adapters as adapters_io
-from edgepet.exporters import bundle as bundle_io
-from edgepet.exporters import manifest as manifest_schema
+from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters import torch_export as tx
-from edgepet.exporters.errors import BadInputError
 from edgepet.exporters.rewrite import (
     KnownWeight,
     QuantPolicy,
@@ -48,6 +46,9 @@ from edgepet.exporters.rewrite import (
 )
 from edgepet.quant import QuantizedTensor, quantize
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime import manifest as manifest_schema
+from edgepet.runtime.errors import BadInputError
 from edgepet.targets import TargetProfile, get_target, host_target
 
 #: Relative output error (||y - y_torch|| / ||y_torch||) the bundle may show against fp32
@@ -121,7 +122,7 @@ def export(
     quantizer, quantize_fn = _quantizer(quantizer)
     library = _check_op_library(op_library, profile)
     out = Path(out)
-    with bundle_io.staged_output(out, overwrite) as stage:
+    with bundle_writer.staged_output(out, overwrite) as stage:
         say("loading the model")
         loaded = _resolve_model(model, trust, arch, arch_kwargs)
         tasks = adapters_io.task_models(loaded, adapters)
@@ -417,7 +418,7 @@ def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
     default_outputs = next(iter(per_task.values()))
     overridable = {p for a in adapters for p in a["parameters"]}
     model = result.model
-    table = bundle_io.file_table(stage)
+    table = bundle_writer.file_table(stage)
     float_bytes = _initializer_bytes(float_model)
     weight_bytes = _initializer_bytes(model)
     bundle_bytes = sum(f["bytes"] for f in table.values())
@@ -484,7 +485,7 @@ def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
             problems[:5]))
     _dump_manifest(stage, manifest)
     (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
-    manifest["files"] = bundle_io.file_table(stage)
+    manifest["files"] = bundle_writer.file_table(stage)
     manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     _dump_manifest(stage, manifest)
     return manifest

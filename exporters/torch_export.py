@@ -1,7 +1,7 @@
 """PyTorch side of export: read a model file, find example inputs, write ONNX.
 
 Every input kind the CLI accepts is read here, and every way reading can fail is
-turned into a :class:`~edgepet.exporters.errors.BadInputError` that says what to do.
+turned into a :class:`~edgepet.runtime.errors.BadInputError` that says what to do.
 Unpickling runs code, so pickled modules are read only when the caller trusts them.
 """
 
@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgepet.exporters.errors import BadInputError
+from edgepet.runtime.errors import BadInputError
 
 #: Input kinds, as recorded in the manifest's provenance.
 KINDS = ("module", "torchscript", "exported-program", "pickle", "state-dict")

@@ -219,8 +219,8 @@ def test_binarized_model_with_two_adapter_state_dicts_switches_tasks(cli, tmp_pa
 
 
 def test_op_library_for_the_target_ships_in_the_bundle(cli, no_partial_output, tmp_path):
-    from edgepet.exporters.bundle import Bundle
     from edgepet.runtime import op_library_path
+    from edgepet.runtime.bundle import Bundle
 
     library = op_library_path()  # built for this machine: x86_64
     manifest = _export_ok(cli, None, tmp_path / "out", "--example", "mlp", "--op-library",
@@ -237,8 +237,8 @@ def test_op_library_for_the_target_ships_in_the_bundle(cli, no_partial_output, t
 
 
 def test_bundle_for_an_aarch64_target_ships_the_aarch64_op_library(cli, tmp_path):
-    from edgepet.exporters.bundle import Bundle, library_arch
     from edgepet.runtime import op_library_path
+    from edgepet.runtime.bundle import Bundle, library_arch
 
     try:
         op_library_path("aarch64")

@@ -11,8 +11,8 @@ import torch
 
 from edgepet import pet
 from edgepet.exporters import examples
-from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
+from edgepet.runtime.bundle import relative_error
 
 
 def _task(tuned: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -156,7 +156,7 @@ def test_two_peft_folders_become_switchable_adapters(tmp_path):
 
 
 def test_tasks_that_differ_outside_their_adapters_are_refused(tmp_path):
-    from edgepet.exporters.errors import BadInputError
+    from edgepet.runtime.errors import BadInputError
 
     tuned = examples.TinyMLP().eval()
     pet.apply(tuned, "lora", target_modules=["fc1"], r=4, bits=1)
