@@ -440,7 +440,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         print(f"  defaults   {profile.default_bits}-bit, group {profile.default_group_size}, "
               f"{profile.threads} threads, {profile.kernel} kernel, layout {profile.layout}")
         tc = profile.toolchain
-        print(f"  toolchain  {tc.cxx} {tc.flags}"
+        print(f"  toolchain  {tc.cxx}"
               + (f"; run with {tc.emulator}" if tc.emulator else "")
               + (f"; {tc.note}" if tc.note else ""))
     return EXIT_OK
