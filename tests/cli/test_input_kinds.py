@@ -178,7 +178,6 @@ def test_missing_adapter_path_is_refused(cli, no_partial_output, tmp_path):
 
 
 def test_binarized_model_with_two_adapter_state_dicts_switches_tasks(cli, tmp_path):
-    import copy
 
     import numpy as np
 
@@ -187,16 +186,8 @@ def test_binarized_model_with_two_adapter_state_dicts_switches_tasks(cli, tmp_pa
 
     tuned = examples.TinyMLP().eval()
     pet.apply(tuned, "lora", target_modules=["fc1", "fc2"], r=4, bits=1)
-    tasks = {}
-    for seed, name in ((1, "alpha"), (2, "beta")):
-        model = copy.deepcopy(tuned)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for key, p in model.named_parameters():
-                if "lora_" in key:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-        pet.binarize(model)
-        tasks[name] = model.eval()
+    tasks = examples.random_lowbit_tasks(tuned, {"alpha": 1, "beta": 2}, scale=0.1)
+    for name, model in tasks.items():
         torch.save(model.state_dict(), str(tmp_path / f"{name}.pt"))
     torch.save(tasks["alpha"], str(tmp_path / "model.pt"))
     out = tmp_path / "out"

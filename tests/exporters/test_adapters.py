@@ -15,24 +15,12 @@ from edgepet.exporters.pipeline import export
 from edgepet.runtime.bundle import relative_error
 
 
-def _task(tuned: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``tuned`` with its own (random, trained-looking) 1-bit adapter."""
-    model = copy.deepcopy(tuned)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    pet.binarize(model)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def two_tasks(tmp_path_factory):
     base = examples.TinyLlama().eval()
     tuned = copy.deepcopy(base)
     pet.apply(tuned, "lora", target_modules=["q_proj", "v_proj", "down_proj"], r=8, bits=1)
-    tasks = {"sst2": _task(tuned, 1), "mnli": _task(tuned, 2)}
+    tasks = examples.random_lowbit_tasks(tuned, {"sst2": 1, "mnli": 2})
     out = tmp_path_factory.mktemp("adapters") / "bundle"
     # Base layers stay float (keep "*"), so the only approximation left is the kernels'.
     bundle = export(tasks["sst2"], out, target="x86-avx2", adapters=tasks, keep=["*"])
@@ -160,7 +148,7 @@ def test_tasks_that_differ_outside_their_adapters_are_refused(tmp_path):
 
     tuned = examples.TinyMLP().eval()
     pet.apply(tuned, "lora", target_modules=["fc1"], r=4, bits=1)
-    a, b = _task(tuned, 1), _task(tuned, 2)
+    a, b = examples.random_lowbit_tasks(tuned, {"a": 1, "b": 2}).values()
     with torch.no_grad():
         b.head.weight.mul_(2.0)  # a per-task head: not something an adapter file carries
     with pytest.raises(BadInputError, match="head.weight"):
