@@ -292,7 +292,7 @@ def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
 # --- quantization and adapters ----------------------------------------------------------
 
 
-def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
+def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, list[str]],
              known: dict[str, KnownWeight], quantize_fn: Callable[..., QuantizedTensor],
              say: _Steps) -> RewriteResult:
     def tick(done: int, total: int, layer: str) -> None:

@@ -28,9 +28,6 @@ from torch import nn
 
 from edgepet.runtime.errors import BadInputError
 
-#: Input kinds, as recorded in the manifest's provenance.
-KINDS = ("module", "torchscript", "exported-program", "pickle", "state-dict")
-
 
 @dataclass
 class LoadedModel:
@@ -502,7 +499,6 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
 
 
 __all__ = [
-    "KINDS",
     "LoadedModel",
     "build_arch",
     "example_inputs",
