@@ -11,6 +11,7 @@ _SUBMODULES = (
     "rewrite",
     "adapters",
     "bundle",
+    "manifest",
     "torch_export",
     "pipeline",
     "examples",
