@@ -220,9 +220,13 @@ class TaskAdapter:
 
 
 def task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
-                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
-                   ) -> dict[str, TaskAdapter]:
-    """Task -> what its adapter file overrides (by initializer name)."""
+                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor],
+                   known: Mapping[str, KnownWeight]) -> dict[str, TaskAdapter]:
+    """Task -> what its adapter file overrides (by initializer name).
+
+    A matrix the rewrite quantized already (the first task's, found in ``known`` by
+    value) reuses that :class:`QuantizedTensor`: it is neither quantized nor packed again.
+    """
     from edgepet.exporters.onnx import lut_matmul_node
 
     records = [r for r in result.layers if r.switchable]
@@ -241,7 +245,9 @@ def task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable
                 raise BadInputError(f"adapter {task!r} has no matrix {record.name}")
             value, qt = matrices[record.name]
             if qt is None:
-                qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
+                same = known.get(digest(value))
+                qt = same.qt if same is not None else quantize_fn(
+                    value, policy.bits, policy.group_size, policy.symmetric)
             if qt.shape != (record.n, record.k):
                 raise BadInputError(
                     f"adapter {task!r}: {record.name} is {qt.shape[0]}x{qt.shape[1]}, the "

@@ -139,7 +139,8 @@ def export(
         result = _rewrite(float_model, policy, names, known, quantize_fn, say)
         del float_model  # the rewrite made its own copy; the float weights can go
         say("writing adapters and reference data")
-        task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn)
+        task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn,
+                                                    known)
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)

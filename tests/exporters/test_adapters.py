@@ -166,3 +166,37 @@ def test_kbit_adapter_still_in_training_form_exports_its_rounded_weights(tmp_pat
     names = {layer["name"] for layer in bundle.layers}
     assert {"fc1.down", "fc1.up", "fc1.base"} <= names
     assert all(r.ok for r in bundle.verify())
+
+
+def test_each_adapter_matrix_is_quantized_once(tmp_path, monkeypatch):
+    """Float LoRA tasks stay switchable and get quantized: the first task's matrices in
+    the rewrite, and never again when its adapter file is written."""
+    import hashlib
+
+    from edgepet.exporters import pipeline
+    from edgepet.quant import quantize
+
+    seen: list[str] = []
+
+    def counting_quantize(w, *args, **kwargs):
+        seen.append(hashlib.sha256(np.ascontiguousarray(w, np.float32).tobytes()).hexdigest())
+        return quantize(w, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "quantize", counting_quantize)
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    tasks = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        model = copy.deepcopy(tuned)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if "lora_" in key:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        tasks[name] = model
+    bundle = export(tasks["a"], tmp_path / "b", target="x86-avx2", adapters=tasks,
+                    quantizer="rtn", bits=4)
+    assert bundle.adapters == ["a", "b"]
+    assert sum(layer["switchable"] for layer in bundle.layers) == 2  # fc1's A and B
+    assert len(seen) == len(set(seen)), "a matrix was quantized twice"
+    assert all(r.ok for r in bundle.verify())
