@@ -8,6 +8,7 @@ once. Run it before and after a change to the export pipeline, on the same machi
 
     python benchmarks/export_cost.py            # ~160 MB of weights
     python benchmarks/export_cost.py --dim 512  # smaller, faster
+    python benchmarks/export_cost.py --tasks 2  # two switchable 1-bit LoRA tasks
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ Path.write_text = counting_write
 model = examples.TinyLlama(vocab=args["vocab"], dim=args["dim"], depth=args["depth"],
                            heads=args["heads"], ffn=args["ffn"]).eval()
 weights = sum(p.numel() * p.element_size() for p in model.parameters())
+tasks = None
+if args["tasks"]:
+    from edgepet import pet
+    pet.apply(model, "lora", target_modules=["q_proj", "v_proj"], r=8, bits=1)
+    tasks = examples.random_lowbit_tasks(model, {f"task{i}": i for i in range(args["tasks"])})
+    model = next(iter(tasks.values()))
 start = time.perf_counter()
-bundle = export(model, args["out"], target="x86-avx2", bits=4, quantizer="rtn")
+bundle = export(model, args["out"], target="x86-avx2", bits=4, quantizer="rtn", adapters=tasks)
 seconds = time.perf_counter() - start
 files = sum(f.stat().st_size for f in Path(args["out"]).rglob("*") if f.is_file())
 print(json.dumps({
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ffn", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--tasks", type=int, default=0,
+                        help="switchable 1-bit LoRA tasks on q/v (0: a plain model)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         spec = dict(vars(args), out=str(Path(tmp) / "bundle"))

@@ -200,3 +200,37 @@ def test_each_adapter_matrix_is_quantized_once(tmp_path, monkeypatch):
     assert sum(layer["switchable"] for layer in bundle.layers) == 2  # fc1's A and B
     assert len(seen) == len(set(seen)), "a matrix was quantized twice"
     assert all(r.ok for r in bundle.verify())
+
+
+def test_task_models_share_the_frozen_base_and_never_write_it():
+    """A task loaded from a state dict costs its adapter, not a copy of the model; a base
+    tensor the state changes is the task's own, and the user's model stays as it was."""
+    from edgepet.exporters import adapters as adapters_io
+    from edgepet.exporters import torch_export as tx
+
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    state = {k: v + 1.0 if k == "fc2.bias" else v.clone()
+             for k, v in tuned.state_dict().items()}
+    state["fc1.lora_B.weight"] = torch.ones_like(state["fc1.lora_B.weight"])
+    tasks = adapters_io.task_models(tx.from_module(tuned), {"a": state})
+    task = tasks["a"]
+    assert task.fc1.base.weight is tuned.fc1.base.weight  # shared, frozen
+    assert task.fc2.weight is tuned.fc2.weight
+    assert task.fc2.bias is not tuned.fc2.bias  # changed by the state: its own
+    assert torch.equal(task.fc2.bias, before["fc2.bias"] + 1.0)
+    assert task.fc1.lora_B.weight is not tuned.fc1.lora_B.weight
+    assert torch.equal(task.fc1.lora_B.weight, torch.ones_like(before["fc1.lora_B.weight"]))
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} of the user's model was written"
+
+
+def test_merging_for_the_graph_leaves_the_tasks_base_weights_alone(tmp_path):
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    with torch.no_grad():
+        tuned.fc1.lora_B.weight.normal_()
+    before = tuned.fc1.base.weight.detach().clone()
+    export(tuned, tmp_path / "b", target="x86-avx2")
+    assert torch.equal(tuned.fc1.base.weight, before)
