@@ -127,8 +127,6 @@ def export(
         references = _torch_references(loaded, tasks, example)
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
-        _rename_outputs(float_model)
-        _name_batch_dim(float_model)
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = adapters_io.known_weights(first_task, switchable, policy, quantize_fn)
@@ -311,38 +309,6 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, list[
 
 
 # --- writing ----------------------------------------------------------------------------
-
-
-def _rename_outputs(model: onnx.ModelProto) -> None:
-    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
-    outputs = list(model.graph.output)
-    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
-               for i, o in enumerate(outputs)}
-    inputs = {i.name for i in model.graph.input}
-    if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
-        return
-    for node in model.graph.node:
-        for i, name in enumerate(node.output):
-            if name in renames:
-                node.output[i] = renames[name]
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-    for o in model.graph.output:
-        o.name = renames[o.name]
-
-
-def _name_batch_dim(model: onnx.ModelProto) -> None:
-    """Call the exporter's symbol for the leading input dimension ``batch`` everywhere."""
-    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
-               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
-    if len(symbols) != 1:
-        return
-    (old,) = symbols
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == old:
-                dim.dim_param = "batch"
 
 
 def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[str, Any]:

@@ -417,9 +417,16 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
     ``nn.Module`` and ``.pt2`` go through the dynamo exporter; TorchScript through the
     TorchScript exporter (torch.export cannot trace ScriptModules), with the example's
     shapes fixed. A module that the dynamo exporter cannot trace gets a second try with
-    the TorchScript exporter.
+    the TorchScript exporter. Outputs are called ``output`` (``output_0``, ... when there
+    are several) and the batch dimension ``batch``, whichever exporter ran.
     """
-    inputs = tuple(inputs)
+    model = _export_graph(loaded, tuple(inputs))
+    _rename_outputs(model)
+    _name_batch_dim(model)
+    return model
+
+
+def _export_graph(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
     if loaded.kind == "exported-program":
         with _quiet():
             return _checked(torch.onnx.export(loaded.model, dynamo=True, verbose=False)
@@ -444,6 +451,38 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
                 f"(TorchScript exporter: {legacy_error}) — the model must be traceable by "
                 "torch.export; see docs/export.md"
             ) from None
+
+
+def _rename_outputs(model: onnx.ModelProto) -> None:
+    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
+    outputs = list(model.graph.output)
+    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
+               for i, o in enumerate(outputs)}
+    inputs = {i.name for i in model.graph.input}
+    if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
+        return
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for o in model.graph.output:
+        o.name = renames[o.name]
+
+
+def _name_batch_dim(model: onnx.ModelProto) -> None:
+    """Call the exporter's symbol for the leading input dimension ``batch`` everywhere."""
+    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
+               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+    if len(symbols) != 1:
+        return
+    (old,) = symbols
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = "batch"
 
 
 def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
