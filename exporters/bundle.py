@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgepet.runtime.bundle import MANIFEST, sha256_file
+from edgepet.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from edgepet.runtime.errors import BadInputError
 
 
@@ -23,31 +23,69 @@ def staged_output(out: str | os.PathLike[str], overwrite: bool = False) -> Itera
     """Yield an empty staging folder that becomes ``out`` only if the block succeeds.
 
     On any error the staging folder is removed and ``out`` is left as it was, so a
-    failed export never leaves a partial bundle.
+    failed export never leaves a partial bundle. ``overwrite`` replaces an existing
+    *bundle* only: a folder holding anything its manifest does not list (a file a user
+    added, or no manifest at all) is refused, never emptied.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"output {out} exists and is a file — choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        if not (out / MANIFEST).is_file():
-            raise BadInputError(f"output folder {out} is not empty and is not a bundle — "
-                                "choose another folder")
-        raise BadInputError(f"output folder {out} already holds a bundle — pass --force to "
-                            "replace it, or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _check_replaceable(out, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise _unwritable(out, error) from None
     try:
         yield stage
         old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        stage.rename(out)
+        try:
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+            stage.rename(out)
+        except OSError as error:
+            if old is not None and not out.exists():
+                old.rename(out)
+            raise _unwritable(out, error) from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _unwritable(out: Path, error: OSError) -> BadInputError:
+    return BadInputError(f"cannot write the output folder {out}: {error.strerror or error} — "
+                         "choose a folder you may write to (-o)")
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """``out`` is absent, an empty folder, or (with ``overwrite``) a bundle and only that."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BadInputError(f"output {out} exists and is not a folder — choose a folder path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise BadInputError(f"output folder {out} is not empty and is not a bundle — choose "
+                            "another folder (--force replaces a bundle only)")
+    if not overwrite:
+        raise BadInputError(f"output folder {out} already holds a bundle — pass --force to "
+                            "replace it, or choose another folder")
+    try:
+        listed = set(read_manifest(out)["files"]) | {MANIFEST}
+    except BadInputError as error:
+        raise BadInputError(f"output folder {out} holds a manifest edgepet cannot read, so "
+                            f"it cannot tell which files are the bundle's ({error}) — not "
+                            "replacing it; remove the folder yourself or choose another"
+                            ) from None
+    foreign = sorted(rel for rel in (p.relative_to(out).as_posix() for p in out.rglob("*")
+                                     if p.is_symlink() or not p.is_dir())
+                     if rel not in listed)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                          if len(foreign) > 5 else "")
+        raise BadInputError(f"output folder {out} holds files that are not part of its bundle "
+                            f"({shown}) — --force replaces a bundle only; move them out of "
+                            "the folder, or choose another folder")
 
 
 def file_table(folder: Path) -> dict[str, dict[str, Any]]:

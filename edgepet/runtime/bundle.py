@@ -11,27 +11,33 @@ A bundle is a folder::
     adapters/TASK.onnx_adapter   per-task parameters (ONNX Runtime adapter format)
     reference/               inputs, fp32 PyTorch outputs and dequantized-graph outputs
 
-:meth:`Bundle.open` checks it before anything runs: a missing file, a size or hash that
-differs from the manifest, an unknown schema version or an op library of another ABI
-is a :class:`BundleError` that says which and what to do.
+:meth:`Bundle.open` checks it before anything runs, and loads no library doing so: a
+manifest that is not JSON, too large or nested too deeply, a path that leaves the folder
+(absolute, ``..``, a symlink pointing out), a file the manifest names but its file table
+does not list, a missing file, a size or hash that differs from the manifest, an unknown
+schema version, or an operator ABI or layout the installed edgepet does not read is a
+:class:`BundleError` that says which and what to do. Files the table does not list are
+never read. Which op library a session loads is :meth:`Bundle.op_library`'s policy.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from edgepet.runtime import manifest as manifest_schema
+from edgepet.runtime import session as sessions
 from edgepet.runtime.errors import BadInputError
+from edgepet.runtime.session import library_arch
 
 MANIFEST = "manifest.json"
 SCHEMA_COPY = "manifest.schema.json"
@@ -40,6 +46,10 @@ EXTERNAL_DATA = "model.onnx.data"
 ADAPTER_DIR = "adapters"
 ADAPTER_SUFFIX = ".onnx_adapter"
 REFERENCE_DIR = "reference"
+#: A manifest larger than this is not one edgepet wrote (a large LLM's is well under 1 MiB).
+MAX_MANIFEST_BYTES = 16 << 20
+#: Deepest nesting of objects and arrays a manifest may have (edgepet writes about 6).
+MAX_MANIFEST_DEPTH = 32
 
 
 class BundleError(BadInputError):
@@ -55,27 +65,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-#: ELF e_machine values of the architectures target profiles name.
-_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
-
-
-def library_arch(path: str | os.PathLike[str]) -> str | None:
-    """CPU architecture of a shared library (ELF), or None when it cannot tell."""
-    with open(path, "rb") as f:
-        header = f.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    order = "little" if header[5] == 1 else "big"
-    return _ELF_MACHINES.get(int.from_bytes(header[18:20], order))
-
-
 @cache
 def op_abi_version(path: str | None = None) -> int:
-    """ABI version of an op library (default: the installed one), asked of the library."""
-    from edgepet.runtime import op_library_path
+    """ABI version of an op library (default: the installed one), asked of the library.
 
-    library = ctypes.CDLL(path or op_library_path())
-    return int(library.edgepet_op_abi_version())
+    This loads the library (see :func:`edgepet.runtime.session.library_operator`).
+    """
+    return sessions.library_operator(path or sessions.op_library_path())[0]
 
 
 def relative_error(y: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
@@ -87,8 +83,37 @@ def relative_error(y: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+    """Arrays of a reference ``.npz`` (no pickles); a damaged file is a BundleError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise BundleError(
+            f"bundle file {path} is not a readable .npz ({_first_line(error)}) — the "
+            "reference data is damaged; copy the bundle again, or export again"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:200] + "…") if len(text) > 200 else text or type(error).__name__
+
+
+def _outputs_of(arrays: dict[str, np.ndarray], names: Sequence[str], file: Path,
+                shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """The arrays named ``names`` from a reference file, shaped like the bundle's outputs."""
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise BundleError(f"bundle file {file} has no array {missing[0]!r} (it holds "
+                          f"{', '.join(arrays) or 'none'}) — the reference data does not "
+                          "belong to this model; export again")
+    found = [np.asarray(arrays[n], np.float64) for n in names]
+    for name, array, shape in zip(names, found, shapes, strict=True):
+        if array.shape != shape:
+            raise BundleError(f"bundle file {file}: {name!r} has shape {list(array.shape)}, "
+                              f"the model gives {list(shape)} — the reference data does not "
+                              "belong to this model; export again")
+    return found
 
 
 @dataclass
@@ -131,16 +156,24 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], check_files: bool = True) -> Bundle:
-        """Read and check a bundle: manifest schema, files, sizes, hashes and op ABI."""
+        """Read and check a bundle; no library is loaded (see the module doc).
+
+        Checks, in order: the manifest (size, nesting, JSON, schema), that every path it
+        names stays inside the folder and is in its file table, the operator ABI and
+        layout against the installed edgepet, then (``check_files``) every listed file's
+        size and SHA-256 and the model's external-data references.
+        """
         path = Path(path)
         if not path.is_dir():
             raise BundleError(f"{path} is not a bundle folder — give the folder that "
                               "`edgepet export -o` wrote")
         manifest = read_manifest(path)
         bundle = cls(path, manifest)
+        bundle.check_paths()
+        bundle.check_operator()
         if check_files:
             bundle.check_files()
-        bundle.check_abi()
+            bundle.check_model_references()
         return bundle
 
     # --- what the manifest says -------------------------------------------------------
@@ -172,7 +205,49 @@ class Bundle:
             f"{', '.join(self.adapters) or 'none'}"
         )
 
+    def named_paths(self) -> Iterator[tuple[str, str]]:
+        """Every file path the manifest names outside its file table, with its field."""
+        m = self.manifest
+        yield "model.file", m["model"]["file"]
+        if m["model"].get("external_data"):
+            yield "model.external_data", m["model"]["external_data"]
+        if m["operator"].get("library"):
+            yield "operator.library", m["operator"]["library"]
+        for key in ("inputs", "outputs", "quantized_outputs"):
+            yield f"reference.{key}", m["reference"][key]
+        for i, entry in enumerate(m["adapters"]):
+            for key in ("file", "reference_outputs", "quantized_outputs"):
+                if entry.get(key):
+                    yield f"adapters[{i}].{key}", entry[key]
+
+    def unlisted_files(self) -> list[str]:
+        """Files in the folder that the file table does not list (never read)."""
+        listed = set(self.manifest["files"]) | {MANIFEST}
+        return sorted(rel for rel in (p.relative_to(self.path).as_posix()
+                                      for p in self.path.rglob("*")
+                                      if p.is_file() or p.is_symlink())
+                      if rel not in listed)
+
     # --- checks -------------------------------------------------------------------------
+
+    def check_paths(self) -> None:
+        """Every path in the manifest stays inside the folder and is in the file table.
+
+        Nothing is opened: absolute paths, ``..`` and symlinks that resolve outside the
+        folder are refused by name and resolution alone.
+        """
+        root = self.path.resolve()
+        manifest_file = self.path / MANIFEST
+        for rel in self.manifest["files"]:
+            _check_inside(root, rel, manifest_file, "files")
+        for field, rel in self.named_paths():
+            _check_inside(root, rel, manifest_file, field)
+            if rel not in self.manifest["files"]:
+                raise BundleError(
+                    f"{manifest_file}: {field} names {rel!r}, which its file table does not "
+                    "list — edgepet reads only files whose size and SHA-256 the manifest "
+                    "records; export the bundle again"
+                )
 
     def check_files(self) -> None:
         """Every file the manifest lists is present with its size and SHA-256."""
@@ -193,71 +268,217 @@ class Bundle:
                     "was changed or damaged after export; copy the bundle again"
                 )
 
-    def op_library(self) -> str:
-        """The op library to run with: the bundle's own when it ships one for this CPU."""
-        from edgepet.runtime import op_library_path
-        from edgepet.targets import host_arch
+    def check_model_references(self) -> None:
+        """The model's external-data references name listed files inside the bundle.
 
-        shipped = self.manifest["operator"].get("library")
-        if shipped and library_arch(self.path / shipped) == host_arch():
-            return str(self.path / shipped)
-        return op_library_path()
+        ONNX Runtime opens the files a model's tensors point to; a model pointing out of
+        the folder, or at a file the manifest does not list, is refused before that.
+        """
+        import onnx
+        from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+        model_file = self.model_path
+        try:
+            model = onnx.load(str(model_file), load_external_data=False)
+        except Exception as error:  # noqa: BLE001 — protobuf's errors are its own types
+            raise BundleError(f"bundle file {model_file} is not an ONNX model "
+                              f"({_first_line(error)}) — export the bundle again") from None
+        base = PurePosixPath(self.manifest["model"]["file"]).parent
+        root = self.path.resolve()
+        for tensor in _all_tensors(model):
+            if not uses_external_data(tensor):
+                continue
+            location = ExternalDataInfo(tensor).location
+            field = f"tensor {tensor.name!r} of {self.manifest['model']['file']}"
+            _check_inside(root, location, model_file, field)
+            rel = (base / location).as_posix()
+            _check_inside(root, rel, model_file, field)
+            if rel not in self.manifest["files"]:
+                raise BundleError(
+                    f"{model_file}: {field} keeps its data in {location!r}, which the "
+                    "manifest's file table does not list — edgepet reads only listed files; "
+                    "export the bundle again"
+                )
+
+    def check_operator(self, have: tuple[int, str | None] | None = None,
+                       library: str | None = None) -> None:
+        """The operator ABI and layout in the manifest are those of the op library.
+
+        ``have``: (ABI, layout) of the library to run with; None: the installed edgepet's
+        (known without loading anything; skipped when it has no op library for this CPU —
+        a shipped library is checked when a session loads it).
+        """
+        if have is None:
+            if sessions.installed_op_library() is None:
+                return
+            have = sessions.installed_operator()
+            if have is None:
+                return
+        op = self.manifest["operator"]
+        abi, layout = have
+        which = f"the op library {library}" if library else "the installed op library"
+        if op["abi_version"] != abi:
+            raise BundleError(
+                f"bundle {self.path} was made for LutMatMul ABI {op['abi_version']}, "
+                f"{which} speaks ABI {abi} — export the model again with this edgepet, or "
+                f"install the edgepet version that made it ({self.manifest['edgepet_version']})"
+            )
+        if layout is not None and op["layout"] != layout:
+            raise BundleError(
+                f"bundle {self.path} packs weights in layout {op['layout']!r}, {which} reads "
+                f"{layout!r} — export the model again with this edgepet"
+            )
 
     def check_abi(self) -> None:
-        """The op library here reads this bundle's operator ABI and layout."""
-        op = self.manifest["operator"]
-        try:
-            have = op_abi_version(self.op_library())
-        except (FileNotFoundError, OSError, AttributeError) as error:
-            raise BundleError(f"edgepet's op library cannot be loaded: {error}") from None
-        if op["abi_version"] != have:
+        """Kept for callers of the old name: :meth:`check_operator`."""
+        self.check_operator()
+
+    def op_library(self, trust_library: bool | None = None) -> str:
+        """The op library a session of this bundle loads, by edgepet's policy.
+
+        The installed edgepet's library whenever it fits this CPU. Otherwise the one the
+        bundle ships, and only when ``trust_library`` (None: the environment variable
+        ``EDGEPET_TRUST_BUNDLE_LIBRARY``) allows it, it is built for this CPU and its
+        SHA-256 matches the manifest. Nothing is loaded here.
+        """
+        from edgepet.targets import host_arch
+
+        installed = sessions.installed_op_library()
+        if installed is not None:
+            return installed
+        shipped = self.manifest["operator"].get("library")
+        if not shipped:
             raise BundleError(
-                f"bundle {self.path} was made for LutMatMul ABI {op['abi_version']}, the "
-                f"installed op library speaks ABI {have} — export the model again with "
-                "this edgepet, or install the edgepet version that made it "
-                f"({self.manifest['edgepet_version']})"
+                f"edgepet's op library for this machine ({host_arch()}) is not installed, "
+                f"and bundle {self.path} ships none — reinstall edgepet (pip install .) "
+                "so that the native build runs"
             )
+        file = self.path / shipped
+        arch = library_arch(file)
+        if arch != host_arch():
+            raise BundleError(
+                f"edgepet's op library for this machine ({host_arch()}) is not installed, "
+                f"and the one bundle {self.path} ships ({shipped}) is built for "
+                f"{arch or 'an unknown architecture'} — install edgepet on this machine"
+            )
+        trusted = sessions.trust_bundle_library_from_env() if trust_library is None \
+            else trust_library
+        if not trusted:
+            raise BundleError(
+                f"bundle {self.path} ships its own op library ({shipped}), and the installed "
+                "edgepet has none for this CPU; a library is code that runs in this process, "
+                "so edgepet loads it only when you say so — pass --trust-bundle-library "
+                f"(Python: trust_library=True; apps: {sessions.TRUST_BUNDLE_LIBRARY_ENV}=1) "
+                "if you trust where the bundle came from, or install edgepet on this machine"
+            )
+        entry = self.manifest["files"].get(shipped)
+        if entry is None or sha256_file(file) != entry["sha256"]:
+            raise BundleError(
+                f"bundle file {shipped} does not match the SHA-256 in manifest.json — "
+                "refusing to load a changed library; copy the bundle again from its source"
+            )
+        return str(file)
 
     # --- running ------------------------------------------------------------------------
 
-    def session(self, threads: int | None = None) -> BundleSession:
-        """An ONNX Runtime session for the bundle, adapters ready to switch."""
-        return BundleSession(self, threads)
+    def session(self, threads: int | None = None,
+                trust_library: bool | None = None) -> BundleSession:
+        """An ONNX Runtime session for the bundle, adapters ready to switch.
+
+        ``trust_library``: allow loading an op library shipped in the bundle when the
+        installed edgepet has none for this CPU (None: ``EDGEPET_TRUST_BUNDLE_LIBRARY``).
+        """
+        return BundleSession(self, threads, trust_library)
 
     def reference_inputs(self) -> dict[str, np.ndarray]:
         return _load_npz(self.path / self.manifest["reference"]["inputs"])
 
     def reference_outputs(self, adapter: str | None = None) -> tuple[dict, dict]:
         """(fp32 PyTorch outputs, dequantized-graph outputs) for a task."""
+        torch_file, quant_file = self._reference_files(adapter)
+        return _load_npz(torch_file), _load_npz(quant_file)
+
+    def _reference_files(self, adapter: str | None) -> tuple[Path, Path]:
         ref = self.manifest["reference"]
         entry = next((a for a in self.manifest["adapters"] if a["name"] == adapter), None)
         torch_file = (entry or {}).get("reference_outputs") or ref["outputs"]
         quant_file = (entry or {}).get("quantized_outputs") or ref["quantized_outputs"]
-        return _load_npz(self.path / torch_file), _load_npz(self.path / quant_file)
+        return self.path / torch_file, self.path / quant_file
 
-    def verify(self, threads: int | None = None) -> list[VerifyResult]:
+    def verify(self, threads: int | None = None,
+               trust_library: bool | None = None) -> list[VerifyResult]:
         """Run ``reference/`` through the bundle (each adapter in turn) and measure errors."""
-        session = self.session(threads)
+        session = self.session(threads, trust_library)
         inputs = self.reference_inputs()
         tol = self.manifest["reference"]["tolerance"]
+        names = [o["name"] for o in self.manifest["outputs"]]
         results = []
         for adapter in self.adapters or [None]:
             session.set_adapter(adapter)
             got = session.run(inputs)
-            fp32, quant = self.reference_outputs(adapter)
-            names = [o["name"] for o in self.manifest["outputs"]]
+            missing = [n for n in names if n not in got]
+            if missing:
+                raise BundleError(f"{self.path / MANIFEST} lists output {missing[0]!r}, which "
+                                  f"the model does not have ({', '.join(got)}) — export again")
             y = [got[n] for n in names]
+            shapes = [a.shape for a in y]
+            files = self._reference_files(adapter)
+            fp32 = _outputs_of(_load_npz(files[0]), names, files[0], shapes)
+            quant = _outputs_of(_load_npz(files[1]), names, files[1], shapes)
             results.append(VerifyResult(
                 adapter=adapter,
-                vs_pytorch=relative_error(y, [fp32[n] for n in names]),
-                vs_quantized=relative_error(y, [quant[n] for n in names]),
-                max_abs_vs_pytorch=max(float(np.max(np.abs(a - fp32[n]))) if a.size else 0.0
-                                       for a, n in zip(y, names, strict=False)),
-                top1_agreement=_top1(y[0], fp32[names[0]]),
+                vs_pytorch=relative_error(y, fp32),
+                vs_quantized=relative_error(y, quant),
+                max_abs_vs_pytorch=max(float(np.max(np.abs(a - r))) if a.size else 0.0
+                                       for a, r in zip(y, fp32, strict=True)),
+                top1_agreement=_top1(y[0], fp32[0]),
                 tolerance_pytorch=float(tol["vs_pytorch"]),
                 tolerance_quantized=float(tol["vs_quantized"]),
             ))
         return results
+
+
+def _check_inside(root: Path, rel: Any, named_in: Path, field: str) -> None:
+    """``rel`` is a plain relative path whose resolution (symlinks followed) is in ``root``."""
+    why = None
+    if not isinstance(rel, str) or not rel:
+        why = "is not a file name"
+    elif "\\" in rel or "\0" in rel:
+        why = "holds a backslash or NUL"
+    elif PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        why = "is an absolute path"
+    elif any(part in ("", ".", "..") for part in rel.split("/")):
+        why = "has an empty, '.' or '..' component"
+    elif not (root / rel).resolve().is_relative_to(root):
+        why = "resolves (through a symlink) to a place outside the bundle folder"
+    if why is not None:
+        raise BundleError(
+            f"{named_in}: {field} names {rel!r}, which {why} — a bundle may name only files "
+            "inside its own folder; do not use this bundle, get it again from its source "
+            "or export it again"
+        )
+
+
+def _all_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto of a model: initializers and attribute tensors, in every graph."""
+    graphs = [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
 
 
 def _top1(y: np.ndarray, ref: np.ndarray) -> float | None:
@@ -266,17 +487,42 @@ def _top1(y: np.ndarray, ref: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(y, -1) == np.argmax(ref, -1)))
 
 
+def _depth(value: Any) -> int:
+    """Deepest nesting of lists and dicts in a parsed JSON value (iterative)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """manifest.json of bundle folder ``path``, checked against the schema."""
     file = path / MANIFEST
     if not file.is_file():
         raise BundleError(f"{path} has no {MANIFEST} — it is not an edgepet bundle (or an "
                           "export did not finish); export again")
+    _check_inside(path.resolve(), MANIFEST, file, "the manifest itself")
+    size = file.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{file} has {size:,} bytes, more than any manifest edgepet writes "
+                          f"({MAX_MANIFEST_BYTES:,}) — it is not an edgepet manifest; export "
+                          "again")
     try:
-        manifest = json.loads(file.read_text())
+        manifest = json.loads(file.read_bytes())
+    except RecursionError:
+        raise BundleError(f"{file} is nested too deeply to be an edgepet manifest — the file "
+                          "is damaged or hostile; export again") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"{file} is not valid JSON ({error}) — the file is damaged; "
                           "export again") from None
+    if _depth(manifest) > MAX_MANIFEST_DEPTH:
+        raise BundleError(f"{file} is nested more than {MAX_MANIFEST_DEPTH} levels deep, which "
+                          "no edgepet manifest is — the file is damaged or hostile; export "
+                          "again")
     if not isinstance(manifest, dict) or manifest.get("schema") != manifest_schema.SCHEMA_ID:
         raise BundleError(f"{file} is not an edgepet bundle manifest")
     version = manifest.get("schema_version")
@@ -292,6 +538,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+
 #: ``BundleSession.run``'s default: keep the active adapter.
 _ACTIVE = object()
 
@@ -303,20 +550,37 @@ class BundleSession:
     reloading the model (ONNX Runtime ``RunOptions.add_active_adapter``).
     """
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None,
+                 trust_library: bool | None = None) -> None:
         import onnxruntime as ort
 
         from edgepet.runtime import session_options
 
         self.bundle = bundle
+        library = bundle.op_library(trust_library)
         try:
-            options = session_options(threads, library=bundle.op_library())
+            bundle.check_operator(sessions.library_operator(library), library)
+        except (OSError, AttributeError) as error:
+            raise BundleError(f"the op library {library} cannot be loaded: "
+                              f"{_first_line(error)} — reinstall edgepet") from None
+        try:
+            options = session_options(threads, library=library)
         except ValueError as error:  # a bad thread count: the user's input
             raise BadInputError(str(error)) from None
+        except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
+            raise BundleError(f"ONNX Runtime cannot register the op library {library}: "
+                              f"{_first_line(error)} — reinstall edgepet") from None
         # Adapter parameters are initializers listed as inputs; ORT warns about each.
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(bundle.model_path), options,
-                                             providers=["CPUExecutionProvider"])
+        # Errors come back as exceptions (and messages of ours), not as ORT log lines.
+        options.log_severity_level = 4
+        try:
+            self._session = ort.InferenceSession(str(bundle.model_path), options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001
+            raise BundleError(
+                f"ONNX Runtime refuses bundle file {bundle.model_path}: {_first_line(error)} "
+                "— the model is damaged or was made for another edgepet; export it again"
+            ) from None
         self._ort = ort
         self._loaded: dict[str, Any] = {}
         self._active: str | None = None
@@ -346,8 +610,15 @@ class BundleSession:
         options = self._ort.RunOptions()
         if name is not None:
             if name not in self._loaded:
+                file = self.bundle.adapter_path(name)
                 adapter = self._ort.LoraAdapter()
-                adapter.Load(str(self.bundle.adapter_path(name)))
+                try:
+                    adapter.Load(str(file))
+                except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
+                    raise BundleError(
+                        f"bundle file {file} is not a readable adapter ({_first_line(error)})"
+                        " — it is damaged; copy the bundle again, or export again"
+                    ) from None
                 self._loaded[name] = adapter
             options.add_active_adapter(self._loaded[name])
         self._run_options = options
@@ -409,9 +680,13 @@ class BundleSession:
         return np.ascontiguousarray(value)
 
 
-def load(path: str | os.PathLike[str], threads: int | None = None) -> BundleSession:
-    """Open and check a bundle, then return a session that runs it."""
-    return Bundle.open(path).session(threads)
+def load(path: str | os.PathLike[str], threads: int | None = None,
+         trust_library: bool | None = None) -> BundleSession:
+    """Open and check a bundle, then return a session that runs it.
+
+    ``trust_library``: see :meth:`Bundle.session`.
+    """
+    return Bundle.open(path).session(threads, trust_library)
 
 
 __all__ = [
