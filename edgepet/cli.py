@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_VERIFY_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
 _DESCRIPTION = """\
 edgepet turns a PyTorch model tuned with parameter-efficient methods (LoRA, Bone,
@@ -44,6 +45,7 @@ exit codes:
   2  bad input: a file, option or bundle edgepet cannot use; the message names it and
      says what to do
   3  verify (or demo) measured an error beyond the tolerance the bundle records
+  130  interrupted (Ctrl-C)
 
 a bundle's own op library (lib/) is code: it is loaded only when the installed edgepet
 has none for this CPU, its SHA-256 matches the manifest, and you pass
@@ -214,9 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{error.strerror or error} — check that the path exists and that you may "
               "read and write there", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # not a bug: the shell's code for SIGINT
         print("edgepet: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 — the last line of defence
         return _internal(args.command, error)
 

@@ -97,11 +97,15 @@ def installed_op_library() -> str | None:
     Fits: found (``op_library_path()``) and built for this machine's architecture (its
     kernels pick the ISA at run time). Nothing is loaded to decide.
     """
+    from edgepet.runtime.errors import BadInputError
     from edgepet.targets import host_arch
 
     try:
         path = op_library_path()
-    except FileNotFoundError:
+    except FileNotFoundError as error:
+        if os.environ.get("EDGEPET_ORT_LIBRARY"):  # the user's own choice: say so
+            raise BadInputError(f"{error} — set it to edgepet's op library, or unset it"
+                                ) from None
         return None
     arch = library_arch(path)
     return path if arch in (None, host_arch()) else None

@@ -207,6 +207,22 @@ def test_only_a_bug_is_exit_code_1(cli, monkeypatch):
     assert code == 1 and "internal error: ZeroDivisionError" in err and "bug" in err
 
 
+def test_an_interrupt_is_not_an_internal_error(cli, monkeypatch):
+    import edgepet.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgepet.cli, "_cmd_targets", interrupted)
+    assert cli("targets")[0] == 130
+
+
+def test_a_library_override_that_is_missing_is_exit_code_2(cli, bundle, monkeypatch):
+    monkeypatch.setenv("EDGEPET_ORT_LIBRARY", str(bundle / "no-such-library.so"))
+    code, _, err = cli("verify", bundle)
+    assert code == 2 and "EDGEPET_ORT_LIBRARY" in err and "no-such-library.so" in err
+
+
 def test_exit_codes_are_documented_in_help_and_docs(capsys):
     from edgepet.cli import main
 
