@@ -61,7 +61,8 @@ def _unwritable(out: Path, error: OSError) -> BadInputError:
 def _check_replaceable(out: Path, overwrite: bool) -> None:
     """``out`` is absent, an empty folder, or (with ``overwrite``) a bundle and only that."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise BadInputError(f"output {out} exists and is not a folder — choose a folder path")
+        raise BadInputError(f"output {out} exists and is not a folder (a file or a symlink) — "
+                            "choose a folder path")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not (out / MANIFEST).is_file():

@@ -342,3 +342,32 @@ def test_a_manifest_that_is_a_symlink_out_of_the_folder_is_refused(bundle_copy):
     (bundle_copy / "manifest.json").symlink_to(outside)
     with pytest.raises(BundleError, match="inside its own folder"):
         Bundle.open(bundle_copy)
+
+
+FAKE_OP_LIBRARY = """
+int edgepet_op_abi_version(void) { return ABI; }
+const char* edgepet_op_layout(void) { return LAYOUT; }
+"""
+
+
+@pytest.mark.parametrize("abi_offset, layout, expected", [
+    (0, "tile64", "reads 'tile64'"),
+    (98, "tile32", "speaks ABI"),
+])
+def test_a_library_of_another_abi_or_layout_is_refused_before_onnx_runtime_loads_it(
+        cli, bundle_copy, tmp_path, no_installed_library, abi_offset, layout, expected):
+    """The library is asked (through ctypes, once loading it is allowed) for its ABI and
+    layout; a mismatch with the manifest is exit 2."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the fake op library")
+    abi = json.loads((bundle_copy / "manifest.json").read_text())["operator"]["abi_version"]
+    (tmp_path / "fake.c").write_text(FAKE_OP_LIBRARY)
+    library = tmp_path / "fake" / "libedgepet_ort.so"
+    library.parent.mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", f"-DABI={abi + abi_offset}",
+                    f'-DLAYOUT="{layout}"', "-o", str(library), str(tmp_path / "fake.c")],
+                   check=True, capture_output=True)
+    assert sessions.library_operator(library) == (abi + abi_offset, layout)
+    ship_library(bundle_copy, library)
+    code, _, err = cli("verify", bundle_copy, "--trust-bundle-library")
+    assert code == 2 and expected in err and "lib/libedgepet_ort.so" in err, err
