@@ -153,8 +153,14 @@ def check_pt2(path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     with zipfile.ZipFile(path) as archive:
-        entries = {_pt2_record(name): name for name in archive.namelist()
-                   if not name.endswith("/")}
+        names = [name for name in archive.namelist() if not name.endswith("/")]
+        # One root folder and no name twice: otherwise torch's zip reader and Python's could
+        # see different parts under the same name, and this check would vouch for the wrong one.
+        if len({n.split("/", 1)[0] for n in names}) != 1 or len(set(names)) != len(names) \
+                or any("/" not in n for n in names):
+            raise _needs_trust(path, "(the archive's layout)", "several root folders, or a "
+                               "part named twice")
+        entries = {_pt2_record(name): name for name in names}
         configs = {rec: _pt2_config(archive, name, path) for rec, name in entries.items()
                    if _PT2_CONFIG.fullmatch(rec)}
         raw = {f"{rec.rsplit('/', 1)[0]}/{meta['path_name']}"

@@ -13,6 +13,7 @@ import json
 import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -48,16 +49,22 @@ def program_file(tmp_path_factory) -> Path:
     return path
 
 
-def _rewrite(source: Path, target: Path, change) -> Path:
-    """Copy a .pt2 archive with ``change(entries)`` applied (names relative to its root)."""
+def _rewrite(source: Path, target: Path, change, extra=None, extra_first=False) -> Path:
+    """Copy a .pt2 archive with ``change(entries)`` applied (names relative to its root);
+    ``extra(root, entries)``: (name, data) pairs written as they are, before the archive's
+    own parts (``extra_first``) or after them."""
     with zipfile.ZipFile(source) as archive:
         names = archive.namelist()
         root = names[0].split("/")[0]
         entries = {n.split("/", 1)[1]: archive.read(n) for n in names}
     change(entries)
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in entries.items():
-            archive.writestr(f"{root}/{name}", data)
+    own = [(f"{root}/{name}", data) for name, data in entries.items()]
+    added = list(extra(root, entries)) if extra else []
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name" is the point
+        for name, data in (added + own if extra_first else own + added):
+            archive.writestr(name, data)
     return target
 
 
@@ -129,6 +136,27 @@ def test_hostile_pt2_is_refused_without_trust_and_runs_nothing(
     assert "--trust" in stderr and str(evil) in stderr
     assert not marker.exists()
     assert no_partial_output(out)
+
+
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("layout", ["a part named twice", "a second root folder"])
+def test_archives_two_zip_readers_could_read_differently_are_refused(
+        cli, program_file, tmp_path, layout, first):
+    marker = tmp_path / "PWNED"
+
+    def extra(root, entries):
+        config = _config(entries, "weights")
+        config["config"]["fc1.bias"]["use_pickle"] = True
+        weight = config["config"]["fc1.bias"]["path_name"]
+        folder = root if layout == "a part named twice" else "other"
+        return [(f"{folder}/data/weights/model_weights_config.json",
+                 json.dumps(config).encode()),
+                (f"{folder}/data/weights/{weight}", _torch_pickle(marker))]
+
+    evil = _rewrite(program_file, tmp_path / "evil.pt2", lambda e: None, extra, first)
+    code, _, stderr = cli("export", evil, "-o", tmp_path / "out", "--quiet")
+    assert code == 2 and "--trust" in stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("attack", LIVE)
