@@ -138,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 
     targets = sub.add_parser("targets", help="list the target profiles")
     targets.add_argument("--json", action="store_true", help="print the profiles as JSON")
+
+    from edgepet.device_tests.cli import DESCRIPTION, EPILOG, add_arguments
+
+    bench = sub.add_parser("bench", help="benchmark a bundle against ONNX Runtime and LiteRT "
+                           "baselines: speed, memory, energy, accuracy (docs/bench.md)",
+                           description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(bench)
     return parser
 
 
@@ -201,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgepet.runtime.errors import BadInputError
 
     handler = {"export": _cmd_export, "demo": _cmd_demo, "run": _cmd_run,
-               "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
+               "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets,
+               "bench": _cmd_bench}
     try:
         with _third_party_quiet():
             return handler[args.command](args)
@@ -505,6 +514,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
               f"target {bundle.target})")
         print(_verify_lines(results))
     return EXIT_OK if all(r.ok for r in results) else EXIT_VERIFY_FAILED
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgepet.device_tests.cli import run
+
+    return run(args)
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
