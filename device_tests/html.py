@@ -53,8 +53,11 @@ def _figure_png(fig) -> str:
 
 def plots(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     """``(id, title, base64 PNG or None)``; None carries the reason in the title."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError:  # a device without the bench extra: tables only
+        return [("plots", "No plots: matplotlib is not installed here — pip install "
+                 "'edgepet[bench]', or render this report.json elsewhere", None)]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -133,6 +133,7 @@ def build_report(*, bundle, contenders, results, settings, environment, energy_m
             "op_abi_version": m["operator"]["abi_version"], "adapters": bundle.adapters,
             "inputs": m["inputs"], "outputs": m["outputs"],
             "edgepet_version": m["edgepet_version"],
+            "tolerance": m["reference"]["tolerance"],
         },
         "cpu_info": environment["cpu_info"],
         "environment": environment,
