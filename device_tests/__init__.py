@@ -9,13 +9,14 @@ library there (``edgepet.runtime``; never torch or the exporters):
 - ``energy``: RAPL, Raspberry Pi 5 PMIC, Android battery, macOS powermetrics, CSV logs;
 - ``environment``: CPU, ISA, clocks, temperatures, versions;
 - ``report`` / ``html``: report.json (``report.schema.json``), report.md, report.html;
-- ``remote``: ssh:// and adb devices; ``suites``: per-device floors (``suites/*.toml``).
+- ``remote``: ssh:// and adb devices; ``suites``: per-device floors (``suites/*.toml``);
+- ``native``: ``edgepet-run``, the C++ runner for devices without Python.
 """
 
 import importlib
 
-_SUBMODULES = ("baselines", "energy", "environment", "harness", "html", "remote", "report",
-               "suites", "worker")
+_SUBMODULES = ("baselines", "energy", "environment", "harness", "html", "native", "remote",
+               "report", "suites", "worker")
 
 __all__ = list(_SUBMODULES)
 
