@@ -68,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print two reports side by side (and write compare.md/.html to -o)")
     p.add_argument("--remote-python", default="python3",
                    help="the Python that has edgepet on an ssh device (default python3)")
+    p.add_argument("--native-runner", metavar="PATH|auto",
+                   help="an edgepet-run built for the device, used when it has no Python "
+                        "with edgepet (auto: the one built here, for a device like this one)")
+    p.add_argument("--remote-onnxruntime", metavar="PATH",
+                   help="libonnxruntime on the device, for --native-runner (default: the "
+                        "library path)")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra ssh -o options, e.g. IdentityFile=~/.ssh/pi; repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

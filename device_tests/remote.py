@@ -276,11 +276,15 @@ def bench_remote(options, args, progress: Progress | None = None,
     code, out, err = target.shell(f"{shlex.quote(python)} -c 'import edgepet.device_tests, "
                                   "platform; print(platform.machine())'")
     if code != 0:
+        why = (err or out.decode()).strip()[-200:]
+        if getattr(args, "native_runner", None):
+            say(f"no edgepet Python on {options.device} ({why}): using edgepet-run")
+            return _bench_native(options, args, target, bundle, say)
         raise BadInputError(
             f"no edgepet harness on {options.device}: `{python} -c 'import "
-            f"edgepet.device_tests'` failed ({(err or out.decode()).strip()[-200:]}) — install "
-            "edgepet there (pip install 'edgepet[bench]'), or name its Python with "
-            "--remote-python")
+            f"edgepet.device_tests'` failed ({why}) — install edgepet there (pip install "
+            "'edgepet[bench]'), name its Python with --remote-python, or give a native "
+            "runner built for the device with --native-runner PATH (docs/bench.md)")
     machine = out.decode().strip()
     arch = bundle.manifest["target"]["arch"]
     if machine and {"arm64": "aarch64"}.get(machine, machine) != arch:
@@ -308,6 +312,100 @@ def bench_remote(options, args, progress: Progress | None = None,
     if code == 2 and not any(r.get("n_runs") for r in report["results"]):
         raise BadInputError(f"nothing could be measured on {options.device} (report in {local})")
     return report, local
+
+
+def _bench_native(options, args, target: Transport, bundle, say: Progress) -> tuple[dict, Path]:
+    """The device has no Python: time the bundle with edgepet-run (edgepet alone)."""
+    import time
+
+    from edgepet.device_tests import native
+    from edgepet.device_tests import report as rp
+    from edgepet.device_tests.baselines import edgepet_contender
+    from edgepet.device_tests.harness import default_output
+
+    started = time.time()
+    runner = Path(native.runner_path() if args.native_runner == "auto" else args.native_runner)
+    if not runner.is_file():
+        raise BadInputError(f"--native-runner {runner} does not exist")
+    work = _remote_workdir(target)
+    results, unmeasured = [], [{"what": "baselines", "why": (
+        "the device has no Python with edgepet: edgepet-run times edgepet alone — install "
+        "edgepet there for the ONNX Runtime and LiteRT baselines")}]
+    try:
+        say(f"copying {bundle.path} and {runner.name} to {options.device}:{work}")
+        target.push_dir(bundle.path, f"{work}/bundle")
+        extra = [runner]
+        if not bundle.manifest["operator"].get("library"):
+            from edgepet.runtime import op_library_path
+
+            extra.append(Path(op_library_path()))  # the device is this machine's kind
+        with tempfile.TemporaryDirectory() as tmp:
+            for file in extra:
+                (Path(tmp) / file.name).write_bytes(file.read_bytes())
+                (Path(tmp) / file.name).chmod(0o755)
+            target.push_dir(Path(tmp), f"{work}/bin")
+        environment = _remote_environment(target)
+        per_round = max(1, -(-(options.runs or 20) // options.rounds))
+        for threads in options.threads:
+            rounds = []
+            for _ in range(options.rounds):
+                argv = [f"{work}/bin/{runner.name}", f"{work}/bundle", "--threads", str(threads),
+                        "--runs", str(per_round), "--warmup", str(options.warmup),
+                        "--batch", options.batch]
+                if len(extra) > 1:
+                    argv += ["--op-library", f"{work}/bin/{extra[1].name}"]
+                if getattr(args, "remote_onnxruntime", None):
+                    argv += ["--onnxruntime", args.remote_onnxruntime]
+                if options.adapter:
+                    argv += ["--adapter", options.adapter]
+                say(f"edgepet-run threads={threads}")
+                code, out, err = target.shell(" ".join(shlex.quote(a) for a in argv))
+                if code == 2 or not out.strip():
+                    raise BadInputError(f"edgepet-run failed on {options.device}: "
+                                        f"{err.strip() or out.decode().strip()}")
+                got = json.loads(out)
+                environment["versions"]["onnxruntime"] = got["onnxruntime"]
+                rounds.append({**got, "rss_before_load_bytes": None, "energy": None})
+            results.append(rp.merge_rounds("edgepet", threads, rounds, None))
+    finally:
+        target.shell(f"rm -rf {shlex.quote(work)}")
+    contender = edgepet_contender(bundle, options.adapter)
+    contender.description += " — timed by edgepet-run (no Python on the device)"
+    unmeasured.append({"what": "energy", "why": "edgepet-run reads no energy meter"})
+    report = rp.build_report(
+        bundle=bundle, contenders=[contender], results=results,
+        settings={**options.settings(), "runs": per_round * options.rounds, "seconds": None,
+                  "device": options.device, "runner": "edgepet-run"},
+        environment=environment,
+        energy_meter={"name": None, "status": "unavailable",
+                      "reason": "edgepet-run reads no energy meter"},
+        unmeasured=unmeasured, interrupted=False, started=started)
+    report["device"] = target.describe()
+    local = Path(options.output) if options.output else default_output(options.bundle)
+    rp.write_all(report, local)
+    return report, local
+
+
+_ENV_SCRIPT = ("uname -m; uname -sr; getconf _NPROCESSORS_ONLN; "
+               "grep -m1 -E '^(model name|Model|Hardware)' /proc/cpuinfo; "
+               "grep -m1 -E '^(flags|Features)' /proc/cpuinfo; cat /proc/loadavg")
+
+
+def _remote_environment(target: Transport) -> dict[str, Any]:
+    """What a device without Python can tell about itself (uname, /proc)."""
+    _, out, _ = target.shell(_ENV_SCRIPT)
+    lines = out.decode().splitlines() + [""] * 6
+    load = [float(x) for x in lines[5].split()[:3]] if lines[5].strip() else None
+    state = {"clocks": {"governor": None, "frequency_mhz": None,
+                        "why_missing": "not read without Python"},
+             "temperature_c": None, "load_average": load}
+    return {"cpu_info": lines[3].partition(":")[2].strip() or lines[0], "arch": lines[0],
+            "isa_features": lines[4].partition(":")[2].split(),
+            "n_cpus": int(lines[2]) if lines[2].strip().isdigit() else None,
+            "os": lines[1], "os_version": "", "hostname": "",
+            "versions": {"edgepet": None, "onnxruntime": None, "op_abi_version": None,
+                         "runner": "edgepet-run"},
+            "before": state, "after": state}
 
 
 def _remote_workdir(target: Transport) -> str:

@@ -372,15 +372,16 @@ class Runner {
       api_->ReleaseRunOptions(run_options);
       bool ok = vs_fp32.relative() <= tolerance;
       ok_ = ok_ && ok;
-      char line[512];
+      char line[1024];
       std::snprintf(line, sizeof line,
-                    "%s{\"adapter\": %s, \"relative_error_vs_pytorch\": %.6g, "
-                    "\"max_abs_error_vs_pytorch\": %.6g, \"cosine_vs_pytorch\": %.8g, "
-                    "\"relative_error_vs_quantized\": %.6g, \"tolerance_vs_pytorch\": %g, "
-                    "\"ok\": %s}",
+                    "%s{\"adapter\": %s, \"vs_pytorch\": {\"relative_error\": %.6g, "
+                    "\"max_abs_error\": %.6g, \"cosine\": %.8g, \"top1_agreement\": null}, "
+                    "\"vs_dequantized\": {\"relative_error\": %.6g, \"max_abs_error\": %.6g, "
+                    "\"cosine\": %.8g, \"top1_agreement\": null}, "
+                    "\"tolerance_vs_pytorch\": %g, \"ok\": %s}",
                     json.empty() ? "" : ", ", name.empty() ? "null" : quoted(name).c_str(),
                     vs_fp32.relative(), vs_fp32.max_abs, vs_fp32.cosine(), vs_quant.relative(),
-                    tolerance, ok ? "true" : "false");
+                    vs_quant.max_abs, vs_quant.cosine(), tolerance, ok ? "true" : "false");
       json += line;
     }
     for (auto* v : all.values) api_->ReleaseValue(v);

@@ -45,8 +45,8 @@ def test_runner_times_the_bundle_and_matches_python_verify(runner, ort_library, 
     assert 0 < got["peak_rss_bytes"] < 2 << 30 and got["batch"] == 1
     expected = demo_bundle.verify(threads=1)[0]
     (task,) = got["accuracy"]
-    assert task["relative_error_vs_pytorch"] == pytest.approx(expected.vs_pytorch, rel=1e-4)
-    assert task["relative_error_vs_quantized"] == pytest.approx(expected.vs_quantized,
+    assert task["vs_pytorch"]["relative_error"] == pytest.approx(expected.vs_pytorch, rel=1e-4)
+    assert task["vs_dequantized"]["relative_error"] == pytest.approx(expected.vs_quantized,
                                                                 rel=1e-3)
 
 
@@ -57,7 +57,7 @@ def test_runner_checks_every_adapter_and_activates_one(runner, ort_library, adap
     python = {r.adapter: r.vs_pytorch for r in adapter_bundle.verify()}
     for task in got["accuracy"]:
         assert task["ok"]
-        assert task["relative_error_vs_pytorch"] == pytest.approx(python[task["adapter"]],
+        assert task["vs_pytorch"]["relative_error"] == pytest.approx(python[task["adapter"]],
                                                                   rel=1e-3)
 
 
@@ -103,4 +103,4 @@ def test_runner_cross_built_for_aarch64_runs_an_rpi5_bundle_under_qemu(
     (task,) = got["accuracy"]
     # NEON against AVX2: the same int8 tables, only float summation order differs.
     expected = bundle.verify()[0]
-    assert task["relative_error_vs_pytorch"] == pytest.approx(expected.vs_pytorch, rel=1e-3)
+    assert task["vs_pytorch"]["relative_error"] == pytest.approx(expected.vs_pytorch, rel=1e-3)

@@ -193,3 +193,27 @@ def test_adb_refuses_a_bundle_for_another_abi(local_report, quick):
     with pytest.raises(BadInputError, match="made for x86-avx2 .x86_64.; the phone is arm64"):
         remote.bench_remote(quick(bundle, device="adb"), _args([]),
                             transport=remote.AdbTarget.parse("adb", run=fake))
+
+
+def test_a_device_without_python_is_timed_by_edgepet_run(sshd, demo_bundle, quick, tmp_path):
+    import onnxruntime
+
+    from edgepet.device_tests import native
+
+    try:
+        native.runner_path()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    url, ssh_options = sshd
+    ort = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))[0]
+    args = Namespace(ssh_option=ssh_options, remote_python="/no/python3",
+                     native_runner="auto", remote_onnxruntime=str(ort))
+    options = quick(demo_bundle, device=url, threads=[1, 2], output=str(tmp_path / "native"))
+    report, out = remote.bench_remote(options, args)
+    assert [(r["contender"], r["n_threads"], r["n_runs"]) for r in report["results"]] == [
+        ("edgepet", 1, 4), ("edgepet", 2, 4)]
+    assert report["settings"]["runner"] == "edgepet-run"
+    assert report["results"][0]["accuracy"][0]["vs_pytorch"]["relative_error"] == \
+        pytest.approx(demo_bundle.verify()[0].vs_pytorch, rel=1e-4)
+    assert any(u["what"] == "baselines" for u in report["unmeasured"])
+    assert (out / "report.html").is_file()
