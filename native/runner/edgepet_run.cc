@@ -210,7 +210,7 @@ long peak_rss_bytes() {
 #endif
 }
 
-std::string quoted(const std::string& s) {
+std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     if (c == '"' || c == '\\') out += '\\';
@@ -273,9 +273,9 @@ class Runner {
                 "\"median_ns\": %.0f, \"p90_ns\": %.0f, \"p99_ns\": %.0f, \"avg_ns\": %.0f, "
                 "\"stddev_ns\": %.0f, \"avg_ts\": %.3f, \"peak_rss_bytes\": %ld, "
                 "\"samples_ns\": [",
-                quoted(ort_.version).c_str(), quoted(library_).c_str(),
-                quoted(o_.bundle).c_str(),
-                o_.adapter.empty() ? "null" : quoted(o_.adapter).c_str(), o_.threads,
+                json_string(ort_.version).c_str(), json_string(library_).c_str(),
+                json_string(o_.bundle).c_str(),
+                o_.adapter.empty() ? "null" : json_string(o_.adapter).c_str(), o_.threads,
                 static_cast<long long>(batch), o_.warmup, load_ns, first_ns, samples.size(),
                 percentile(samples, 0.5), percentile(samples, 0.9), percentile(samples, 0.99),
                 mean, std::sqrt(var), batch * 1e9 / mean, peak_rss_bytes());
@@ -349,7 +349,9 @@ class Runner {
     for (const auto& a : manifest_["adapters"].array()) tasks.push_back({a["name"].str(), &a});
     if (tasks.empty()) tasks.push_back({"", nullptr});
     std::string json;
-    for (const auto& [name, entry] : tasks) {
+    for (const auto& task : tasks) {
+      const std::string& name = task.first;
+      const edgepet::json::Value* entry = task.second;
       OrtRunOptions* run_options = nullptr;
       ort_.check(api_->CreateRunOptions(&run_options), "run options");
       if (!name.empty()) activate(run_options, name);
@@ -379,7 +381,7 @@ class Runner {
                     "\"vs_dequantized\": {\"relative_error\": %.6g, \"max_abs_error\": %.6g, "
                     "\"cosine\": %.8g, \"top1_agreement\": null}, "
                     "\"tolerance_vs_pytorch\": %g, \"ok\": %s}",
-                    json.empty() ? "" : ", ", name.empty() ? "null" : quoted(name).c_str(),
+                    json.empty() ? "" : ", ", name.empty() ? "null" : json_string(name).c_str(),
                     vs_fp32.relative(), vs_fp32.max_abs, vs_fp32.cosine(), vs_quant.relative(),
                     vs_quant.max_abs, vs_quant.cosine(), tolerance, ok ? "true" : "false");
       json += line;
