@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgepet.runtime import BadInputError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DESCRIPTION = """\
 Benchmark a bundle where it will run: cold load, first run, steady-state latency
@@ -27,7 +27,8 @@ examples:
   edgepet bench out/ --device ssh://pi@raspberrypi.local --suite rpi5
   edgepet bench out/ --energy csv:meter.csv            # an external meter's log
   edgepet bench --compare before/report.json after/report.json
-exit codes: 0 measured, 1 a --suite floor was missed, 2 bad input / nothing measured
+exit codes: 0 measured, 1 a --suite floor was missed, 2 bad input / nothing measured,
+130 Ctrl-C (the report of what was measured is written)
 """
 
 
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(summary(report, out))
     if report.get("interrupted"):
         print("interrupted: the report holds what was measured before Ctrl-C", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     if suite is not None and code != EXIT_OK:
         failed = [c for c in report["suite"]["checks"] if c["status"] == "FAIL"]
         for check in failed:

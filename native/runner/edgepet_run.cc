@@ -8,7 +8,8 @@
 // ships one, or --op-library), optionally activates a task adapter, times the reference
 // inputs (load, first run, warm-up, N runs), checks every task's outputs against
 // reference/ and prints one JSON object: timings, percentiles, peak RSS and errors.
-// Exit codes: 0 within tolerance, 1 an error beyond the manifest's tolerance, 2 bad input.
+// Exit codes: 0 within tolerance, 3 an error beyond the manifest's tolerance (as
+// `edgepet verify`), 2 bad input.
 #include <dlfcn.h>
 #include <sys/resource.h>
 
@@ -282,7 +283,7 @@ class Runner {
     for (size_t i = 0; i < samples.size(); ++i)
       std::printf("%s%.0f", i ? ", " : "", samples[i]);
     std::printf("], \"accuracy\": [%s], \"ok\": %s}\n", accuracy.c_str(), ok_ ? "true" : "false");
-    return ok_ ? 0 : 1;
+    return ok_ ? 0 : 3;
   }
 
   ~Runner() {

@@ -65,3 +65,27 @@ def test_compare_refuses_what_is_not_a_report(cli, tmp_path):
     (tmp_path / "x.json").write_text("{}")
     code, _, err = cli("bench", "--compare", tmp_path / "x.json", tmp_path / "x.json")
     assert code == 2 and "not an edgepet bench report" in err
+
+
+def test_a_real_ctrl_c_writes_the_partial_report(demo_bundle, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from edgepet.cli import main; sys.exit(main())",
+         "bench", str(demo_bundle.path), "--seconds", "60", "--delay", "0", "--threads", "1",
+         "--energy", "none", "--baselines", "none", "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    line = ""
+    while "round 2/3" not in line and time.time() < deadline:  # round 1 measured
+        line = process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err  # the shell's code for SIGINT
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["interrupted"] is True
+    assert saved["results"][0]["n_runs"] > 0 and saved["results"][0]["n_rounds"] == 1
