@@ -340,7 +340,9 @@ def _litert(bundle: Bundle, tflite: str | None) -> Contender:
             "model, so the device cannot make it — convert on the host (docs/bench.md, "
             "'LiteRT') and pass --tflite FILE")
     return Contender(name="litert", kind="litert", model=str(path),
-                     description="LiteRT interpreter (XNNPACK CPU delegate), fp32 .tflite",
+                     description=f"LiteRT interpreter (XNNPACK CPU delegate) on {path.name}, "
+                                 "the float model converted on the host (its own weights, "
+                                 "not the bundle's)",
                      model_bytes=path.stat().st_size, bits_per_weight=None)
 
 
