@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
+from edgepet.runtime.bundle import relative_error
 
 MODELS = ("mlp", "vit", "llama")
 BITS = (4, 3, 2, "ternary", 1)
@@ -42,7 +42,6 @@ def main() -> int:
 
 
 def adapter_switching() -> None:
-    import copy
 
     import torch
 
@@ -51,16 +50,7 @@ def adapter_switching() -> None:
 
     tuned = examples.TinyLlama().eval()
     pet.apply(tuned, "lora", target_modules=["q_proj", "v_proj", "down_proj"], r=8, bits=1)
-    tasks = {}
-    for seed, name in ((1, "sst2"), (2, "mnli")):
-        model = copy.deepcopy(tuned)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for key, p in model.named_parameters():
-                if "lora_" in key:
-                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-        pet.binarize(model)
-        tasks[name] = model.eval()
+    tasks = examples.random_lowbit_tasks(tuned, {"sst2": 1, "mnli": 2})
     print(f"\n{'base':7} {'task':5} {'vs its PyTorch':>15} {'vs other task':>14} {'file kB':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for base, keep in (("float", ["*"]), ("4-bit", [])):

@@ -1,7 +1,9 @@
 """The ``edgepet`` command: export, run, inspect, verify, targets, demo.
 
 Exit codes: 0 success, 2 bad input (the message says what failed, why and what to do),
-1 internal error (or, for ``verify``, errors beyond the bundle's tolerance).
+3 ``verify`` (or ``demo``) measured an error beyond the bundle's tolerance, 1 internal
+error (a bug in edgepet). Third-party logging and warnings (torch's, ONNX Runtime's) stay
+off the terminal unless ``EDGEPET_DEBUG=1``.
 Only ``export`` and ``demo`` import torch; the other commands run on a device that has
 numpy, onnx, onnxruntime and the edgepet op library.
 """
@@ -9,16 +11,20 @@ numpy, onnx, onnxruntime and the edgepet op library.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_VERIFY_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 
 _DESCRIPTION = """\
 edgepet turns a PyTorch model tuned with parameter-efficient methods (LoRA, Bone,
@@ -32,6 +38,19 @@ typical session:
   edgepet inspect out/                           # layers, bits, bytes, compression
   edgepet run out/ --input x.npy --output y.npz  # run it
   edgepet verify out/                            # error against PyTorch on reference data
+
+exit codes:
+  0  success
+  1  internal error: a bug in edgepet (EDGEPET_DEBUG=1 prints the traceback)
+  2  bad input: a file, option or bundle edgepet cannot use; the message names it and
+     says what to do
+  3  verify (or demo) measured an error beyond the tolerance the bundle records
+  130  interrupted (Ctrl-C)
+
+a bundle's own op library (lib/) is code: it is loaded only when the installed edgepet
+has none for this CPU, its SHA-256 matches the manifest, and you pass
+--trust-bundle-library (apps: EDGEPET_TRUST_BUNDLE_LIBRARY=1). inspect and
+verify --dry-run load no library at all.
 """
 
 _EXPORT_EPILOG = """\
@@ -97,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--adapter", help="task adapter to use (see `edgepet inspect`)")
     run.add_argument("--output", help="write the outputs to this .npz")
     run.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    _trust_library_argument(run)
 
     inspect = sub.add_parser("inspect", help="layers, bits, bytes, compression, target, ABI")
     inspect.add_argument("bundle", help="bundle folder")
@@ -105,16 +125,35 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser(
         "verify", help="run reference/ and report the error against PyTorch",
         description="Run the bundle's reference inputs (for every adapter) and compare with "
-                    "the fp32 PyTorch outputs and with the dequantized graph. Exit code 1 "
+                    "the fp32 PyTorch outputs and with the dequantized graph. Exit code 3 "
                     "when an error exceeds the tolerance recorded in the manifest.",
     )
     verify.add_argument("bundle", help="bundle folder")
     verify.add_argument("--threads", type=int, help="intra-op threads")
+    verify.add_argument("--dry-run", action="store_true",
+                        help="check the manifest, paths, sizes, hashes and operator ABI only: "
+                             "load no library, run nothing")
+    _trust_library_argument(verify)
     verify.add_argument("--json", action="store_true", help="print results as JSON")
 
     targets = sub.add_parser("targets", help="list the target profiles")
     targets.add_argument("--json", action="store_true", help="print the profiles as JSON")
+
+    from edgepet.device_tests.cli import DESCRIPTION, EPILOG, add_arguments
+
+    bench = sub.add_parser("bench", help="benchmark a bundle against ONNX Runtime and LiteRT "
+                           "baselines: speed, memory, energy, accuracy (docs/bench.md)",
+                           description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(bench)
     return parser
+
+
+def _trust_library_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-bundle-library", action="store_true", default=None,
+                   help="when the installed edgepet has no op library for this CPU, load the "
+                        "one the bundle ships (it is code; its SHA-256 must match the "
+                        "manifest). Apps: EDGEPET_TRUST_BUNDLE_LIBRARY=1")
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
@@ -150,7 +189,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op-library", metavar="PATH",
                    help="ship this op library (built for the target, e.g. cross-compiled "
                         "libedgepet_ort.so for aarch64) in the bundle's lib/")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing bundle (a folder holding anything else is "
+                        "refused, never emptied)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -165,25 +206,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    from edgepet.exporters.errors import BadInputError
+    from edgepet.runtime.errors import BadInputError
 
     handler = {"export": _cmd_export, "demo": _cmd_demo, "run": _cmd_run,
-               "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets}
+               "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets,
+               "bench": _cmd_bench}
     try:
-        return handler[args.command](args)
+        with _third_party_quiet():
+            return handler[args.command](args)
     except (BadInputError, _Usage) as error:
         print(f"edgepet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except OSError as error:
+        if error.filename is None:
+            return _internal(args.command, error)
+        # A file the user named, or the system around it (permissions, a full disk).
+        print(f"edgepet {args.command}: error: {error.filename}: "
+              f"{error.strerror or error} — check that the path exists and that you may "
+              "read and write there", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # not a bug: the shell's code for SIGINT
         print("edgepet: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 — the last line of defence
-        if os.environ.get("EDGEPET_DEBUG"):
-            traceback.print_exc()
-        print(f"edgepet {args.command}: internal error: {type(error).__name__}: {error}\n"
-              "  this is a bug in edgepet — rerun with EDGEPET_DEBUG=1 for the traceback and "
-              "report it", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal(args.command, error)
+
+
+def _internal(command: str, error: Exception) -> int:
+    if os.environ.get("EDGEPET_DEBUG"):
+        traceback.print_exception(error)
+    print(f"edgepet {command}: internal error: {type(error).__name__}: {error}\n"
+          "  this is a bug in edgepet — rerun with EDGEPET_DEBUG=1 for the traceback and "
+          "report it", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+@contextlib.contextmanager
+def _third_party_quiet() -> Iterator[None]:
+    """Keep other libraries' logging and warnings off the terminal (EDGEPET_DEBUG=1: let
+    them through). edgepet reports every handled error in its own words; torch logs a
+    traceback as a warning for some files it cannot read, and has handlers of its own, so
+    records are dropped for every logger, not just the root's."""
+    if os.environ.get("EDGEPET_DEBUG"):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 # --- export and demo -----------------------------------------------------------------------
@@ -235,8 +309,8 @@ def _read_arrays(path: str) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgepet.exporters.errors import BadInputError
     from edgepet.exporters.torch_export import parse_arch_kwargs
+    from edgepet.runtime.errors import BadInputError
 
     if args.model and args.example:
         raise _Usage("give either MODEL or --example, not both")
@@ -262,8 +336,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
-    from edgepet.exporters.errors import BadInputError
     from edgepet.exporters.pipeline import export
+    from edgepet.runtime.errors import BadInputError
 
     try:
         return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
@@ -293,7 +367,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(_verify_lines(results))
         if args.output:
             print(f"\nbundle kept in {out}; try: edgepet inspect {out}")
-        return EXIT_OK if all(r.ok for r in results) else EXIT_INTERNAL
+        return EXIT_OK if all(r.ok for r in results) else EXIT_VERIFY_FAILED
 
 
 def summary(bundle) -> str:
@@ -341,7 +415,7 @@ def _mb(n: int) -> str:
 
 
 def _open(path: str):
-    from edgepet.exporters.bundle import Bundle
+    from edgepet.runtime.bundle import Bundle
 
     return Bundle.open(path)
 
@@ -350,7 +424,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     bundle = _open(args.bundle)
-    session = bundle.session(args.threads)
+    session = bundle.session(args.threads, args.trust_bundle_library)
     arrays = _read_arrays(args.input)
     if list(arrays) == [""]:
         if len(session.input_names) != 1:
@@ -362,7 +436,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         preview = np.array2string(value.ravel()[:6], precision=4)
         print(f"{name}: {value.dtype} {list(value.shape)} {preview}")
     if args.output:
-        np.savez(args.output, **outputs)
+        try:
+            np.savez(args.output, **outputs)
+        except OSError as error:
+            raise _Usage(f"cannot write --output {args.output}: {error.strerror or error} — "
+                         "choose a file in a folder that exists and that you may write") from None
         print(f"wrote {args.output}")
     return EXIT_OK
 
@@ -375,7 +453,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(summary(bundle))
     op = m["operator"]
-    library = op.get("library") or "the installed edgepet's"
+    library = (f"the installed edgepet's ({op['library']} ships for devices without it)"
+               if op.get("library") else "the installed edgepet's")
     print(f"  operator    {op['domain']}.{op['op_type']} v{op['version']}, layout {op['layout']},"
           f" ABI {op['abi_version']}; op library: {library}")
     print("  inputs      " + ", ".join(f"{i['name']} {i['dtype']} {i['shape']}"
@@ -390,13 +469,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             bits += "*"
         print(f"  {layer['name'][:40]:<40} {layer['N']:>6} {layer['K']:>6} {bits:>7} "
               f"{layer['group_size'] or '-'!s:>6} {layer['float_bytes']:>10,} "
-              f"{layer['stored_bytes']:>10,} {layer['float_bytes'] / layer['stored_bytes']:>6.2f}")
+              f"{layer['stored_bytes']:>10,} {_ratio(layer['float_bytes'], layer['stored_bytes'])}")
     if any(layer["switchable"] for layer in m["layers"]):
         print("  * switchable: its parameters come from the active adapter file")
     print("\n  files (sizes and SHA-256 checked against the manifest):")
     for rel, info in m["files"].items():
         print(f"    {rel:<44} {info['bytes']:>12,} bytes")
+    unlisted = bundle.unlisted_files()
+    if unlisted:
+        print("  not in the file table, never read: " + ", ".join(unlisted[:10])
+              + (f" and {len(unlisted) - 10} more" if len(unlisted) > 10 else ""))
     return EXIT_OK
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:>6.2f}" if b else f"{'-':>6}"
 
 
 def _verify_lines(results) -> str:
@@ -415,14 +502,24 @@ def _verify_lines(results) -> str:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     bundle = _open(args.bundle)
-    results = bundle.verify(args.threads)
+    if args.dry_run:
+        print(f"edgepet verify: {bundle.path}: manifest, paths, {len(bundle.manifest['files'])}"
+              " files (sizes, SHA-256) and operator ABI check out; nothing was loaded or run")
+        return EXIT_OK
+    results = bundle.verify(args.threads, args.trust_bundle_library)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(f"edgepet verify: {bundle.path} ({_bits(bundle.manifest['quantization']['bits'])}, "
               f"target {bundle.target})")
         print(_verify_lines(results))
-    return EXIT_OK if all(r.ok for r in results) else EXIT_INTERNAL
+    return EXIT_OK if all(r.ok for r in results) else EXIT_VERIFY_FAILED
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edgepet.device_tests.cli import run
+
+    return run(args)
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
@@ -440,7 +537,7 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         print(f"  defaults   {profile.default_bits}-bit, group {profile.default_group_size}, "
               f"{profile.threads} threads, {profile.kernel} kernel, layout {profile.layout}")
         tc = profile.toolchain
-        print(f"  toolchain  {tc.cxx} {tc.flags}"
+        print(f"  toolchain  {tc.cxx}"
               + (f"; run with {tc.emulator}" if tc.emulator else "")
               + (f"; {tc.note}" if tc.note else ""))
     return EXIT_OK

@@ -9,7 +9,7 @@ not the host. ``edgepet targets`` prints this table; the exporter reads its defa
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgepet.quant.tensor import Bits
@@ -17,10 +17,14 @@ from edgepet.quant.tensor import Bits
 
 @dataclass(frozen=True)
 class Toolchain:
-    """How the op library is built for a target from an x86-64 Linux host."""
+    """How the op library is built for a target from an x86-64 Linux host.
+
+    Compiler flags are not part of a profile: the op library is built for each
+    architecture's baseline ISA and picks its vector kernel at run time, so the flags
+    live in the build (``native/CMakeLists.txt``, ``cmake/*.cmake``) and nowhere else.
+    """
 
     cxx: str
-    flags: str
     #: How to run the target's binaries on the host for tests ("" when they run natively).
     emulator: str = ""
     note: str = ""
@@ -37,7 +41,6 @@ class TargetProfile:
     isa_features: tuple[str, ...]
     #: Kernel the op library dispatches to on this CPU (the reference kernel is the fallback).
     kernel: str
-    layout: str
     default_bits: Bits
     default_group_size: int
     threads: int
@@ -45,6 +48,13 @@ class TargetProfile:
     #: Operating system: "linux", "android" or "macos" (decides which op library fits).
     os: str = "linux"
     missing_features: tuple[str, ...] = field(default=())
+
+    @property
+    def layout(self) -> str:
+        """Packed weight layout: the op library's own (one layout for every target)."""
+        from edgepet.kernels import LAYOUT
+
+        return LAYOUT
 
     def runs_on_host(self) -> bool:
         """True when bundles for this target run on this machine's CPU architecture."""
@@ -59,6 +69,7 @@ class TargetProfile:
         data = asdict(self)
         data["isa_features"] = list(self.isa_features)
         data["missing_features"] = list(self.missing_features)
+        data["layout"] = self.layout
         return data
 
 
@@ -68,113 +79,83 @@ def host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
-_AARCH64_LINUX = Toolchain(
-    cxx="aarch64-linux-gnu-g++",
-    flags="-O3 -march=armv8.2-a+dotprod+fp16",
-    emulator="qemu-aarch64 (8.0 or newer) -L /usr/aarch64-linux-gnu",
-    note="ONNX Runtime for aarch64 comes from its manylinux aarch64 wheel",
+_ARM_BIG_CORE = TargetProfile(
+    name="rpi5",
+    description="Raspberry Pi 5 (BCM2712, 8 GB)",
+    arch="aarch64",
+    cpu="4x Cortex-A76 @ 2.4 GHz",
+    isa_features=("neon", "asimddp", "fp16"),
+    missing_features=("i8mm", "sve"),
+    kernel="neon",
+    default_bits=2,
+    default_group_size=64,
+    threads=4,
+    toolchain=Toolchain(
+        cxx="aarch64-linux-gnu-g++",
+        emulator="qemu-aarch64 (8.0 or newer) -L /usr/aarch64-linux-gnu",
+        note="ONNX Runtime for aarch64 comes from its manylinux aarch64 wheel",
+    ),
+)
+_APPLE = replace(
+    _ARM_BIG_CORE,
+    name="apple-m1",
+    description="Apple M1 (macOS, arm64)",
+    cpu="4 performance + 4 efficiency cores",
+    missing_features=("i8mm", "bf16", "sve"),
+    default_bits=4,
+    default_group_size=128,
+    os="macos",
+    toolchain=Toolchain(cxx="clang++ (Xcode command line tools)",
+                        note="built on the Mac itself: pip install edgepet"),
+)
+_X86 = TargetProfile(
+    name="x86-avx2",
+    description="x86-64 laptop or desktop with AVX2 (Haswell / Zen 1 or newer)",
+    arch="x86_64",
+    cpu="any AVX2 + FMA CPU",
+    isa_features=("avx2", "fma", "f16c"),
+    kernel="avx2",
+    default_bits=4,
+    default_group_size=64,
+    threads=4,
+    toolchain=Toolchain(cxx="g++"),
 )
 
 TARGETS: dict[str, TargetProfile] = {
     profile.name: profile
     for profile in (
-        TargetProfile(
-            name="rpi5",
-            description="Raspberry Pi 5 (BCM2712, 8 GB)",
-            arch="aarch64",
-            cpu="4x Cortex-A76 @ 2.4 GHz",
-            isa_features=("neon", "asimddp", "fp16"),
-            missing_features=("i8mm", "sve"),
-            kernel="neon",
-            layout="tile32",
-            default_bits=2,
-            default_group_size=64,
-            threads=4,
-            toolchain=_AARCH64_LINUX,
-        ),
-        TargetProfile(
+        _ARM_BIG_CORE,
+        replace(
+            _ARM_BIG_CORE,
             name="android-arm64",
             description="Android phone, arm64-v8a (Armv8.2-A big cores, e.g. Cortex-A78)",
-            arch="aarch64",
             cpu="big cores of a big.LITTLE SoC",
-            isa_features=("neon", "asimddp", "fp16"),
             missing_features=("sve",),
-            kernel="neon",
-            layout="tile32",
-            default_bits=2,
-            default_group_size=64,
-            threads=4,
             os="android",
             toolchain=Toolchain(
                 cxx="aarch64-linux-android24-clang++ (Android NDK r26 or newer)",
-                flags="-O3 -march=armv8.2-a+dotprod+fp16",
                 emulator="adb shell on a device (qemu-aarch64 runs the Linux build)",
                 note="link against onnxruntime-android's libonnxruntime.so",
             ),
         ),
-        TargetProfile(
-            name="apple-m1",
-            description="Apple M1 (macOS, arm64)",
-            arch="aarch64",
-            cpu="4 performance + 4 efficiency cores",
-            isa_features=("neon", "asimddp", "fp16"),
-            missing_features=("i8mm", "bf16", "sve"),
-            kernel="neon",
-            layout="tile32",
-            default_bits=4,
-            default_group_size=128,
-            threads=4,
-            os="macos",
-            toolchain=Toolchain(
-                cxx="clang++ (Xcode command line tools)",
-                flags="-O3 -arch arm64 -mcpu=apple-m1",
-                note="built on the Mac itself: pip install edgepet",
-            ),
-        ),
-        TargetProfile(
+        _APPLE,
+        replace(
+            _APPLE,
             name="apple-m2",
             description="Apple M2 (macOS, arm64)",
-            arch="aarch64",
-            cpu="4 performance + 4 efficiency cores",
             isa_features=("neon", "asimddp", "fp16", "i8mm", "bf16"),
             missing_features=("sve",),
-            kernel="neon",
-            layout="tile32",
-            default_bits=4,
-            default_group_size=128,
-            threads=4,
-            os="macos",
-            toolchain=Toolchain(
-                cxx="clang++ (Xcode command line tools)",
-                flags="-O3 -arch arm64 -mcpu=apple-m2",
-                note="built on the Mac itself: pip install edgepet",
-            ),
         ),
-        TargetProfile(
-            name="x86-avx2",
-            description="x86-64 laptop or desktop with AVX2 (Haswell / Zen 1 or newer)",
-            arch="x86_64",
-            cpu="any AVX2 + FMA CPU",
-            isa_features=("avx2", "fma", "f16c"),
-            kernel="avx2",
-            layout="tile32",
-            default_bits=4,
-            default_group_size=64,
-            threads=4,
-            toolchain=Toolchain(cxx="g++", flags="-O3 -mavx2 -mfma -mf16c"),
-        ),
-        TargetProfile(
+        _X86,
+        replace(
+            _X86,
             name="x86-avx512",
             description="x86-64 with AVX-512 (Ice Lake / Zen 4 or newer)",
-            arch="x86_64",
             cpu="any AVX-512 F/BW CPU",
             isa_features=("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni"),
             kernel="avx512",
-            layout="tile32",
-            default_bits=4,
             default_group_size=128,
             threads=8,
-            toolchain=Toolchain(cxx="g++", flags="-O3 -march=icelake-server"),
         ),
     )
 }

@@ -15,7 +15,6 @@ _SUBMODULES = (
     "torch_export",
     "pipeline",
     "examples",
-    "errors",
 )
 
 __all__ = list(_SUBMODULES)

@@ -11,6 +11,7 @@ other PET layer is merged into its base weight where its math allows.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from edgepet.exporters import bundle as bundle_io
 from edgepet.exporters import torch_export as tx
-from edgepet.exporters.errors import BadInputError
 from edgepet.exporters.rewrite import KnownWeight, LayerRecord, QuantPolicy, RewriteResult, digest
 from edgepet.quant import QuantizedTensor
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime.errors import BadInputError
 
 
 def _pet():
@@ -63,13 +64,11 @@ def _task_model(base: nn.Module, name: str, value: Any) -> nn.Module:
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, Mapping):
-        model = copy.deepcopy(base)
-        tx.load_state(model, dict(value), f"adapter {name!r}", strict=False)
-        return model
+        return _with_state(base, dict(value), f"adapter {name!r}")
     path = Path(value)
     if path.is_dir():
         pet = _pet()
-        model = copy.deepcopy(base)
+        model, _ = copy_sharing_base(base)
         try:
             pet.load_peft(model, path)
         except ValueError as error:
@@ -86,8 +85,55 @@ def _task_model(base: nn.Module, name: str, value: Any) -> nn.Module:
         except Exception as error:  # noqa: BLE001
             raise BadInputError(f"adapter {name!r}: {path} is not a state dict of tensors "
                                 f"({tx._first_line(error)})") from None
-    model = copy.deepcopy(base)
-    tx.load_state(model, state, f"adapter {name!r} from {path}", strict=False)
+    return _with_state(base, state, f"adapter {name!r} from {path}")
+
+
+def copy_sharing_base(model: nn.Module) -> tuple[nn.Module, set[int]]:
+    """A deep copy of ``model`` that shares its frozen base tensors with it.
+
+    Every parameter and buffer is shared except those a PET layer owns besides its
+    ``base`` (adapter matrices, packed codes), so a task costs its adapter's size, not
+    the model's. Returns the copy and the ids of the shared tensors, which must not be
+    written in place (:func:`own_tensor` gives the copy its own first).
+    """
+    pet = _pet()
+    own: set[int] = set()
+    for layer in (pet.pet_layers(model).values() if pet else ()):
+        for key, tensor in itertools.chain(layer.named_parameters(), layer.named_buffers()):
+            if not key.startswith("base."):
+                own.add(id(tensor))
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())
+            if id(t) not in own}
+    return copy.deepcopy(model, memo), set(memo)
+
+
+def own_tensor(model: nn.Module, key: str) -> None:
+    """Replace the parameter or buffer ``key`` of ``model`` by a private clone."""
+    parent_name, _, attr = key.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    tensor = getattr(parent, attr)
+    if isinstance(tensor, nn.Parameter):
+        setattr(parent, attr, nn.Parameter(tensor.detach().clone(),
+                                           requires_grad=tensor.requires_grad))
+    else:
+        parent.register_buffer(attr, tensor.detach().clone())
+
+
+def _with_state(base: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """A copy of ``base`` sharing its frozen tensors, with ``state`` loaded; a tensor the
+    state changes is cloned first, so ``base`` itself is never written."""
+    model, shared = copy_sharing_base(base)
+    current = model.state_dict(keep_vars=True)
+    changed = {}
+    for key, value in state.items():
+        tensor = current.get(key)
+        if tensor is None or id(tensor) not in shared:
+            changed[key] = value
+        elif not (isinstance(value, torch.Tensor) and value.shape == tensor.shape
+                  and torch.equal(value.to(tensor.dtype), tensor.detach())):
+            own_tensor(model, key)
+            changed[key] = value
+    tx.load_state(model, changed, what, strict=False)
     return model
 
 
@@ -110,12 +156,14 @@ def graph_module(loaded: tx.LoadedModel, tasks: dict[str, nn.Module]
     if not layers:
         return source, set(), {}
     switchable = _packed_layers(source) | _varying_layers(tasks, layers)
-    module = copy.deepcopy(source).eval()
+    module, _ = copy_sharing_base(source)
+    module.eval()
     merged, kept = [], []
     for name, layer in pet.pet_layers(module).items():
         if name in switchable:
             continue
         if layer.merged or layer.is_mergeable():
+            own_tensor(module, f"{name}.base.weight")  # merging writes it
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 pet.merge(layer)
@@ -220,9 +268,13 @@ class TaskAdapter:
 
 
 def task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable: set[str],
-                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor]
-                   ) -> dict[str, TaskAdapter]:
-    """Task -> what its adapter file overrides (by initializer name)."""
+                   policy: QuantPolicy, quantize_fn: Callable[..., QuantizedTensor],
+                   known: Mapping[str, KnownWeight]) -> dict[str, TaskAdapter]:
+    """Task -> what its adapter file overrides (by initializer name).
+
+    A matrix the rewrite quantized already (the first task's, found in ``known`` by
+    value) reuses that :class:`QuantizedTensor`: it is neither quantized nor packed again.
+    """
     from edgepet.exporters.onnx import lut_matmul_node
 
     records = [r for r in result.layers if r.switchable]
@@ -241,7 +293,9 @@ def task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable
                 raise BadInputError(f"adapter {task!r} has no matrix {record.name}")
             value, qt = matrices[record.name]
             if qt is None:
-                qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric)
+                same = known.get(digest(value))
+                qt = same.qt if same is not None else quantize_fn(
+                    value, policy.bits, policy.group_size, policy.symmetric)
             if qt.shape != (record.n, record.k):
                 raise BadInputError(
                     f"adapter {task!r}: {record.name} is {qt.shape[0]}x{qt.shape[1]}, the "

@@ -206,4 +206,27 @@ EXAMPLES: dict[str, type[nn.Module]] = {
     "llama": TinyLlama,
 }
 
-__all__ = ["EXAMPLES", "TinyLlama", "TinyMLP", "TinyViT"]
+def random_lowbit_tasks(
+    tuned: nn.Module, seeds: dict[str, int], scale: float = 0.05
+) -> dict[str, nn.Module]:
+    """Task models for adapter-switching tests and benchmarks: per task, a copy of
+    ``tuned`` (which carries k-bit LoRA) with random, trained-looking LoRA matrices
+    (``scale`` times a normal draw from the task's seed), binarized and in eval mode."""
+    import copy
+
+    from edgepet import pet
+
+    tasks = {}
+    for name, seed in seeds.items():
+        model = copy.deepcopy(tuned)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if "lora_" in key:
+                    p.copy_(scale * torch.randn(p.shape, generator=gen))
+        pet.binarize(model)
+        tasks[name] = model.eval()
+    return tasks
+
+
+__all__ = ["EXAMPLES", "TinyLlama", "TinyMLP", "TinyViT", "random_lowbit_tasks"]

@@ -1,112 +1,137 @@
-"""The bundle manifest: its schema version, its JSON Schema, and a checker for it.
+"""Writing a bundle's ``manifest.json``: built once from what the export made, written once.
 
-``manifest.schema.json`` (beside this file, and copied into every bundle) is the one
-definition of what a manifest holds. :func:`check` validates a manifest against it with
-a small validator written here, for the subset of JSON Schema the file uses — devices
-read bundles with numpy and onnxruntime only, so no ``jsonschema`` dependency.
+The schema, its version and its checker are :mod:`edgepet.runtime.manifest` (devices read
+manifests without the exporter); this module only fills one in. Every file of the staged
+bundle is hashed exactly once, by :func:`build_manifest`'s file table.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
-import re
-from functools import cache
+import platform
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: Bumped when a manifest field changes meaning or a required field is added.
-SCHEMA_VERSION = 1
-SCHEMA_ID = "edgepet.bundle"
-SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+import numpy as np
+import onnx
+import onnxruntime as ort
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "null": (type(None),),
-}
+import edgepet
+from edgepet.exporters import bundle as bundle_writer
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime import manifest as manifest_schema
 
-
-@cache
-def schema() -> dict[str, Any]:
-    """The manifest's JSON Schema (draft 2020-12)."""
-    return json.loads(SCHEMA_FILE.read_text())
+if TYPE_CHECKING:
+    from edgepet.exporters.rewrite import QuantPolicy, RewriteResult
+    from edgepet.exporters.torch_export import LoadedModel
+    from edgepet.targets import TargetProfile
 
 
-def check(manifest: Any) -> list[str]:
-    """Every way ``manifest`` breaks the schema, as ``path: problem`` lines (empty: valid)."""
-    root = schema()
-    problems: list[str] = []
-    _check(manifest, root, root, "manifest", problems)
-    return problems
+def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
+                   policy: QuantPolicy, quantizer: str, result: RewriteResult,
+                   float_bytes: int, files: dict[str, Any], adapters: list[dict],
+                   reference: dict[str, Any], pet_info: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of the bundle staged in ``stage``, its files written and hashed.
+
+    Call it after every file but the manifest is in place: the schema copy is written
+    here, then the file table hashes each file once. ``float_bytes`` is the float
+    model's weight size (:func:`initializer_bytes` of the graph before quantization).
+    """
+    import torch
+
+    from edgepet.exporters.onnx import OP_VERSION
+    from edgepet.exporters.pipeline import TOLERANCE_VS_PYTORCH, TOLERANCE_VS_QUANTIZED
+    from edgepet.kernels import LAYOUT
+
+    per_task = reference["per_task"]
+    for entry in adapters:
+        entry["reference_outputs"], entry["quantized_outputs"] = per_task[entry["name"]]
+    default_outputs = next(iter(per_task.values()))
+    overridable = {p for a in adapters for p in a["parameters"]}
+    model = result.model
+    (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
+    table = bundle_writer.file_table(stage)
+    weight_bytes = initializer_bytes(model)
+    return {
+        "schema": manifest_schema.SCHEMA_ID,
+        "schema_version": manifest_schema.SCHEMA_VERSION,
+        "edgepet_version": edgepet.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": profile.to_dict(),
+        "quantization": {
+            "bits": policy.bits, "group_size": policy.group_size,
+            "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
+        },
+        "operator": {
+            "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
+            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
+            "library": files["library"],
+        },
+        "model": {
+            "file": bundle_io.MODEL, "external_data": files["external_data"],
+            "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "ir_version": model.ir_version,
+        },
+        "inputs": [_value_info(v) for v in model.graph.input if v.name not in overridable],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "layers": [r.to_dict() for r in result.layers],
+        "adapters": adapters,
+        "reference": {
+            "inputs": reference["inputs"],
+            "outputs": default_outputs[0],
+            "quantized_outputs": default_outputs[1],
+            "tolerance": {
+                "vs_pytorch": TOLERANCE_VS_PYTORCH[policy.bits],
+                "vs_quantized": TOLERANCE_VS_QUANTIZED,
+            },
+        },
+        "sizes": {
+            "float_weight_bytes": float_bytes,
+            "weight_bytes": weight_bytes,
+            "linear_float_bytes": sum(r.float_bytes for r in result.layers),
+            "linear_stored_bytes": sum(r.stored_bytes for r in result.layers),
+            "adapter_bytes": sum(a["bytes"] for a in adapters),
+            "bundle_bytes": sum(f["bytes"] for f in table.values()),
+            "compression": round(float_bytes / max(weight_bytes, 1), 3),
+        },
+        "files": table,
+        "provenance": {
+            "source": loaded.source,
+            "source_kind": loaded.kind,
+            "source_sha256": (bundle_io.sha256_file(Path(loaded.source))
+                              if loaded.source and Path(loaded.source).is_file() else None),
+            "torch_version": torch.__version__,
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": ort.__version__,
+            "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
+            "pet": pet_info,
+        },
+    }
 
 
-def _is(value: Any, type_name: str) -> bool:
-    if type_name in ("integer", "number") and isinstance(value, bool):
-        return False
-    if type_name == "integer" and isinstance(value, float):
-        return value.is_integer()
-    return isinstance(value, _TYPES[type_name])
+def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    """Check ``manifest`` against the schema and write it into ``stage`` (once)."""
+    problems = manifest_schema.check(manifest)
+    if problems:
+        raise RuntimeError("edgepet wrote a manifest that breaks its schema: " + "; ".join(
+            problems[:5]))
+    (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _check(value: Any, rule: dict, root: dict, path: str, problems: list[str]) -> None:
-    if "$ref" in rule:
-        ref = rule["$ref"]
-        if not ref.startswith("#/$defs/"):
-            raise ValueError(f"manifest schema: unsupported $ref {ref}")
-        rule = root["$defs"][ref.removeprefix("#/$defs/")]
-    if "anyOf" in rule:
-        if not any(not _errors(value, option, root) for option in rule["anyOf"]):
-            problems.append(f"{path}: {_short(value)} matches none of the allowed forms")
-        return
-    types = rule.get("type")
-    if types is not None:
-        names = [types] if isinstance(types, str) else types
-        if not any(_is(value, t) for t in names):
-            problems.append(f"{path}: expected {' or '.join(names)}, got {_short(value)}")
-            return
-    if "const" in rule and value != rule["const"]:
-        problems.append(f"{path}: must be {rule['const']!r}, got {_short(value)}")
-    if "enum" in rule and value not in rule["enum"]:
-        problems.append(f"{path}: {_short(value)} is not one of {rule['enum']}")
-    if "minimum" in rule and _is(value, "number") and value < rule["minimum"]:
-        problems.append(f"{path}: {value} is below the minimum {rule['minimum']}")
-    if "pattern" in rule and isinstance(value, str) and not re.search(rule["pattern"], value):
-        problems.append(f"{path}: {value!r} does not match {rule['pattern']}")
-    if isinstance(value, dict):
-        _check_object(value, rule, root, path, problems)
-    if isinstance(value, list) and "items" in rule:
-        for i, item in enumerate(value):
-            _check(item, rule["items"], root, f"{path}[{i}]", problems)
+def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in t.shape.dim]
+    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "shape": dims}
 
 
-def _check_object(value: dict, rule: dict, root: dict, path: str, problems: list[str]) -> None:
-    for key in rule.get("required", []):
-        if key not in value:
-            problems.append(f"{path}: missing required field {key!r}")
-    props = rule.get("properties", {})
-    extra = rule.get("additionalProperties", True)
-    for key, item in value.items():
-        if key in props:
-            _check(item, props[key], root, f"{path}.{key}", problems)
-        elif extra is False:
-            problems.append(f"{path}: unknown field {key!r}")
-        elif isinstance(extra, dict):
-            _check(item, extra, root, f"{path}.{key}", problems)
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of a graph's initializers (its weights), whatever their dtype."""
+    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
 
 
-def _errors(value: Any, rule: dict, root: dict) -> list[str]:
-    found: list[str] = []
-    _check(value, rule, root, "", found)
-    return found
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "check", "schema"]
+__all__ = ["build_manifest", "initializer_bytes", "write_manifest"]

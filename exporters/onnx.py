@@ -1,4 +1,4 @@
-"""ONNX graph pieces for ``ai.edgepet.LutMatMul`` (the only place that writes ONNX).
+"""ONNX graph pieces for ``ai.edgepet.LutMatMul``: the node and one-node models.
 
 The operator contract is in docs/operator.md; :func:`lut_matmul_node` is its one
 writer, so every exporter emits the same attributes and input order.

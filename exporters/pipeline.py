@@ -14,12 +14,8 @@ base weight (or, if its math cannot merge, exported as it is).
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,13 +27,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-import edgepet
 from edgepet.exporters import adapters as adapters_io
-from edgepet.exporters import bundle as bundle_io
-from edgepet.exporters import manifest as manifest_schema
+from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters import torch_export as tx
-from edgepet.exporters.errors import BadInputError
 from edgepet.exporters.fuse import fuse_shared_inputs
+from edgepet.exporters.manifest import build_manifest, initializer_bytes, write_manifest
 from edgepet.exporters.rewrite import (
     KnownWeight,
     QuantPolicy,
@@ -49,6 +43,8 @@ from edgepet.exporters.rewrite import (
 )
 from edgepet.quant import QuantizedTensor, quantize
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime.errors import BadInputError
 from edgepet.targets import TargetProfile, get_target, host_target
 
 #: Relative output error (||y - y_torch|| / ||y_torch||) the bundle may show against fp32
@@ -122,7 +118,7 @@ def export(
     quantizer, quantize_fn = _quantizer(quantizer)
     library = _check_op_library(op_library, profile)
     out = Path(out)
-    with bundle_io.staged_output(out, overwrite) as stage:
+    with bundle_writer.staged_output(out, overwrite) as stage:
         say("loading the model")
         loaded = _resolve_model(model, trust, arch, arch_kwargs)
         tasks = adapters_io.task_models(loaded, adapters)
@@ -132,30 +128,32 @@ def export(
         references = _torch_references(loaded, tasks, example)
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
-        _rename_outputs(float_model)
-        _name_batch_dim(float_model)
         say(f"quantizing linear layers to {policy.bits} bits")
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = adapters_io.known_weights(first_task, switchable, policy, quantize_fn)
         names: dict[str, list[str]] = {}
         for name, value in tx.named_matrices(graph_module).items():
             names.setdefault(digest(value.detach().cpu().numpy()), []).append(name)
+        float_bytes = initializer_bytes(float_model)
         result = fuse_shared_inputs(_rewrite(float_model, policy, names, known, quantize_fn, say))
+        del float_model  # the rewrite made its own copy; the float weights can go
         say("writing adapters and reference data")
-        task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn)
+        task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn,
+                                                    known)
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)
         files["library"] = _ship_op_library(stage, library)
         adapter_entries = adapters_io.write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
-        manifest = _manifest(
-            stage, loaded, profile, policy, quantizer, result, float_model, files,
+        manifest = build_manifest(
+            stage, loaded, profile, policy, quantizer, result, float_bytes, files,
             adapter_entries, reference, pet_info,
         )
         say("verifying the bundle against PyTorch")
-        checked = bundle_io.Bundle.open(stage)
-        measured = checked.verify()
+        # The manifest is complete but for the measurement; verify the staged files
+        # through it in memory, then write it once.
+        measured = bundle_io.Bundle(stage, manifest).verify()
         bad = [r for r in measured if r.vs_quantized > TOLERANCE_VS_QUANTIZED]
         if bad:
             raise RuntimeError(
@@ -165,9 +163,9 @@ def export(
             )
         manifest["reference"]["measured"] = {
             (r.adapter or "default"): r.to_dict() for r in measured}
-        _dump_manifest(stage, manifest)
+        write_manifest(stage, manifest)
     say.finish()
-    return bundle_io.Bundle.open(out)
+    return bundle_io.Bundle(out, manifest)
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -292,7 +290,7 @@ def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
 # --- quantization and adapters ----------------------------------------------------------
 
 
-def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
+def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, list[str]],
              known: dict[str, KnownWeight], quantize_fn: Callable[..., QuantizedTensor],
              say: _Steps) -> RewriteResult:
     def tick(done: int, total: int, layer: str) -> None:
@@ -312,38 +310,6 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, str],
 
 
 # --- writing ----------------------------------------------------------------------------
-
-
-def _rename_outputs(model: onnx.ModelProto) -> None:
-    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
-    outputs = list(model.graph.output)
-    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
-               for i, o in enumerate(outputs)}
-    inputs = {i.name for i in model.graph.input}
-    if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
-        return
-    for node in model.graph.node:
-        for i, name in enumerate(node.output):
-            if name in renames:
-                node.output[i] = renames[name]
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-    for o in model.graph.output:
-        o.name = renames[o.name]
-
-
-def _name_batch_dim(model: onnx.ModelProto) -> None:
-    """Call the exporter's symbol for the leading input dimension ``batch`` everywhere."""
-    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
-               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
-    if len(symbols) != 1:
-        return
-    (old,) = symbols
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == old:
-                dim.dim_param = "batch"
 
 
 def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[str, Any]:
@@ -390,109 +356,3 @@ def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch
         entries["per_task"][task] = (f"reference/outputs{suffix}.npz",
                                      f"reference/quantized_outputs{suffix}.npz")
     return entries
-
-
-def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
-    t = v.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in t.shape.dim]
-    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-            "shape": dims}
-
-
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-               for t in model.graph.initializer)
-
-
-def _manifest(stage: Path, loaded: tx.LoadedModel, profile: TargetProfile,
-              policy: QuantPolicy, quantizer: str, result: RewriteResult,
-              float_model: onnx.ModelProto, files: dict[str, Any], adapters: list[dict],
-              reference: dict[str, Any], pet_info: dict[str, Any]) -> dict[str, Any]:
-    from edgepet.exporters.onnx import OP_VERSION
-    from edgepet.kernels import LAYOUT
-
-    per_task = reference["per_task"]
-    for entry in adapters:
-        entry["reference_outputs"], entry["quantized_outputs"] = per_task[entry["name"]]
-    default_outputs = next(iter(per_task.values()))
-    overridable = {p for a in adapters for p in a["parameters"]}
-    model = result.model
-    table = bundle_io.file_table(stage)
-    float_bytes = _initializer_bytes(float_model)
-    weight_bytes = _initializer_bytes(model)
-    bundle_bytes = sum(f["bytes"] for f in table.values())
-    target = profile.to_dict()
-    target["threads"] = profile.threads
-    manifest = {
-        "schema": manifest_schema.SCHEMA_ID,
-        "schema_version": manifest_schema.SCHEMA_VERSION,
-        "edgepet_version": edgepet.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "target": target,
-        "quantization": {
-            "bits": policy.bits, "group_size": policy.group_size,
-            "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
-        },
-        "operator": {
-            "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
-            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
-            "library": files["library"],
-        },
-        "model": {
-            "file": bundle_io.MODEL, "external_data": files["external_data"],
-            "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "ir_version": model.ir_version,
-        },
-        "inputs": [_value_info(v) for v in model.graph.input if v.name not in overridable],
-        "outputs": [_value_info(v) for v in model.graph.output],
-        "layers": [r.to_dict() for r in result.layers],
-        "adapters": adapters,
-        "reference": {
-            "inputs": reference["inputs"],
-            "outputs": default_outputs[0],
-            "quantized_outputs": default_outputs[1],
-            "tolerance": {
-                "vs_pytorch": TOLERANCE_VS_PYTORCH[policy.bits],
-                "vs_quantized": TOLERANCE_VS_QUANTIZED,
-            },
-        },
-        "sizes": {
-            "float_weight_bytes": float_bytes,
-            "weight_bytes": weight_bytes,
-            "linear_float_bytes": sum(r.float_bytes for r in result.layers),
-            "linear_stored_bytes": sum(r.stored_bytes for r in result.layers),
-            "adapter_bytes": sum(a["bytes"] for a in adapters),
-            "bundle_bytes": bundle_bytes,
-            "compression": round(float_bytes / max(weight_bytes, 1), 3),
-        },
-        "files": table,
-        "provenance": {
-            "source": loaded.source,
-            "source_kind": loaded.kind,
-            "source_sha256": (bundle_io.sha256_file(Path(loaded.source))
-                              if loaded.source and Path(loaded.source).is_file() else None),
-            "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__,
-            "onnxruntime_version": ort.__version__,
-            "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
-            "pet": pet_info,
-        },
-    }
-    problems = manifest_schema.check(manifest)
-    if problems:
-        raise RuntimeError("edgepet wrote a manifest that breaks its schema: " + "; ".join(
-            problems[:5]))
-    _dump_manifest(stage, manifest)
-    (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
-    manifest["files"] = bundle_io.file_table(stage)
-    manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-    _dump_manifest(stage, manifest)
-    return manifest
-
-
-def _dump_manifest(stage: Path, manifest: dict[str, Any]) -> None:
-    (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-__all__ = ["DEFAULT_EXAMPLE", "TOLERANCE_VS_PYTORCH", "TOLERANCE_VS_QUANTIZED", "export"]

@@ -15,7 +15,6 @@ manifest speak the user's names.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepet.quant import QuantizedTensor, quantize
+from edgepet.quant.select import glob_matches
 from edgepet.quant.tensor import Bits
 
 DOMAIN = "ai.edgepet"
@@ -49,9 +49,8 @@ class QuantPolicy:
     keep: tuple[str, ...] = ()
 
     def keeps(self, name: str) -> bool:
-        """True when ``name`` matches a ``--keep`` pattern (fnmatch, e.g. ``lm_head``)."""
-        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*")
-                   for p in self.keep)
+        """True when ``name`` matches a ``--keep`` glob (e.g. ``lm_head``)."""
+        return glob_matches(name, self.keep)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """PyTorch side of export: read a model file, find example inputs, write ONNX.
 
 Every input kind the CLI accepts is read here, and every way reading can fail is
-turned into a :class:`~edgepet.exporters.errors.BadInputError` that says what to do.
-Unpickling runs code, so pickled modules are read only when the caller trusts them.
+turned into a :class:`~edgepet.runtime.errors.BadInputError` that says what to do.
+Unpickling runs code, so nothing is unpickled unless the caller trusts the file
+(``trust``): pickled modules are refused, state dicts are read weights-only, and a
+``.pt2`` archive is inspected before ``torch.export.load`` sees it (:func:`check_pt2`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -26,10 +29,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgepet.exporters.errors import BadInputError
-
-#: Input kinds, as recorded in the manifest's provenance.
-KINDS = ("module", "torchscript", "exported-program", "pickle", "state-dict")
+from edgepet.runtime.errors import BadInputError
 
 
 @dataclass
@@ -85,7 +85,7 @@ def load_model(
         return _state_dict_model(_read_safetensors(path), path, arch, arch_kwargs)
     names = _zip_names(path)
     if names is not None and any(n.endswith("/archive_format") for n in names):
-        return _load_exported_program(path)
+        return _load_exported_program(path, trust)
     if names is not None and any("/code/" in n for n in names) and any(
         n.endswith("/constants.pkl") for n in names
     ):
@@ -116,12 +116,149 @@ def _unreadable(path: Path, what: str, error: Exception) -> BadInputError:
     )
 
 
-def _load_exported_program(path: Path) -> LoadedModel:
+def _load_exported_program(path: Path, trust: bool = False) -> LoadedModel:
+    if not trust:
+        check_pt2(path)
     try:
-        program = torch.export.load(str(path))
+        with _quiet():
+            program = torch.export.load(str(path))
     except Exception as error:  # noqa: BLE001 — any failure to read is the file's fault
         raise _unreadable(path, "a torch.export program", error) from None
+    if not trust:
+        _check_graph_calls(program, path)
     return LoadedModel(program, "exported-program", str(path), _ep_example_inputs(program))
+
+
+# --- .pt2 archives without unpickling -----------------------------------------------------
+#
+# torch.export.load unpickles with weights_only=False wherever the archive says so: weights
+# and constants marked use_pickle, custom and opaque objects, legacy .pt parts, and (as a
+# fallback when the weights-only load fails) the sample inputs; it also loads AOTInductor
+# shared libraries. check_pt2 lets through only archives whose every part is JSON, raw
+# tensor bytes, or a pickle that torch.load(weights_only=True) reads — verified here first,
+# so that torch's own fallback never runs.
+
+_PT2_PLAIN = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[^/]+\.json|extra/.+)")
+_PT2_CONFIG = re.compile(r"data/(weights|constants)/[^/]+_(weights|constants)_config\.json")
+_PT2_SAMPLE_INPUTS = re.compile(r"data/sample_inputs/[^/]+\.pt")
+
+
+def check_pt2(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``.pt2`` archive that ``torch.export.load`` would unpickle code from.
+
+    Raises :class:`BadInputError` naming the part and pointing at ``--trust``. Loads
+    nothing but JSON, and the sample inputs with ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if not name.endswith("/")]
+        # One root folder and no name twice: otherwise torch's zip reader and Python's could
+        # see different parts under the same name, and this check would vouch for the wrong one.
+        if len({n.split("/", 1)[0] for n in names}) != 1 or len(set(names)) != len(names) \
+                or any("/" not in n for n in names):
+            raise _needs_trust(path, "(the archive's layout)", "several root folders, or a "
+                               "part named twice")
+        entries = {_pt2_record(name): name for name in names}
+        configs = {rec: _pt2_config(archive, name, path) for rec, name in entries.items()
+                   if _PT2_CONFIG.fullmatch(rec)}
+        raw = {f"{rec.rsplit('/', 1)[0]}/{meta['path_name']}"
+               for rec, config in configs.items() for meta in config.values()
+               if _plain_payload(rec.split("/")[1], meta)}
+        for record, name in sorted(entries.items()):
+            if _PT2_PLAIN.fullmatch(record) or record in configs or record in raw:
+                continue
+            if _PT2_SAMPLE_INPUTS.fullmatch(record):
+                _weights_only(archive.read(name), path, record)
+                continue
+            raise _needs_trust(path, record)
+
+
+def _pt2_record(name: str) -> str:
+    """An entry's name inside the archive's root folder (``archive/models/x.json`` ->
+    ``models/x.json``)."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _pt2_config(archive: zipfile.ZipFile, name: str, path: Path) -> dict[str, dict]:
+    try:
+        config = json.loads(archive.read(name))["config"]
+    except (ValueError, KeyError, TypeError):
+        raise BadInputError(f"{path}: {name} is not a torch.export payload table — the file "
+                            "is damaged; save it again with torch.export.save") from None
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise BadInputError(f"{path}: {name} is not a torch.export payload table — the file "
+                            "is damaged; save it again with torch.export.save")
+    return config
+
+
+def _plain_payload(kind: str, meta: dict[str, Any]) -> bool:
+    """A weight or constant stored as raw tensor bytes (read without unpickling)."""
+    name = meta.get("path_name")
+    prefix = "weight_" if kind == "weights" else "tensor_"
+    return (meta.get("use_pickle") is False and isinstance(name, str)
+            and name.startswith(prefix) and "/" not in name)
+
+
+def _weights_only(data: bytes, path: Path, record: str) -> None:
+    try:
+        with _quiet():
+            # The very call torch.export.load makes first: when it succeeds here, torch's
+            # fallback to weights_only=False is never reached.
+            torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as error:  # noqa: BLE001 — the weights-only unpickler refused it
+        raise _needs_trust(path, record, _first_line(error)) from None
+
+
+def _needs_trust(path: Path, record: str, why: str | None = None) -> BadInputError:
+    detail = f" ({why})" if why else ""
+    return BadInputError(
+        f"{path}: its part {record} is not plain tensor data{detail}; torch.export.load "
+        "would unpickle it (or load native code), which runs code from the file — pass "
+        "--trust (trust=True) only if you trust its source, or save the program again "
+        "with torch.export.save from plain tensors"
+    )
+
+
+#: Python functions a graph may call besides torch operators (what torch.export emits for
+#: shape arithmetic and tuple access).
+_PLAIN_CALLS = frozenset({
+    "getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+    "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "invert",
+    "lshift", "rshift", "sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_ite",
+    "sym_sqrt", "sym_sum", "_sym_sqrt", "ceil", "floor", "trunc", "sqrt", "log", "exp",
+})
+
+
+def _check_graph_calls(program: Any, path: Path) -> None:
+    """Every call in an untrusted program is a torch operator or plain arithmetic.
+
+    A graph node may name any attribute of ``torch``, ``operator`` or ``math``; running
+    the program (edgepet does, for reference outputs) must not call, say,
+    ``operator.attrgetter`` or a loader.
+    """
+    from torch._ops import HigherOrderOperator, OpOverload, OpOverloadPacket
+
+    for module in program.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            if node.op != "call_function":
+                continue
+            target = node.target
+            if isinstance(target, (OpOverload, OpOverloadPacket, HigherOrderOperator)):
+                continue
+            if (getattr(target, "__module__", None) in ("_operator", "operator", "math",
+                                                        "torch", "torch.fx.experimental"
+                                                        ".sym_node")
+                    and getattr(target, "__name__", None) in _PLAIN_CALLS):
+                continue
+            name = getattr(target, "__name__", None) or repr(target)
+            raise BadInputError(
+                f"{path}: its graph calls {name!r} (node {node.name!r}), which is not a "
+                "torch operator — running it could run code; pass --trust (trust=True) "
+                "only if you trust its source"
+            )
 
 
 def _ep_example_inputs(program: torch.export.ExportedProgram) -> tuple | None:
@@ -420,9 +557,16 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
     ``nn.Module`` and ``.pt2`` go through the dynamo exporter; TorchScript through the
     TorchScript exporter (torch.export cannot trace ScriptModules), with the example's
     shapes fixed. A module that the dynamo exporter cannot trace gets a second try with
-    the TorchScript exporter.
+    the TorchScript exporter. Outputs are called ``output`` (``output_0``, ... when there
+    are several) and the batch dimension ``batch``, whichever exporter ran.
     """
-    inputs = tuple(inputs)
+    model = _export_graph(loaded, tuple(inputs))
+    _rename_outputs(model)
+    _name_batch_dim(model)
+    return model
+
+
+def _export_graph(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
     if loaded.kind == "exported-program":
         with _quiet():
             return _checked(torch.onnx.export(loaded.model, dynamo=True, verbose=False)
@@ -447,6 +591,38 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
                 f"(TorchScript exporter: {legacy_error}) — the model must be traceable by "
                 "torch.export; see docs/export.md"
             ) from None
+
+
+def _rename_outputs(model: onnx.ModelProto) -> None:
+    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
+    outputs = list(model.graph.output)
+    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
+               for i, o in enumerate(outputs)}
+    inputs = {i.name for i in model.graph.input}
+    if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
+        return
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for o in model.graph.output:
+        o.name = renames[o.name]
+
+
+def _name_batch_dim(model: onnx.ModelProto) -> None:
+    """Call the exporter's symbol for the leading input dimension ``batch`` everywhere."""
+    symbols = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
+               if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+    if len(symbols) != 1:
+        return
+    (old,) = symbols
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = "batch"
 
 
 def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
@@ -502,7 +678,6 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
 
 
 __all__ = [
-    "KINDS",
     "LoadedModel",
     "build_arch",
     "example_inputs",

@@ -1,4 +1,4 @@
-"""Shared fixtures: where tests find toolchains and ONNX Runtime pieces."""
+"""Shared fixtures: example bundles, and where tests find toolchains and ONNX Runtime pieces."""
 
 import os
 import shutil
@@ -67,3 +67,29 @@ def aarch64_c_app(tmp_path, aarch64_tools, ort_headers, aarch64_run):
         check=True, capture_output=True,
     )
     return lambda library, model, *dims: aarch64_run(aarch64_tools, app, library, model, *dims)
+
+
+class BundleCache:
+    """Exports each (example, bits) once; tests that only read a bundle share it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bundles: dict[tuple, object] = {}
+
+    def example(self, name: str, bits="4", **options):
+        from edgepet.exporters.pipeline import export
+
+        key = (name, str(bits), tuple(sorted(options.items())))
+        if key not in self.bundles:
+            out = self.root / f"{name}-{bits}-{len(self.bundles)}"
+            self.bundles[key] = export(f"example:{name}", out, target="x86-avx2",
+                                       bits=bits, **options)
+        return self.bundles[key]
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> BundleCache:
+    """Example bundles, exported once per session (needs torch and the native build)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("edgepet._native", reason="the native build (pip install .) is needed")
+    return BundleCache(tmp_path_factory.mktemp("bundles"))

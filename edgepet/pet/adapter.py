@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgepet.pet.layer import PetLayer
-from edgepet.pet.lora import make_matrix
+from edgepet.pet.layer import PetLayer, make_matrix
 from edgepet.pet.lowbit import check_adapter_bits
 
 ACTIVATIONS = {

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgepet.pet.lowbit import PackedMatrix
+from edgepet.pet.lowbit import LowBitMatrix, PackedMatrix
 from edgepet.quant import QuantizedTensor
 
 
@@ -39,6 +39,11 @@ class DenseMatrix(nn.Module):
     def stored_bytes(self) -> int:
         """Bytes this matrix takes in an adapter file (float32 as trained)."""
         return self.weight.numel() * self.weight.element_size()
+
+
+def make_matrix(weight: torch.Tensor, bits: int | None) -> nn.Module:
+    """A trainable matrix of a PET method: float, or k-bit when ``bits`` is given."""
+    return DenseMatrix(weight) if bits is None else LowBitMatrix(weight, bits)
 
 
 class PetLayer(nn.Module):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgepet.pet.layer import DenseMatrix, PetLayer
-from edgepet.pet.lowbit import LowBitMatrix, check_adapter_bits
+from edgepet.pet.layer import PetLayer, make_matrix
+from edgepet.pet.lowbit import check_adapter_bits
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,6 @@ class LoraConfig:
     @property
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
-
-
-def make_matrix(weight: torch.Tensor, bits: int | None) -> nn.Module:
-    """A float matrix, or a k-bit one when ``bits`` is given."""
-    return DenseMatrix(weight) if bits is None else LowBitMatrix(weight, bits)
 
 
 class LoraLinear(PetLayer):

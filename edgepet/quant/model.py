@@ -1,4 +1,4 @@
-"""Quantizing a whole PyTorch model's linear layers: the entry point exporters call.
+"""Quantizing a whole PyTorch model's linear layers and reporting each layer's error.
 
 torch is imported inside the functions, so ``edgepet.quant`` still imports on a device
 without it.

@@ -20,28 +20,33 @@ from edgepet.quant.tensor import (
 )
 
 
-def _grouped(w: np.ndarray, group_size: int) -> np.ndarray:
-    """View ``[N, K]`` as ``[N, G, group_size]`` with NaN padding for the tail."""
-    n, k = w.shape
+def split_groups(a: np.ndarray, group_size: int, fill: float = np.nan) -> np.ndarray:
+    """``[R, K]`` as ``[R, G, group_size]``, the tail of the last group set to ``fill``."""
+    rows, k = a.shape
     g = num_groups(k, group_size)
-    padded = np.full((n, g * group_size), np.nan, dtype=np.float32)
-    padded[:, :k] = w
-    return padded.reshape(n, g, group_size)
+    padded = np.full((rows, g * group_size), fill, dtype=np.float32)
+    padded[:, :k] = a
+    return padded.reshape(rows, g, group_size)
 
 
-def _ungroup(codes: np.ndarray, k: int) -> np.ndarray:
-    n = codes.shape[0]
-    return codes.reshape(n, -1)[:, :k]
-
-
-def _tensor(grouped_codes, scale, zero, bits: Bits, gs: int, k: int) -> QuantizedTensor:
+def tensor_from_groups(
+    grouped_codes: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    bits: Bits,
+    group_size: int,
+    k: int,
+) -> QuantizedTensor:
+    """The :class:`QuantizedTensor` of codes ``[N, G, group_size]`` (padding dropped) and
+    per-group scales (and zero points; None: symmetric codes)."""
+    codes = grouped_codes.reshape(grouped_codes.shape[0], -1)[:, :k]
     return QuantizedTensor(
-        codes=np.ascontiguousarray(_ungroup(grouped_codes, k)),
-        scales=scale.astype(np.float32),
-        zero_points=None if zero is None else zero.astype(np.float32),
+        codes=np.ascontiguousarray(codes),
+        scales=scales.astype(np.float32),
+        zero_points=None if zero_points is None else zero_points.astype(np.float32),
         bits=bits,
-        group_size=gs,
-        symmetric=zero is None,
+        group_size=group_size,
+        symmetric=zero_points is None,
     )
 
 
@@ -91,19 +96,19 @@ def quantize(
 
 def _symmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
     top = (1 << bits) - 1
-    grouped = _grouped(w, gs)
+    grouped = split_groups(w, gs)
     with np.errstate(invalid="ignore"):
         if bits == 1:
             scale = np.nanmean(np.abs(grouped), axis=2)
         else:
             scale = np.nanmax(np.abs(grouped), axis=2) / top
     codes = nearest_codes(np.nan_to_num(grouped), scale, None, bits)
-    return _tensor(codes, scale, None, bits, gs, w.shape[1])
+    return tensor_from_groups(codes, scale, None, bits, gs, w.shape[1])
 
 
 def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
     top = (1 << bits) - 1
-    grouped = _grouped(w, gs)
+    grouped = split_groups(w, gs)
     if bits == 1:
         lo, hi = _two_means(grouped)
     else:
@@ -114,7 +119,7 @@ def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
     scale = np.where(span > 0, span / top, np.where(lo != 0, np.abs(lo), 1.0))
     zero = -lo / scale
     codes = nearest_codes(np.nan_to_num(grouped), scale, zero, bits)
-    return _tensor(codes, scale, zero, bits, gs, w.shape[1])
+    return tensor_from_groups(codes, scale, zero, bits, gs, w.shape[1])
 
 
 def _two_means(grouped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +141,7 @@ def _two_means(grouped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ternary(w: np.ndarray, gs: int) -> QuantizedTensor:
-    grouped = _grouped(w, gs)
+    grouped = split_groups(w, gs)
     scale = np.nanmean(np.abs(grouped), axis=2)
     codes = nearest_codes(np.nan_to_num(grouped), scale, None, "ternary")
-    return _tensor(codes, scale, None, "ternary", gs, w.shape[1])
+    return tensor_from_groups(codes, scale, None, "ternary", gs, w.shape[1])

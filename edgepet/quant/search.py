@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepet.quant.rtn import quantize
+from edgepet.quant.rtn import quantize, split_groups, tensor_from_groups
 from edgepet.quant.tensor import (
     Bits,
     QuantizedTensor,
@@ -102,12 +102,7 @@ class _Groups:
             self.h = np.matmul(xg.transpose(0, 2, 1), xg) / x.shape[0]
 
     def split(self, a: np.ndarray) -> np.ndarray:
-        padded = np.zeros((a.shape[0], self.g * self.gs), dtype=np.float32)
-        padded[:, : self.k] = a
-        return padded.reshape(a.shape[0], self.g, self.gs)
-
-    def join(self, a: np.ndarray) -> np.ndarray:
-        return a.reshape(a.shape[0], -1)[:, : self.k]
+        return split_groups(a, self.gs, fill=0.0)
 
     def weigh(self, d: np.ndarray) -> np.ndarray:
         """``H d`` per group (``H`` = the group's activation Gram matrix, or the mask)."""
@@ -126,14 +121,7 @@ class _Groups:
 def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray]:
     """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``."""
     codes = nearest_codes(groups.w, s, z, bits)
-    qt = QuantizedTensor(
-        codes=np.ascontiguousarray(groups.join(codes)),
-        scales=s.astype(np.float32),
-        zero_points=None if z is None else z.astype(np.float32),
-        bits=bits,
-        group_size=gs,
-        symmetric=z is None,
-    )
+    qt = tensor_from_groups(codes, s, z, bits, gs, groups.k)
     return codes, groups.error(groups.split(qt.dequantize()))
 
 
@@ -235,11 +223,4 @@ def search_quantize(
         s = np.where(fit, s, best_s)
         z = None if z is None else np.where(fit, z, best_z)
         consider(s, z)
-    return QuantizedTensor(
-        codes=np.ascontiguousarray(groups.join(best_codes)),
-        scales=best_s.astype(np.float32),
-        zero_points=None if sym else best_z.astype(np.float32),
-        bits=bits,
-        group_size=gs,
-        symmetric=sym,
-    )
+    return tensor_from_groups(best_codes, best_s, None if sym else best_z, bits, gs, groups.k)

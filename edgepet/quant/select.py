@@ -1,16 +1,22 @@
-"""Choosing layers by name: one matching rule for edgepet.pet and edgepet.quant.
+"""Choosing layers by name: the matching rules of edgepet.pet, edgepet.quant and export.
 
-Patterns follow Hugging Face PEFT's ``target_modules`` so users can reuse theirs:
+Two rules, each written once here. PET targets and quantization selections follow
+Hugging Face PEFT's ``target_modules`` so users can reuse theirs:
 
 * a single string is a regular expression that must match the *whole* name
   (``r".*\\.(q|v)"``);
 * a list of strings matches a name that equals an entry or ends with ``"." + entry``
   (``["q", "v"]`` picks ``blocks.0.attn.q`` and ``blocks.1.attn.v``);
 * ``"all-linear"`` is every linear layer except the output head (see the callers).
+
+Layers an export keeps in float (``--keep``) are shell-style globs (:func:`glob_matches`):
+``lm_head``, ``blocks.0.*``, ``*`` — a pattern also picks everything below the module it
+names.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 
@@ -22,6 +28,13 @@ def name_matches(name: str, patterns: str | Sequence[str]) -> bool:
     if isinstance(patterns, str):
         return re.fullmatch(patterns, name) is not None
     return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def glob_matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``name`` matches a shell-style glob in ``patterns``, or lies below a module
+    one of them matches (``blocks.0`` picks ``blocks.0.attn.q``)."""
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*")
+               for p in patterns)
 
 
 def select_names(

@@ -1,7 +1,15 @@
-"""ONNX Runtime sessions that know ``ai.edgepet.LutMatMul``."""
+"""ONNX Runtime sessions that know ``ai.edgepet.LutMatMul``, and which op library they load.
+
+An op library is code that runs in this process. The installed edgepet's library is used
+whenever it fits this CPU; a library shipped inside a bundle only when none fits, only
+with the user's consent (``--trust-bundle-library``, ``trust_library=True`` or
+``EDGEPET_TRUST_BUNDLE_LIBRARY=1``), and only when its SHA-256 matches the manifest
+(:meth:`edgepet.runtime.bundle.Bundle.op_library`). Reading a bundle loads no library.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import platform
@@ -12,6 +20,12 @@ import onnx
 import onnxruntime as ort
 
 _LIBRARY_NAMES = ("libedgepet_ort.so", "libedgepet_ort.dylib", "edgepet_ort.dll")
+
+#: Set to 1 to let apps load an op library shipped inside a bundle (see the module doc).
+TRUST_BUNDLE_LIBRARY_ENV = "EDGEPET_TRUST_BUNDLE_LIBRARY"
+
+#: ELF e_machine values of the architectures target profiles name.
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
 
 
 def _library_folders() -> list[Path]:
@@ -62,6 +76,72 @@ def op_library_path(arch: str | None = None) -> str:
         f"edgepet's ONNX Runtime op library was not found in {folders[0]} — reinstall "
         "edgepet (pip install .) so that the native build runs"
     )
+
+
+def library_arch(path: str | os.PathLike[str]) -> str | None:
+    """CPU architecture of a shared library (ELF), or None when it cannot tell.
+
+    Reads the file's header only; nothing is loaded.
+    """
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    order = "little" if header[5] == 1 else "big"
+    return _ELF_MACHINES.get(int.from_bytes(header[18:20], order))
+
+
+def installed_op_library() -> str | None:
+    """The installed edgepet's op library when it fits this CPU, else None.
+
+    Fits: found (``op_library_path()``) and built for this machine's architecture (its
+    kernels pick the ISA at run time). Nothing is loaded to decide.
+    """
+    from edgepet.runtime.errors import BadInputError
+    from edgepet.targets import host_arch
+
+    try:
+        path = op_library_path()
+    except FileNotFoundError as error:
+        if os.environ.get("EDGEPET_ORT_LIBRARY"):  # the user's own choice: say so
+            raise BadInputError(f"{error} — set it to edgepet's op library, or unset it"
+                                ) from None
+        return None
+    arch = library_arch(path)
+    return path if arch in (None, host_arch()) else None
+
+
+def installed_operator() -> tuple[int, str] | None:
+    """(op ABI version, packed layout) of the installed edgepet, known without loading
+    its op library (the native module is built from the same sources); None without it."""
+    try:
+        from edgepet import _native
+    except ImportError:
+        return None
+    return int(_native.OP_ABI_VERSION), str(_native.LAYOUT)
+
+
+def library_operator(path: str | os.PathLike[str]) -> tuple[int, str | None]:
+    """(op ABI version, packed layout or None) asked of an op library.
+
+    This loads the library: call it only for a library that is about to be loaded into
+    a session anyway. Libraries that do not report their layout (``edgepet_op_layout``)
+    give None; for them the ABI version stands for the layout too.
+    """
+    library = ctypes.CDLL(os.fspath(path))
+    abi = int(library.edgepet_op_abi_version())
+    report = getattr(library, "edgepet_op_layout", None)
+    if report is None:
+        return abi, None
+    report.restype = ctypes.c_char_p
+    value = report()
+    return abi, (value.decode() if value else None)
+
+
+def trust_bundle_library_from_env() -> bool:
+    """True when ``EDGEPET_TRUST_BUNDLE_LIBRARY`` is 1 (or true/yes/on)."""
+    return os.environ.get(TRUST_BUNDLE_LIBRARY_ENV, "").strip().lower() in (
+        "1", "true", "yes", "on")
 
 
 def session_options(

@@ -131,7 +131,7 @@ def test_verify_reports_errors_within_tolerance(cli, bundle_dir):
     assert results[0]["relative_error_vs_quantized"] < 0.05
 
 
-def test_verify_fails_with_exit_code_1_beyond_tolerance(cli, bundle_dir, tmp_path):
+def test_verify_fails_with_exit_code_3_beyond_tolerance(cli, bundle_dir, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
@@ -140,7 +140,7 @@ def test_verify_fails_with_exit_code_1_beyond_tolerance(cli, bundle_dir, tmp_pat
     manifest["reference"]["tolerance"]["vs_pytorch"] = 1e-6
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, out, _ = cli("verify", copy)
-    assert code == 1 and "FAILED" in out
+    assert code == 3 and "FAILED" in out
 
 
 def test_commands_on_a_missing_bundle_exit_with_code_2(cli, tmp_path):

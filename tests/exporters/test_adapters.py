@@ -11,20 +11,8 @@ import torch
 
 from edgepet import pet
 from edgepet.exporters import examples
-from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import export
-
-
-def _task(tuned: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``tuned`` with its own (random, trained-looking) 1-bit adapter."""
-    model = copy.deepcopy(tuned)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    pet.binarize(model)
-    return model.eval()
+from edgepet.runtime.bundle import relative_error
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +20,7 @@ def two_tasks(tmp_path_factory):
     base = examples.TinyLlama().eval()
     tuned = copy.deepcopy(base)
     pet.apply(tuned, "lora", target_modules=["q_proj", "v_proj", "down_proj"], r=8, bits=1)
-    tasks = {"sst2": _task(tuned, 1), "mnli": _task(tuned, 2)}
+    tasks = examples.random_lowbit_tasks(tuned, {"sst2": 1, "mnli": 2})
     out = tmp_path_factory.mktemp("adapters") / "bundle"
     # Base layers stay float (keep "*"), so the only approximation left is the kernels'.
     bundle = export(tasks["sst2"], out, target="x86-avx2", adapters=tasks, keep=["*"])
@@ -156,11 +144,11 @@ def test_two_peft_folders_become_switchable_adapters(tmp_path):
 
 
 def test_tasks_that_differ_outside_their_adapters_are_refused(tmp_path):
-    from edgepet.exporters.errors import BadInputError
+    from edgepet.runtime.errors import BadInputError
 
     tuned = examples.TinyMLP().eval()
     pet.apply(tuned, "lora", target_modules=["fc1"], r=4, bits=1)
-    a, b = _task(tuned, 1), _task(tuned, 2)
+    a, b = examples.random_lowbit_tasks(tuned, {"a": 1, "b": 2}).values()
     with torch.no_grad():
         b.head.weight.mul_(2.0)  # a per-task head: not something an adapter file carries
     with pytest.raises(BadInputError, match="head.weight"):
@@ -178,3 +166,71 @@ def test_kbit_adapter_still_in_training_form_exports_its_rounded_weights(tmp_pat
     names = {layer["name"] for layer in bundle.layers}
     assert {"fc1.down", "fc1.up", "fc1.base"} <= names
     assert all(r.ok for r in bundle.verify())
+
+
+def test_each_adapter_matrix_is_quantized_once(tmp_path, monkeypatch):
+    """Float LoRA tasks stay switchable and get quantized: the first task's matrices in
+    the rewrite, and never again when its adapter file is written."""
+    import hashlib
+
+    from edgepet.exporters import pipeline
+    from edgepet.quant import quantize
+
+    seen: list[str] = []
+
+    def counting_quantize(w, *args, **kwargs):
+        seen.append(hashlib.sha256(np.ascontiguousarray(w, np.float32).tobytes()).hexdigest())
+        return quantize(w, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "quantize", counting_quantize)
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    tasks = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        model = copy.deepcopy(tuned)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                if "lora_" in key:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        tasks[name] = model
+    bundle = export(tasks["a"], tmp_path / "b", target="x86-avx2", adapters=tasks,
+                    quantizer="rtn", bits=4)
+    assert bundle.adapters == ["a", "b"]
+    assert sum(layer["switchable"] for layer in bundle.layers) == 2  # fc1's A and B
+    assert len(seen) == len(set(seen)), "a matrix was quantized twice"
+    assert all(r.ok for r in bundle.verify())
+
+
+def test_task_models_share_the_frozen_base_and_never_write_it():
+    """A task loaded from a state dict costs its adapter, not a copy of the model; a base
+    tensor the state changes is the task's own, and the user's model stays as it was."""
+    from edgepet.exporters import adapters as adapters_io
+    from edgepet.exporters import torch_export as tx
+
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    state = {k: v + 1.0 if k == "fc2.bias" else v.clone()
+             for k, v in tuned.state_dict().items()}
+    state["fc1.lora_B.weight"] = torch.ones_like(state["fc1.lora_B.weight"])
+    tasks = adapters_io.task_models(tx.from_module(tuned), {"a": state})
+    task = tasks["a"]
+    assert task.fc1.base.weight is tuned.fc1.base.weight  # shared, frozen
+    assert task.fc2.weight is tuned.fc2.weight
+    assert task.fc2.bias is not tuned.fc2.bias  # changed by the state: its own
+    assert torch.equal(task.fc2.bias, before["fc2.bias"] + 1.0)
+    assert task.fc1.lora_B.weight is not tuned.fc1.lora_B.weight
+    assert torch.equal(task.fc1.lora_B.weight, torch.ones_like(before["fc1.lora_B.weight"]))
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} of the user's model was written"
+
+
+def test_merging_for_the_graph_leaves_the_tasks_base_weights_alone(tmp_path):
+    tuned = examples.TinyMLP().eval()
+    pet.apply(tuned, "lora", target_modules=["fc1"], r=4)
+    with torch.no_grad():
+        tuned.fc1.lora_B.weight.normal_()
+    before = tuned.fc1.base.weight.detach().clone()
+    export(tuned, tmp_path / "b", target="x86-avx2")
+    assert torch.equal(tuned.fc1.base.weight, before)

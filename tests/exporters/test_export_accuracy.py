@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edgepet.exporters import examples
-from edgepet.exporters.bundle import relative_error
 from edgepet.exporters.pipeline import TOLERANCE_VS_PYTORCH, TOLERANCE_VS_QUANTIZED
+from edgepet.runtime.bundle import relative_error
 
 BITS = [4, 2, "ternary"]
 
@@ -99,8 +99,8 @@ def test_several_inputs_and_outputs_keep_their_names_and_order(tmp_path):
 
 
 def test_a_model_without_linear_layers_is_refused(tmp_path):
-    from edgepet.exporters.errors import BadInputError
     from edgepet.exporters.pipeline import export
+    from edgepet.runtime.errors import BadInputError
 
     class Doubler(torch.nn.Module):
         def forward(self, x):

@@ -11,9 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from edgepet.exporters import manifest as manifest_schema
-from edgepet.exporters.bundle import Bundle, BundleError
 from edgepet.exporters.pipeline import export
+from edgepet.runtime import manifest as manifest_schema
+from edgepet.runtime.bundle import Bundle, BundleError
 
 
 @pytest.fixture
