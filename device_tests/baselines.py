@@ -37,8 +37,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepet.runtime import Bundle
+from edgepet.runtime.operator import DOMAIN, OP_VERSION
 
-DOMAIN = "ai.edgepet"
 #: Rows of the identity fed per decoding run (bounds its memory to 256 x N floats).
 _DECODE_ROWS = 256
 #: Models above this many bytes are saved with ONNX external data.
@@ -100,7 +100,7 @@ def _decode_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["M", n])],
         initializer=tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(DOMAIN, 1)])
+                                                    helper.make_opsetid(DOMAIN, OP_VERSION)])
     session = ort.InferenceSession(model.SerializeToString(),
                                    session_options(library=library),
                                    providers=["CPUExecutionProvider"])

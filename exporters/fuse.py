@@ -21,8 +21,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgepet.exporters.rewrite import (
-    DOMAIN,
-    OP_TYPE,
     RewriteResult,
     _copy,
     _prune,
@@ -31,6 +29,7 @@ from edgepet.exporters.rewrite import (
     _value_names,
 )
 from edgepet.quant.tensor import QuantizedTensor
+from edgepet.runtime.operator import DOMAIN, OP_TYPE
 
 
 def fuse_shared_inputs(result: RewriteResult) -> RewriteResult:

@@ -22,6 +22,7 @@ import edgepet
 from edgepet.exporters import bundle as bundle_writer
 from edgepet.runtime import bundle as bundle_io
 from edgepet.runtime import manifest as manifest_schema
+from edgepet.runtime.operator import DOMAIN, OP_TYPE, OP_VERSION
 
 if TYPE_CHECKING:
     from edgepet.exporters.rewrite import QuantPolicy, RewriteResult
@@ -41,7 +42,6 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
     """
     import torch
 
-    from edgepet.exporters.onnx import OP_VERSION
     from edgepet.exporters.pipeline import TOLERANCE_VS_PYTORCH, TOLERANCE_VS_QUANTIZED
     from edgepet.kernels import LAYOUT
 
@@ -65,7 +65,7 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
             "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
         },
         "operator": {
-            "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
+            "domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION,
             "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
             "library": files["library"],
         },

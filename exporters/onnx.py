@@ -12,10 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepet.kernels import LAYOUT, pack, scales_tiled
 from edgepet.quant.tensor import QuantizedTensor
+from edgepet.runtime.operator import DOMAIN, OP_TYPE, OP_VERSION
 
-DOMAIN = "ai.edgepet"
-OP_TYPE = "LutMatMul"
-OP_VERSION = 1
 #: The ONNX opset the exporters target for the standard domain.
 ONNX_OPSET = 17
 

@@ -26,9 +26,7 @@ from onnx import helper, numpy_helper
 from edgepet.quant import QuantizedTensor, quantize
 from edgepet.quant.select import glob_matches
 from edgepet.quant.tensor import Bits
-
-DOMAIN = "ai.edgepet"
-OP_TYPE = "LutMatMul"
+from edgepet.runtime.operator import DOMAIN, OP_VERSION
 
 
 def digest(array: np.ndarray) -> str:
@@ -319,7 +317,7 @@ def rewrite_linears(
     model.graph.initializer.extend(new_inits)
     _prune(model.graph)
     if quantized and not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+        model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
     return RewriteResult(model, layers, quantized)
 
 
