@@ -462,16 +462,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print("  outputs     " + ", ".join(f"{o['name']} {o['dtype']} {o['shape']}"
                                          for o in m["outputs"]))
     print(f"\n  {'layer':<40} {'N':>6} {'K':>6} {'bits':>7} {'group':>6} {'fp32':>10} "
-          f"{'stored':>10} {'ratio':>6}")
+          f"{'stored':>10} {'ratio':>6} {'bits/w':>7}")
     for layer in m["layers"]:
         bits = "float" if layer["bits"] is None else str(layer["bits"])
         if layer["switchable"]:
             bits += "*"
         print(f"  {layer['name'][:40]:<40} {layer['N']:>6} {layer['K']:>6} {bits:>7} "
               f"{layer['group_size'] or '-'!s:>6} {layer['float_bytes']:>10,} "
-              f"{layer['stored_bytes']:>10,} {_ratio(layer['float_bytes'], layer['stored_bytes'])}")
+              f"{layer['stored_bytes']:>10,} {_ratio(layer['float_bytes'], layer['stored_bytes'])} "
+              f"{stored_bits_per_weight(layer):>7.2f}")
     if any(layer["switchable"] for layer in m["layers"]):
         print("  * switchable: its parameters come from the active adapter file")
+    print("  bits/w: bytes stored per weight x 8 — codes, fp16 scales, zero points and bias")
     print("\n  files (sizes and SHA-256 checked against the manifest):")
     for rel, info in m["files"].items():
         print(f"    {rel:<44} {info['bytes']:>12,} bytes")
@@ -480,6 +482,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print("  not in the file table, never read: " + ", ".join(unlisted[:10])
               + (f" and {len(unlisted) - 10} more" if len(unlisted) > 10 else ""))
     return EXIT_OK
+
+
+def stored_bits_per_weight(layer: dict) -> float:
+    """Bits a layer stores per weight (its manifest entry's bytes x 8 / (N x K))."""
+    return layer["stored_bytes"] * 8 / max(layer["N"] * layer["K"], 1)
 
 
 def _ratio(a: float, b: float) -> str:

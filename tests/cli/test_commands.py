@@ -67,7 +67,7 @@ def test_targets_lists_every_profile(cli):
 def test_inspect_sizes_match_the_files(cli, bundle_dir):
     code, out, _ = cli("inspect", bundle_dir)
     assert code == 0
-    for word in ("x86-avx2", "2-bit", "ABI", "fc1", "fc2", "head", "smaller"):
+    for word in ("x86-avx2", "2-bit", "ABI", "fc1", "fc2", "head", "smaller", "bits/w"):
         assert word in out
     manifest = json.loads(cli("inspect", bundle_dir, "--json")[1])
     files = manifest["files"]
@@ -163,3 +163,19 @@ def test_export_without_a_model_uses_the_example(cli, tmp_path, monkeypatch):
     code, out, _ = cli("export", "--quiet", "--example", "vit", "--bits", "ternary")
     assert code == 0 and "ternary (1.58-bit)" in out
     assert (tmp_path / "edgepet-example" / "manifest.json").is_file()
+
+
+def test_inspect_shows_the_bits_each_layer_stores_per_weight(cli, bundle_dir):
+    from edgepet.cli import stored_bits_per_weight
+
+    code, out, _ = cli("inspect", bundle_dir)
+    manifest = json.loads(cli("inspect", bundle_dir, "--json")[1])
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.strip() and line.split()[0] in {lay["name"] for lay in manifest["layers"]}}
+    for layer in manifest["layers"]:
+        shown = float(rows[layer["name"]][-1])
+        assert shown == round(stored_bits_per_weight(layer), 2)
+        if layer["bits"] == 2 and layer["group_size"] == 64:
+            # codes + fp16 scales at least; tiles of 32 rows, padded groups and the bias
+            # add more on layers this small
+            assert shown >= 2.25
