@@ -110,6 +110,17 @@ def export(
             to ship in ``lib/``; devices of that architecture run with it.
         progress: called with a line per step (the CLI prints them).
     """
+    from edgepet.exporters.llm.checkpoint import is_llm_source
+
+    if is_llm_source(model):  # a GGUF file or Hugging Face folder of a Llama-family decoder
+        from edgepet.exporters.llm.export import export_decoder
+
+        if adapters or input_shapes or inputs is not None or arch or op_library:
+            raise BadInputError("decoder checkpoints (GGUF / Hugging Face folder) take no "
+                                "--adapter, --input-shape, --input, --arch or --op-library yet")
+        return export_decoder(model, out, target=target, bits=bits, group_size=group_size,
+                              symmetric=symmetric, keep=keep, quantizer=quantizer,
+                              overwrite=overwrite, progress=progress)
     say = _Steps(progress)
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())
