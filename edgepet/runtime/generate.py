@@ -250,6 +250,9 @@ class DecoderSession(BundleSession):
             piece = stream.push(token)
             if on_text is not None and piece:
                 on_text(piece)
+        rest = stream.finish()
+        if on_text is not None and rest:
+            on_text(rest)
         return GenerationResult(
             text=self.tokenizer.decode(tokens), tokens=tokens, prompt_tokens=len(ids),
             prefill_seconds=timing["prefill_seconds"], decode_seconds=timing["decode_seconds"],
@@ -266,6 +269,9 @@ class DecoderSession(BundleSession):
             piece = decoder.push(token)
             if piece:
                 yield piece
+        rest = decoder.finish()
+        if rest:
+            yield rest
 
     # --- quality ------------------------------------------------------------------------
 

@@ -117,5 +117,11 @@ class StreamDecoder:
         piece, self._shown = text[self._shown:], len(text)
         return piece
 
+    def finish(self) -> str:
+        """What is left when generation ends (an incomplete character shows as U+FFFD)."""
+        text = self._tokenizer.decode(self._ids)
+        piece, self._shown = text[self._shown:], len(text)
+        return piece
+
 
 __all__ = ["StreamDecoder", "Tokenizer"]

