@@ -232,7 +232,8 @@ def llama_cpp_speed(gguf: str, tokens: list[int], new_tokens: int, threads: int,
         llm.eval(tokens)
         mid = time.perf_counter()
         for _ in range(new_tokens - 1):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(),
+                                                        shape=(llm.n_vocab(),))))
             llm.eval([token])
         end = time.perf_counter()
         if run:
@@ -240,6 +241,68 @@ def llama_cpp_speed(gguf: str, tokens: list[int], new_tokens: int, threads: int,
             decode.append((new_tokens - 1) / (end - mid))
     return {"prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(
         decode), "decode_runs": decode}
+
+
+def _genai_model(folder: str, threads: int) -> Any:
+    """An ONNX Runtime GenAI model from a builder output folder, with ``threads`` threads."""
+    import onnxruntime_genai as og
+
+    config = og.Config(folder)
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+    return og.Model(config)
+
+
+def genai_speed(folder: str, tokens: list[int], new_tokens: int, threads: int,
+                runs: int) -> dict[str, float]:
+    """ONNX Runtime GenAI prefill and decode tok/s (greedy; min_length keeps EOS away)."""
+    import onnxruntime_genai as og
+
+    model = _genai_model(folder, threads)
+    prefill, decode = [], []
+    for run in range(runs + 1):
+        params = og.GeneratorParams(model)
+        total = len(tokens) + new_tokens
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray(tokens, np.int32))
+        mid = time.perf_counter()
+        steps = 0
+        while not generator.is_done() and steps < new_tokens - 1:
+            generator.generate_next_token()
+            steps += 1
+        end = time.perf_counter()
+        if run:
+            prefill.append(len(tokens) / (mid - start))
+            decode.append(steps / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill),
+            "decode_tok_s": statistics.median(decode)}
+
+
+def genai_perplexity(folder: str, tokens: list[int], threads: int = 2) -> float:
+    """Perplexity of an ONNX Runtime GenAI model: each window appended to a fresh generator,
+    the logits of every position read back."""
+    import onnxruntime_genai as og
+
+    from edgepet.runtime.generate import window_nll
+
+    model = _genai_model(folder, threads)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=CTX + 1)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray(window, np.int32))
+        logits = np.asarray(generator.get_output("logits"), np.float32)
+        logits = logits.reshape(len(window), -1)
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
 
 
 def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
