@@ -106,7 +106,8 @@ def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> floa
 
 
 def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
-                      overrides: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+                      overrides: dict[str, Any] | None = None,
+                      symmetric: bool = False) -> dict[str, np.ndarray]:
     """Every projection quantized and dequantized again (float32), as a bundle holds it."""
     from edgepet.exporters.llm import graph as llm_graph
     from edgepet.exporters.llm.export import choose_bits
@@ -117,7 +118,7 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
     for proj in llm_graph.projections(ck.config):
         w = proj.weight(ck)
         b = choose_bits(proj, bits, (), overrides or {})
-        out[proj.name] = w if b is None else fn(w, b, group_size, True).dequantize()
+        out[proj.name] = w if b is None else fn(w, b, group_size, symmetric).dequantize()
     return out
 
 
@@ -161,28 +162,16 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.json").write_text(json.dumps(ck.tokenizer_json))
         tok = Tokenizer(Path(tmp) / "tokenizer.json")
-        tokens = tok.encode(fixed_text(), add_bos=False)[:MAX_TOKENS]
-    configs: list[tuple[str, Any, str, int, dict]] = [("fp32", None, "-", 0, {})]
-    for bits in args.bits:
-        bits = int(bits) if bits.isdigit() else bits
-        for quantizer in args.quantizers:
-            configs.append((f"{bits}-bit {quantizer}", bits, quantizer, 64, {}))
-    if "2" in args.bits and not args.quick:
-        configs += [
-            ("2-bit search, head 4-bit", 2, "search", 64, {"lm_head": 4}),
-            ("2-bit search, head + layers 0,29 4-bit", 2, "search", 64,
-             {"lm_head": 4, "layers.0.*": 4, f"layers.{ck.config.num_layers - 1}.*": 4}),
-            ("2-bit search, group 32", 2, "search", 32, {}),
-            ("2-bit search, group 32, head 4-bit", 2, "search", 32, {"lm_head": 4}),
-        ]
-    for label, bits, quantizer, group, overrides in configs:
+        tokens = tok.encode(fixed_text(), add_bos=False)[:args.max_tokens]
+    configs = [_parse_config(spec) for spec in (args.config or DEFAULT_CONFIGS)]
+    for label, bits, quantizer, group, symmetric, overrides in configs:
         start = time.perf_counter()
         if bits is None:
             from edgepet.exporters.llm.graph import float_weights
 
             weights = float_weights(ck)
         else:
-            weights = quantized_weights(ck, bits, quantizer, group, overrides)
+            weights = quantized_weights(ck, bits, quantizer, group, overrides, symmetric)
         ppl = twin_perplexity(ck, weights, tokens)
         add({"engine": "edgepet", "run": "twin", "config": label, "perplexity": round(ppl, 3),
              "tokens": len(tokens) - -(-len(tokens) // CTX), "seconds": round(
@@ -204,6 +193,16 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
         add({"engine": "llama.cpp", "config": Path(file).name, "perplexity": round(ppl, 3),
              "tokens": len(tokens) - -(-len(tokens) // CTX), "file_bytes": Path(
                  file).stat().st_size})
+    for folder in args.genai:
+        try:
+            ppl = genai_perplexity(folder, tokens, args.threads)
+        except ImportError:
+            add({"engine": "ort-genai", "config": folder, "error": "onnxruntime-genai is not "
+                 "installed"})
+            continue
+        add({"engine": "ort-genai", "config": Path(folder).name, "perplexity": round(ppl, 3),
+             "tokens": len(tokens) - -(-len(tokens) // CTX), "file_bytes": sum(
+                 f.stat().st_size for f in Path(folder).iterdir())})
     return {"text": "pydoc_data.topics, keys sorted, blank-line joined", "ctx": CTX,
             "input_tokens": len(tokens), "machine": machine(), "rows": rows}
 
@@ -213,6 +212,31 @@ def _bundle_label(m: dict[str, Any]) -> str:
     extra = m.get("decoder", {}).get("layer_bits") or {}
     label = f"{q['bits']}-bit {q['quantizer']} g{q['group_size']}"
     return label + (f" {extra}" if extra else "")
+
+
+#: Quality rows: label | bits | group | sym/asym | rtn/search | JSON {pattern: bits}.
+DEFAULT_CONFIGS = [
+    "fp32|-|-|-|-|{}",
+    "4-bit asym g32 rtn (default)|4|32|asym|rtn|{}",
+    "4-bit asym g64 rtn|4|64|asym|rtn|{}",
+    "4-bit sym g64 rtn|4|64|sym|rtn|{}",
+    "4-bit g32, mlp.down 3-bit (llama.cpp Q2_K's mix)|4|32|asym|rtn|"
+    '{"layers.*.mlp.down": 3}',
+    "3-bit asym g32 rtn|3|32|asym|rtn|{}",
+    "2-bit asym g32 rtn|2|32|asym|rtn|{}",
+    "2-bit asym g32 rtn, attention + head 4-bit|2|32|asym|rtn|"
+    '{"lm_head": 4, "layers.*.attn.*": 4}',
+    "ternary g64 rtn|ternary|64|sym|rtn|{}",
+    "1-bit asym g32 rtn|1|32|asym|rtn|{}",
+]
+
+
+def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
+    label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
+    if bits == "-":
+        return label, None, "-", 0, True, {}
+    return (label, int(bits) if bits.isdigit() else bits, quantizer, int(group),
+            sym == "sym", json.loads(overrides))
 
 
 # --- speed --------------------------------------------------------------------------------
@@ -371,12 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--gguf")
-    q.add_argument("--bits", nargs="*", default=["4", "3", "2", "ternary", "1"])
-    q.add_argument("--quantizers", nargs="*", default=["rtn", "search"])
+    q.add_argument("--config", action="append", help="LABEL|BITS|GROUP|sym/asym|rtn/search|"
+                   "JSON overrides (default: DEFAULT_CONFIGS)")
+    q.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
+    q.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     q.add_argument("--bundle", action="append", default=[])
     q.add_argument("--llama", action="append", default=[])
     q.add_argument("--threads", type=int, default=2)
-    q.add_argument("--quick", action="store_true", help="skip the 2-bit recovery variants")
     s = sub.add_parser("speed")
     s.add_argument("--bundle", action="append", default=[])
     s.add_argument("--llama", action="append", default=[])

@@ -166,8 +166,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", help="weight bits: 1, 2, 3, 4 or ternary (default: the target's)")
     p.add_argument("--group-size", help="inputs per scale: a multiple of 32 or per-row "
                                         "(default: the target's)")
-    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=True,
-                   help="symmetric codes (--no-symmetric: a zero point per group)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric codes (--no-symmetric: a zero point per group; default "
+                        "symmetric, for GGUF/Hugging Face decoders asymmetric)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
