@@ -174,7 +174,7 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
             weights = quantized_weights(ck, bits, quantizer, group, overrides, symmetric)
         ppl = twin_perplexity(ck, weights, tokens)
         add({"engine": "edgepet", "run": "twin", "config": label, "perplexity": round(ppl, 3),
-             "tokens": len(tokens) - -(-len(tokens) // CTX), "seconds": round(
+             "tokens": _scored(len(tokens)), "seconds": round(
                  time.perf_counter() - start, 1)})
     for bundle in args.bundle:
         session = open_decoder(bundle, args.threads)
@@ -191,7 +191,7 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
                  "is not installed"})
             continue
         add({"engine": "llama.cpp", "config": Path(file).name, "perplexity": round(ppl, 3),
-             "tokens": len(tokens) - -(-len(tokens) // CTX), "file_bytes": Path(
+             "tokens": _scored(len(tokens)), "file_bytes": Path(
                  file).stat().st_size})
     for folder in args.genai:
         try:
@@ -201,10 +201,16 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
                  "installed"})
             continue
         add({"engine": "ort-genai", "config": Path(folder).name, "perplexity": round(ppl, 3),
-             "tokens": len(tokens) - -(-len(tokens) // CTX), "file_bytes": sum(
+             "tokens": _scored(len(tokens)), "file_bytes": sum(
                  f.stat().st_size for f in Path(folder).iterdir())})
     return {"text": "pydoc_data.topics, keys sorted, blank-line joined", "ctx": CTX,
             "input_tokens": len(tokens), "machine": machine(), "rows": rows}
+
+
+def _scored(n: int) -> int:
+    """Tokens scored in ``n`` tokens: all but each window's first (windows of < 2 skipped)."""
+    full, rest = divmod(n, CTX)
+    return full * (CTX - 1) + (rest - 1 if rest >= 2 else 0)
 
 
 def _bundle_label(m: dict[str, Any]) -> str:
@@ -347,6 +353,17 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
                              "decode_tok_s": round(r["decode_tok_s"], 1),
                              "bundle_bytes": m["sizes"]["bundle_bytes"], "path": bundle})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for folder in args.genai:
+                if tokens is None:
+                    sys.exit("--genai needs a --bundle too (for the prompt's token ids)")
+                r = genai_speed(folder, tokens, args.new_tokens, threads, args.runs)
+                rows.append({"engine": "ort-genai", "config": Path(folder).name,
+                             "threads": threads, "round": round_,
+                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "file_bytes": sum(f.stat().st_size for f in Path(
+                                 folder).iterdir())})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             for file in args.llama:
                 if tokens is None:
                     sys.exit("--llama needs a --bundle too (for the prompt's token ids)")
@@ -359,6 +376,144 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "runs": args.runs, "machine": machine(), "rows": rows}
+
+
+# --- the 1B-shape synthetic model -----------------------------------------------------------
+
+
+def llama_1b_config() -> Any:
+    """Llama-3.2-1B's shapes (weights here are random: throughput only)."""
+    from edgepet.exporters.llm.checkpoint import LlamaConfig
+
+    return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                       num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                       rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=2048,
+                       tie_word_embeddings=True)
+
+
+def read_bandwidth(threads: int, megabytes: int = 1024, repeats: int = 5) -> float:
+    """Measured read bandwidth in GB/s: ``threads`` threads summing disjoint halves of a
+    buffer far larger than the caches (numpy releases the GIL in reductions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(megabytes * (1 << 20) // 4, np.float32)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def synthetic_model(folder: Path, bits: Any, group_size: int, symmetric: bool) -> int:
+    """Write the 1B-shape decoder with random weights to ``folder``; return the bytes of
+    weights a decode step reads (every LutMatMul's codes, scales and zero points)."""
+    import onnx
+
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.exporters.llm.checkpoint import Checkpoint
+    from edgepet.quant import quantize
+
+    c = llama_1b_config()
+    rng = np.random.default_rng(0)
+    weights: dict[str, Any] = {
+        "model.embed_tokens.weight": (rng.standard_normal(
+            (c.vocab_size, c.hidden_size), np.float32) * 0.02),
+        "model.norm.weight": np.ones(c.hidden_size, np.float32)}
+    for i in range(c.num_layers):
+        for part in ("input_layernorm", "post_attention_layernorm"):
+            weights[f"model.layers.{i}.{part}.weight"] = np.ones(c.hidden_size, np.float32)
+    ck = Checkpoint(config=c, weights=weights, tokenizer_json={}, chat_template=None,
+                    bos_token_id=None, eos_token_ids=[], add_bos_token=False,
+                    source="synthetic", source_kind="synthetic")
+    rows = {"attn.qkv": (c.num_heads + 2 * c.num_kv_heads) * c.head_dim, "attn.o": c.hidden_size,
+            "mlp.gate_up": 2 * c.intermediate_size, "mlp.down": c.hidden_size}
+    cols = {"attn.qkv": c.hidden_size, "attn.o": c.num_heads * c.head_dim,
+            "mlp.gate_up": c.hidden_size, "mlp.down": c.intermediate_size}
+    quantized, read = {}, 0
+    for proj in llm_graph.projections(c):
+        if proj.name == "lm_head":
+            w = weights["model.embed_tokens.weight"]
+        else:
+            kind = proj.name.split(".", 2)[2]
+            w = rng.standard_normal((rows[kind], cols[kind]), np.float32) / np.sqrt(cols[kind])
+        qt = quantize(w, bits, group_size, symmetric)
+        quantized[proj.name] = qt
+        read += qt.nbytes_packed()
+    model = llm_graph.build_decoder(ck, quantized, 1024, np.float16, "synthetic_llama_1b")
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data",
+                    size_threshold=1024)
+    return read
+
+
+def synthetic_speed(folder: Path, config: Any, threads: int, prompt_tokens: int,
+                    new_tokens: int, runs: int) -> dict[str, float]:
+    """Prefill and decode tok/s of the synthetic model (tokens chosen at random)."""
+    from edgepet.runtime import InferenceSession
+
+    session = InferenceSession(str(folder / "model.onnx"), threads=threads)
+    names = [f"past.{i}.{kv}" for i in range(config.num_layers) for kv in ("key", "value")]
+    outputs = ["logits"] + [n.replace("past", "present") for n in names]
+    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
+
+    def step(ids, cache):
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+        binding.bind_cpu_input("num_logits", np.asarray([1], np.int64))
+        for i, name in enumerate(names):
+            if cache is None:
+                binding.bind_cpu_input(name, empty)
+            else:
+                binding.bind_ortvalue_input(name, cache[i])
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return int(np.argmax(out[0].numpy()[0, -1])), out[1:]
+
+    prefill, decode = [], []
+    ids = list(range(1000, 1000 + prompt_tokens))
+    for run in range(runs + 1):
+        start = time.perf_counter()
+        token, cache = step(ids, None)
+        mid = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token, cache = step([token], cache)
+        end = time.perf_counter()
+        if run:
+            prefill.append(prompt_tokens / (mid - start))
+            decode.append((new_tokens - 1) / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill),
+            "decode_tok_s": statistics.median(decode)}
+
+
+def cmd_synthetic(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    rows = []
+    config = llama_1b_config()
+    for bits in args.bits:
+        bits = int(bits) if bits.isdigit() else bits
+        with tempfile.TemporaryDirectory() as tmp:
+            read = synthetic_model(Path(tmp), bits, args.group_size, bits == "ternary")
+            for threads in args.threads_list:
+                r = synthetic_speed(Path(tmp), config, threads, args.prompt_tokens,
+                                    args.new_tokens, args.runs)
+                bandwidth = read_bandwidth(threads)
+                rows.append({
+                    "engine": "edgepet", "model": "Llama-3.2-1B shapes, RANDOM weights",
+                    "bits": bits, "group_size": args.group_size, "threads": threads,
+                    "prefill_tok_s": round(r["prefill_tok_s"], 2),
+                    "decode_tok_s": round(r["decode_tok_s"], 2),
+                    "weight_bytes_per_token": read,
+                    "read_bandwidth_gb_s": round(bandwidth, 2),
+                    "bandwidth_fraction": round(read * r["decode_tok_s"] / 1e9 / bandwidth, 3)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"machine": machine(), "rows": rows}
 
 
 # --- requantize ---------------------------------------------------------------------------
@@ -390,6 +545,7 @@ def cmd_requantize(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CTX
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -399,26 +555,36 @@ def main(argv: list[str] | None = None) -> int:
                    "JSON overrides (default: DEFAULT_CONFIGS)")
     q.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
     q.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    q.add_argument("--ctx", type=int, default=CTX, help="window length (512)")
     q.add_argument("--bundle", action="append", default=[])
     q.add_argument("--llama", action="append", default=[])
     q.add_argument("--threads", type=int, default=2)
     s = sub.add_parser("speed")
     s.add_argument("--bundle", action="append", default=[])
     s.add_argument("--llama", action="append", default=[])
+    s.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
     s.add_argument("--threads-list", type=int, nargs="*", default=[1, 2])
     s.add_argument("--prompt-tokens", type=int, default=64)
     s.add_argument("--new-tokens", type=int, default=128)
     s.add_argument("--runs", type=int, default=5)
     s.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all contenders")
+    y = sub.add_parser("synthetic", help="the Llama-3.2-1B-shape model, random weights")
+    y.add_argument("--bits", nargs="*", default=["2", "4"])
+    y.add_argument("--group-size", type=int, default=64)
+    y.add_argument("--threads-list", type=int, nargs="*", default=[1, 2])
+    y.add_argument("--prompt-tokens", type=int, default=64)
+    y.add_argument("--new-tokens", type=int, default=32)
+    y.add_argument("--runs", type=int, default=3)
     r = sub.add_parser("requantize")
     r.add_argument("--gguf")
     r.add_argument("--out", required=True)
-    for p in (q, s, r):
+    for p in (q, s, y, r):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    CTX = getattr(args, "ctx", CTX)
     if args.command == "requantize" and not args.gguf:
         args.gguf = _default_gguf()
-    result = {"quality": cmd_quality, "speed": cmd_speed,
+    result = {"quality": cmd_quality, "speed": cmd_speed, "synthetic": cmd_synthetic,
               "requantize": cmd_requantize}[args.command](args)
     if args.json:
         print(json.dumps(result, indent=2))
