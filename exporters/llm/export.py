@@ -30,6 +30,7 @@ import edgepet
 from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
+from edgepet.exporters.manifest import initializer_bytes, write_manifest
 from edgepet.exporters.rewrite import dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
 from edgepet.runtime import bundle as bundle_io
@@ -145,7 +146,7 @@ def export_decoder(
                 f"logit error {measured[0].vs_quantized:.4f}) — this is an edgepet bug; "
                 "please report it with the model")
         manifest["reference"]["measured"] = {"default": measured[0].to_dict()}
-        _dump(stage, manifest)
+        write_manifest(stage, manifest)
     say(f"done in {time.perf_counter() - start:.1f} s")
     return bundle_io.Bundle.open(out)
 
@@ -279,11 +280,6 @@ def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
             "shape": dims}
 
 
-def _initializer_bytes(model: onnx.ModelProto) -> int:
-    return sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-               for t in model.graph.initializer)
-
-
 def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: Any,
               quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
               reference: dict[str, str], embedding: str, context: int,
@@ -294,7 +290,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
     from edgepet.kernels import LAYOUT
 
     float_bytes = sum(int(w.size) * 4 for w in ck.weights.values())
-    weight_bytes = _initializer_bytes(model)
+    weight_bytes = initializer_bytes(model)
     target = profile.to_dict()
     target["threads"] = profile.threads
     c = ck.config
@@ -366,11 +362,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
     (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
     manifest["files"] = bundle_writer.file_table(stage)
     manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-    problems = manifest_schema.check(manifest)
-    if problems:
-        raise RuntimeError("edgepet wrote a manifest that breaks its schema: " + "; ".join(
-            problems[:5]))
-    _dump(stage, manifest)
+    write_manifest(stage, manifest)
     return manifest
 
 
@@ -380,10 +372,6 @@ def _torch_version() -> str:
     except ImportError:
         return "not installed"
     return torch.__version__
-
-
-def _dump(stage: Path, manifest: dict[str, Any]) -> None:
-    (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 __all__ = ["TOLERANCE_VS_FP32", "choose_bits", "export_decoder"]
