@@ -378,6 +378,52 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
             "runs": args.runs, "machine": machine(), "rows": rows}
 
 
+def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-op decode time from ONNX Runtime's profiler: matmuls vs attention vs the rest."""
+    import collections
+
+    import onnxruntime as ort
+
+    from edgepet.runtime import session_options
+    from edgepet.runtime.generate import benchmark_prompt, open_decoder
+
+    session = open_decoder(args.bundle, args.threads)
+    options = session_options(args.threads)
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    session._session = ort.InferenceSession(str(session.bundle.model_path), options,
+                                            providers=["CPUExecutionProvider"])
+    ids = benchmark_prompt(session.tokenizer, min(64, session.max_context - args.steps - 1))
+    logits, cache = session.forward(ids)
+    start = time.perf_counter()
+    token = int(np.argmax(logits[-1]))
+    for _ in range(args.steps):
+        logits, cache = session.forward([token], cache)
+        token = int(np.argmax(logits[-1]))
+    wall = (time.perf_counter() - start) / args.steps
+    events = json.loads(Path(session._session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("name") == "model_run"]
+    first_decode = runs[1]["ts"]
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        if e["ts"] < first_decode:
+            continue
+        op = e["args"].get("op_name")
+        if op == "LutMatMul" and e["name"].startswith("lm_head"):
+            op = "LutMatMul (lm_head)"
+        per_op[op] += e["dur"]
+    nodes = sum(per_op.values())
+    run_us = sum(r["dur"] for r in runs[1:]) / args.steps
+    rows = [{"op": op, "ms_per_token": round(us / args.steps / 1000, 3),
+             "share_of_nodes": round(us / nodes, 3)} for op, us in per_op.most_common()]
+    return {"machine": machine(), "bundle": str(args.bundle), "threads": args.threads,
+            "wall_ms_per_token": round(wall * 1000, 3),
+            "model_run_ms_per_token": round(run_us / 1000, 3),
+            "nodes_ms_per_token": round(nodes / args.steps / 1000, 3), "rows": rows}
+
+
 # --- the 1B-shape synthetic model -----------------------------------------------------------
 
 
@@ -575,17 +621,21 @@ def main(argv: list[str] | None = None) -> int:
     y.add_argument("--prompt-tokens", type=int, default=64)
     y.add_argument("--new-tokens", type=int, default=32)
     y.add_argument("--runs", type=int, default=3)
+    pr = sub.add_parser("profile", help="per-op decode time (ORT profiler)")
+    pr.add_argument("--bundle", required=True)
+    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("--steps", type=int, default=30)
     r = sub.add_parser("requantize")
     r.add_argument("--gguf")
     r.add_argument("--out", required=True)
-    for p in (q, s, y, r):
+    for p in (q, s, y, pr, r):
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     CTX = getattr(args, "ctx", CTX)
     if args.command == "requantize" and not args.gguf:
         args.gguf = _default_gguf()
     result = {"quality": cmd_quality, "speed": cmd_speed, "synthetic": cmd_synthetic,
-              "requantize": cmd_requantize}[args.command](args)
+              "profile": cmd_profile, "requantize": cmd_requantize}[args.command](args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "llm.py"
 
 
@@ -30,3 +32,13 @@ def test_speed_runs_for_a_bundle(tiny_2bit_bundle):
          "--json"], capture_output=True, text=True, check=True, timeout=300)
     (row,) = json.loads(out.stdout)["rows"]
     assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["threads"] == 1
+
+
+def test_profile_splits_decode_time_by_op(tiny_2bit_bundle):
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "profile", "--bundle", str(tiny_2bit_bundle), "--steps",
+         "3", "--json"], capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout)
+    ops = {r["op"] for r in result["rows"]}
+    assert {"LutMatMul", "LutMatMul (lm_head)", "Attention"} <= ops
+    assert sum(r["share_of_nodes"] for r in result["rows"]) == pytest.approx(1, abs=0.01)
