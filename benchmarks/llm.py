@@ -391,6 +391,9 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     options = session_options(args.threads)
     options.enable_profiling = True
     options.log_severity_level = 3
+    import tempfile
+
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edgepet-profile-")) / "ort")
     session._session = ort.InferenceSession(str(session.bundle.model_path), options,
                                             providers=["CPUExecutionProvider"])
     ids = benchmark_prompt(session.tokenizer, min(64, session.max_context - args.steps - 1))
@@ -401,7 +404,10 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
         logits, cache = session.forward([token], cache)
         token = int(np.argmax(logits[-1]))
     wall = (time.perf_counter() - start) / args.steps
-    events = json.loads(Path(session._session.end_profiling()).read_text())
+    profile = Path(session._session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    profile.parent.rmdir()
     runs = [e for e in events if e.get("name") == "model_run"]
     first_decode = runs[1]["ts"]
     per_op: collections.Counter = collections.Counter()
