@@ -30,10 +30,13 @@ def tokenizer(smol):
     return tokenizers.Tokenizer.from_str(json.dumps(smol.tokenizer_json))
 
 
-def _greedy_onnx(ck, ids: list[int], n: int) -> list[int]:
-    model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 256, np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    del model
+@pytest.fixture(scope="module")
+def fp32_session(smol):
+    model = llm_graph.build_decoder(smol, llm_graph.float_weights(smol), 256, np.float32)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _greedy_onnx(session, ck, ids: list[int], n: int) -> list[int]:
     c = ck.config
     empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
     feeds = {"input_ids": np.array([ids]), "num_logits": np.array([1])}
@@ -56,14 +59,14 @@ def test_smollm2_config_and_chat_template_come_from_the_gguf(smol):
     assert "<|im_start|>" in smol.chat_template
 
 
-def test_smollm2_fp32_graph_greedy_tokens_match_pytorch(smol, tokenizer):
+def test_smollm2_fp32_graph_greedy_tokens_match_pytorch(smol, tokenizer, fp32_session):
     ids = tokenizer.encode(PROMPT).ids
-    ours = _greedy_onnx(smol, ids, 8)
-    assert ours == torch_greedy(smol, ids, 8)
+    ours = _greedy_onnx(fp32_session, smol, ids, 6)
+    assert ours == torch_greedy(smol, ids, 6)
     assert tokenizer.decode(ours).startswith(" Paris")
 
 
-def test_smollm2_tokens_and_first_greedy_tokens_match_llama_cpp(smol, tokenizer):
+def test_smollm2_tokens_and_first_greedy_tokens_match_llama_cpp(smol, tokenizer, fp32_session):
     llama_cpp = pytest.importorskip("llama_cpp")
     from pydoc_data.topics import topics
 
@@ -78,4 +81,4 @@ def test_smollm2_tokens_and_first_greedy_tokens_match_llama_cpp(smol, tokenizer)
     for _ in range(5):  # llama.cpp multiplies Q4_1 with 8-bit activations: later tokens drift
         theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
         llm.eval([theirs[-1]])
-    assert _greedy_onnx(smol, ids, 5) == theirs
+    assert _greedy_onnx(fp32_session, smol, ids, 5) == theirs
