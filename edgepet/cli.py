@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
                            description=DESCRIPTION, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(bench)
+    _llm_parsers(sub)
     return parser
 
 
@@ -165,8 +166,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", help="weight bits: 1, 2, 3, 4 or ternary (default: the target's)")
     p.add_argument("--group-size", help="inputs per scale: a multiple of 32 or per-row "
                                         "(default: the target's)")
-    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=True,
-                   help="symmetric codes (--no-symmetric: a zero point per group)")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric codes (--no-symmetric: a zero point per group; default "
+                        "symmetric, for GGUF/Hugging Face decoders asymmetric)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
@@ -210,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler = {"export": _cmd_export, "demo": _cmd_demo, "run": _cmd_run,
                "inspect": _cmd_inspect, "verify": _cmd_verify, "targets": _cmd_targets,
-               "bench": _cmd_bench}
+               "bench": _cmd_bench, "generate": _cmd_generate,
+               "perplexity": _cmd_perplexity}
     try:
         with _third_party_quiet():
             return handler[args.command](args)
@@ -547,6 +550,87 @@ def _cmd_targets(args: argparse.Namespace) -> int:
         print(f"  toolchain  {tc.cxx}"
               + (f"; run with {tc.emulator}" if tc.emulator else "")
               + (f"; {tc.note}" if tc.note else ""))
+    return EXIT_OK
+
+
+# --- decoder bundles: generate and perplexity -----------------------------------------------
+
+
+def _llm_parsers(sub: Any) -> None:
+    gen = sub.add_parser(
+        "generate", help="generate text with a decoder (LLM) bundle",
+        description="Continue a prompt (--prompt) or answer a chat message with the bundle's "
+                    "chat template (--chat). Streams text as it is generated; --json prints "
+                    "one object with the text and prefill/decode tokens per second.")
+    gen.add_argument("bundle", help="decoder bundle folder (edgepet export MODEL.gguf -o ...)")
+    what = gen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="text to continue")
+    what.add_argument("--chat", help="a user message, answered as the assistant")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="token limit (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0 (default): greedy; > 0: sample")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    gen.add_argument("--seed", type=int, help="random seed for sampling")
+    gen.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+    ppl = sub.add_parser(
+        "perplexity", help="perplexity of a decoder bundle on a text file",
+        description="Non-overlapping windows of --ctx tokens, each from an empty cache; every "
+                    "token after a window's first is scored.")
+    ppl.add_argument("bundle", help="decoder bundle folder")
+    ppl.add_argument("--text", required=True, help="UTF-8 text file")
+    ppl.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
+    ppl.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
+    ppl.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    ppl.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from edgepet.runtime.generate import open_decoder
+
+    session = open_decoder(args.bundle, args.threads)
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    result = session.generate(
+        args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        on_text=None if args.json else show)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"\n[{result.prompt_tokens} prompt tokens at {result.prefill_tok_s:.1f} tok/s, "
+              f"{result.generated_tokens} generated at {result.decode_tok_s:.1f} tok/s, "
+              f"stop: {result.stop_reason}]", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    from edgepet.runtime.generate import open_decoder
+
+    file = Path(args.text)
+    if not file.is_file():
+        raise _Usage(f"text file {file} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise _Usage(f"{file} is not UTF-8 text ({error})") from None
+    session = open_decoder(args.bundle, args.threads)
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"  window {done}/{total}", file=sys.stderr, flush=True)
+
+    result = session.perplexity(text, ctx=args.ctx, max_tokens=args.max_tokens,
+                                progress=progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"perplexity {result.perplexity:.4f} over {result.tokens} tokens "
+              f"({result.windows} windows of up to {result.ctx})")
     return EXIT_OK
 
 

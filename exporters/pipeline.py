@@ -69,7 +69,7 @@ def export(
     target: str | TargetProfile | None = None,
     bits: Bits | None = None,
     group_size: int | str | None = None,
-    symmetric: bool = True,
+    symmetric: bool | None = None,
     keep: Sequence[str] = (),
     quantizer: str = "auto",
     adapters: Mapping[str, Any] | None = None,
@@ -94,7 +94,8 @@ def export(
         bits: 1, 2, 3, 4 or "ternary" (default: the target's).
         group_size: inputs per scale along K (multiple of 32, or "per-row"; default:
             the target's).
-        symmetric: symmetric codes (False: a zero point per group).
+        symmetric: symmetric codes (False: a zero point per group; default True, for
+            decoder checkpoints False).
         keep: fnmatch patterns of layer names to leave in float (e.g. ``lm_head``).
         quantizer: "rtn" (round to nearest), "search" (error-minimizing clip and scale
             per group; about half the output error at 2 bits) or "auto" (search).
@@ -111,6 +112,17 @@ def export(
             to ship in ``lib/``; devices of that architecture run with it.
         progress: called with a line per step (the CLI prints them).
     """
+    from edgepet.exporters.llm.checkpoint import is_llm_source
+
+    if is_llm_source(model):  # a GGUF file or Hugging Face folder of a Llama-family decoder
+        from edgepet.exporters.llm.export import export_decoder
+
+        if adapters or input_shapes or inputs is not None or arch or op_library:
+            raise BadInputError("decoder checkpoints (GGUF / Hugging Face folder) take no "
+                                "--adapter, --input-shape, --input, --arch or --op-library yet")
+        return export_decoder(model, out, target=target, bits=bits, group_size=group_size,
+                              symmetric=symmetric, keep=keep, quantizer=quantizer,
+                              overwrite=overwrite, progress=progress)
     say = _Steps(progress)
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())
@@ -185,8 +197,9 @@ class _Steps:
 
 
 def _policy(profile: TargetProfile, bits: Bits | None, group_size: int | str | None,
-            symmetric: bool, keep: Sequence[str]) -> QuantPolicy:
+            symmetric: bool | None, keep: Sequence[str]) -> QuantPolicy:
     bits = profile.default_bits if bits is None else bits
+    symmetric = True if symmetric is None else symmetric
     if isinstance(bits, str) and bits.isdigit():
         bits = int(bits)
     if bits not in SUPPORTED_BITS or isinstance(bits, bool):

@@ -682,11 +682,17 @@ class BundleSession:
 
 def load(path: str | os.PathLike[str], threads: int | None = None,
          trust_library: bool | None = None) -> BundleSession:
-    """Open and check a bundle, then return a session that runs it.
+    """Open and check a bundle, then return a session that runs it (for a decoder bundle,
+    a :class:`~edgepet.runtime.generate.DecoderSession` that also generates).
 
     ``trust_library``: see :meth:`Bundle.session`.
     """
-    return Bundle.open(path).session(threads, trust_library)
+    bundle = Bundle.open(path)
+    if bundle.manifest.get("kind") == "decoder":
+        from edgepet.runtime.generate import DecoderSession
+
+        return DecoderSession(bundle, threads, trust_library)
+    return bundle.session(threads, trust_library)
 
 
 __all__ = [

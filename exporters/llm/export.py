@@ -1,0 +1,377 @@
+"""``edgepet export MODEL.gguf|HF_FOLDER``: a Llama-family checkpoint to a decoder bundle.
+
+Steps: read the checkpoint (:mod:`.checkpoint`) -> choose bits per projection (``--bits``,
+``--keep``, per-pattern overrides) -> quantize -> build the decoder graph (:mod:`.graph`)
+-> write the tokenizer, the generation settings and reference data (a fixed prompt through
+the fp32 graph and through the dequantized twin) -> check the bundle against its twin in
+the staging folder, and only then move it into place.
+
+Defaults (see docs/llm.md for the table they come from): every projection including the
+tied output head is a ``LutMatMul``; the embedding table is kept in float16 (a gather
+reads one row per token, so its bits cost memory, not decode time).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import edgepet
+from edgepet.exporters import bundle as bundle_writer
+from edgepet.exporters.llm import checkpoint as ckpt
+from edgepet.exporters.llm import graph as llm_graph
+from edgepet.exporters.manifest import initializer_bytes, write_manifest
+from edgepet.exporters.rewrite import dequantized_twin
+from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
+from edgepet.runtime import bundle as bundle_io
+from edgepet.runtime import manifest as manifest_schema
+from edgepet.runtime.errors import BadInputError
+from edgepet.targets import TargetProfile, get_target, host_target
+
+#: File names a decoder bundle adds.
+TOKENIZER_FILE = "tokenizer.json"
+#: The prompt whose logits the bundle carries as reference data.
+REFERENCE_PROMPT = "The capital of France is Paris. The capital of Italy is"
+#: Relative logit error (bundle vs the fp32 graph) the bundle may show, per width.
+#: Measured on SmolLM2-135M (search quantizer, group 64) with headroom.
+TOLERANCE_VS_FP32: dict[Bits, float] = {4: 0.4, 3: 0.7, 2: 1.2, "ternary": 1.5, 1: 1.6}
+#: Bundle vs its own dequantized twin: only the kernels' int8 activation tables differ,
+#: but compounded over 30 layers rather than the 2-3 of the examples. SmolLM2-135M:
+#: 4-bit asym g32 0.034, 4-bit sym g64 0.070, 2-bit asym g64 (a destroyed model) 0.145.
+TOLERANCE_VS_QUANTIZED = 0.3
+#: Longest context the RoPE tables cover by default (the model's own limit if smaller).
+DEFAULT_MAX_CONTEXT = 8192
+#: Decoder defaults, chosen from the SmolLM2-135M table in docs/llm.md.
+DEFAULT_BITS: Bits = 4
+DEFAULT_GROUP_SIZE = 32
+DEFAULT_SYMMETRIC = False
+EMBEDDING_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+Progress = Callable[[str], None]
+
+
+def export_decoder(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    target: str | TargetProfile | None = None,
+    bits: Bits | None = None,
+    group_size: int | str | None = None,
+    symmetric: bool | None = None,
+    keep: Sequence[str] = (),
+    quantizer: str = "auto",
+    layer_bits: Mapping[str, Bits] | None = None,
+    embedding: str = "float16",
+    max_context: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> bundle_io.Bundle:
+    """Export a GGUF file or Hugging Face folder of a Llama-family model to a decoder bundle.
+
+    Args:
+        source: ``MODEL.gguf`` or a folder with config.json, *.safetensors, tokenizer.json.
+        out: the bundle folder to write.
+        target: the target profile (default: this machine).
+        bits: 1, 2, 3, 4 or "ternary" (default 4 — not the target's default: the table in
+            docs/llm.md shows a 135M model losing its language below 4 bits).
+        group_size: inputs per scale (default 32).
+        symmetric: symmetric codes (default False: a zero point per group; SmolLM2 at 4 bits
+            g64: perplexity 37.8 symmetric, 20.2 asymmetric).
+        quantizer: "rtn", "search", or "auto" (rtn for decoders: the search takes ~10
+            minutes on 135M weights and did not rescue 2 bits; see docs/llm.md).
+        keep: fnmatch patterns of projections left in float: fused names
+            (``layers.0.attn.qkv``, ``layers.*.mlp.down``, ``lm_head``) or checkpoint names
+            (``model.layers.0.self_attn.q_proj`` keeps the whole fused ``qkv``).
+        layer_bits: pattern -> bits for projections that differ from ``bits`` (e.g.
+            ``{"lm_head": 4}``); the first matching pattern wins; ``--keep`` wins over it.
+        embedding: storage of the embedding table: "float16" (default) or "float32".
+        max_context: longest prompt + generation the bundle serves (default: the model's
+            context length, at most 8192).
+        overwrite: replace an existing bundle at ``out``.
+        progress: called with a line per step.
+    """
+    from edgepet.exporters.pipeline import _policy, _quantizer
+
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(f"[{time.perf_counter() - start:5.1f}s] {message}")
+
+    profile = target if isinstance(target, TargetProfile) else (
+        get_target(target) if target else host_target())
+    policy = _policy(profile, DEFAULT_BITS if bits is None else bits,
+                     DEFAULT_GROUP_SIZE if group_size is None else group_size,
+                     DEFAULT_SYMMETRIC if symmetric is None else symmetric, keep)
+    quantizer, quantize_fn = _quantizer("rtn" if quantizer == "auto" else quantizer)
+    if embedding not in EMBEDDING_DTYPES:
+        raise BadInputError(f"embedding storage {embedding!r} is unknown — use "
+                            f"{' or '.join(EMBEDDING_DTYPES)}")
+    overrides = _check_layer_bits(layer_bits or {})
+    out = Path(out)
+    with bundle_writer.staged_output(out, overwrite) as stage:
+        say(f"reading {source}")
+        ck = ckpt.load_checkpoint(source)
+        context = min(max_context or DEFAULT_MAX_CONTEXT, ck.config.max_position_embeddings)
+        if max_context is not None and max_context > ck.config.max_position_embeddings:
+            raise BadInputError(f"--max-context {max_context} exceeds the model's context "
+                                f"length {ck.config.max_position_embeddings}")
+        tokenizer = _tokenizer(ck)
+        say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
+        weights, records, quantized = _quantize(ck, policy, overrides, quantize_fn, say)
+        say("building the decoder graph")
+        model = llm_graph.build_decoder(ck, weights, context, EMBEDDING_DTYPES[embedding])
+        (stage / TOKENIZER_FILE).write_text(json.dumps(ck.tokenizer_json))
+        say("writing reference data (fp32 graph and dequantized twin)")
+        reference = _write_reference(stage, ck, model, quantized, tokenizer, context,
+                                     EMBEDDING_DTYPES[embedding])
+        _save(stage, model)  # last: saving moves the weights out of ``model``
+        manifest = _manifest(stage, ck, profile, policy, quantizer, model, records, reference,
+                             embedding, context, overrides)
+        say("verifying the bundle against its dequantized graph")
+        measured = bundle_io.Bundle.open(stage).verify()
+        if measured[0].vs_quantized > TOLERANCE_VS_QUANTIZED:
+            raise RuntimeError(
+                "the exported decoder disagrees with its own dequantized graph (relative "
+                f"logit error {measured[0].vs_quantized:.4f}) — this is an edgepet bug; "
+                "please report it with the model")
+        manifest["reference"]["measured"] = {"default": measured[0].to_dict()}
+        write_manifest(stage, manifest)
+    say(f"done in {time.perf_counter() - start:.1f} s")
+    return bundle_io.Bundle.open(out)
+
+
+# --- choices and quantization -------------------------------------------------------------
+
+
+def _check_layer_bits(layer_bits: Mapping[str, Any]) -> dict[str, Bits]:
+    checked: dict[str, Bits] = {}
+    for pattern, value in layer_bits.items():
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value not in SUPPORTED_BITS or isinstance(value, bool):
+            raise BadInputError(f"bits {value!r} for {pattern!r} is not supported — use 1, 2, "
+                                "3, 4 or ternary")
+        checked[pattern] = value
+    return checked
+
+
+def choose_bits(projection: llm_graph.Projection, default: Bits, keep: Sequence[str],
+                overrides: Mapping[str, Bits]) -> Bits | None:
+    """Bits of one projection: None when kept, else the first matching override or default."""
+    if any(projection.matches(p) for p in keep):
+        return None
+    for pattern, value in overrides.items():
+        if projection.matches(pattern):
+            return value
+    return default
+
+
+def _quantize(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
+              quantize_fn: Callable[..., QuantizedTensor], say: Progress):
+    weights: dict[str, llm_graph.Weight] = {}
+    records: list[dict[str, Any]] = []
+    quantized: dict[str, tuple[QuantizedTensor, None]] = {}
+    projections = llm_graph.projections(ck.config)
+    for index, proj in enumerate(projections):
+        w = proj.weight(ck)
+        n, k = w.shape
+        bits = choose_bits(proj, policy.bits, policy.keep, overrides)
+        record = {"name": proj.name, "node": proj.name, "N": n, "K": k, "bits": bits,
+                  "group_size": None, "symmetric": None, "bias": False,
+                  "float_bytes": w.size * 4, "stored_bytes": w.size * 4, "switchable": False}
+        if bits is None:
+            weights[proj.name] = w
+        else:
+            try:
+                qt = quantize_fn(w, bits, policy.group_size, policy.symmetric)
+            except ValueError as error:
+                raise BadInputError(f"quantizing {proj.name} failed: {error}") from None
+            weights[proj.name] = qt
+            quantized[proj.name] = (qt, None)
+            record.update(group_size=qt.group_size, symmetric=qt.symmetric,
+                          stored_bytes=qt.nbytes_packed())
+        records.append(record)
+        if (index + 1) % max(1, len(projections) // 4) == 0:
+            say(f"  {index + 1}/{len(projections)} projections ({proj.name})")
+    return weights, records, quantized
+
+
+# --- tokenizer and reference data ---------------------------------------------------------
+
+
+def _tokenizer(ck: ckpt.Checkpoint):
+    try:
+        import tokenizers
+    except ImportError:
+        raise BadInputError("decoder bundles need the tokenizers package — pip install "
+                            "'edgepet[llm]'") from None
+    try:
+        return tokenizers.Tokenizer.from_str(json.dumps(ck.tokenizer_json))
+    except Exception as error:  # noqa: BLE001 — tokenizers raises plain Exception
+        raise BadInputError(f"{ck.source}: the tokenizer cannot be read ({error})") from None
+
+
+def _reference_feeds(ck: ckpt.Checkpoint, tokenizer: Any) -> dict[str, np.ndarray]:
+    ids = tokenizer.encode(REFERENCE_PROMPT, add_special_tokens=False).ids
+    if ck.add_bos_token and ck.bos_token_id is not None:
+        ids = [ck.bos_token_id, *ids]
+    ids = [i for i in ids if i < ck.config.vocab_size][:32] or [0]
+    c = ck.config
+    feeds = {"input_ids": np.array([ids], np.int64), "num_logits": np.array([0], np.int64)}
+    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
+    for i in range(c.num_layers):
+        for name in llm_graph.past_names(i):
+            feeds[name] = empty
+    return feeds
+
+
+def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, dict(feeds)), strict=True))
+
+
+def _write_reference(stage: Path, ck: ckpt.Checkpoint, model: onnx.ModelProto,
+                     quantized: Mapping[str, Any], tokenizer: Any, context: int,
+                     embedding_dtype: type) -> dict[str, str]:
+    folder = stage / bundle_io.REFERENCE_DIR
+    folder.mkdir()
+    feeds = _reference_feeds(ck, tokenizer)
+    np.savez(folder / "inputs.npz", **feeds)
+    fp32 = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), context, embedding_dtype)
+    np.savez(folder / "outputs.npz", **_run_plain(fp32, feeds))
+    del fp32
+    twin = dequantized_twin(model, quantized)
+    np.savez(folder / "quantized_outputs.npz", **_run_plain(twin, feeds))
+    return {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
+            "quantized_outputs": "reference/quantized_outputs.npz"}
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _save(stage: Path, model: onnx.ModelProto) -> None:
+    onnx.save_model(model, str(stage / bundle_io.MODEL), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=bundle_io.EXTERNAL_DATA,
+                    size_threshold=1024)
+
+
+def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in t.shape.dim]
+    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "shape": dims}
+
+
+def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: Any,
+              quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
+              reference: dict[str, str], embedding: str, context: int,
+              overrides: Mapping[str, Bits]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from edgepet.exporters.onnx import OP_VERSION
+    from edgepet.kernels import LAYOUT
+
+    float_bytes = sum(int(w.size) * 4 for w in ck.weights.values())
+    weight_bytes = initializer_bytes(model)
+    target = profile.to_dict()
+    target["threads"] = profile.threads
+    c = ck.config
+    manifest = {
+        "schema": manifest_schema.SCHEMA_ID,
+        "schema_version": manifest_schema.SCHEMA_VERSION,
+        "kind": "decoder",
+        "edgepet_version": edgepet.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "quantization": {
+            "bits": policy.bits, "group_size": policy.group_size,
+            "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
+        },
+        "operator": {
+            "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
+            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(), "library": None,
+        },
+        "model": {
+            "file": bundle_io.MODEL, "external_data": bundle_io.EXTERNAL_DATA,
+            "opset": llm_graph.OPSET, "ir_version": model.ir_version,
+        },
+        "inputs": [_value_info(v) for v in model.graph.input],
+        "outputs": [_value_info(v) for v in model.graph.output],
+        "layers": records,
+        "adapters": [],
+        "reference": {
+            **reference,
+            "tolerance": {"vs_pytorch": TOLERANCE_VS_FP32[policy.bits],
+                          "vs_quantized": TOLERANCE_VS_QUANTIZED},
+        },
+        "decoder": {
+            "architecture": "llama",
+            "name": ck.name,
+            "config": c.to_dict(),
+            "max_context": context,
+            "tokenizer": TOKENIZER_FILE,
+            "chat_template": ck.chat_template,
+            "bos_token_id": ck.bos_token_id,
+            "eos_token_ids": ck.eos_token_ids,
+            "add_bos_token": ck.add_bos_token,
+            "embedding": embedding,
+            "layer_bits": {k: v for k, v in overrides.items()},
+            "cache": {"past": "past.{i}.key|value", "present": "present.{i}.key|value",
+                      "layout": "batch, kv_heads, positions, head_dim"},
+        },
+        "sizes": {
+            "float_weight_bytes": float_bytes,
+            "weight_bytes": weight_bytes,
+            "linear_float_bytes": sum(r["float_bytes"] for r in records),
+            "linear_stored_bytes": sum(r["stored_bytes"] for r in records),
+            "adapter_bytes": 0,
+            "bundle_bytes": 0,
+            "compression": round(float_bytes / max(weight_bytes, 1), 3),
+        },
+        "files": {},
+        "provenance": {
+            "source": ck.source,
+            "source_kind": ck.source_kind,
+            "source_sha256": (bundle_io.sha256_file(Path(ck.source))
+                              if Path(ck.source).is_file() else None),
+            "source_quantization": ck.source_quantization,
+            "torch_version": _torch_version(),
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": ort.__version__,
+            "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
+        },
+    }
+    (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
+    manifest["files"] = bundle_writer.file_table(stage)
+    manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    write_manifest(stage, manifest)
+    return manifest
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "not installed"
+    return torch.__version__
+
+
+__all__ = ["TOLERANCE_VS_FP32", "choose_bits", "export_decoder"]

@@ -1,0 +1,260 @@
+"""The decoder graph: a Llama-family model with a KV cache, written with ``onnx.helper``.
+
+One graph serves prefill and decode. Inputs:
+
+* ``input_ids`` int64 ``[batch, seq]`` — the new tokens;
+* ``past.{i}.key`` / ``past.{i}.value`` float ``[batch, kv_heads, past, head_dim]`` — the
+  cache (``past = 0`` for a fresh prompt);
+* ``num_logits`` int64 ``[1]`` — logits for the last N positions (0: every position;
+  generation asks for 1, perplexity for all).
+
+Outputs: ``logits`` ``[batch, n, vocab]`` and ``present.{i}.key`` / ``.value`` (the cache
+with the new positions appended). Positions follow from the cache length; attention is
+causal over cache + new tokens (a boolean mask built once per call).
+
+Standard ONNX (opset 23) carries the rest: ``RMSNormalization``, ``RotaryEmbedding``
+(rotate-half form), ``Attention`` (grouped-query, with past/present). Every projection is
+one ``LutMatMul`` or, when kept, a float ``MatMul``; projections that read the same input
+are fused (q/k/v into ``qkv``, gate/up into ``gate_up``) — rows are quantized per row and
+group, so fusing changes no value and saves a call per layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepet.exporters.llm.checkpoint import Checkpoint, LlamaConfig
+from edgepet.exporters.onnx import DOMAIN, OP_VERSION, lut_matmul_node
+from edgepet.quant.tensor import Bits, QuantizedTensor
+
+#: Standard-domain opset: RMSNormalization, RotaryEmbedding and Attention are opset 23.
+OPSET = 23
+IR_VERSION = 10
+
+
+def past_names(i: int) -> tuple[str, str]:
+    """Input names of layer ``i``'s cache."""
+    return f"past.{i}.key", f"past.{i}.value"
+
+
+def present_names(i: int) -> tuple[str, str]:
+    """Output names of layer ``i``'s updated cache."""
+    return f"present.{i}.key", f"present.{i}.value"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One (possibly fused) projection: its name and the checkpoint weights it joins."""
+
+    name: str
+    parts: tuple[str, ...]
+
+    def weight(self, ck: Checkpoint) -> np.ndarray:
+        """The fused float weight ``[N, K]`` (rows of the parts, in order)."""
+        mats = [ck.weights[p] for p in self.parts]
+        return mats[0] if len(mats) == 1 else np.ascontiguousarray(np.concatenate(mats, 0))
+
+    def matches(self, pattern: str) -> bool:
+        """True when ``pattern`` (fnmatch) names this projection or one of its parts."""
+        names = [self.name, *(p.removesuffix(".weight") for p in self.parts)]
+        return any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + ".*")
+                   for n in names)
+
+
+def projections(config: LlamaConfig) -> list[Projection]:
+    """Every projection of the model, fused, in graph order (the head last)."""
+    out = []
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}"
+        out += [
+            Projection(f"layers.{i}.attn.qkv", tuple(
+                f"{p}.self_attn.{x}_proj.weight" for x in "qkv")),
+            Projection(f"layers.{i}.attn.o", (f"{p}.self_attn.o_proj.weight",)),
+            Projection(f"layers.{i}.mlp.gate_up", (f"{p}.mlp.gate_proj.weight",
+                                                    f"{p}.mlp.up_proj.weight")),
+            Projection(f"layers.{i}.mlp.down", (f"{p}.mlp.down_proj.weight",)),
+        ]
+    head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
+    out.append(Projection("lm_head", (head,)))
+    return out
+
+
+#: A projection as the graph receives it: codes, or a float ``[N, K]`` matrix (kept).
+Weight = QuantizedTensor | np.ndarray
+
+
+def rope_tables(config: LlamaConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin ``[length, head_dim / 2]`` for rotate-half RoPE."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], name: str, outputs: int = 1,
+           **attrs) -> list[str]:
+        outs = [f"{name}" if outputs == 1 else f"{name}.{j}" for j in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        return outs
+
+    def linear(self, x: str, w: Weight, name: str) -> str:
+        out = f"{name}.out"
+        if isinstance(w, QuantizedTensor):
+            node, inits = lut_matmul_node(w, x, out, name)
+            self.nodes.append(node)
+            self.inits += inits
+        else:
+            wt = self.const(f"{name}.weight_t", np.ascontiguousarray(w.T, dtype=np.float32))
+            self.op("MatMul", [x, wt], out)
+        return out
+
+
+def build_decoder(
+    ck: Checkpoint,
+    weights: Mapping[str, Weight],
+    max_context: int,
+    embedding_dtype: type = np.float16,
+    name: str = "edgepet_decoder",
+) -> onnx.ModelProto:
+    """The decoder graph for ``ck`` with projection weights ``weights`` (by projection name).
+
+    Args:
+        ck: the checkpoint (config, norms, embedding table).
+        weights: projection name (see :func:`projections`) -> codes or float matrix.
+        max_context: positions the RoPE tables cover (the longest cache + prompt).
+        embedding_dtype: storage of the embedding table (float16 halves it; float32 exact).
+    """
+    c = ck.config
+    b = _Builder()
+    ids = "input_ids"
+    inputs = [helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("num_logits", TensorProto.INT64, [1])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch", "logits_seq", c.vocab_size])]
+    cache_shape = ["batch", c.num_kv_heads, "past", c.head_dim]
+    present_shape = ["batch", c.num_kv_heads, "total", c.head_dim]
+    for i in range(c.num_layers):
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape)
+                   for n in past_names(i)]
+        outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, present_shape)
+                    for n in present_names(i)]
+
+    # Positions: past .. past + seq - 1; mask: key position <= query position.
+    (past_len,) = b.op("Shape", [past_names(0)[0]], "past_len", start=2, end=3)
+    (seq_len,) = b.op("Shape", [ids], "seq_len", start=1, end=2)
+    (total,) = b.op("Add", [past_len, seq_len], "total_len")
+    (start_s,) = b.op("Squeeze", [past_len], "past_len_scalar")
+    (total_s,) = b.op("Squeeze", [total], "total_len_scalar")
+    zero, one = b.const("zero", np.array(0, np.int64)), b.const("one", np.array(1, np.int64))
+    (qpos,) = b.op("Range", [start_s, total_s, one], "query_positions")
+    (kpos,) = b.op("Range", [zero, total_s, one], "key_positions")
+    axis0, axis1 = b.const("axis0", np.array([0], np.int64)), b.const("axis1", np.array(
+        [1], np.int64))
+    (qcol,) = b.op("Unsqueeze", [qpos, axis1], "query_positions_col")
+    (krow,) = b.op("Unsqueeze", [kpos, axis0], "key_positions_row")
+    (mask,) = b.op("LessOrEqual", [krow, qcol], "causal_mask")
+    (pos_row,) = b.op("Unsqueeze", [qpos, axis0], "position_row")
+    (ids_shape,) = b.op("Shape", [ids], "ids_shape")
+    (position_ids,) = b.op("Expand", [pos_row, ids_shape], "position_ids")
+    cos, sin = rope_tables(c, max_context)
+    cos_name, sin_name = b.const("rope.cos", cos), b.const("rope.sin", sin)
+
+    table = b.const("embed_tokens.table", ck.embedding.astype(embedding_dtype))
+    (x,) = b.op("Gather", [table, ids], "embed")
+    if embedding_dtype != np.float32:
+        (x,) = b.op("Cast", [x], "embed.float", to=TensorProto.FLOAT)
+
+    q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    split_qkv = b.const("split.qkv", np.array([q_size, kv_size, kv_size], np.int64))
+    split_gu = b.const("split.gate_up", np.array([c.intermediate_size] * 2, np.int64))
+
+    def norm(inp: str, weight_name: str, out: str) -> str:
+        w = b.const(f"{out}.weight", ck.weights[weight_name].astype(np.float32))
+        return b.op("RMSNormalization", [inp, w], out, epsilon=c.rms_norm_eps, axis=-1)[0]
+
+    for i in range(c.num_layers):
+        p = f"layers.{i}"
+        h = norm(x, f"model.layers.{i}.input_layernorm.weight", f"{p}.attn_norm")
+        qkv = b.linear(h, weights[f"{p}.attn.qkv"], f"{p}.attn.qkv")
+        q, k, v = b.op("Split", [qkv, split_qkv], f"{p}.attn.split", outputs=3, axis=-1)
+        (q,) = b.op("RotaryEmbedding", [q, cos_name, sin_name, position_ids], f"{p}.attn.rope_q",
+                    num_heads=c.num_heads, interleaved=0)
+        (k,) = b.op("RotaryEmbedding", [k, cos_name, sin_name, position_ids], f"{p}.attn.rope_k",
+                    num_heads=c.num_kv_heads, interleaved=0)
+        pk, pv = past_names(i)
+        att = f"{p}.attn.out"
+        b.nodes.append(helper.make_node(
+            "Attention", [q, k, v, mask, pk, pv], [att, *present_names(i)], name=f"{p}.attn",
+            q_num_heads=c.num_heads, kv_num_heads=c.num_kv_heads,
+            scale=float(1.0 / np.sqrt(c.head_dim))))
+        o = b.linear(att, weights[f"{p}.attn.o"], f"{p}.attn.o")
+        (x,) = b.op("Add", [x, o], f"{p}.attn.residual")
+        h = norm(x, f"model.layers.{i}.post_attention_layernorm.weight", f"{p}.mlp_norm")
+        gu = b.linear(h, weights[f"{p}.mlp.gate_up"], f"{p}.mlp.gate_up")
+        gate, up = b.op("Split", [gu, split_gu], f"{p}.mlp.split", outputs=2, axis=-1)
+        (sig,) = b.op("Sigmoid", [gate], f"{p}.mlp.sigmoid")
+        (silu,) = b.op("Mul", [gate, sig], f"{p}.mlp.silu")
+        (act,) = b.op("Mul", [silu, up], f"{p}.mlp.act")
+        down = b.linear(act, weights[f"{p}.mlp.down"], f"{p}.mlp.down")
+        (x,) = b.op("Add", [x, down], f"{p}.mlp.residual")
+
+    x = norm(x, "model.norm.weight", "final_norm")
+    (neg,) = b.op("Neg", ["num_logits"], "logits_start")
+    end = b.const("int64_max", np.array([np.iinfo(np.int64).max], np.int64))
+    (tail,) = b.op("Slice", [x, neg, end, axis1], "last_positions")
+    head = b.linear(tail, weights["lm_head"], "lm_head")
+    b.nodes.append(helper.make_node("Identity", [head], ["logits"], name="logits"))
+
+    graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.inits)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, OP_VERSION)],
+        producer_name="edgepet",
+    )
+    model.ir_version = IR_VERSION
+    return model
+
+
+def float_weights(ck: Checkpoint) -> dict[str, np.ndarray]:
+    """Every projection in float32: the weights of the fp32 reference graph."""
+    return {p.name: p.weight(ck) for p in projections(ck.config)}
+
+
+Quantizer = Callable[..., QuantizedTensor]
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What one projection becomes: bits (None: float) and group size."""
+
+    bits: Bits | None
+    group_size: int | None
+
+
+__all__ = [
+    "OPSET",
+    "LayerChoice",
+    "Projection",
+    "build_decoder",
+    "float_weights",
+    "past_names",
+    "present_names",
+    "projections",
+    "rope_tables",
+]

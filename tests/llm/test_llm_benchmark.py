@@ -1,0 +1,44 @@
+"""benchmarks/llm.py runs end to end on the tiny model (the figures come from real runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "llm.py"
+
+
+def test_quality_table_runs_on_a_tiny_gguf(tiny_gguf, tiny_2bit_bundle):
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "quality", "--gguf", str(tiny_gguf), "--max-tokens", "40",
+         "--ctx", "16",
+         "--config", "fp32|-|-|-|-|{}", "--config", '4-bit|4|32|asym|rtn|{"lm_head": 3}',
+         "--bundle", str(tiny_2bit_bundle), "--json"],
+        capture_output=True, text=True, check=True, timeout=300)
+    rows = json.loads(out.stdout)["rows"]
+    assert [r["config"] for r in rows[:2]] == ["fp32", "4-bit"]
+    assert rows[2]["run"] == "bundle"
+    assert all(r["perplexity"] > 1 and r["tokens"] == 40 - 3 for r in rows)
+
+
+def test_speed_runs_for_a_bundle(tiny_2bit_bundle):
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "speed", "--bundle", str(tiny_2bit_bundle),
+         "--threads-list", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1",
+         "--json"], capture_output=True, text=True, check=True, timeout=300)
+    (row,) = json.loads(out.stdout)["rows"]
+    assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["threads"] == 1
+
+
+def test_profile_splits_decode_time_by_op(tiny_2bit_bundle):
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "profile", "--bundle", str(tiny_2bit_bundle), "--steps",
+         "3", "--json"], capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout)
+    ops = {r["op"] for r in result["rows"]}
+    assert {"LutMatMul", "LutMatMul (lm_head)", "Attention"} <= ops
+    assert sum(r["share_of_nodes"] for r in result["rows"]) == pytest.approx(1, abs=0.01)
