@@ -60,7 +60,19 @@ model files:
   weights.pt --arch PKG.MOD:Class [--arch-kwargs '{"dim": 64}']
                               a state dict (torch.save(model.state_dict()) or .safetensors)
   model.pt --trust            a pickled nn.Module (torch.save(model)); unpickling runs code
+  FOLDER                      a Hugging Face encoder folder (config.json, model.safetensors
+                              or pytorch_model.bin, tokenizer files): BERT, MiniLM, RoBERTa,
+                              DistilBERT, ... with --task feature-extraction|sentence-
+                              embedding|text-classification (default: read off the folder)
+  --hf NAME_OR_PATH           the same, by name from the local Hugging Face cache (never
+                              downloaded)
   (none)                      the built-in example (--example mlp|vit|llama, default llama)
+
+accuracy: export measures the bundle on its reference inputs (--calibration FILE: text lines
+  or an .npz; default: sample English sentences for text models, random values otherwise)
+  with the metric that fits the output (embedding cosine and top-5 retrieval overlap,
+  top-1 agreement and KL for >= 16 logits, relative L2 otherwise) and refuses (exit 2,
+  nothing written) a bundle beyond its tolerance unless --allow-inaccurate.
 
 adapters (--adapter NAME=PATH, repeatable; PATH: a PEFT folder or a state-dict file):
   one adapter merges into the model; several stay switchable at run time
@@ -74,6 +86,8 @@ examples:
   edgepet export weights.pt --arch mypkg.net:Net --adapter sst2=runs/sst2 \\
                  --adapter mnli=runs/mnli -o b/
   edgepet export model.ts --input-shape 1,3,224,224 -o b/
+  edgepet export ./all-MiniLM-L6-v2 --task sentence-embedding -o minilm/
+  edgepet run minilm/ --text "a first sentence" --text "another one" --output y.npz
 """
 
 
@@ -107,12 +121,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", help="keep the bundle here (default: a temp folder)")
 
     run = sub.add_parser(
-        "run", help="run a bundle on inputs from .npy/.npz",
+        "run", help="run a bundle on inputs from .npy/.npz, or on text",
         description="Run a bundle. Inputs: one .npy (single-input models) or an .npz with "
-                    "an array per input name (see `edgepet inspect`).",
+                    "an array per input name (see `edgepet inspect`); a bundle exported "
+                    "from a Hugging Face text model also takes text (--text, --text-file), "
+                    "tokenized with the tokenizer it carries.",
     )
     run.add_argument("bundle", help="bundle folder")
-    run.add_argument("--input", required=True, help="x.npy or x.npz")
+    run.add_argument("--input", help="x.npy or x.npz")
+    run.add_argument("--text", action="append", default=[],
+                     help="a text input (repeatable; one output row per text)")
+    run.add_argument("--text-file", help="a UTF-8 file with one text input per line")
     run.add_argument("--adapter", help="task adapter to use (see `edgepet inspect`)")
     run.add_argument("--output", help="write the outputs to this .npz")
     run.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
@@ -158,7 +177,23 @@ def _trust_library_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="model file (see below); omit for the example")
+    p.add_argument("model", nargs="?", help="model file or Hugging Face folder (see below); "
+                                            "omit for the example")
+    p.add_argument("--hf", metavar="NAME_OR_PATH",
+                   help="a Hugging Face encoder: a local folder or a name in the local cache "
+                        "(nothing is downloaded)")
+    p.add_argument("--task", choices=("feature-extraction", "sentence-embedding",
+                                      "text-classification"),
+                   help="what a Hugging Face encoder's bundle outputs: hidden states, a "
+                        "pooled L2-normalized sentence embedding, or class logits (default: "
+                        "sentence-embedding for sentence-transformers folders, "
+                        "text-classification for ...ForSequenceClassification, else "
+                        "feature-extraction)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="real reference inputs: a text file (one input per line) for text "
+                        "models, or an .npz of arrays by input name")
+    p.add_argument("--allow-inaccurate", action="store_true",
+                   help="write the bundle even when it misses its accuracy tolerance")
     p.add_argument("-o", "--output", help="bundle folder to write (default: MODEL.edgepet, "
                                           "or edgepet-example for the example)")
     p.add_argument("--target", help="target profile, see `edgepet targets` (default: this "
@@ -315,10 +350,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edgepet.exporters.torch_export import parse_arch_kwargs
     from edgepet.runtime.errors import BadInputError
 
-    if args.model and args.example:
-        raise _Usage("give either MODEL or --example, not both")
+    if sum(bool(x) for x in (args.model, args.example, args.hf)) > 1:
+        raise _Usage("give one of MODEL, --hf or --example")
+    if args.hf:
+        from edgepet.exporters.hf import resolve
+
+        args.model = str(resolve(args.hf))
     model = args.model or f"example:{args.example or 'llama'}"
-    default_out = (Path(args.model).stem + ".edgepet") if args.model else "edgepet-example"
+    default_out = ((Path(args.model.rstrip("/")).stem or "model") + ".edgepet") if args.model \
+        else "edgepet-example"
     bits = args.bits
     try:
         bundle = _export(
@@ -328,7 +368,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             input_shapes=args.input_shape or None,
             inputs=_example_inputs(args.example_input),
             trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
-            overwrite=args.force, op_library=args.op_library,
+            overwrite=args.force, op_library=args.op_library, task=args.task,
+            calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
         )
     except ValueError as error:
         if isinstance(error, BadInputError):
@@ -393,16 +434,30 @@ def summary(bundle) -> str:
     if m["adapters"]:
         lines.append("  adapters    " + ", ".join(
             f"{a['name']} ({_mb(a['bytes'])})" for a in m["adapters"]))
+    if m.get("text"):
+        text = m["text"]
+        pooling = f", {text['pooling']} pooling + L2" if text.get("pooling") else ""
+        lines.append(f"  text        {text['task']}{pooling}; inputs "
+                     f"{', '.join(text['inputs'])}; tokenizer {text['tokenizer'] or 'none'}")
+    plan = q.get("plan")
+    if plan:
+        lines.append(f"  plan        {plan['summary']}")
     measured = m["reference"].get("measured", {})
     tol = m["reference"]["tolerance"]
+    kind = m["reference"].get("inputs_kind")
+    if kind:
+        lines.append(f"  reference   {m['reference'].get('samples')} samples, {kind} inputs")
     for name, r in measured.items():
         label = "error" if len(measured) == 1 else f"error [{name}]"
-        top1 = r.get("top1_agreement")
+        metrics = r.get("metrics") or {}
+        extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items())
+        limits = "".join(f" ({k.replace('_', ' ')} {s} {b})"
+                         for k, (s, b) in (r.get("limits") or {}).items())
         lines.append(
             f"  {label:<11} vs PyTorch fp32 {r['relative_error_vs_pytorch']:.4f} (tolerance "
             f"{tol['vs_pytorch']}), vs dequantized graph {r['relative_error_vs_quantized']:.4f}"
-            f" (tolerance {tol['vs_quantized']})"
-            + (f", top-1 agreement {100 * top1:.0f}%" if top1 is not None else ""))
+            f" (tolerance {tol['vs_quantized']}){extra}{limits}"
+            + ("" if r.get("ok", True) else "  BEYOND TOLERANCE"))
     return "\n".join(lines)
 
 
@@ -427,8 +482,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     bundle = _open(args.bundle)
+    texts = list(args.text)
+    if args.text_file:
+        from edgepet.runtime.text import read_text_file
+
+        texts += read_text_file(args.text_file)
+    if bool(texts) == bool(args.input):
+        raise _Usage("give the inputs with --input x.npz, or text with --text/--text-file "
+                     "(one of the two)")
     session = bundle.session(args.threads, args.trust_bundle_library)
-    arrays = _read_arrays(args.input)
+    if texts:
+        from edgepet.runtime.text import TextEncoder
+
+        arrays = TextEncoder.from_bundle(bundle).encode(texts)
+    else:
+        arrays = _read_arrays(args.input)
     if list(arrays) == [""]:
         if len(session.input_names) != 1:
             raise _Usage(f"the bundle takes inputs {', '.join(session.input_names)} — give an "
@@ -500,13 +568,12 @@ def _verify_lines(results) -> str:
     lines = []
     for r in results:
         name = r.adapter or "model"
-        verdict = "ok" if r.ok else "FAILED"
-        top1 = ("" if r.top1_agreement is None
-                else f", top-1 agreement {100 * r.top1_agreement:.0f}%")
+        verdict = "ok" if r.ok else "FAILED: " + "; ".join(r.failures())
+        extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in r.metrics.items())
         lines.append(
             f"  verify [{name}] {verdict}: vs PyTorch fp32 {r.vs_pytorch:.4f} (<= "
             f"{r.tolerance_pytorch}), vs dequantized graph {r.vs_quantized:.4f} (<= "
-            f"{r.tolerance_quantized}){top1}")
+            f"{r.tolerance_quantized}){extra}")
     return "\n".join(lines)
 
 

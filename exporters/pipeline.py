@@ -14,6 +14,7 @@ base weight (or, if its math cannot merge, exported as it is).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -55,9 +56,19 @@ TOLERANCE_VS_PYTORCH: dict[Bits, float] = {4: 0.35, 3: 0.6, 2: 1.6, "ternary": 1
 #: Against the same graph with the dequantized weights in float, only the kernels' int8
 #: activation tables differ (about 0.3 % per layer, see docs/operator.md).
 TOLERANCE_VS_QUANTIZED = 0.05
+#: Embeddings (sentence-embedding outputs): the least mean cosine to fp32 PyTorch per
+#: width. A retrieval index built with fp32 vectors still finds the right neighbours above
+#: about 0.95; below 0.8 it does not (2-bit MiniLM at 0.53 finds 55 % of them).
+MIN_EMBEDDING_COSINE: dict[Bits, float] = {4: 0.95, 3: 0.9, 2: 0.8, "ternary": 0.8, 1: 0.7}
+#: Logits (text classification, >= 16 reference samples): the least top-1 agreement.
+MIN_TOP1_AGREEMENT: dict[Bits, float] = {4: 0.9, 3: 0.85, 2: 0.7, "ternary": 0.7, 1: 0.6}
 #: Models whose serialized size exceeds this keep their weights in model.onnx.data.
 EXTERNAL_DATA_THRESHOLD = 64 << 20
 DEFAULT_EXAMPLE = "llama"
+
+
+class InaccurateBundleError(BadInputError):
+    """The exported bundle misses its accuracy tolerance (nothing was written)."""
 
 Progress = Callable[[str], None]
 
@@ -82,6 +93,10 @@ def export(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     op_library: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    task: str | None = None,
+    tokenizer: Any = None,
+    calibration: str | os.PathLike[str] | Sequence[str] | None = None,
+    allow_inaccurate: bool = False,
 ) -> bundle_io.Bundle:
     """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
 
@@ -111,6 +126,15 @@ def export(
         op_library: an op library built for the target (e.g. cross-compiled for aarch64)
             to ship in ``lib/``; devices of that architecture run with it.
         progress: called with a line per step (the CLI prints them).
+        task: for Hugging Face encoders (a folder, or a ``transformers`` model):
+            "feature-extraction", "sentence-embedding" (pooling and L2 normalization in
+            the graph) or "text-classification" (default: read off the folder/model).
+        tokenizer: a fast tokenizer (or its folder) for a ``transformers`` model object
+            whose own folder has none; it travels in the bundle.
+        calibration: real reference inputs: a text file (one input per line) or a list of
+            strings for text models, or an ``.npz`` of arrays by input name.
+        allow_inaccurate: write the bundle even when it misses its accuracy tolerance
+            (otherwise :class:`InaccurateBundleError` and nothing is written).
     """
     from edgepet.exporters.llm.checkpoint import is_llm_source
 
@@ -132,11 +156,12 @@ def export(
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
         say("loading the model")
-        loaded = _resolve_model(model, trust, arch, arch_kwargs)
+        loaded = _resolve_model(model, trust, arch, arch_kwargs, task, tokenizer)
         tasks = adapters_io.task_models(loaded, adapters)
         say("preparing adapters" if tasks else "preparing the model")
         graph_module, switchable, pet_info = adapters_io.graph_module(loaded, tasks)
-        example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
+        example, inputs_kind = _example(loaded, graph_module, input_shapes, inputs,
+                                        calibration)
         references = _torch_references(loaded, tasks, example)
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
@@ -156,12 +181,14 @@ def export(
             {n for a in task_adapters.values() for n in a.parameters}))
         files = _write_model(stage, result.model, external_data_threshold)
         files["library"] = _ship_op_library(stage, library)
+        files["tokenizer"] = _write_tokenizer(stage, loaded.text)
         adapter_entries = adapters_io.write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
         manifest = build_manifest(
             stage, loaded, profile, policy, quantizer, result, float_bytes, files,
             adapter_entries, reference, pet_info,
         )
+        _describe_reference(manifest, loaded, policy, inputs_kind, example, files)
         say("verifying the bundle against PyTorch")
         # The manifest is complete but for the measurement; verify the staged files
         # through it in memory, then write it once.
@@ -175,6 +202,11 @@ def export(
             )
         manifest["reference"]["measured"] = {
             (r.adapter or "default"): r.to_dict() for r in measured}
+        for line in _describe_accuracy(measured):
+            say(line)
+        missed = [r for r in measured if not r.ok]
+        if missed and not allow_inaccurate:
+            raise InaccurateBundleError(_refusal(missed[0], policy))
         write_manifest(stage, manifest)
     say.finish()
     return bundle_io.Bundle(out, manifest)
@@ -272,7 +304,19 @@ def _ship_op_library(stage: Path, library: Path | None) -> str | None:
 
 
 def _resolve_model(model: Any, trust: bool, arch: str | None,
-                   arch_kwargs: dict | None) -> tx.LoadedModel:
+                   arch_kwargs: dict | None, task: str | None = None,
+                   tokenizer: Any = None) -> tx.LoadedModel:
+    from edgepet.exporters import hf
+
+    if isinstance(model, (str, os.PathLike)) and hf.is_hf_folder(model):
+        wrapper, spec = hf.load_folder(model, task)
+        return _text_model(wrapper, spec, "hf-folder", str(model))
+    if hf.is_transformers_model(model):
+        wrapper, spec = hf.from_transformers(model, task, tokenizer)
+        return _text_model(wrapper, spec, "transformers", None)
+    if task is not None:
+        raise BadInputError(f"--task {task} applies to Hugging Face models (a folder with "
+                            "config.json, --hf NAME, or a transformers model object)")
     if model is None:
         model = f"example:{DEFAULT_EXAMPLE}"
     if isinstance(model, str) and model.startswith("example:"):
@@ -290,7 +334,66 @@ def _resolve_model(model: Any, trust: bool, arch: str | None,
 
 
 def _as_loaded(loaded: tx.LoadedModel, module: Any) -> tx.LoadedModel:
-    return tx.LoadedModel(module, loaded.kind, loaded.source, loaded.example_inputs)
+    return dataclasses.replace(loaded, model=module)
+
+
+def _text_model(wrapper: nn.Module, spec: Any, kind: str, source: str | None
+                ) -> tx.LoadedModel:
+    from edgepet.exporters import hf
+
+    return tx.LoadedModel(wrapper, kind, source, None, list(spec.input_names),
+                          list(spec.output_names),
+                          hf.dynamic_shapes(spec, wrapper.max_sequence), spec)
+
+
+def _example(loaded: tx.LoadedModel, graph_module: Any, input_shapes: Sequence[str] | None,
+             inputs: Sequence[np.ndarray] | None,
+             calibration: str | os.PathLike[str] | Sequence[str] | None,
+             ) -> tuple[tuple[torch.Tensor, ...], str]:
+    """Example (= reference) inputs and whether they are real: "calibration" (given by
+    the user), "sample-text" (edgepet's own English sentences through the model's
+    tokenizer) or "synthetic" (random values of the right shape)."""
+    from edgepet.exporters import hf
+    from edgepet.runtime.text import read_text_file
+
+    texts: list[str] | None = None
+    if calibration is not None:
+        if not isinstance(calibration, (str, os.PathLike)):
+            texts = [str(t) for t in calibration]
+        elif Path(calibration).suffix == ".npz":
+            inputs = _read_calibration_arrays(Path(calibration), loaded)
+        else:
+            texts = read_text_file(calibration)
+        if texts is not None and (loaded.text is None or loaded.text.tokenizer_json is None):
+            raise BadInputError("text calibration needs a text model with a tokenizer (a "
+                                "Hugging Face folder) — give arrays as an .npz instead")
+    if inputs or input_shapes or loaded.text is None:
+        example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
+        kind = "calibration" if calibration is not None else (
+            "given" if inputs else "synthetic")
+        return example, kind
+    example = hf.example_inputs(loaded.text, texts)
+    if texts is not None:
+        return example, "calibration"
+    return example, "sample-text" if loaded.text.tokenizer_json else "synthetic"
+
+
+def _read_calibration_arrays(path: Path, loaded: tx.LoadedModel) -> list[np.ndarray]:
+    if not path.is_file():
+        raise BadInputError(f"calibration file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise BadInputError(f"calibration file {path} is not a readable .npz ({error})"
+                            ) from None
+    names = loaded.input_names
+    if names and all(n in arrays for n in names):
+        return [arrays[n] for n in names]
+    if names and len(arrays) != len(names):
+        raise BadInputError(f"calibration file {path} holds {', '.join(arrays)}; the model "
+                            f"takes {', '.join(names)}")
+    return list(arrays.values())
 
 
 def _torch_references(loaded: tx.LoadedModel, tasks: dict[str, nn.Module],
@@ -335,6 +438,65 @@ def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[st
     else:
         onnx.save_model(model, str(path))
     return {"external_data": bundle_io.EXTERNAL_DATA if large else None}
+
+
+def _write_tokenizer(stage: Path, text: Any) -> str | None:
+    if text is None or text.tokenizer_json is None:
+        return None
+    (stage / "tokenizer.json").write_text(text.tokenizer_json, encoding="utf-8")
+    return "tokenizer.json"
+
+
+def _describe_reference(manifest: dict[str, Any], loaded: tx.LoadedModel,
+                        policy: QuantPolicy, inputs_kind: str,
+                        example: Sequence[torch.Tensor], files: dict[str, Any]) -> None:
+    """What the reference inputs are and which metrics the bundle is held to."""
+    ref = manifest["reference"]
+    ref["inputs_kind"] = inputs_kind
+    ref["samples"] = int(example[0].shape[0]) if example and example[0].ndim else 1
+    ref["metrics"] = _metrics_for(loaded, manifest["outputs"], policy.bits,
+                                          ref["samples"])
+    if loaded.text is not None:
+        manifest["text"] = loaded.text.to_manifest(files.get("tokenizer"))
+
+
+def _metrics_for(loaded: tx.LoadedModel, outputs: list[dict[str, Any]], bits: Bits,
+                 samples: int) -> dict[str, Any]:
+    """Which metric fits the model's first output, and its bound at ``bits``."""
+    task = loaded.text.task if loaded.text is not None else None
+    first = outputs[0]["name"] if outputs else None
+    if task == "sentence-embedding":
+        return {"kind": "embedding", "output": first,
+                "limits": {"cosine_mean": [">=", MIN_EMBEDDING_COSINE[bits]]}}
+    if task == "text-classification":
+        limits = ({"top1_agreement": [">=", MIN_TOP1_AGREEMENT[bits]]}
+                  if samples >= bundle_io.MIN_LOGIT_SAMPLES else {})
+        return {"kind": "logits", "output": first, "limits": limits}
+    return {"kind": "relative-l2", "output": first, "limits": {}}
+
+
+def _describe_accuracy(measured: Sequence[bundle_io.VerifyResult]) -> list[str]:
+    lines = []
+    for r in measured:
+        name = f" [{r.adapter}]" if r.adapter else ""
+        parts = [f"{k.replace('_', ' ')} {v:.4f}" for k, v in r.metrics.items()]
+        parts.append(f"relative error {r.vs_pytorch:.4f}")
+        lines.append(f"  accuracy{name} vs PyTorch fp32: " + ", ".join(parts)
+                     + ("" if r.ok else "  (BEYOND TOLERANCE)"))
+    return lines
+
+
+def _refusal(result: bundle_io.VerifyResult, policy: QuantPolicy) -> str:
+    hints = []
+    if policy.bits != 4:
+        hints.append("more bits (--bits 4)")
+    if policy.symmetric or (policy.group_size or 10**9) > 32:
+        hints.append("--group-size 32 --no-symmetric")
+    hints.append("--budget-error (a per-layer plan)")
+    hints.append("--keep PATTERN for the most sensitive layers")
+    return ("the bundle misses its accuracy tolerance on the reference inputs: "
+            + "; ".join(result.failures()) + " — nothing was written. Try "
+            + ", ".join(hints) + ", or pass --allow-inaccurate to write it anyway")
 
 
 def _write_reference(stage: Path, result: RewriteResult, example: Sequence[torch.Tensor],

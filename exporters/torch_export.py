@@ -40,6 +40,13 @@ class LoadedModel:
     kind: str
     source: str | None = None
     example_inputs: tuple[torch.Tensor, ...] | None = None
+    #: Graph input/output names and dynamic axes when the loader knows them (Hugging Face
+    #: encoders: input_ids, ..., with ``batch`` and ``sequence`` dynamic).
+    input_names: list[str] | None = None
+    output_names: list[str] | None = None
+    dynamic_shapes: tuple[dict[int, Any], ...] | None = None
+    #: How the bundle takes text (an ``edgepet.exporters.hf.TextSpec``), for text models.
+    text: Any = None
 
     def callable(self) -> Any:
         """Something to call with the inputs to get PyTorch's outputs."""
@@ -561,7 +568,7 @@ def to_onnx(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> onnx.ModelPr
     are several) and the batch dimension ``batch``, whichever exporter ran.
     """
     model = _export_graph(loaded, tuple(inputs))
-    _rename_outputs(model)
+    _rename_outputs(model, loaded.output_names)
     _name_batch_dim(model)
     return model
 
@@ -573,8 +580,10 @@ def _export_graph(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx
                             .model_proto)
     if loaded.kind == "torchscript":
         return _legacy_export(loaded, inputs)
-    names = _input_names(loaded, len(inputs))
-    dynamic = {name: {0: torch.export.Dim.AUTO} for name in names}
+    names = loaded.input_names or _input_names(loaded, len(inputs))
+    dynamic: Any = {name: {0: torch.export.Dim.AUTO} for name in names}
+    if loaded.dynamic_shapes is not None:
+        dynamic = loaded.dynamic_shapes
     try:
         with _quiet():
             program = torch.onnx.export(
@@ -593,11 +602,13 @@ def _export_graph(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx
             ) from None
 
 
-def _rename_outputs(model: onnx.ModelProto) -> None:
-    """Name graph outputs ``output`` (or ``output_0``, ...) instead of exporter temporaries."""
+def _rename_outputs(model: onnx.ModelProto, names: Sequence[str] | None = None) -> None:
+    """Name graph outputs ``names`` (default ``output``, or ``output_0``, ...) instead of
+    exporter temporaries."""
     outputs = list(model.graph.output)
-    renames = {o.name: ("output" if len(outputs) == 1 else f"output_{i}")
-               for i, o in enumerate(outputs)}
+    if names is None or len(names) != len(outputs):
+        names = ["output" if len(outputs) == 1 else f"output_{i}" for i in range(len(outputs))]
+    renames = {o.name: names[i] for i, o in enumerate(outputs)}
     inputs = {i.name for i in model.graph.input}
     if any(old in inputs for old in renames) or len(set(renames)) != len(outputs):
         return

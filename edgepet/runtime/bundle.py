@@ -22,6 +22,7 @@ never read. Which op library a session loads is :meth:`Bundle.op_library`'s poli
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -127,12 +128,36 @@ class VerifyResult:
     top1_agreement: float | None
     tolerance_pytorch: float
     tolerance_quantized: float
+    #: What the output is ("embedding", "logits" or "relative-l2") and the metrics that
+    #: fit it: cosine_mean/cosine_min/top5_overlap for embeddings, top1_agreement/kl_mean
+    #: for logits of >= 16 samples.
+    kind: str = "relative-l2"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Bounds the metrics are held to: ``{metric: (">=" | "<=", bound)}``.
+    limits: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
+
+    def failures(self) -> list[str]:
+        """Each missed bound, in words (empty when the result is within tolerance)."""
+        missed = []
+        if self.vs_quantized > self.tolerance_quantized:
+            missed.append(f"error vs the dequantized graph {self.vs_quantized:.4f} > "
+                          f"{self.tolerance_quantized}")
+        if self.kind != "embedding" and self.vs_pytorch > self.tolerance_pytorch:
+            missed.append(f"relative error vs PyTorch fp32 {self.vs_pytorch:.4f} > "
+                          f"{self.tolerance_pytorch}")
+        for name, (sense, bound) in self.limits.items():
+            value = self.metrics.get(name)
+            if value is None:
+                continue
+            if (sense == ">=" and value < bound) or (sense == "<=" and value > bound):
+                missed.append(f"{name.replace('_', ' ')} {value:.4f} "
+                              f"{'<' if sense == '>=' else '>'} {bound}")
+        return missed
 
     @property
     def ok(self) -> bool:
-        """Within both tolerances."""
-        return (self.vs_pytorch <= self.tolerance_pytorch
-                and self.vs_quantized <= self.tolerance_quantized)
+        """Within every tolerance (for embeddings, cosine takes relative L2's place)."""
+        return not self.failures()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -144,6 +169,9 @@ class VerifyResult:
             "top1_agreement": self.top1_agreement,
             "tolerance_vs_pytorch": self.tolerance_pytorch,
             "tolerance_vs_quantized": self.tolerance_quantized,
+            "kind": self.kind,
+            "metrics": dict(self.metrics),
+            "limits": {k: [s, b] for k, (s, b) in self.limits.items()},
         }
 
 
@@ -213,6 +241,8 @@ class Bundle:
             yield "model.external_data", m["model"]["external_data"]
         if m["operator"].get("library"):
             yield "operator.library", m["operator"]["library"]
+        if (m.get("text") or {}).get("tokenizer"):
+            yield "text.tokenizer", m["text"]["tokenizer"]
         for key in ("inputs", "outputs", "quantized_outputs"):
             yield f"reference.{key}", m["reference"][key]
         for i, entry in enumerate(m["adapters"]):
@@ -411,6 +441,7 @@ class Bundle:
         session = self.session(threads, trust_library)
         inputs = self.reference_inputs()
         tol = self.manifest["reference"]["tolerance"]
+        spec = self.manifest["reference"].get("metrics") or {}
         names = [o["name"] for o in self.manifest["outputs"]]
         results = []
         for adapter in self.adapters or [None]:
@@ -425,15 +456,17 @@ class Bundle:
             files = self._reference_files(adapter)
             fp32 = _outputs_of(_load_npz(files[0]), names, files[0], shapes)
             quant = _outputs_of(_load_npz(files[1]), names, files[1], shapes)
+            kind, metrics, limits = output_metrics(spec, names, y, fp32)
             results.append(VerifyResult(
                 adapter=adapter,
                 vs_pytorch=relative_error(y, fp32),
                 vs_quantized=relative_error(y, quant),
                 max_abs_vs_pytorch=max(float(np.max(np.abs(a - r))) if a.size else 0.0
                                        for a, r in zip(y, fp32, strict=True)),
-                top1_agreement=_top1(y[0], fp32[0]),
+                top1_agreement=metrics.get("top1_agreement"),
                 tolerance_pytorch=float(tol["vs_pytorch"]),
                 tolerance_quantized=float(tol["vs_quantized"]),
+                kind=kind, metrics=metrics, limits=limits,
             ))
         return results
 
@@ -481,10 +514,67 @@ def _all_tensors(model: Any) -> Iterator[Any]:
             graphs.extend(attribute.graphs)
 
 
-def _top1(y: np.ndarray, ref: np.ndarray) -> float | None:
-    if y.ndim < 2 or y.shape[-1] < 2:
+#: Fewest samples for which top-1 agreement and KL of logits mean something.
+MIN_LOGIT_SAMPLES = 16
+#: Retrieval overlap looks at the 5 nearest other rows, so it needs at least 7 rows.
+RETRIEVAL_K = 5
+
+
+def output_metrics(spec: dict[str, Any], names: Sequence[str], y: Sequence[np.ndarray],
+                   ref: Sequence[np.ndarray]
+                   ) -> tuple[str, dict[str, float], dict[str, tuple[str, float]]]:
+    """(kind, metrics, limits) for the output ``spec["output"]`` (default: the first).
+
+    ``spec`` is the manifest's ``reference.metrics``: ``kind`` "embedding" (cosine mean and
+    minimum per row, top-5 retrieval overlap), "logits" (top-1 agreement and mean KL of
+    the softmax, only for >= 16 rows) or "relative-l2"; ``limits`` the bounds.
+    """
+    kind = spec.get("kind", "relative-l2")
+    index = names.index(spec["output"]) if spec.get("output") in names else 0
+    got, want = np.asarray(y[index], np.float64), np.asarray(ref[index], np.float64)
+    metrics: dict[str, float] = {}
+    if kind == "embedding" and got.ndim >= 2:
+        a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+        cos = np.sum(a * b, -1) / np.maximum(
+            np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+        metrics["cosine_mean"] = float(np.mean(cos))
+        metrics["cosine_min"] = float(np.min(cos))
+        overlap = retrieval_overlap(a, b, RETRIEVAL_K)
+        if overlap is not None:
+            metrics["top5_overlap"] = overlap
+    elif kind == "logits" and got.ndim >= 2 and got.shape[-1] >= 2:
+        a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+        if a.shape[0] >= MIN_LOGIT_SAMPLES:
+            metrics["top1_agreement"] = float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
+            metrics["kl_mean"] = float(np.mean(_kl(b, a)))
+    limits = {k: (str(v[0]), float(v[1])) for k, v in (spec.get("limits") or {}).items()}
+    return kind, metrics, limits
+
+
+def retrieval_overlap(y: np.ndarray, ref: np.ndarray, k: int = RETRIEVAL_K) -> float | None:
+    """Mean share of each row's ``k`` nearest other rows (cosine) that ``y`` and ``ref``
+    agree on; None with fewer than ``k + 2`` rows."""
+    if y.shape[0] < k + 2:
         return None
-    return float(np.mean(np.argmax(y, -1) == np.argmax(ref, -1)))
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=-1)[:, :k]
+
+    a, b = neighbours(y), neighbours(ref)
+    return float(np.mean([len(set(r) & set(s)) / k for r, s in zip(a, b, strict=True)]))
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """KL(softmax(p) || softmax(q)) per row."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - np.max(x, -1, keepdims=True)
+        return x - np.log(np.sum(np.exp(x), -1, keepdims=True))
+
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return np.sum(np.exp(lp) * (lp - lq), -1)
 
 
 def _depth(value: Any) -> int:
