@@ -202,8 +202,21 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", help="inputs per scale: a multiple of 32 or per-row "
                                         "(default: the target's)")
     p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
-                   help="symmetric codes (--no-symmetric: a zero point per group; default "
-                        "symmetric, for GGUF/Hugging Face decoders asymmetric)")
+                   help="symmetric codes (--no-symmetric: a zero point per group; default: "
+                        "asymmetric for Hugging Face text models and GGUF/Hugging Face "
+                        "decoders, symmetric otherwise)")
+    p.add_argument("--budget-error", type=float, metavar="X",
+                   help="mixed precision by measurement: quantize each linear layer alone, "
+                        "measure the output error it adds (1 - cosine for embeddings, "
+                        "relative L2 otherwise), and give the most sensitive layers group 32 "
+                        "asymmetric or float until the estimate is within X (e.g. 0.01)")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="mixed precision under a size bound for all weights, e.g. 20MB: "
+                        "least sensitive layers go down to 3 and 2 bits first")
+    p.add_argument("--embedding-bits", choices=("4", "8", "float"),
+                   help="store large embedding tables as 4- or 8-bit codes "
+                        "(com.microsoft.GatherBlockQuantized) or float (default: 4 for "
+                        "Hugging Face text models, float otherwise)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
@@ -370,6 +383,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
             overwrite=args.force, op_library=args.op_library, task=args.task,
             calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
+            budget_error=args.budget_error, max_size=_size(args.max_size),
+            embedding_bits=args.embedding_bits or "auto",
         )
     except ValueError as error:
         if isinstance(error, BadInputError):
@@ -377,6 +392,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise BadInputError(str(error)) from None
     print(summary(bundle))
     return EXIT_OK
+
+
+def _size(text: str | None) -> int | None:
+    """``20MB``, ``1.5GB``, ``800kB`` or plain bytes."""
+    if text is None:
+        return None
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
+    if not match:
+        raise _Usage(f"--max-size {text!r} is not a size — e.g. 20MB, 1.5GB or 800kB")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
 
 
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):

@@ -34,12 +34,17 @@ from edgepet.exporters import torch_export as tx
 from edgepet.exporters.fuse import fuse_shared_inputs
 from edgepet.exporters.manifest import build_manifest, initializer_bytes, write_manifest
 from edgepet.exporters.rewrite import (
+    GATHER_Q_DOMAIN,
+    GATHER_Q_OP,
     KnownWeight,
+    LayerOption,
     QuantPolicy,
     RewriteResult,
     dequantized_twin,
     digest,
     make_overridable,
+    plan_layers,
+    quantize_embeddings,
     rewrite_linears,
 )
 from edgepet.quant import QuantizedTensor, quantize
@@ -65,6 +70,8 @@ MIN_TOP1_AGREEMENT: dict[Bits, float] = {4: 0.9, 3: 0.85, 2: 0.7, "ternary": 0.7
 #: Models whose serialized size exceeds this keep their weights in model.onnx.data.
 EXTERNAL_DATA_THRESHOLD = 64 << 20
 DEFAULT_EXAMPLE = "llama"
+#: Values per scale and zero point of a quantized embedding table.
+EMBEDDING_BLOCK = 32
 
 
 class InaccurateBundleError(BadInputError):
@@ -97,6 +104,9 @@ def export(
     tokenizer: Any = None,
     calibration: str | os.PathLike[str] | Sequence[str] | None = None,
     allow_inaccurate: bool = False,
+    budget_error: float | None = None,
+    max_size: int | None = None,
+    embedding_bits: int | str | None = "auto",
 ) -> bundle_io.Bundle:
     """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
 
@@ -109,8 +119,9 @@ def export(
         bits: 1, 2, 3, 4 or "ternary" (default: the target's).
         group_size: inputs per scale along K (multiple of 32, or "per-row"; default:
             the target's).
-        symmetric: symmetric codes (False: a zero point per group; default True, for
-            decoder checkpoints False).
+        symmetric: symmetric codes (False: a zero point per group). Default: asymmetric
+            for Hugging Face text models (measured: higher embedding cosine at the same
+            bits) and decoder checkpoints, symmetric otherwise.
         keep: fnmatch patterns of layer names to leave in float (e.g. ``lm_head``).
         quantizer: "rtn" (round to nearest), "search" (error-minimizing clip and scale
             per group; about half the output error at 2 bits) or "auto" (search).
@@ -135,6 +146,15 @@ def export(
             strings for text models, or an ``.npz`` of arrays by input name.
         allow_inaccurate: write the bundle even when it misses its accuracy tolerance
             (otherwise :class:`InaccurateBundleError` and nothing is written).
+        budget_error: a mixed-precision plan: measure the output error each linear layer
+            adds when quantized alone (1 - mean cosine for embeddings, relative L2
+            otherwise), then give the most sensitive layers group 32 with asymmetric codes,
+            or float, until the summed estimate is within this budget.
+        max_size: a plan under a size bound (bytes of all weights): layers go down from
+            4-bit group 32 to 4-, 3- and 2-bit at the default group, least sensitive first.
+        embedding_bits: 4 or 8 to store large embedding tables (>= 65536 values) as
+            ``com.microsoft.GatherBlockQuantized`` codes (block 32); None keeps them float;
+            "auto": 4 for Hugging Face text models, float otherwise.
     """
     from edgepet.exporters.llm.checkpoint import is_llm_source
 
@@ -152,6 +172,11 @@ def export(
         get_target(target) if target else host_target())
     policy = _policy(profile, bits, group_size, symmetric, keep)
     quantizer, quantize_fn = _quantizer(quantizer)
+    if max_size is not None and max_size <= 0:
+        raise BadInputError(f"--max-size {max_size} must be a positive size, e.g. 20MB")
+    if budget_error is not None and not budget_error > 0:
+        raise BadInputError(f"--budget-error {budget_error} must be a positive number, e.g. "
+                            "0.01")
     library = _check_op_library(op_library, profile)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
@@ -163,16 +188,41 @@ def export(
         example, inputs_kind = _example(loaded, graph_module, input_shapes, inputs,
                                         calibration)
         references = _torch_references(loaded, tasks, example)
+        if symmetric is None:
+            policy = dataclasses.replace(policy, symmetric=loaded.text is None)
+        table_bits = _embedding_bits(embedding_bits, loaded)
+        layer_fn = _LayerQuantizer(quantize_fn, quantizer == "search" and loaded.text is not None
+                                   and inputs_kind != "synthetic", graph_module, example,
+                                   loaded.text, say)
+        plan = None
+        if (budget_error is not None or max_size is not None) and not tasks:
+            plan = _plan(graph_module, example, references[None], policy, layer_fn,
+                         budget_error, max_size, loaded, table_bits, say)
+            policy = dataclasses.replace(policy, keep=policy.keep + tuple(
+                layer for layer, o in plan["options"].items() if o.bits is None))
+        elif budget_error is not None or max_size is not None:
+            raise BadInputError("--budget-error/--max-size plan single-task models; with "
+                                "adapters, set --bits/--group-size/--keep by hand")
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
-        say(f"quantizing linear layers to {policy.bits} bits")
+        say(f"quantizing linear layers to {policy.bits} bits"
+            + (" (per-layer plan)" if plan else ""))
         first_task = next(iter(tasks.values())) if tasks else graph_module
         known = adapters_io.known_weights(first_task, switchable, policy, quantize_fn)
         names: dict[str, list[str]] = {}
         for name, value in tx.named_matrices(graph_module).items():
             names.setdefault(digest(value.detach().cpu().numpy()), []).append(name)
+        layer_fn.names = names
         float_bytes = initializer_bytes(float_model)
-        result = fuse_shared_inputs(_rewrite(float_model, policy, names, known, quantize_fn, say))
+        result = fuse_shared_inputs(_rewrite(float_model, policy, names, known, layer_fn, say))
+        embeddings = []
+        if table_bits is not None:
+            embeddings = quantize_embeddings(result.model, table_bits, EMBEDDING_BLOCK,
+                                             keep=policy.keep)
+            for e in embeddings:
+                say(f"  embedding table {e.name} [{e.rows}, {e.dim}] -> {e.bits}-bit codes, "
+                    f"block {e.block_size} ({e.float_bytes / 1e6:.1f} -> "
+                    f"{e.stored_bytes / 1e6:.1f} MB)")
         del float_model  # the rewrite made its own copy; the float weights can go
         say("writing adapters and reference data")
         task_adapters = adapters_io.task_adapters(result, tasks, switchable, policy, quantize_fn,
@@ -189,6 +239,12 @@ def export(
             adapter_entries, reference, pet_info,
         )
         _describe_reference(manifest, loaded, policy, inputs_kind, example, files)
+        manifest["quantization"]["symmetric"] = policy.symmetric
+        manifest["quantization"]["plan"] = _plan_manifest(plan)
+        manifest["quantization"]["embeddings"] = ({
+            "op": f"{GATHER_Q_DOMAIN}.{GATHER_Q_OP}", "bits": table_bits,
+            "block_size": EMBEDDING_BLOCK, "tables": [e.to_dict() for e in embeddings],
+        } if embeddings else None)
         say("verifying the bundle against PyTorch")
         # The manifest is complete but for the measurement; verify the staged files
         # through it in memory, then write it once.
@@ -438,6 +494,152 @@ def _write_model(stage: Path, model: onnx.ModelProto, threshold: int) -> dict[st
     else:
         onnx.save_model(model, str(path))
     return {"external_data": bundle_io.EXTERNAL_DATA if large else None}
+
+
+class _LayerQuantizer:
+    """The quantizer the rewrite calls per layer: it applies a plan's per-layer option,
+    weighs weight error by the layer's real input rows (activation-aware search, for text
+    models with real reference inputs) and keeps what it computed for the plan."""
+
+    def __init__(self, base: Callable[..., QuantizedTensor], activation_aware: bool,
+                 module: Any, example: Sequence[torch.Tensor], text: Any,
+                 say: _Steps) -> None:
+        self.base = base
+        self.names: dict[str, list[str]] = {}
+        self.plan: dict[str, LayerOption] = {}
+        self.cache: dict[tuple, QuantizedTensor] = {}
+        self.activations: dict[str, np.ndarray] = {}
+        if activation_aware and tx.linear_layers(module):
+            mask = None
+            if text is not None and "attention_mask" in text.input_names:
+                mask = example[text.input_names.index("attention_mask")]
+            say("  measuring each linear layer's inputs on the reference data "
+                "(activation-aware quantization)")
+            self.activations = tx.linear_inputs(module, example, mask=mask)
+
+    def quantize(self, layer: str, w: np.ndarray, option: LayerOption) -> QuantizedTensor:
+        key = (layer, digest(w), option)
+        if key not in self.cache:
+            rows = self.activations.get(layer)
+            if rows is not None and rows.shape[-1] == w.shape[1]:
+                qt = self.base(w, option.bits, option.group_size, option.symmetric,
+                               activations=rows)
+            else:
+                qt = self.base(w, option.bits, option.group_size, option.symmetric)
+            self.cache[key] = qt
+        return self.cache[key]
+
+    def __call__(self, w: np.ndarray, bits: Bits, group_size: int | None,
+                 symmetric: bool) -> QuantizedTensor:
+        candidates = self.names.get(digest(w)) or ["?"]
+        layer = candidates[0].removesuffix(".weight")
+        option = self.plan.get(layer) or LayerOption(bits, group_size, symmetric)
+        return self.quantize(layer, w, option)
+
+
+def _embedding_bits(value: int | str | None, loaded: tx.LoadedModel) -> int | None:
+    if value == "auto":
+        return 4 if loaded.text is not None else None
+    if value in (None, "float", "none"):
+        return None
+    if str(value) not in ("4", "8"):
+        raise BadInputError(f"--embedding-bits {value!r} must be 4, 8 or float")
+    return int(value)
+
+
+def _plan(module: Any, example: Sequence[torch.Tensor], reference: list[np.ndarray],
+          policy: QuantPolicy, layer_fn: _LayerQuantizer, budget_error: float | None,
+          max_size: int | None, loaded: tx.LoadedModel, table_bits: int | None,
+          say: _Steps) -> dict[str, Any]:
+    """Measure each layer's sensitivity and choose its bits, group and symmetry."""
+    layers = {name: m for name, m in tx.linear_layers(module).items()
+              if not policy.keeps(name)}
+    if not layers:
+        raise BadInputError("--budget-error/--max-size need a model whose linear layers are "
+                            "torch.nn.Linear modules (an nn.Module or a Hugging Face folder)")
+    base = LayerOption(policy.bits, policy.group_size, policy.symmetric)
+    if max_size is not None:
+        group = policy.group_size
+        options = [LayerOption(b, group, False) for b in (2, 3, 4)]
+        options.append(LayerOption(4, 32, False))
+        if budget_error is not None:
+            options.append(LayerOption(None, None, True))
+    else:
+        options = [base]
+        if (base.group_size, base.symmetric) != (32, False):
+            options.append(LayerOption(base.bits, 32, False))
+        options.append(LayerOption(None, None, True))
+    metric = "embedding" if (loaded.text is not None
+                             and loaded.text.task == "sentence-embedding") else "relative-l2"
+    say(f"  measuring the sensitivity of {len(layers)} layers to "
+        + ", ".join(o.label() for o in options if o.bits is not None))
+    weights = {}
+    for name, m in layers.items():
+        w = m.weight.detach().cpu().numpy()
+        weights[name] = {o: (w if o.bits is None else layer_fn.quantize(name, w, o).dequantize())
+                         for o in options}
+    errors = tx.layer_errors(module, example, reference, weights, metric)
+    shapes = {name: tuple(m.weight.shape) for name, m in layers.items()}
+    max_bytes = None
+    if max_size is not None:
+        other = _other_weight_bytes(module, layers, table_bits)
+        max_bytes = max_size - other
+        if max_bytes <= 0:
+            raise BadInputError(f"--max-size {max_size / 1e6:.1f}MB is smaller than the "
+                                f"model's other weights ({other / 1e6:.1f} MB) alone")
+    try:
+        chosen = plan_layers(shapes, errors, options, budget_error, max_bytes)
+    except ValueError as error:
+        raise BadInputError(f"{error} — raise --max-size") from None
+    layer_fn.plan = {k: v for k, v in chosen.items() if v.bits is not None}
+    estimate = sum(errors[k][v] for k, v in chosen.items())
+    counts: dict[str, int] = {}
+    for option in chosen.values():
+        counts[option.label()] = counts.get(option.label(), 0) + 1
+    summary = (", ".join(f"{n} x {label}" for label, n in sorted(counts.items()))
+               + f"; estimated error {estimate:.4f} ({metric})")
+    say(f"  plan: {summary}")
+    ranked = sorted(layers, key=lambda n: -errors[n][options[0]])
+    for name in ranked[:5]:
+        say(f"    most sensitive: {name}: {errors[name][options[0]]:.4f} at "
+            f"{options[0].label()} -> {chosen[name].label()}")
+    return {"options": chosen, "errors": errors, "metric": metric, "summary": summary,
+            "budget_error": budget_error, "max_size": max_size, "estimate": estimate,
+            "base": options[0]}
+
+
+def _other_weight_bytes(module: Any, layers: dict[str, Any], table_bits: int | None) -> int:
+    """Bytes of every weight but the planned linear layers (embeddings as stored)."""
+    seen: set[int] = set()
+    total = 0
+    linear = {id(m.weight) for m in layers.values()}
+    tables = {id(m.weight): m.weight for m in module.modules() if isinstance(m, nn.Embedding)}
+    for p in list(module.parameters()) + list(module.buffers()):
+        if id(p) in seen or id(p) in linear:
+            continue
+        seen.add(id(p))
+        if id(p) in tables and table_bits is not None and p.numel() >= 1 << 16:
+            rows, dim = p.shape
+            total += rows * dim * table_bits // 8 + rows * (dim // EMBEDDING_BLOCK) * 5
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _plan_manifest(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    errors = plan["errors"]
+    return {
+        "budget_error": plan["budget_error"], "max_size_bytes": plan["max_size"],
+        "metric": plan["metric"], "estimated_error": plan["estimate"],
+        "summary": plan["summary"],
+        "layers": {name: {"bits": o.bits, "group_size": o.group_size,
+                          "symmetric": o.symmetric,
+                          "sensitivity": {opt.label(): round(e, 6)
+                                          for opt, e in errors[name].items()}}
+                   for name, o in plan["options"].items()},
+    }
 
 
 def _write_tokenizer(stage: Path, text: Any) -> str | None:

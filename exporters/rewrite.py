@@ -419,7 +419,11 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
 
 
 __all__ = [
+    "EmbeddingRecord",
     "KnownWeight",
+    "LayerOption",
+    "plan_layers",
+    "quantize_embeddings",
     "LayerRecord",
     "QuantPolicy",
     "RewriteResult",
@@ -428,3 +432,209 @@ __all__ = [
     "make_overridable",
     "rewrite_linears",
 ]
+
+
+# --- embedding tables ----------------------------------------------------------------------
+
+#: ONNX Runtime's contrib op that gathers rows of a block-quantized table (CPU kernel in
+#: onnxruntime >= 1.20; 4- and 8-bit codes with a zero point per block).
+GATHER_Q_DOMAIN = "com.microsoft"
+GATHER_Q_OP = "GatherBlockQuantized"
+
+
+@dataclass
+class EmbeddingRecord:
+    """One embedding table stored as block-quantized codes."""
+
+    name: str
+    rows: int
+    dim: int
+    bits: int
+    block_size: int
+    float_bytes: int
+    stored_bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def quantize_embeddings(model: onnx.ModelProto, bits: int = 4, block_size: int = 32,
+                        min_elements: int = 1 << 16, keep: tuple[str, ...] = ()
+                        ) -> list[EmbeddingRecord]:
+    """Turn each ``Gather`` (axis 0) over a constant float table ``[V, D]`` of at least
+    ``min_elements`` values into ``com.microsoft.GatherBlockQuantized`` with ``bits``-wide
+    asymmetric codes (a scale and zero point per ``block_size`` values of a row), in place.
+
+    A table that any other node also reads (e.g. a tied output head) stays float, as do
+    tables matching ``keep`` or whose width ``block_size`` does not divide.
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"embedding bits must be 4 or 8, not {bits}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"embedding block size must be a power of two >= 16, not {block_size}")
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    records: list[EmbeddingRecord] = []
+    replaced: dict[str, list[onnx.TensorProto]] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
+            continue
+        table = node.input[0]
+        if table not in inits or readers.get(table) != 1 or table in outputs:
+            continue
+        if int(_attr(node, "axis", 0)) != 0 or glob_matches(table.removesuffix(".weight"),
+                                                             keep):
+            continue
+        w = numpy_helper.to_array(inits[table])
+        if w.ndim != 2 or w.dtype != np.float32 or w.size < min_elements \
+                or w.shape[1] % block_size:
+            continue
+        codes, scales, zeros = _block_quantize(w, bits, block_size)
+        stem = table.removesuffix(".weight")
+        tensors = [numpy_helper.from_array(codes, f"{stem}.codes"),
+                   numpy_helper.from_array(scales, f"{stem}.scales"),
+                   numpy_helper.from_array(zeros, f"{stem}.zero_points")]
+        replaced[table] = tensors
+        indices = node.input[1]
+        node.op_type, node.domain = GATHER_Q_OP, GATHER_Q_DOMAIN
+        del node.input[:]
+        node.input.extend([tensors[0].name, indices, tensors[1].name, tensors[2].name])
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("gather_axis", 0),
+                               helper.make_attribute("quantize_axis", 1),
+                               helper.make_attribute("block_size", block_size),
+                               helper.make_attribute("bits", bits)])
+        records.append(EmbeddingRecord(stem, int(w.shape[0]), int(w.shape[1]), bits,
+                                       block_size, int(w.nbytes),
+                                       sum(int(numpy_helper.to_array(t).nbytes)
+                                           for t in tensors)))
+    if replaced:
+        kept = [t for t in graph.initializer if t.name not in replaced]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        for tensors in replaced.values():
+            graph.initializer.extend(tensors)
+        if not any(o.domain == GATHER_Q_DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(GATHER_Q_DOMAIN, 1))
+    return records
+
+
+def _block_quantize(w: np.ndarray, bits: int, block: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric round-to-nearest codes per block of a row: (codes, scales, zero points)
+    in GatherBlockQuantized's storage (4-bit: two codes per byte, low nibble first)."""
+    rows, dim = w.shape
+    levels = (1 << bits) - 1
+    blocks = w.reshape(rows, dim // block, block).astype(np.float64)
+    low = np.minimum(blocks.min(-1, keepdims=True), 0.0)
+    high = np.maximum(blocks.max(-1, keepdims=True), 0.0)
+    scale = (high - low) / levels
+    scale[scale == 0] = 1.0
+    zero = np.clip(np.round(-low / scale), 0, levels)
+    codes = np.clip(np.round(blocks / scale + zero), 0, levels).astype(np.uint8)
+    codes = codes.reshape(rows, dim)
+    zero = zero.reshape(rows, dim // block).astype(np.uint8)
+    if bits == 4:
+        codes = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+        if zero.shape[1] % 2:
+            zero = np.concatenate([zero, np.zeros((rows, 1), np.uint8)], axis=1)
+        zero = (zero[:, 0::2] | (zero[:, 1::2] << 4)).astype(np.uint8)
+    return (np.ascontiguousarray(codes), scale.reshape(rows, dim // block).astype(np.float32),
+            np.ascontiguousarray(zero))
+
+
+# --- mixed precision: a plan from per-layer sensitivity ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerOption:
+    """One way to store a layer: ``bits`` None keeps it in float."""
+
+    bits: Bits | None
+    group_size: int | None
+    symmetric: bool
+
+    def label(self) -> str:
+        if self.bits is None:
+            return "float"
+        group = self.group_size or "row"
+        return f"{self.bits}-bit g{group} {'sym' if self.symmetric else 'asym'}"
+
+    def stored_bytes(self, n: int, k: int) -> int:
+        """Bytes of the packed codes, fp16 scales (and zero points) of an ``[n, k]`` layer."""
+        if self.bits is None:
+            return 4 * n * k
+        bits = 2 if self.bits == "ternary" else int(self.bits)
+        groups = -(-k // (self.group_size or k))
+        return n * k * bits // 8 + n * groups * 2 * (1 if self.symmetric else 2)
+
+
+def plan_layers(shapes: Mapping[str, tuple[int, int]],
+                errors: Mapping[str, Mapping[LayerOption, float]],
+                options: list[LayerOption], budget_error: float | None = None,
+                max_bytes: int | None = None) -> dict[str, LayerOption]:
+    """Choose an option per layer from its measured sensitivity.
+
+    ``errors[layer][option]`` is the output error added by storing that layer alone that
+    way (0 for float); errors of several layers are taken to add up. ``options`` run from
+    the smallest to the most accurate. With ``budget_error``: start with every layer at the
+    smallest option and upgrade, best error saved per byte first, until the estimate fits.
+    With ``max_bytes`` (the layers' stored bytes): start at the most accurate quantized
+    option and downgrade, least error added per byte saved first, until they fit. Both
+    given: the size bound, then upgrades while the bytes allow.
+    """
+    if budget_error is None and max_bytes is None:
+        raise ValueError("a plan needs budget_error or max_bytes")
+
+    def cost(layer: str, option: LayerOption) -> int:
+        return option.stored_bytes(*shapes[layer])
+
+    quantized = [o for o in options if o.bits is not None]
+    if max_bytes is not None:
+        choice = {layer: len(quantized) - 1 for layer in shapes}
+        total = sum(cost(layer, quantized[i]) for layer, i in choice.items())
+        while total > max_bytes:
+            best = None
+            for layer, i in choice.items():
+                if i == 0:
+                    continue
+                saved = cost(layer, quantized[i]) - cost(layer, quantized[i - 1])
+                added = errors[layer][quantized[i - 1]] - errors[layer][quantized[i]]
+                score = max(added, 0.0) / max(saved, 1)
+                if saved > 0 and (best is None or score < best[0]):
+                    best = (score, layer)
+            if best is None:
+                raise ValueError(f"no plan fits {max_bytes} bytes: the smallest option "
+                                 f"({quantized[0].label()}) needs {total}")
+            choice[best[1]] -= 1
+            total = sum(cost(layer, quantized[i]) for layer, i in choice.items())
+        ladder = quantized
+    else:
+        choice = {layer: 0 for layer in shapes}
+        ladder = options
+    if budget_error is not None:
+        def estimate() -> float:
+            return sum(errors[layer][ladder[i]] for layer, i in choice.items())
+
+        while estimate() > budget_error:
+            total = sum(cost(layer, ladder[i]) for layer, i in choice.items())
+            best = None
+            for layer, i in choice.items():
+                if i + 1 >= len(ladder):
+                    continue
+                extra = cost(layer, ladder[i + 1]) - cost(layer, ladder[i])
+                if max_bytes is not None and total + extra > max_bytes:
+                    continue
+                gain = errors[layer][ladder[i]] - errors[layer][ladder[i + 1]]
+                score = gain / max(extra, 1)
+                if gain > 0 and (best is None or score > best[0]):
+                    best = (score, layer)
+            if best is None:
+                break
+            choice[best[1]] += 1
+    return {layer: ladder[i] for layer, i in choice.items()}

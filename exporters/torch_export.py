@@ -675,6 +675,83 @@ def named_matrices(model: Any) -> dict[str, torch.Tensor]:
     }
 
 
+def linear_layers(model: Any) -> dict[str, nn.Linear]:
+    """``nn.Linear`` modules by the name of their weight (``encoder.layer.0.query``)."""
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return {}
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def linear_inputs(model: Any, inputs: Sequence[torch.Tensor], max_rows: int = 2048,
+                  mask: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """The rows each ``nn.Linear`` of ``model`` sees on ``inputs`` (activation-aware
+    quantization weighs weight error by them). ``mask`` (``[batch, sequence]``, e.g. the
+    attention mask) drops padding positions from token-wise inputs."""
+    layers = linear_layers(model)
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, args: tuple, _out: Any) -> None:
+            x = args[0].detach()
+            if mask is not None and x.shape[:2] == mask.shape:
+                x = x[mask.bool()]
+            seen.setdefault(name, []).append(x.reshape(-1, x.shape[-1]).float())
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    gen = torch.Generator().manual_seed(0)
+    result = {}
+    for name, rows in seen.items():
+        x = torch.cat(rows)
+        if x.shape[0] > max_rows:
+            x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows]]
+        result[name] = x.cpu().numpy()
+    return result
+
+
+def layer_errors(model: Any, inputs: Sequence[torch.Tensor], reference: list[np.ndarray],
+                 weights: dict[str, dict[Any, np.ndarray]], metric: str) -> dict[str, dict]:
+    """Output error added by each ``weights[layer][option]`` (a float ``[N, K]`` stand-in
+    for the layer's weight) alone, the rest of ``model`` in float.
+
+    ``metric``: "embedding" (1 - mean cosine of the first output's rows) or anything else
+    (relative L2 over all outputs).
+    """
+    layers = linear_layers(model)
+    errors: dict[str, dict] = {}
+    for name, options in weights.items():
+        module = layers[name]
+        original = module.weight.data
+        errors[name] = {}
+        try:
+            for option, w in options.items():
+                module.weight.data = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+                errors[name][option] = _output_error(torch_outputs(model, inputs), reference,
+                                                     metric)
+        finally:
+            module.weight.data = original
+    return errors
+
+
+def _output_error(y: list[np.ndarray], ref: list[np.ndarray], metric: str) -> float:
+    if metric == "embedding":
+        a = y[0].reshape(-1, y[0].shape[-1]).astype(np.float64)
+        b = ref[0].reshape(-1, ref[0].shape[-1]).astype(np.float64)
+        cos = np.sum(a * b, -1) / np.maximum(np.linalg.norm(a, axis=-1)
+                                              * np.linalg.norm(b, axis=-1), 1e-12)
+        return float(1.0 - np.mean(cos))
+    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(y, ref,
+                                                                             strict=True))
+    den = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in ref)
+    return float(np.sqrt(num / max(den, 1e-30)))
+
+
 def parse_arch_kwargs(text: str | None) -> dict[str, Any]:
     """``--arch-kwargs`` as a dict (JSON object)."""
     if not text:
@@ -693,6 +770,9 @@ __all__ = [
     "build_arch",
     "example_inputs",
     "from_module",
+    "layer_errors",
+    "linear_inputs",
+    "linear_layers",
     "load_model",
     "load_state",
     "named_matrices",
