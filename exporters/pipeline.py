@@ -188,6 +188,8 @@ def export(
         example, inputs_kind = _example(loaded, graph_module, input_shapes, inputs,
                                         calibration)
         references = _torch_references(loaded, tasks, example)
+        if loaded.output_names is None and loaded.kind in ("exported-program", "module"):
+            loaded.output_names = tx.output_names(loaded.callable(), example)
         if symmetric is None:
             policy = dataclasses.replace(policy, symmetric=loaded.text is None)
         table_bits = _embedding_bits(embedding_bits, loaded)
@@ -426,7 +428,7 @@ def _example(loaded: tx.LoadedModel, graph_module: Any, input_shapes: Sequence[s
     if inputs or input_shapes or loaded.text is None:
         example = tx.example_inputs(_as_loaded(loaded, graph_module), input_shapes, inputs)
         kind = "calibration" if calibration is not None else (
-            "given" if inputs else "synthetic")
+            "given" if inputs or (loaded.example_inputs and not input_shapes) else "synthetic")
         return example, kind
     example = hf.example_inputs(loaded.text, texts)
     if texts is not None:

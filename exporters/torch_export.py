@@ -126,14 +126,42 @@ def _unreadable(path: Path, what: str, error: Exception) -> BadInputError:
 def _load_exported_program(path: Path, trust: bool = False) -> LoadedModel:
     if not trust:
         check_pt2(path)
+    missing = _register_pytree_types(path)
     try:
         with _quiet():
             program = torch.export.load(str(path))
     except Exception as error:  # noqa: BLE001 — any failure to read is the file's fault
+        if missing:
+            raise BadInputError(
+                f"{path} returns {missing[0]}, a type torch's pytree must know before the "
+                "program can be read; its package is not installed here — pip install "
+                f"{missing[0].split('.')[0]} (edgepet imports it to read the file), save a "
+                "wrapper that returns tensors, or for a Hugging Face model export its folder "
+                "(edgepet export FOLDER; docs/real_models.md)") from None
         raise _unreadable(path, "a torch.export program", error) from None
     if not trust:
         _check_graph_calls(program, path)
     return LoadedModel(program, "exported-program", str(path), _ep_example_inputs(program))
+
+
+def _register_pytree_types(path: Path) -> list[str]:
+    """Import the modules that define the output dataclasses a ``.pt2`` program names
+    (``transformers.modeling_outputs.BaseModelOutput...``): ``transformers`` registers them
+    with torch's pytree when they are defined, and ``torch.export.load`` fails without.
+    Only modules of the installed ``transformers`` package are imported (from the names in
+    the archive's JSON, nothing from the file runs). Returns the names left unregistered."""
+    with zipfile.ZipFile(path) as archive:
+        text = " ".join(archive.read(n).decode("utf-8", "replace") for n in archive.namelist()
+                        if n.endswith(".json") and "/models/" in n)
+    names = sorted(set(re.findall(r"transformers\.[A-Za-z0-9_.]*Output[A-Za-z0-9_]*", text)))
+    missing = []
+    for name in names:
+        module = name.rpartition(".")[0]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 # --- .pt2 archives without unpickling -----------------------------------------------------
@@ -454,6 +482,9 @@ def example_inputs(
         return tuple(result) if isinstance(result, (tuple, list)) else (result,)
     if loaded.example_inputs:
         return tuple(loaded.example_inputs)
+    text = _text_inputs(loaded.model)
+    if text is not None:
+        return text
     guess = _guess_inputs(loaded.model)
     if guess is None:
         raise BadInputError(
@@ -462,6 +493,24 @@ def example_inputs(
             "model an example_inputs() method"
         )
     return guess
+
+
+_TEXT_ARGUMENTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _text_inputs(model: Any) -> tuple[torch.Tensor, ...] | None:
+    """Token ids, an attention mask (with some padding) and segment ids for a TorchScript
+    text encoder whose forward takes exactly such arguments (a traced Hugging Face model)."""
+    names = _script_arguments(model) if isinstance(model, torch.jit.ScriptModule) else []
+    if not names or names[0] != "input_ids" or not set(names) <= set(_TEXT_ARGUMENTS):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    vocab = _vocab_size(model) or 1000
+    ids = torch.randint(min(5, vocab - 1), vocab, (2, 16), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(values[n] for n in names)
 
 
 def _leaf_modules(model: Any) -> list[tuple[str, Any]]:
@@ -514,6 +563,19 @@ def torch_outputs(fn: Any, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     return [t.detach().float().cpu().numpy() for t in _flatten(out)]
 
 
+def output_names(fn: Any, inputs: Sequence[torch.Tensor]) -> list[str] | None:
+    """The field names of a model output that is a dict or dataclass of tensors (e.g.
+    ``last_hidden_state``, ``pooler_output``); None for other outputs."""
+    with torch.no_grad(), contextlib.suppress(Exception):
+        out = fn(*inputs)
+        if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor)
+                                                 for v in out.values()):
+            names = [str(k) for k in out]
+            if all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names):
+                return names
+    return None
+
+
 def _flatten(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -532,9 +594,18 @@ def _first_line(error: Exception) -> str:
     return (text[:300] + "…") if len(text) > 300 else text or type(error).__name__
 
 
+def _script_arguments(model: Any) -> list[str]:
+    """Argument names of a ScriptModule's forward (without self); [] when unknown."""
+    with contextlib.suppress(Exception):
+        return [a.name for a in model.forward.schema.arguments[1:]]
+    return []
+
+
 def _input_names(loaded: LoadedModel, count: int) -> list[str]:
     fn = loaded.model.forward if isinstance(loaded.model, nn.Module) else None
     names: list[str] = []
+    if isinstance(loaded.model, torch.jit.ScriptModule):
+        names = _script_arguments(loaded.model)
     if fn is not None and not isinstance(loaded.model, torch.jit.ScriptModule):
         with contextlib.suppress(TypeError, ValueError):
             params = inspect.signature(fn).parameters.values()
@@ -637,6 +708,18 @@ def _name_batch_dim(model: onnx.ModelProto) -> None:
 
 
 def _legacy_export(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> onnx.ModelProto:
+    if isinstance(loaded.model, torch.jit.ScriptModule):
+        returns = ""
+        with contextlib.suppress(Exception):
+            returns = str(loaded.model.forward.schema.returns[0].type)
+        if returns.startswith("Dict"):
+            raise BadInputError(
+                f"this TorchScript model returns a dict ({returns}), which torch's ONNX "
+                "exporter cannot write — a Hugging Face model traced with strict=False does; "
+                "set model.config.return_dict = False before tracing (older transformers: "
+                "from_pretrained(DIR, torchscript=True)) so it returns tuples, or better, "
+                "give edgepet the folder itself: edgepet export DIR "
+                "(inputs keep their names, batch and sequence stay dynamic)")
     names = _input_names(loaded, len(inputs))
     buffer = io.BytesIO()
     try:
@@ -776,6 +859,7 @@ __all__ = [
     "load_model",
     "load_state",
     "named_matrices",
+    "output_names",
     "parse_arch_kwargs",
     "parse_input_shape",
     "to_onnx",
