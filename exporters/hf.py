@@ -461,19 +461,6 @@ def _first_line(error: BaseException) -> str:
     return (text[:300] + "…") if len(text) > 300 else text or type(error).__name__
 
 
-def read_calibration_texts(path: Path) -> list[str]:
-    """Non-empty lines of a text file (one input per line)."""
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInputError(f"calibration file {path} is not readable UTF-8 text ({error})"
-                            ) from None
-    texts = [line for line in lines if line]
-    if not texts:
-        raise BadInputError(f"calibration file {path} holds no text — one input per line")
-    return texts
-
-
 __all__ = ["SAMPLE_SENTENCES", "TASKS", "EncoderForExport", "TextSpec", "example_inputs",
            "from_transformers", "is_hf_folder", "is_transformers_model", "load_folder",
            "resolve", "tokenizer_from_folder", "wrap"]
