@@ -114,6 +114,17 @@ def is_hf_folder(path: str | os.PathLike[str]) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def is_encoder_folder(path: Any) -> bool:
+    """True for a Hugging Face folder whose ``model_type`` is an encoder this loader takes
+    (decoder folders go to the LLM export)."""
+    if not isinstance(path, (str, os.PathLike)) or not is_hf_folder(path):
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((Path(path) / "config.json").read_text())
+        return isinstance(config, dict) and config.get("model_type") in ENCODER_TYPES
+    return False
+
+
 def resolve(name_or_path: str | os.PathLike[str]) -> Path:
     """A local folder for ``--hf NAME_OR_PATH``: the folder itself, or the name's snapshot
     in the Hugging Face cache. Nothing is downloaded."""
@@ -156,8 +167,8 @@ def _check_model_type(model_type: str, where: str) -> None:
     if model_type in DECODER_TYPES:
         raise BadInputError(
             f"{where} is a {model_type} decoder; `edgepet export FOLDER` takes encoders "
-            f"({', '.join(ENCODER_TYPES)}) — decoder LLMs go through edgepet's LLM export "
-            "(docs/real_models.md)")
+            f"({', '.join(ENCODER_TYPES)}) — Llama-family decoders go through edgepet's LLM "
+            "export (docs/llm.md)")
     raise BadInputError(
         f"{where} is a {model_type or 'unknown'} model; edgepet exports Hugging Face "
         f"encoders ({', '.join(ENCODER_TYPES)}) for {', '.join(TASKS)} — for another "

@@ -156,9 +156,11 @@ def export(
             ``com.microsoft.GatherBlockQuantized`` codes (block 32); None keeps them float;
             "auto": 4 for Hugging Face text models, float otherwise.
     """
+    from edgepet.exporters.hf import is_encoder_folder
     from edgepet.exporters.llm.checkpoint import is_llm_source
 
-    if is_llm_source(model):  # a GGUF file or Hugging Face folder of a Llama-family decoder
+    # a GGUF file or Hugging Face folder of a Llama-family decoder; encoders go on below
+    if is_llm_source(model) and not is_encoder_folder(model):
         from edgepet.exporters.llm.export import export_decoder
 
         if adapters or input_shapes or inputs is not None or arch or op_library:
