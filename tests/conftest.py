@@ -93,3 +93,27 @@ def bundles(tmp_path_factory) -> BundleCache:
     pytest.importorskip("torch")
     pytest.importorskip("edgepet._native", reason="the native build (pip install .) is needed")
     return BundleCache(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args) -> (exit code, stdout, stderr)`` of the ``edgepet`` command, in-process."""
+    from edgepet.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def no_partial_output():
+    """``no_partial_output(out)``: neither the bundle nor a staging folder was left behind."""
+
+    def check(out: Path) -> bool:
+        leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        return not out.exists() and not leftovers
+
+    return check

@@ -55,15 +55,3 @@ def quick(tmp_path):
 
     return make
 
-
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args) -> (exit code, stdout, stderr)`` of the ``edgepet`` command, in-process."""
-    from edgepet.cli import main
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run

@@ -80,25 +80,3 @@ def sentences() -> list[str]:
     return [s for s in SENTENCES.read_text().splitlines() if s.strip()]
 
 
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args) -> (exit code, stdout, stderr)``, in-process."""
-    from edgepet.cli import main
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-def no_partial_output():
-    """``no_partial_output(out)``: neither the bundle nor a staging folder was left."""
-
-    def check(out: Path) -> bool:
-        leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
-        return not out.exists() and not leftovers
-
-    return check

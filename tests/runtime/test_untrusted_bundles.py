@@ -96,17 +96,6 @@ def no_installed_library(monkeypatch):
     monkeypatch.delenv(sessions.TRUST_BUNDLE_LIBRARY_ENV, raising=False)
 
 
-@pytest.fixture
-def cli(capsys):
-    from edgepet.cli import main
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
 
 # --- code execution: a library in the bundle is code ----------------------------------------
 
