@@ -74,8 +74,8 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
             "ir_version": model.ir_version,
         },
-        "inputs": [_value_info(v) for v in model.graph.input if v.name not in overridable],
-        "outputs": [_value_info(v) for v in model.graph.output],
+        "inputs": [value_info(v) for v in model.graph.input if v.name not in overridable],
+        "outputs": [value_info(v) for v in model.graph.output],
         "layers": [r.to_dict() for r in result.layers],
         "adapters": adapters,
         "reference": {
@@ -120,7 +120,9 @@ def write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
     (stage / bundle_io.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
+def value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    """A graph input or output as the manifest lists it: name, dtype, shape (names for
+    symbolic dimensions, None for unknown ones)."""
     t = v.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in t.shape.dim]
@@ -134,4 +136,4 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
                for t in model.graph.initializer)
 
 
-__all__ = ["build_manifest", "initializer_bytes", "write_manifest"]
+__all__ = ["build_manifest", "initializer_bytes", "value_info", "write_manifest"]

@@ -30,7 +30,7 @@ import edgepet
 from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
-from edgepet.exporters.manifest import initializer_bytes, write_manifest
+from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
 from edgepet.exporters.rewrite import dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
 from edgepet.runtime import bundle as bundle_io
@@ -272,14 +272,6 @@ def _save(stage: Path, model: onnx.ModelProto) -> None:
                     size_threshold=1024)
 
 
-def _value_info(v: onnx.ValueInfoProto) -> dict[str, Any]:
-    t = v.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in t.shape.dim]
-    return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-            "shape": dims}
-
-
 def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: Any,
               quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
               reference: dict[str, str], embedding: str, context: int,
@@ -313,8 +305,8 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "file": bundle_io.MODEL, "external_data": bundle_io.EXTERNAL_DATA,
             "opset": llm_graph.OPSET, "ir_version": model.ir_version,
         },
-        "inputs": [_value_info(v) for v in model.graph.input],
-        "outputs": [_value_info(v) for v in model.graph.output],
+        "inputs": [value_info(v) for v in model.graph.input],
+        "outputs": [value_info(v) for v in model.graph.output],
         "layers": records,
         "adapters": [],
         "reference": {
