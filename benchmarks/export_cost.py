@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgepet.device_tests.environment import cpu_summary
+
 _CHILD = r"""
 import collections, json, resource, sys, time
 from pathlib import Path
@@ -70,14 +72,6 @@ print(json.dumps({
 """
 
 
-def _cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=768)
@@ -96,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(done.stderr, file=sys.stderr)
         return done.returncode
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"cpu: {_cpu_model()}; python {platform.python_version()}")
+    cpu = cpu_summary()
+    print(f"cpu: {cpu['model']} ({' '.join(cpu['isa'])}), load {cpu['load']}; "
+          f"python {platform.python_version()}")
     for key, value in result.items():
         print(f"{key:16} {value:.1f}" if isinstance(value, float) else f"{key:16} {value}")
     return 0

@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,6 +44,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepet import _native, runtime
+from edgepet.device_tests.environment import cpu_summary
 from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, OP_VERSION, linear_model, lut_matmul_node
 from edgepet.kernels import available_kernels
 from edgepet.quant import quantize
@@ -107,25 +106,6 @@ class Result:
 
 
 # ----------------------------------------------------------------------------- machine
-
-def cpu_description() -> dict:
-    """The CPU model and the ISA features that decide which kernels run."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-              "avx_vnni", "asimd", "asimddp", "i8mm"]
-    return {"model": model, "isa": [f for f in wanted if f in flags],
-            "cores": os.cpu_count(), "load": os.getloadavg()}
-
 
 def read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int = 5) -> float:
     """GB/s of reading a buffer far larger than the caches, best of `repeats`."""
@@ -680,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(msg: str) -> None:
         print(f"\r\033[K{msg}"[:150], end="", file=sys.stderr, flush=True)
 
-    cpu = cpu_description()
+    cpu = cpu_summary()
     results = run(shapes, ms, threads, kernel_names, budget, rounds, progress)
     rows = ratios(results)
     bandwidth, stack = {}, []

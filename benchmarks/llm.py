@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgepet.device_tests.environment import cpu_summary
 
 CTX = 512
 MAX_TOKENS = 4088
@@ -46,20 +45,9 @@ def fixed_text() -> str:
 
 def machine() -> dict[str, Any]:
     """CPU model, ISA flags of interest and the load, for every figure."""
-    model, flags = platform.processor(), ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("Flags:"):
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512vnni",
-                                             "avx_vnni", "fma") if f in have)
-    except OSError:
-        pass
-    return {"cpu": model, "isa": flags, "cores": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    cpu = cpu_summary()
+    return {"cpu": cpu["model"], "isa": " ".join(cpu["isa"]), "cores": cpu["cores"],
+            "load_average": cpu["load"]}
 
 
 # --- quality ------------------------------------------------------------------------------

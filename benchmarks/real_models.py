@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,24 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepet.device_tests.environment import cpu_summary
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE / "data" / "sentences.txt"
 
 
 def cpu_line() -> str:
-    model, flags = platform.processor() or "?", ""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in info.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("Flags"):
-                wanted = ("avx2", "avx512f", "avx512bw", "avx512vnni", "avx_vnni", "fma")
-                flags = " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{model} ({os.cpu_count()} cores; {flags})"
+    cpu = cpu_summary()
+    return f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])})"
 
 
 def load_line() -> str:

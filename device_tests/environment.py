@@ -61,6 +61,19 @@ def isa_features() -> list[str]:
     return []
 
 
+#: The ISA features that decide which LUT kernel (and which peer kernel) runs.
+KERNEL_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                   "avx_vnni", "asimd", "asimddp", "i8mm")
+
+
+def cpu_summary() -> dict[str, Any]:
+    """What every benchmark figure is printed with: CPU model, the kernel-deciding ISA
+    features this CPU has, its core count and the load average right now."""
+    have = set(isa_features())
+    return {"model": cpu_model(), "isa": [f for f in KERNEL_FEATURES if f in have],
+            "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+
+
 def _sysctl(name: str) -> str | None:
     try:
         return subprocess.run(["sysctl", "-n", name] if name != "-a" else ["sysctl", "-a"],
