@@ -50,6 +50,16 @@ def machine() -> dict[str, Any]:
             "load_average": cpu["load"]}
 
 
+def _speed_row(engine: str, config: str, threads: int, round_: int, r: dict[str, float],
+               **extra: Any) -> dict[str, Any]:
+    """One contender's prefill/decode tok/s in a round, echoed to stderr as it comes."""
+    row = {"engine": engine, "config": config, "threads": threads, "round": round_,
+           "prefill_tok_s": round(r["prefill_tok_s"], 1),
+           "decode_tok_s": round(r["decode_tok_s"], 1), **extra}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
 # --- quality ------------------------------------------------------------------------------
 
 
@@ -336,32 +346,21 @@ def cmd_speed(args: argparse.Namespace) -> dict[str, Any]:
                 r = measure_decode(session, args.prompt_tokens, args.new_tokens, args.runs,
                                    threads)
                 m = session.bundle.manifest
-                rows.append({"engine": "edgepet", "config": _bundle_label(m), "threads": threads,
-                             "round": round_, "prefill_tok_s": round(r["prefill_tok_s"], 1),
-                             "decode_tok_s": round(r["decode_tok_s"], 1),
-                             "bundle_bytes": m["sizes"]["bundle_bytes"], "path": bundle})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                rows.append(_speed_row("edgepet", _bundle_label(m), threads, round_, r,
+                                       bundle_bytes=m["sizes"]["bundle_bytes"], path=bundle))
             for folder in args.genai:
                 if tokens is None:
                     sys.exit("--genai needs a --bundle too (for the prompt's token ids)")
                 r = genai_speed(folder, tokens, args.new_tokens, threads, args.runs)
-                rows.append({"engine": "ort-genai", "config": Path(folder).name,
-                             "threads": threads, "round": round_,
-                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
-                             "decode_tok_s": round(r["decode_tok_s"], 1),
-                             "file_bytes": sum(f.stat().st_size for f in Path(
-                                 folder).iterdir())})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                rows.append(_speed_row("ort-genai", Path(folder).name, threads, round_, r,
+                                       file_bytes=sum(f.stat().st_size
+                                                      for f in Path(folder).iterdir())))
             for file in args.llama:
                 if tokens is None:
                     sys.exit("--llama needs a --bundle too (for the prompt's token ids)")
                 r = llama_cpp_speed(file, tokens, args.new_tokens, threads, args.runs)
-                rows.append({"engine": "llama.cpp", "config": Path(file).name,
-                             "threads": threads, "round": round_,
-                             "prefill_tok_s": round(r["prefill_tok_s"], 1),
-                             "decode_tok_s": round(r["decode_tok_s"], 1),
-                             "file_bytes": Path(file).stat().st_size})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                rows.append(_speed_row("llama.cpp", Path(file).name, threads, round_, r,
+                                       file_bytes=Path(file).stat().st_size))
     return {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
             "runs": args.runs, "machine": machine(), "rows": rows}
 
