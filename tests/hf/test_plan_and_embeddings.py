@@ -87,3 +87,27 @@ def test_budget_error_plans_a_text_model_and_the_manifest_keeps_the_plan(bert_fo
     assert len(plan["layers"]) == 13  # 2 x (q, k, v, attn out, ffn in, ffn out) + pooler
     assert all("sensitivity" in layer for layer in plan["layers"].values())
     assert "plan" in out_text
+
+
+def test_max_size_bounds_the_exported_weights_and_mixes_bit_widths(bert_folder, tmp_path,
+                                                                   cli):
+    out = tmp_path / "sized"
+    code, out_text, err = cli("export", bert_folder, "--task", "sentence-embedding",
+                              "--max-size", "70kB", "-o", out)
+    assert code == 0, err
+    manifest = edgepet.runtime.bundle.Bundle.open(out).manifest
+    plan = manifest["quantization"]["plan"]
+    assert plan["max_size_bytes"] == 70_000
+    assert manifest["sizes"]["weight_bytes"] <= 70_000
+    assert len({layer["bits"] for layer in plan["layers"].values()}) >= 2  # a real mix
+    assert manifest["reference"]["measured"]["default"]["ok"]
+
+
+def test_a_max_size_below_the_smallest_plan_is_refused_and_nothing_is_written(
+        bert_folder, tmp_path, cli):
+    for size, says in (("10kB", "outside its linear layers"), ("45kB", "cannot be met")):
+        out = tmp_path / f"too-small-{size}"
+        code, _, err = cli("export", bert_folder, "--task", "sentence-embedding",
+                           "--max-size", size, "-o", out)
+        assert code == 2 and says in err and "raise" in err, err
+        assert not out.exists()
