@@ -23,9 +23,11 @@ from edgepet.quant.tensor import (
     Bits,
     QuantizedTensor,
     check_bits,
+    code_values,
     nearest_codes,
     num_groups,
     resolve_group_size,
+    storage_values,
 )
 
 
@@ -118,11 +120,16 @@ class _Groups:
         return np.sum(d * self.weigh(d), axis=2)
 
 
-def _candidate(groups: _Groups, bits, s, z, gs) -> tuple[np.ndarray, np.ndarray]:
-    """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``."""
+def _candidate(groups: _Groups, bits, s, z) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``.
+
+    The values are the codes' dequantized values, scales and zero points rounded as
+    stored; padding past K gets a value too, which the error ignores (its weight, the
+    mask or the zero-padded activations, is zero there).
+    """
     codes = nearest_codes(groups.w, s, z, bits)
-    qt = tensor_from_groups(codes, s, z, bits, gs, groups.k)
-    return codes, groups.error(groups.split(qt.dequantize()))
+    zs = None if z is None else storage_values(z, "zero_points")[..., None]
+    return codes, groups.error(code_values(codes, storage_values(s)[..., None], zs, bits))
 
 
 def _refit(groups: _Groups, bits, codes: np.ndarray, symmetric: bool):
@@ -195,11 +202,11 @@ def search_quantize(
     shifts = [0.0] if sym else [-0.4, -0.2, 0.0, 0.2, 0.4]
 
     best_s, best_z = base.scales.copy(), None if sym else base.zero_points.copy()
-    best_codes, best_err = _candidate(groups, bits, best_s, best_z, gs)
+    best_codes, best_err = _candidate(groups, bits, best_s, best_z)
 
     def consider(s, z):
         nonlocal best_codes, best_err
-        codes, err = _candidate(groups, bits, s, z, gs)
+        codes, err = _candidate(groups, bits, s, z)
         better = err < best_err
         best_s[better] = s[better]
         if z is not None:

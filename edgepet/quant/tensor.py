@@ -116,6 +116,23 @@ def nearest_codes(
     return np.clip(np.rint(w / safe + zero_points[..., None]), 0, top).astype(np.uint8)
 
 
+def code_values(
+    codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits
+) -> np.ndarray:
+    """The code -> value rule, on arrays that broadcast against ``codes``: ``s * (q - 1)``
+    for ternary, ``s * (2q - (2^b - 1))`` for symmetric codes, ``s * (q - z)`` otherwise.
+
+    ``scales`` and ``zero_points`` are taken as given (already rounded to their storage
+    type); :meth:`QuantizedTensor.dequantize` is this rule on a whole tensor.
+    """
+    q = codes.astype(np.float32)
+    if bits == "ternary":
+        return scales * (q - 1.0)
+    if zero_points is None:
+        return scales * (2.0 * q - float((1 << int(bits)) - 1))
+    return scales * (q - zero_points)
+
+
 @dataclass(frozen=True, eq=False)
 class QuantizedTensor:
     """A weight matrix ``[N, K]`` stored as low-bit codes with group scales.
@@ -201,14 +218,8 @@ class QuantizedTensor:
         """The exact float32 ``[N, K]`` weights the codes stand for."""
         n, k = self.shape
         group_of_k = np.arange(k) // self.group_size
-        s = self.scales[:, group_of_k]
-        q = self.codes.astype(np.float32)
-        if self.bits == "ternary":
-            return s * (q - 1.0)
-        if self.symmetric:
-            return s * (2.0 * q - float(self.max_code))
-        z = self.zero_points[:, group_of_k]  # type: ignore[index]
-        return s * (q - z)
+        z = None if self.zero_points is None else self.zero_points[:, group_of_k]
+        return code_values(self.codes, self.scales[:, group_of_k], z, self.bits)
 
     def nbytes_packed(self) -> int:
         """Bytes of codes + scales (+ zero points) as shipped, before layout padding."""
