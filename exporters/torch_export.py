@@ -5,6 +5,9 @@ turned into a :class:`~edgepet.runtime.errors.BadInputError` that says what to d
 Unpickling runs code, so nothing is unpickled unless the caller trusts the file
 (``trust``): pickled modules are refused, state dicts are read weights-only, and a
 ``.pt2`` archive is inspected before ``torch.export.load`` sees it (:func:`check_pt2`).
+Running a model is code too: an untrusted ``.pt2`` or TorchScript graph may call only
+torch operators that compute (no file access), checked before edgepet runs it, and a
+TorchScript archive whose ``__setstate__`` would run while loading is refused.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def load_model(
     if names is not None and any("/code/" in n for n in names) and any(
         n.endswith("/constants.pkl") for n in names
     ):
-        return _load_torchscript(path)
+        return _load_torchscript(path, trust)
     return _load_pickle(path, trust, arch, arch_kwargs)
 
 
@@ -281,7 +284,16 @@ def _check_graph_calls(program: Any, path: Path) -> None:
             if node.op != "call_function":
                 continue
             target = node.target
-            if isinstance(target, (OpOverload, OpOverloadPacket, HigherOrderOperator)):
+            if isinstance(target, (OpOverload, OpOverloadPacket)):
+                op = (target.name() if isinstance(target, OpOverload)
+                      else target._qualified_op_name)
+                if op in _FILE_OPS:
+                    raise BadInputError(
+                        f"{path}: its graph calls {op} (node {node.name!r}), "
+                        "which reaches the file system; pass --trust (trust=True) only if "
+                        "you trust its source")
+                continue
+            if isinstance(target, HigherOrderOperator):
                 continue
             if (getattr(target, "__module__", None) in ("_operator", "operator", "math",
                                                         "torch", "torch.fx.experimental"
@@ -306,12 +318,74 @@ def _ep_example_inputs(program: torch.export.ExportedProgram) -> tuple | None:
     return tuple(args)
 
 
-def _load_torchscript(path: Path) -> LoadedModel:
+#: Operators that reach the file system: a TorchScript or ``.pt2`` graph may name them
+#: like any other operator (``torch.save`` scripts to ``aten::save``).
+_FILE_OPS = frozenset({"aten::save", "aten::from_file"})
+#: TorchScript namespaces whose operators compute (``prim``: constants, control flow,
+#: tuples and lists); any other (``debugprims::load_tensor``, ``profiler::``, custom ops
+#: from a library) is refused without trust.
+_TORCHSCRIPT_NAMESPACES = ("aten", "prim")
+
+
+def _load_torchscript(path: Path, trust: bool = False) -> LoadedModel:
+    if not trust:
+        check_torchscript_archive(path)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # noqa: BLE001
         raise _unreadable(path, "TorchScript", error) from None
+    if not trust:
+        _check_torchscript_calls(module, path)
     return LoadedModel(module.eval(), "torchscript", str(path))
+
+
+def check_torchscript_archive(path: Path) -> None:
+    """Refuse a TorchScript archive whose code would run while it loads.
+
+    ``torch.jit.load`` runs every ``__setstate__`` the archive's code defines, before
+    anything can inspect it; its graphs are checked after loading
+    (:func:`_check_torchscript_calls`), so a ``__setstate__`` is the one way code runs
+    unchecked. Raises :class:`BadInputError` pointing at ``--trust``.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if "/code/" not in name or not name.endswith(".py"):
+                continue
+            text = archive.read(name).decode("utf-8", "replace")
+            if re.search(r"\bdef\s+__setstate__\s*\(", text):
+                raise BadInputError(
+                    f"{path}: its TorchScript code defines __setstate__ ({name}), which "
+                    "torch.jit.load runs while loading — edgepet cannot check it first; "
+                    "pass --trust (trust=True) only if you trust its source")
+
+
+def _check_torchscript_calls(module: Any, path: Path) -> None:
+    """Every operator ``forward`` reaches (submodules and functions inlined) computes:
+    ``aten`` or ``prim``, and none of :data:`_FILE_OPS`."""
+    try:
+        graph = module.inlined_graph
+    except Exception as error:  # noqa: BLE001 — a module without forward
+        raise _unreadable(path, "TorchScript with a forward method", error) from None
+
+    def nodes(block: Any):
+        for node in block.nodes():
+            yield node
+            for inner in node.blocks():
+                yield from nodes(inner)
+
+    for node in nodes(graph):
+        kind = node.kind()
+        namespace = kind.split("::", 1)[0]
+        if (namespace in _TORCHSCRIPT_NAMESPACES and kind not in _FILE_OPS
+                and kind not in ("prim::CallMethod", "prim::CallFunction")):
+            continue
+        why = ("reaches the file system" if kind in _FILE_OPS
+               else "is a call edgepet cannot look into" if namespace == "prim"
+               else "is not a torch operator")
+        raise BadInputError(
+            f"{path}: its TorchScript calls {kind}, which {why} — running it could read "
+            "or write files or run code; pass --trust (trust=True) only if you trust its "
+            "source")
 
 
 def _load_pickle(

@@ -219,3 +219,104 @@ def test_torch_logging_stays_off_the_terminal(program_file, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgepet export: error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_pt2_graph_may_not_reach_the_file_system(program_file):
+    from edgepet.exporters.torch_export import BadInputError, _check_graph_calls
+
+    program = torch.export.load(str(program_file))
+    node = next(n for n in program.graph.nodes if n.op == "call_function")
+    node.target = torch.ops.aten.from_file.default
+    with pytest.raises(BadInputError, match="aten::from_file.*file system"):
+        _check_graph_calls(program, program_file)
+
+
+# --- TorchScript: its code runs when edgepet runs the model, and __setstate__ on load ------
+
+
+class _SavesInForward(torch.nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        torch.save(x, self.marker)
+        return self.lin(x)
+
+
+class _ReadsInForward(torch.nn.Module):
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def forward(self, x):
+        return x + torch.from_file(self.secret, False, 4, dtype=torch.uint8).float().sum()
+
+
+class _SavesOnLoad(torch.nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        return x * 2.0
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        torch.save(torch.ones(1), state[0])
+        self.marker = state[0]
+        self.training = state[1]
+
+
+@pytest.fixture()
+def hostile_scripts(tmp_path):
+    """(name, saved TorchScript file, marker it creates when its code runs)."""
+    marker = tmp_path / "marker.pt"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key=1234")
+    files = []
+    for name, module in (("saves-in-forward", _SavesInForward(str(marker))),
+                         ("reads-in-forward", _ReadsInForward(str(secret))),
+                         ("saves-on-load", _SavesOnLoad(str(marker)))):
+        path = tmp_path / f"{name}.pt"
+        torch.jit.script(module).save(str(path))
+        files.append((name, path))
+    marker.unlink(missing_ok=True)  # saving __getstate__'s module does not run setstate
+    return files, marker
+
+
+def test_the_torchscript_payloads_are_live(hostile_scripts):
+    files, marker = hostile_scripts
+    paths = dict(files)
+    torch.jit.load(str(paths["saves-on-load"]))
+    assert marker.exists()
+    marker.unlink()
+    torch.jit.load(str(paths["saves-in-forward"]))(torch.ones(1, 4))
+    assert marker.exists()
+    assert float(torch.jit.load(str(paths["reads-in-forward"]))(torch.zeros(1))) > 0
+
+
+def test_hostile_torchscript_is_refused_without_trust_and_runs_nothing(cli, hostile_scripts,
+                                                                        tmp_path):
+    files, marker = hostile_scripts
+    says = {"saves-in-forward": "aten::save", "reads-in-forward": "aten::from_file",
+            "saves-on-load": "__setstate__"}
+    for name, path in files:
+        out = tmp_path / f"out-{name}"
+        code, _, err = cli("export", path, "--input-shape", "1,4", "-o", out, "--quiet")
+        assert code == 2 and says[name] in err and "--trust" in err, (name, err)
+        assert not marker.exists() and not out.exists(), name
+
+
+def test_a_plain_torchscript_still_exports_without_trust(cli, tmp_path):
+    path = tmp_path / "mlp.pt"
+    model = examples.TinyMLP().eval()
+    torch.jit.script(model).save(str(path))
+    code, _, err = cli("export", path, "-o", tmp_path / "out", "--target", "x86-avx2",
+                       "--quiet")
+    assert code == 0, err
