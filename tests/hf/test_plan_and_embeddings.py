@@ -75,11 +75,15 @@ def test_a_table_another_node_reads_stays_float():
     assert [n.op_type for n in model.graph.node] == ["Transpose", "Gather", "MatMul"]
 
 
+def _export_planned(cli, folder, out, *flags):
+    """``edgepet export`` of a sentence-embedding model with plan ``flags``."""
+    return cli("export", folder, "--task", "sentence-embedding", *flags, "-o", out)
+
+
 def test_budget_error_plans_a_text_model_and_the_manifest_keeps_the_plan(bert_folder, tmp_path,
                                                                         cli):
     out = tmp_path / "planned"
-    code, out_text, err = cli("export", bert_folder, "--task", "sentence-embedding",
-                              "--budget-error", "0.0005", "-o", out)
+    code, out_text, err = _export_planned(cli, bert_folder, out, "--budget-error", "0.0005")
     assert code == 0, err
     assert "plan:" in err and "most sensitive" in err
     plan = edgepet.runtime.bundle.Bundle.open(out).manifest["quantization"]["plan"]
@@ -92,8 +96,7 @@ def test_budget_error_plans_a_text_model_and_the_manifest_keeps_the_plan(bert_fo
 def test_max_size_bounds_the_exported_weights_and_mixes_bit_widths(bert_folder, tmp_path,
                                                                    cli):
     out = tmp_path / "sized"
-    code, out_text, err = cli("export", bert_folder, "--task", "sentence-embedding",
-                              "--max-size", "70kB", "-o", out)
+    code, _, err = _export_planned(cli, bert_folder, out, "--max-size", "70kB")
     assert code == 0, err
     manifest = edgepet.runtime.bundle.Bundle.open(out).manifest
     plan = manifest["quantization"]["plan"]
@@ -107,7 +110,6 @@ def test_a_max_size_below_the_smallest_plan_is_refused_and_nothing_is_written(
         bert_folder, tmp_path, cli):
     for size, says in (("10kB", "outside its linear layers"), ("45kB", "cannot be met")):
         out = tmp_path / f"too-small-{size}"
-        code, _, err = cli("export", bert_folder, "--task", "sentence-embedding",
-                           "--max-size", size, "-o", out)
+        code, _, err = _export_planned(cli, bert_folder, out, "--max-size", size)
         assert code == 2 and says in err and "raise" in err, err
         assert not out.exists()
