@@ -24,19 +24,12 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from edgepet import pet
 from edgepet.exporters import torch_export as tx
 from edgepet.exporters.rewrite import KnownWeight, LayerRecord, QuantPolicy, RewriteResult, digest
 from edgepet.quant import QuantizedTensor
 from edgepet.runtime import bundle as bundle_io
 from edgepet.runtime.errors import BadInputError
-
-
-def _pet():
-    try:
-        from edgepet import pet
-    except ImportError:  # pragma: no cover - edgepet.pet ships with edgepet
-        return None
-    return pet
 
 
 def task_models(loaded: tx.LoadedModel, adapters: Mapping[str, Any] | None) -> dict[str, nn.Module]:
@@ -67,7 +60,6 @@ def _task_model(base: nn.Module, name: str, value: Any) -> nn.Module:
         return _with_state(base, dict(value), f"adapter {name!r}")
     path = Path(value)
     if path.is_dir():
-        pet = _pet()
         model, _ = copy_sharing_base(base)
         try:
             pet.load_peft(model, path)
@@ -96,9 +88,8 @@ def copy_sharing_base(model: nn.Module) -> tuple[nn.Module, set[int]]:
     the model's. Returns the copy and the ids of the shared tensors, which must not be
     written in place (:func:`own_tensor` gives the copy its own first).
     """
-    pet = _pet()
     own: set[int] = set()
-    for layer in (pet.pet_layers(model).values() if pet else ()):
+    for layer in pet.pet_layers(model).values():
         for key, tensor in itertools.chain(layer.named_parameters(), layer.named_buffers()):
             if not key.startswith("base."):
                 own.add(id(tensor))
@@ -138,9 +129,6 @@ def _with_state(base: nn.Module, state: dict[str, torch.Tensor], what: str) -> n
 
 
 def _packed_layers(model: nn.Module) -> set[str]:
-    pet = _pet()
-    if pet is None:
-        return set()
     return {name for name, layer in pet.pet_layers(model).items()
             if any(isinstance(c, pet.PackedMatrix) for c in layer.children())}
 
@@ -151,8 +139,7 @@ def graph_module(loaded: tx.LoadedModel, tasks: dict[str, nn.Module]
     source = next(iter(tasks.values())) if tasks else loaded.model
     if not isinstance(source, nn.Module) or isinstance(source, torch.jit.ScriptModule):
         return source, set(), {}
-    pet = _pet()
-    layers = pet.pet_layers(source) if pet else {}
+    layers = pet.pet_layers(source)
     if not layers:
         return source, set(), {}
     switchable = _packed_layers(source) | _varying_layers(tasks, layers)
@@ -194,7 +181,6 @@ class _ConstantMatrix(nn.Module):
 
 def _freeze_packed(module: nn.Module) -> None:
     """Replace adapter matrices that compute their weight (k-bit) with constant stand-ins."""
-    pet = _pet()
     kinds = (pet.PackedMatrix, pet.LowBitMatrix)
     found = [(n, m) for n, m in module.named_modules() if isinstance(m, kinds)]
     for name, matrix in found:
@@ -226,7 +212,6 @@ def _varying_layers(tasks: dict[str, nn.Module], layers: Mapping[str, nn.Module]
 def _adapter_matrices(model: nn.Module, switchable: set[str]
                       ) -> dict[str, tuple[np.ndarray, QuantizedTensor | None]]:
     """``layer.attr`` -> (weight as the forward pass uses it, its exact codes if any)."""
-    pet = _pet()
     found: dict[str, tuple[np.ndarray, QuantizedTensor | None]] = {}
     for name in sorted(switchable):
         layer = model.get_submodule(name)
