@@ -12,7 +12,8 @@ out=${1:?usage: cross_apple.sh OUT_DIR ORT_INCLUDE_DIR}
 ort=${2:?usage: cross_apple.sh OUT_DIR ORT_INCLUDE_DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 python=${PYTHON:-python3}
-zig=("$python" -m ziglang)
+# ZIG: a zig command (e.g. "zig", or "python3 -m ziglang"); default: PyPI's ziglang.
+read -r -a zig <<< "${ZIG:-$python -m ziglang}"
 target=(-target aarch64-macos -mcpu=apple_m1)
 mkdir -p "$out"
 

@@ -25,6 +25,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <onnxruntime_c_api.h>
@@ -226,12 +227,22 @@ double since_ns(Clock::time_point t) {
   return std::chrono::duration<double, std::nano>(Clock::now() - t).count();
 }
 
+// Before anything is loaded: a bundle made for a platform its exporter could not build
+// the op library for says so (operator.missing); without --op-library, stop with that.
+void check_op_library(const edgepet::json::Value& manifest, const Options& o) {
+  const auto& op = manifest["operator"];
+  if (!o.op_library.empty() || op["library"].is_string()) return;
+  for (const auto& m : op["missing"].array())
+    if (m["what"].is_string() && m["what"].str() == "op library")
+      throw BadInput("the bundle carries no op library for " + manifest["target"]["name"].str() +
+                     ": " + m["why"].str() + " — " + m["how"].str() +
+                     " (or give --op-library PATH)");
+}
+
 class Runner {
  public:
-  Runner(const Options& o, const Ort& ort) : o_(o), ort_(ort), api_(ort.api) {
-    manifest_ = edgepet::json::parse(read_file(o.bundle + "/manifest.json"));
-    if (manifest_["schema"].str() != "edgepet.bundle")
-      throw BadInput(o.bundle + "/manifest.json is not an edgepet bundle manifest");
+  Runner(const Options& o, const Ort& ort, edgepet::json::Value manifest)
+      : o_(o), ort_(ort), api_(ort.api), manifest_(std::move(manifest)) {
     for (const auto& v : manifest_["inputs"].array()) inputs_.push_back(v["name"].str());
     for (const auto& v : manifest_["outputs"].array()) outputs_.push_back(v["name"].str());
   }
@@ -410,8 +421,12 @@ int main(int argc, char** argv) {
     Options options = parse_args(argc, argv);
     if (!file_exists(options.bundle + "/manifest.json"))
       throw BadInput(options.bundle + " is not a bundle folder (no manifest.json)");
+    auto manifest = edgepet::json::parse(read_file(options.bundle + "/manifest.json"));
+    if (manifest["schema"].str() != "edgepet.bundle")
+      throw BadInput(options.bundle + "/manifest.json is not an edgepet bundle manifest");
+    check_op_library(manifest, options);
     Ort ort(options.onnxruntime);
-    Runner runner(options, ort);
+    Runner runner(options, ort, std::move(manifest));
     return runner.run();
   } catch (const BadInput& e) {
     std::fprintf(stderr, "edgepet-run: error: %s\n", e.what());
