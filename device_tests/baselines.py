@@ -19,8 +19,9 @@ GenAI's model builder does).
 
 ``litert`` — a ``.tflite`` conversion of the float model, run by LiteRT's interpreter.
 Conversion needs the PyTorch model (litert-torch), so it cannot happen on the device:
-the harness runs ``BUNDLE/baselines/model.tflite`` or ``--tflite FILE`` when given and
-otherwise records why the column is empty.
+``edgepet export --with-tflite`` converts it on the host and the bundle carries it
+(``baselines.tflite`` in the manifest, hashed like every file); ``--tflite FILE`` gives
+another. Without either, the report records why the column is empty.
 """
 
 from __future__ import annotations
@@ -332,18 +333,28 @@ def _litert(bundle: Bundle, tflite: str | None) -> Contender:
     missing = litert_available()
     if missing:
         raise BaselineUnavailable(missing)
-    path = Path(tflite) if tflite else bundle.path / "baselines" / "model.tflite"
-    if not path.is_file():
+    shipped = (bundle.manifest.get("baselines") or {}).get("tflite")
+    if tflite:
+        path, origin = Path(tflite), "given with --tflite"
+        if not path.is_file():
+            raise BaselineUnavailable(f"--tflite {path} does not exist")
+    elif shipped:
+        # Bundle.open checked that it is listed in the file table (and its hash)
+        path, origin = bundle.path / shipped["file"], (
+            f"converted at export by {shipped['converter']}")
+    else:
         raise BaselineUnavailable(
-            f"no .tflite model ({path} does not exist): LiteRT needs the float model "
-            "converted from PyTorch with litert-torch, which needs torch and the original "
-            "model, so the device cannot make it — convert on the host (docs/bench.md, "
-            "'LiteRT') and pass --tflite FILE")
+            "no .tflite model: the bundle was exported without --with-tflite and no "
+            "--tflite FILE was given. LiteRT needs the float model converted from PyTorch "
+            "with litert-torch, which needs torch and the original model, so the device "
+            "cannot make it — export again with --with-tflite (docs/bench.md, 'LiteRT'), "
+            "or pass --tflite FILE")
     return Contender(name="litert", kind="litert", model=str(path),
                      description=f"LiteRT interpreter (XNNPACK CPU delegate) on {path.name}, "
-                                 "the float model converted on the host (its own weights, "
-                                 "not the bundle's)",
-                     model_bytes=path.stat().st_size, bits_per_weight=None)
+                                 f"the float model {origin} (its own weights, not the "
+                                 "bundle's)",
+                     model_bytes=path.stat().st_size, bits_per_weight=None,
+                     details={"tflite": origin})
 
 
 __all__ = ["BASELINES", "BaselineUnavailable", "Contender", "build", "edgepet_contender",

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgepet.runtime import BadInputError
+from edgepet.runtime.manifest import missing_native
 
 Progress = Callable[[str], None]
 #: Runs an argv; returns (exit code, stdout bytes, stderr text). Tests swap it.
@@ -324,36 +325,56 @@ def _bench_native(options, args, target: Transport, bundle, say: Progress) -> tu
     from edgepet.device_tests.harness import default_output
 
     started = time.time()
-    runner = Path(native.runner_path() if args.native_runner == "auto" else args.native_runner)
-    if not runner.is_file():
-        raise BadInputError(f"--native-runner {runner} does not exist")
+    operator = bundle.manifest["operator"]
+    # Before anything is copied: a bundle made for a platform this edgepet could not
+    # build for says what it lacks (operator.missing); the device needs exactly that.
+    needs = [what for what, have in (("op library", operator.get("library")),
+                                     ("edgepet-run", operator.get("runner")
+                                      or args.native_runner != "auto")) if not have]
+    for what in needs:
+        why = missing_native(bundle.manifest, what)
+        if why:
+            raise BadInputError(f"{why} (needed to run on {options.device} without Python)")
+    extra: list[Path] = []  # files pushed to WORK/bin beside the bundle
+    if args.native_runner != "auto":
+        runner = Path(args.native_runner)
+        if not runner.is_file():
+            raise BadInputError(f"--native-runner {runner} does not exist")
+        extra.append(runner)
+    elif not operator.get("runner"):
+        extra.append(native.runner_path())  # the bundle is for this machine's platform
     work = _remote_workdir(target)
+    executable = (f"{work}/bin/{extra[0].name}" if extra
+                  else f"{work}/bundle/{operator['runner']}")
+    library = None
+    if not operator.get("library"):
+        from edgepet.runtime import op_library_path
+
+        extra.append(Path(op_library_path()))  # the device is this machine's kind
+        library = f"{work}/bin/{extra[-1].name}"
     results, unmeasured = [], [{"what": "baselines", "why": (
         "the device has no Python with edgepet: edgepet-run times edgepet alone — install "
         "edgepet there for the ONNX Runtime and LiteRT baselines")}]
     try:
-        say(f"copying {bundle.path} and {runner.name} to {options.device}:{work}")
+        say(f"copying {bundle.path}{''.join(' and ' + f.name for f in extra)} to "
+            f"{options.device}:{work}")
         target.push_dir(bundle.path, f"{work}/bundle")
-        extra = [runner]
-        if not bundle.manifest["operator"].get("library"):
-            from edgepet.runtime import op_library_path
-
-            extra.append(Path(op_library_path()))  # the device is this machine's kind
-        with tempfile.TemporaryDirectory() as tmp:
-            for file in extra:
-                (Path(tmp) / file.name).write_bytes(file.read_bytes())
-                (Path(tmp) / file.name).chmod(0o755)
-            target.push_dir(Path(tmp), f"{work}/bin")
+        if extra:
+            with tempfile.TemporaryDirectory() as tmp:
+                for file in extra:
+                    (Path(tmp) / file.name).write_bytes(file.read_bytes())
+                    (Path(tmp) / file.name).chmod(0o755)
+                target.push_dir(Path(tmp), f"{work}/bin")
         environment = _remote_environment(target)
         per_round = max(1, -(-(options.runs or 20) // options.rounds))
         for threads in options.threads:
             rounds = []
             for _ in range(options.rounds):
-                argv = [f"{work}/bin/{runner.name}", f"{work}/bundle", "--threads", str(threads),
+                argv = [executable, f"{work}/bundle", "--threads", str(threads),
                         "--runs", str(per_round), "--warmup", str(options.warmup),
                         "--batch", options.batch]
-                if len(extra) > 1:
-                    argv += ["--op-library", f"{work}/bin/{extra[1].name}"]
+                if library:
+                    argv += ["--op-library", library]
                 if getattr(args, "remote_onnxruntime", None):
                     argv += ["--onnxruntime", args.remote_onnxruntime]
                 if options.adapter:

@@ -239,8 +239,11 @@ class Bundle:
         yield "model.file", m["model"]["file"]
         if m["model"].get("external_data"):
             yield "model.external_data", m["model"]["external_data"]
-        if m["operator"].get("library"):
-            yield "operator.library", m["operator"]["library"]
+        for key in ("library", "runner"):
+            if m["operator"].get(key):
+                yield f"operator.{key}", m["operator"][key]
+        if ((m.get("baselines") or {}).get("tflite") or {}).get("file"):
+            yield "baselines.tflite.file", m["baselines"]["tflite"]["file"]
         if (m.get("text") or {}).get("tokenizer"):
             yield "text.tokenizer", m["text"]["tokenizer"]
         for key in ("inputs", "outputs", "quantized_outputs"):
@@ -378,10 +381,11 @@ class Bundle:
             return installed
         shipped = self.manifest["operator"].get("library")
         if not shipped:
+            why = manifest_schema.missing_native(self.manifest)
             raise BundleError(
                 f"edgepet's op library for this machine ({host_arch()}) is not installed, "
-                f"and bundle {self.path} ships none — reinstall edgepet (pip install .) "
-                "so that the native build runs"
+                f"and bundle {self.path} ships none — "
+                + (why or "reinstall edgepet (pip install .) so that the native build runs")
             )
         file = self.path / shipped
         arch = library_arch(file)

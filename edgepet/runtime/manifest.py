@@ -104,9 +104,20 @@ def _errors(value: Any, rule: dict, root: dict) -> list[str]:
     return found
 
 
+def missing_native(manifest: dict[str, Any], what: str = "op library") -> str | None:
+    """Why a bundle carries no ``what`` ("op library" or "edgepet-run") and how to build
+    it, as the manifest's ``operator.missing`` says; None when it does not say so."""
+    for entry in manifest.get("operator", {}).get("missing") or []:
+        if entry.get("what") == what:
+            target = manifest.get("target", {}).get("name", "its target")
+            return (f"the bundle carries no {what} for {target}: {entry['why']} — "
+                    f"{entry['how']}")
+    return None
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "check", "schema"]
+__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "SCHEMA_VERSION", "check", "missing_native", "schema"]
