@@ -239,9 +239,17 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--op-library", metavar="PATH",
                    help="ship this op library (built for the target, e.g. cross-compiled "
                         "libedgepet_ort.so for aarch64) in the bundle's lib/")
+    p.add_argument("--require-native", action="store_true",
+                   help="fail (exit 2) when the op library or edgepet-run for the target's "
+                        "platform cannot be shipped, instead of a warning and a manifest "
+                        "that says what is missing")
+    p.add_argument("--with-tflite", action="store_true",
+                   help="also convert the float model to baselines/model.tflite with "
+                        "litert-torch, for `edgepet bench`'s litert baseline (needs "
+                        "pip install litert-torch)")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing bundle (a folder holding anything else is "
-                        "refused, never emptied)")
+                   help="replace an existing bundle (its reports/ move into the new one; a "
+                        "folder holding anything else is refused, never emptied)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -361,7 +369,6 @@ def _read_arrays(path: str) -> dict[str, Any]:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from edgepet.exporters.torch_export import parse_arch_kwargs
-    from edgepet.runtime.errors import BadInputError
 
     if sum(bool(x) for x in (args.model, args.example, args.hf)) > 1:
         raise _Usage("give one of MODEL, --hf or --example")
@@ -372,24 +379,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = args.model or f"example:{args.example or 'llama'}"
     default_out = ((Path(args.model.rstrip("/")).stem or "model") + ".edgepet") if args.model \
         else "edgepet-example"
-    bits = args.bits
-    try:
-        bundle = _export(
-            model, args.output or default_out, args, bits=bits,
-            group_size=args.group_size, symmetric=args.symmetric, keep=args.keep,
-            quantizer=args.quantizer, adapters=_adapters(args.adapter),
-            input_shapes=args.input_shape or None,
-            inputs=_example_inputs(args.example_input),
-            trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
-            overwrite=args.force, op_library=args.op_library, task=args.task,
-            calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
-            budget_error=args.budget_error, max_size=_size(args.max_size),
-            embedding_bits=args.embedding_bits or "auto",
-        )
-    except ValueError as error:
-        if isinstance(error, BadInputError):
-            raise
-        raise BadInputError(str(error)) from None
+    bundle = _export(
+        model, args.output or default_out, args, bits=args.bits,
+        group_size=args.group_size, symmetric=args.symmetric, keep=args.keep,
+        quantizer=args.quantizer, adapters=_adapters(args.adapter),
+        input_shapes=args.input_shape or None,
+        inputs=_example_inputs(args.example_input),
+        trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
+        overwrite=args.force, op_library=args.op_library, task=args.task,
+        calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
+        budget_error=args.budget_error, max_size=_size(args.max_size),
+        embedding_bits=args.embedding_bits or "auto", with_tflite=args.with_tflite,
+        require_native=args.require_native,
+    )
     print(summary(bundle))
     return EXIT_OK
 
@@ -409,14 +411,9 @@ def _size(text: str | None) -> int | None:
 
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
     from edgepet.exporters.pipeline import export
-    from edgepet.runtime.errors import BadInputError
 
-    try:
-        return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
-    except ValueError as error:  # e.g. an unknown target from edgepet.targets
-        if isinstance(error, BadInputError):
-            raise
-        raise BadInputError(str(error)) from None
+    # export() is the boundary that turns a step's ValueError into BadInputError (exit 2)
+    return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -467,6 +464,16 @@ def summary(bundle) -> str:
         pooling = f", {text['pooling']} pooling + L2" if text.get("pooling") else ""
         lines.append(f"  text        {text['task']}{pooling}; inputs "
                      f"{', '.join(text['inputs'])}; tokenizer {text['tokenizer'] or 'none'}")
+    op = m["operator"]
+    shipped = [f for f in (op.get("library"), op.get("runner")) if f]
+    if shipped:
+        lines.append(f"  native      {', '.join(shipped)} (for {t['name']})")
+    for missing in op.get("missing") or []:
+        lines.append(f"  missing     {missing['what']}: {missing['why']} — {missing['how']}")
+    tflite = (m.get("baselines") or {}).get("tflite")
+    if tflite:
+        lines.append(f"  tflite      {tflite['file']} ({tflite['converter']}), for bench's "
+                     "litert baseline")
     plan = q.get("plan")
     if plan:
         lines.append(f"  plan        {plan['summary']}")

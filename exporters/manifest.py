@@ -39,6 +39,9 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
     Call it after every file but the manifest is in place: the schema copy is written
     here, then the file table hashes each file once. ``float_bytes`` is the float
     model's weight size (:func:`initializer_bytes` of the graph before quantization).
+    ``files``: what the export wrote besides the model — ``library`` and ``runner`` (the
+    native files shipped for the target, or None), ``missing`` (those it could not ship,
+    and how to build them), ``tflite`` (the converted float model, or absent).
     """
     import torch
 
@@ -67,7 +70,8 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
         "operator": {
             "domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION,
             "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
-            "library": files["library"],
+            "library": files["library"], "runner": files.get("runner"),
+            "missing": files.get("missing") or [],
         },
         "model": {
             "file": bundle_io.MODEL, "external_data": files["external_data"],
@@ -97,6 +101,7 @@ def build_manifest(stage: Path, loaded: LoadedModel, profile: TargetProfile,
             "compression": round(float_bytes / max(weight_bytes, 1), 3),
         },
         "files": table,
+        "baselines": {"tflite": files.get("tflite")},
         "provenance": {
             "source": loaded.source,
             "source_kind": loaded.kind,

@@ -15,8 +15,8 @@ base weight (or, if its math cannot merge, exported as it is).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +30,7 @@ from torch import nn
 
 from edgepet.exporters import adapters as adapters_io
 from edgepet.exporters import bundle as bundle_writer
+from edgepet.exporters import litert
 from edgepet.exporters import torch_export as tx
 from edgepet.exporters.fuse import fuse_shared_inputs
 from edgepet.exporters.manifest import build_manifest, initializer_bytes, write_manifest
@@ -80,6 +81,25 @@ class InaccurateBundleError(BadInputError):
 Progress = Callable[[str], None]
 
 
+def _bad_input_at_the_boundary(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The export API's one translation of errors: a ``ValueError`` from any step (an
+    unknown target, a weight that cannot be quantized, a PET layer that cannot merge) is
+    the input's fault and leaves as :class:`BadInputError` with its message unchanged.
+    Steps raise plain ``ValueError`` and wrap nothing themselves."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BadInputError:
+            raise
+        except ValueError as error:
+            raise BadInputError(str(error)) from None
+
+    return wrapper
+
+
+@_bad_input_at_the_boundary
 def export(
     model: Any = None,
     out: str | os.PathLike[str] = "edgepet-bundle",
@@ -107,6 +127,8 @@ def export(
     budget_error: float | None = None,
     max_size: int | None = None,
     embedding_bits: int | str | None = "auto",
+    with_tflite: bool = False,
+    require_native: bool = False,
 ) -> bundle_io.Bundle:
     """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
 
@@ -135,7 +157,10 @@ def export(
         overwrite: replace an existing bundle at ``out``.
         external_data_threshold: bytes above which weights go to ``model.onnx.data``.
         op_library: an op library built for the target (e.g. cross-compiled for aarch64)
-            to ship in ``lib/``; devices of that architecture run with it.
+            to ship in ``lib/``; devices of that architecture run with it. Without it, a
+            bundle for another platform ships this install's build for that platform
+            (``lib/``) and ``edgepet-run`` (``bin/``); the manifest's
+            ``operator.missing`` names what this install lacks and how to build it.
         progress: called with a line per step (the CLI prints them).
         task: for Hugging Face encoders (a folder, or a ``transformers`` model):
             "feature-extraction", "sentence-embedding" (pooling and L2 normalization in
@@ -155,6 +180,11 @@ def export(
         embedding_bits: 4 or 8 to store large embedding tables (>= 65536 values) as
             ``com.microsoft.GatherBlockQuantized`` codes (block 32); None keeps them float;
             "auto": 4 for Hugging Face text models, float otherwise.
+        with_tflite: also convert the float model to ``baselines/model.tflite`` with
+            litert-torch (for ``edgepet bench``'s litert baseline); BadInputError, and
+            nothing written, when litert-torch is absent or cannot convert the model.
+        require_native: BadInputError, instead of a warning, when the op library or
+            ``edgepet-run`` for the target's platform cannot be shipped.
     """
     from edgepet.exporters.hf import is_encoder_folder
     from edgepet.exporters.llm.checkpoint import is_llm_source
@@ -163,9 +193,10 @@ def export(
     if is_llm_source(model) and not is_encoder_folder(model):
         from edgepet.exporters.llm.export import export_decoder
 
-        if adapters or input_shapes or inputs is not None or arch or op_library:
+        if adapters or input_shapes or inputs is not None or arch or op_library or with_tflite:
             raise BadInputError("decoder checkpoints (GGUF / Hugging Face folder) take no "
-                                "--adapter, --input-shape, --input, --arch or --op-library yet")
+                                "--adapter, --input-shape, --input, --arch, --op-library or "
+                                "--with-tflite yet")
         return export_decoder(model, out, target=target, bits=bits, group_size=group_size,
                               symmetric=symmetric, keep=keep, quantizer=quantizer,
                               overwrite=overwrite, progress=progress)
@@ -179,7 +210,10 @@ def export(
     if budget_error is not None and not budget_error > 0:
         raise BadInputError(f"--budget-error {budget_error} must be a positive number, e.g. "
                             "0.01")
-    library = _check_op_library(op_library, profile)
+    native = bundle_writer.native_files(profile, _check_op_library(op_library, profile))
+    if native.missing and require_native:
+        raise BadInputError(_missing_native(native) + " — nothing was written")
+    tflite_converter = litert.converter_version() if with_tflite else None
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
         say("loading the model")
@@ -207,6 +241,12 @@ def export(
         elif budget_error is not None or max_size is not None:
             raise BadInputError("--budget-error/--max-size plan single-task models; with "
                                 "adapters, set --bits/--group-size/--keep by hand")
+        files: dict[str, Any] = {}
+        if tflite_converter is not None:
+            say(f"converting the float model to .tflite with litert-torch {tflite_converter}")
+            (stage / litert.FILE).parent.mkdir()
+            files["tflite"] = {**litert.convert(graph_module, example, stage / litert.FILE),
+                               "converter": f"litert-torch {tflite_converter}"}
         say("exporting to ONNX with torch")
         float_model = tx.to_onnx(_as_loaded(loaded, graph_module), example)
         say(f"quantizing linear layers to {policy.bits} bits"
@@ -233,8 +273,12 @@ def export(
                                                     known)
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
-        files = _write_model(stage, result.model, external_data_threshold)
-        files["library"] = _ship_op_library(stage, library)
+        files.update(_write_model(stage, result.model, external_data_threshold))
+        files.update(bundle_writer.ship_native(stage, native))
+        files["missing"] = native.missing
+        if native.missing:
+            say(f"warning: {_missing_native(native)} — the bundle says so in its manifest "
+                "(operator.missing)")
         files["tokenizer"] = _write_tokenizer(stage, loaded.text)
         adapter_entries = adapters_io.write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
@@ -323,9 +367,9 @@ def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
 
 def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfile
                       ) -> Path | None:
-    """The op library to ship: the one given, else this install's build for the target."""
+    """The op library the user gave to ship (``--op-library``), checked; None if none."""
     if path is None:
-        return _installed_cross_library(profile)
+        return None
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"--op-library {path} does not exist")
@@ -338,26 +382,11 @@ def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfil
     return path
 
 
-def _installed_cross_library(profile: TargetProfile) -> Path | None:
-    """The op library this edgepet built for a Linux target of another architecture
-    (``op_library_path(arch)``); None for the host, or when the install has none."""
-    if profile.is_host_platform() or profile.os != "linux":
-        return None
-    from edgepet.runtime import op_library_path
-
-    try:
-        candidate = Path(op_library_path(profile.arch))
-    except FileNotFoundError:
-        return None
-    return candidate if bundle_io.library_arch(candidate) == profile.arch else None
-
-
-def _ship_op_library(stage: Path, library: Path | None) -> str | None:
-    if library is None:
-        return None
-    (stage / "lib").mkdir()
-    shutil.copy2(library, stage / "lib" / library.name)
-    return f"lib/{library.name}"
+def _missing_native(native: bundle_writer.NativeFiles) -> str:
+    """One sentence: what a bundle for ``native.platform`` lacks, and how to build it."""
+    whats = " and ".join(m["what"] for m in native.missing)
+    return (f"this edgepet has no {whats} for {native.platform}, so the bundle cannot carry "
+            f"{'them' if len(native.missing) > 1 else 'it'}: {native.missing[0]['how']}")
 
 
 # --- the model and its tasks ------------------------------------------------------------
@@ -473,10 +502,7 @@ def _rewrite(model: onnx.ModelProto, policy: QuantPolicy, names: dict[str, list[
         if done == total or done % max(1, total // 4) == 0:
             say(f"  {done}/{total} layers ({layer})")
 
-    try:
-        result = rewrite_linears(model, policy, names, known, tick, quantize_fn)
-    except ValueError as error:
-        raise BadInputError(f"quantizing failed: {error}") from None
+    result = rewrite_linears(model, policy, names, known, tick, quantize_fn)
     if not any(layer.bits is not None for layer in result.layers):
         raise BadInputError(
             "the model has no linear layer with a constant weight to quantize (or --keep "

@@ -302,3 +302,78 @@ def test_an_output_that_is_a_file_is_refused(cli, tmp_path):
     code, err = _export(cli, tmp_path / "out", "--force")
     assert code == 2 and "not a folder" in err
     assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_force_keeps_the_bench_reports_of_the_bundle_it_replaces(cli, exported):
+    report = exported / "reports" / "20261128-120000" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"mine": true}')
+    code, err = _export(cli, exported, "--force", "--bits", "2")
+    assert code == 0, err
+    assert manifest_of(exported)["quantization"]["bits"] == 2  # replaced...
+    assert report.read_text() == '{"mine": true}'  # ...and the report moved along
+    assert "reports/20261128-120000/report.json" not in manifest_of(exported)["files"]
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".out.")]
+
+
+def test_force_still_refuses_other_files_next_to_reports(cli, exported):
+    (exported / "reports").mkdir()
+    (exported / "reports" / "report.md").write_text("kept")
+    (exported / "notes.txt").write_text("mine")
+    code, err = _export(cli, exported, "--force")
+    assert code == 2 and "notes.txt" in err and "reports" not in err.split("(")[1]
+    assert (exported / "reports" / "report.md").read_text() == "kept"
+    assert (exported / "notes.txt").read_text() == "mine"
+
+
+def test_reports_that_cannot_move_stay_in_the_old_folder_and_are_named(exported, monkeypatch):
+    from edgepet.exporters import bundle as bundle_writer
+
+    (exported / "reports").mkdir()
+    (exported / "reports" / "report.md").write_text("kept")
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name == "reports":
+            raise PermissionError(13, "Permission denied")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    from edgepet.runtime.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"reports/ could not be moved .* it is still in"):
+        with bundle_writer.staged_output(exported, overwrite=True) as stage:
+            (stage / "manifest.json").write_text("{}")
+    kept = [p for p in exported.parent.iterdir() if p.name.startswith(".out.old-")]
+    assert len(kept) == 1 and (kept[0] / "reports" / "report.md").read_text() == "kept"
+
+
+# --- ValueError becomes bad input once, at the export boundary ---------------------------------
+
+
+def test_an_unknown_target_is_exit_code_2_and_bad_input_for_python_callers(cli, tmp_path):
+    from edgepet.exporters.pipeline import export
+    from edgepet.runtime.errors import BadInputError
+
+    code, _, err = cli("export", "--example", "mlp", "--target", "pdp11", "-o", tmp_path / "b")
+    assert code == 2 and "unknown target 'pdp11' — known targets: rpi5" in err
+    with pytest.raises(BadInputError, match="unknown target 'pdp11'"):
+        export("example:mlp", tmp_path / "b", target="pdp11")
+
+
+def test_a_weight_that_cannot_be_quantized_is_exit_code_2_with_its_message(cli, tmp_path):
+    import torch
+
+    from edgepet.exporters import examples
+
+    model = examples.TinyMLP().eval()
+    with torch.no_grad():
+        next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).weight[0, 0] = \
+            float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(model, path)
+    code, _, err = cli("export", path, "--trust", "-o", tmp_path / "b", "--quiet",
+                       "--quantizer", "rtn")
+    assert code == 2, err
+    assert "non-finite" in err and "internal error" not in err
+    assert not (tmp_path / "b").exists()

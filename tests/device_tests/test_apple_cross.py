@@ -1,5 +1,6 @@
 """Apple Silicon: the op library and edgepet-run cross-built with zig are Mach-O arm64,
-and the library exports RegisterCustomOps. Nothing here can run them (no Mac)."""
+the library exports RegisterCustomOps, and apple-m bundles carry them. Nothing here can
+run them (no Mac)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_zig_builds_a_macos_arm64_op_library_and_runner(apple_build):
         kind = subprocess.run(["file", str(apple_build / "edgepet-run")],
                               capture_output=True, text=True).stdout
         assert "Mach-O 64-bit" in kind and "arm64" in kind
+
+
+def test_an_apple_bundle_carries_the_zig_built_files_of_this_install(tmp_path):
+    pytest.importorskip("torch")
+    from edgepet.exporters import bundle as bundle_writer
+    from edgepet.exporters.pipeline import export
+    from edgepet.targets import get_target
+
+    files = bundle_writer.native_files(get_target("apple-m1"))
+    if files.library is None:
+        pytest.skip("this edgepet was built without zig (EDGEPET_CROSS_APPLE=ON pip install)")
+    bundle = export("example:mlp", tmp_path / "apple", target="apple-m1", bits=4,
+                    quantizer="rtn")
+    op = bundle.manifest["operator"]
+    cputype, filetype, exported = macho(bundle.path / op["library"])
+    assert (cputype, filetype) == (CPU_TYPE_ARM64, MH_DYLIB)
+    assert {"_RegisterCustomOps", "_edgepet_op_abi_version"} <= exported
+    if files.runner is not None:
+        assert macho(bundle.path / op["runner"])[:2] == (CPU_TYPE_ARM64, MH_EXECUTE)
+    assert [m["what"] for m in op["missing"]] == ([] if files.runner else ["edgepet-run"])

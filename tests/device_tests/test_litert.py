@@ -1,4 +1,5 @@
-"""The litert baseline, with a .tflite converted on the host by litert-torch.
+"""The litert baseline, with a .tflite converted on the host by litert-torch: by hand
+(--tflite FILE), or by `edgepet export --with-tflite` into the bundle.
 
 litert-torch pulls jax, transformers and the LiteRT converter (gigabytes), so CI does
 not install it; the test skips with that reason. Conversion happens where torch and the
@@ -28,3 +29,19 @@ def test_litert_runs_a_converted_model_next_to_edgepet(demo_bundle, quick, tmp_p
     # fp32 LiteRT of the PyTorch model: its error is float rounding, below edgepet's 4-bit
     assert litert["accuracy"][0]["vs_pytorch"]["relative_error"] < 1e-4
     assert any(c["baseline"] == "litert" for c in rep["comparisons"])
+
+
+def test_export_with_tflite_feeds_the_litert_baseline_without_flags(tmp_path, quick):
+    pytest.importorskip("ai_edge_litert", reason="pip install ai-edge-litert")
+    pytest.importorskip("litert_torch", reason="pip install litert-torch (large: jax, the "
+                        "LiteRT converter); not installed in CI")
+    from edgepet.exporters.pipeline import export
+
+    bundle = export("example:mlp", tmp_path / "b", target="x86-avx2", bits=4,
+                    quantizer="rtn", with_tflite=True)
+    assert bundle.manifest["baselines"]["tflite"]["converter"].startswith("litert-torch ")
+    report, _ = harness.bench(quick(bundle, baselines=["litert"]))
+    row = next(r for r in report["results"] if r["contender"] == "litert")
+    assert row["n_runs"] == 4
+    # fp32 LiteRT of the PyTorch model: float rounding only, far below edgepet's 4-bit error
+    assert row["accuracy"][0]["vs_pytorch"]["relative_error"] < 1e-4

@@ -104,3 +104,24 @@ def test_runner_cross_built_for_aarch64_runs_an_rpi5_bundle_under_qemu(
     # NEON against AVX2: the same int8 tables, only float summation order differs.
     expected = bundle.verify()[0]
     assert task["vs_pytorch"]["relative_error"] == pytest.approx(expected.vs_pytorch, rel=1e-3)
+
+
+def test_the_edgepet_run_an_rpi5_bundle_ships_runs_it_under_qemu(tmp_path, aarch64_tools,
+                                                                  aarch64_run):
+    from edgepet.exporters.pipeline import export
+
+    bundle = export("example:llama", tmp_path / "rpi5", target="rpi5", bits=2)
+    op = bundle.manifest["operator"]
+    if op["library"] is None or op.get("runner") is None:
+        pytest.skip("this edgepet was built without the aarch64 cross build: "
+                    + "; ".join(m["why"] for m in op["missing"]))
+    # the bundle alone: its runner, its op library (read from the manifest), the device's ORT
+    done = aarch64_run(aarch64_tools, bundle.path / op["runner"], bundle.path, "--runs", "2",
+                       "--warmup", "0", "--threads", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["op_library"] == f"{bundle.path}/{op['library']}"
+    assert got["n_runs"] == 2 and got["ok"]
+    (task,) = got["accuracy"]
+    expected = bundle.verify()[0]  # NEON against AVX2: only float summation order differs
+    assert task["vs_pytorch"]["relative_error"] == pytest.approx(expected.vs_pytorch, rel=1e-3)

@@ -217,3 +217,36 @@ def test_a_device_without_python_is_timed_by_edgepet_run(sshd, demo_bundle, quic
         pytest.approx(demo_bundle.verify()[0].vs_pytorch, rel=1e-4)
     assert any(u["what"] == "baselines" for u in report["unmeasured"])
     assert (out / "report.html").is_file()
+
+
+class FakeAdbWithoutPython(FakeAdb):
+    """A phone with no Python: the harness import fails, so bench turns to edgepet-run."""
+
+    def __call__(self, argv, stdin=None):
+        if "import edgepet.device_tests" in " ".join(argv):
+            self.calls.append(list(argv))
+            return 127, b"", "python3: not found"
+        return super().__call__(argv, stdin)
+
+
+def test_an_android_bundle_without_its_op_library_stops_before_copying(tmp_path, local_report,
+                                                                       quick, monkeypatch):
+    from edgepet.exporters.bundle import native_files
+    from edgepet.targets import get_target
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(json.loads(local_report.read_text())["bundle"]["path"], bundle,
+                    ignore=shutil.ignore_patterns("reports"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["target"].update(name="android-arm64", arch="aarch64")
+    manifest["operator"]["missing"] = native_files(get_target("android-arm64")).missing
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr("edgepet.runtime.Bundle.check_abi", lambda self: None)
+    fake = FakeAdbWithoutPython(local_report)
+    args = Namespace(ssh_option=[], remote_python="python3", native_runner="auto",
+                     remote_onnxruntime=None)
+    with pytest.raises(BadInputError, match="carries no op library for android-arm64.*"
+                                            "android.toolchain.cmake"):
+        remote.bench_remote(quick(str(bundle), device="adb"), args,
+                            transport=remote.AdbTarget.parse("adb", run=fake))
+    assert not any("push" in call for call in fake.calls)  # failed before copying anything
