@@ -1,6 +1,7 @@
 // Standalone kernel tests (no ONNX Runtime, no Python): every kernel against the
 // exact product with dequantized weights, and every vector kernel against the
 // reference. Built with EDGEPET_BUILD_TESTS=ON; runs under qemu for other ISAs.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -185,6 +186,143 @@ int check_half_conversion() {
   return checked + 1;
 }
 
+// The formats every edge-case check runs: bits 1..4 symmetric and asymmetric, ternary.
+std::vector<Case> edge_formats(int64_t m, int64_t n, int64_t k, int64_t group) {
+  std::vector<Case> out;
+  for (int bits = 1; bits <= 4; ++bits)
+    for (bool symmetric : {true, false}) out.push_back({m, n, k, bits, false, symmetric, group});
+  out.push_back({m, n, k, 2, true, true, group});
+  return out;
+}
+
+// NaN and +-inf in one activation make every output of that row NaN (docs/operator.md),
+// and leave the other rows as they were.
+int check_non_finite(const Kernel& kernel, std::mt19937& rng) {
+  int checked = 0;
+  const float specials[] = {std::nanf(""), INFINITY, -INFINITY};
+  for (const Case& c : edge_formats(3, 40, 200, 64)) {
+    Problem p = make(c, rng);
+    const std::vector<float> clean = run(kernel, p, c.m);
+    for (float special : specials)
+      for (int64_t at : {int64_t{0}, int64_t{63}, int64_t{64}, c.k - 1}) {
+        Problem bad = p;
+        bad.a[1 * c.k + at] = special;
+        const std::vector<float> y = run(kernel, bad, c.m);
+        bool ok = true;
+        for (int64_t n = 0; n < c.n; ++n) {
+          ok = ok && std::isnan(y[1 * c.n + n]) && y[n] == clean[n] &&
+               y[2 * c.n + n] == clean[2 * c.n + n];
+        }
+        expect(ok, (std::string(kernel.name) + ": non-finite activation").c_str(), c, special);
+        ++checked;
+      }
+  }
+  return checked;
+}
+
+// Scaling the activations by 2^e scales the result by 2^e: exactly where everything stays
+// a normal float (2^-100, 2^100: blocks outside the ordinary range are rescaled, exactly),
+// and closely for tiny and subnormal activations, where 127 / max once overflowed (results
+// up to 57x too large): 2^-126 ~ 1.2e-38 to 1e-4, and 2^-135 ~ 2.3e-41 to 5e-3 (its table
+// step is a subnormal float of 7 significant bits; still below the tables' rounding).
+int check_scaled_activations(const Kernel& kernel, std::mt19937& rng) {
+  int checked = 0;
+  for (const Case& c : edge_formats(2, 33, 200, 32)) {
+    Problem p = make(c, rng);
+    std::fill(p.bias.begin(), p.bias.end(), 0.0f);
+    const std::vector<float> y = run(kernel, p, c.m);
+    for (int e : {-100, 100, -126, -135}) {
+      Problem scaled = p;
+      for (auto& v : scaled.a) v = std::ldexp(v, e);
+      std::vector<float> back = run(kernel, scaled, c.m);
+      for (auto& v : back) v = std::ldexp(v, -e);
+      const double err = rel_err(back, y);
+      expect(e >= -100 ? back == y : err < (e >= -126 ? 1e-4 : 5e-3),
+             (std::string(kernel.name) + ": activations scaled by 2^" + std::to_string(e)).c_str(),
+             c, err);
+      ++checked;
+    }
+  }
+  return checked;
+}
+
+// A group whose codes are all the base code gives its exact value, not the rounding of
+// the offset term: all-zero asymmetric weights (codes 0, zero point 0) and ternary zeros
+// (codes 1) give exactly 0; a constant asymmetric group (codes 0, zero point -+1) gives
+// the constant times the sum of the activations to float rounding.
+int check_constant_groups(const Kernel& kernel, std::mt19937& rng) {
+  int checked = 0;
+  for (int bits : {1, 2, 3, 4, 0}) {  // 0: ternary
+    for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{200}}) {
+      Case c{3, 40, 200, bits ? bits : 2, bits == 0, bits == 0, group};
+      Problem p = make(c, rng);
+      std::fill(p.bias.begin(), p.bias.end(), 0.0f);
+      std::fill(p.codes.begin(), p.codes.end(), static_cast<uint8_t>(bits == 0 ? 1 : 0));
+      pack_codes(p.codes.data(), c.n, c.k, c.bits, p.packed.data());
+      if (bits) {  // zero points 0 for rows < 20, +-1 (constants -+s) for the others
+        for (int64_t g = 0; g < num_groups(p.f); ++g)
+          for (int64_t r = 0; r < c.n; ++r) {
+            const float z = r < 20 ? 0.0f : (r % 2 ? 1.0f : -1.0f);
+            p.half_zeros[(r / kTileRows * num_groups(p.f) + g) * kTileRows + r % kTileRows] =
+                z == 0.0f ? 0 : to_half(z);
+            p.zeros[g * c.n + r] = z;
+          }
+      }
+      const std::vector<float> y = run(kernel, p, c.m);
+      bool ok = true;
+      double worst = 0.0;
+      for (int64_t m = 0; m < c.m; ++m)
+        for (int64_t r = 0; r < c.n; ++r) {
+          double want = 0.0, size = 0.0;
+          for (int64_t kk = 0; kk < c.k; ++kk) {
+            const int64_t g = kk / c.group_size;
+            const double w = bits ? -double(p.scales[g * c.n + r]) * p.zeros[g * c.n + r] : 0.0;
+            want += w * p.a[m * c.k + kk];
+            size += std::fabs(w * p.a[m * c.k + kk]);
+          }
+          const double got = y[m * c.n + r];
+          if (size == 0.0) {
+            ok = ok && got == 0.0;
+          } else {
+            worst = std::max(worst, std::fabs(got - want) / size);
+          }
+        }
+      expect(ok && worst < 1e-6, (std::string(kernel.name) + ": constant groups").c_str(), c, worst);
+      ++checked;
+    }
+  }
+  return checked;
+}
+
+// Tables of blocks outside the ordinary range are bit-identical across kernels too.
+int check_unusual_tables_identical(const Kernel& kernel, std::mt19937& rng) {
+  int checked = 0;
+  std::normal_distribution<float> normal;
+  for (float magnitude : {1e-45f, 1e-40f, 1e-38f, 1e30f, 3e38f}) {
+    for (float special : {0.0f, std::nanf(""), INFINITY}) {
+      const int64_t k = 100;
+      std::vector<float> a(k);
+      for (auto& v : a) v = normal(rng) * magnitude;
+      if (special != 0.0f) a[70] = special;
+      const int64_t quads = num_quads(k), blocks = num_blocks(k, 64);
+      std::vector<int8_t> e_ref(quads * kTableSize), e_vec(quads * kTableSize);
+      std::vector<float> s_ref(blocks), s_vec(blocks), sum_ref(blocks), sum_vec(blocks);
+      reference_kernel().build_tables(a.data(), k, 64, e_ref.data(), s_ref.data(), sum_ref.data());
+      kernel.build_tables(a.data(), k, 64, e_vec.data(), s_vec.data(), sum_vec.data());
+      const auto same = [](const std::vector<float>& x, const std::vector<float>& y) {
+        return std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+      };
+      if (e_ref != e_vec || !same(s_ref, s_vec) || !same(sum_ref, sum_vec)) {
+        ++failures;
+        std::printf("FAIL unusual tables differ: kernel=%s magnitude=%g special=%g\n",
+                    kernel.name, magnitude, special);
+      }
+      ++checked;
+    }
+  }
+  return checked;
+}
+
 }  // namespace
 
 int main() {
@@ -215,7 +353,15 @@ int main() {
           }
         }
       }
-  for (const Kernel* kernel : vector_kernels) cases += check_tables_identical(*kernel, rng);
+  for (const Kernel* kernel : vector_kernels) {
+    cases += check_tables_identical(*kernel, rng);
+    cases += check_unusual_tables_identical(*kernel, rng);
+  }
+  for (const Kernel* kernel : available_kernels()) {
+    cases += check_non_finite(*kernel, rng);
+    cases += check_scaled_activations(*kernel, rng);
+    cases += check_constant_groups(*kernel, rng);
+  }
   cases += check_half_conversion();
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());

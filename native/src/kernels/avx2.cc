@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/kernel.h"
+#include "kernels/tables.h"
 #include "kernels/x86_tile.h"
 
 namespace edgepet {
@@ -47,36 +48,27 @@ inline float horizontal_max(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
+// Tables (tables.h) with 8 entries per vector: the sign masks are made once per call.
+struct Avx2TableOps {
+  using Half = __m256;
+  const __m256 m0 = sign_mask(0), m1 = sign_mask(1), m2 = sign_mask(2);
+
+  Half half_table(const float* a4) const { return edgepet::half_table(a4, m0, m1, m2); }
+  float entry0(Half h) const { return _mm256_cvtss_f32(h); }
+  float largest(const Half* h, int n) const {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 top = _mm256_setzero_ps();
+    for (int i = 0; i < n; ++i) top = _mm256_max_ps(top, _mm256_and_ps(h[i], abs_mask));
+    return horizontal_max(top);
+  }
+  void store(Half h, float inv, int8_t* out) const {
+    store_table(h, _mm256_set1_ps(inv), out);
+  }
+};
+
 void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
                   float* block_sums) {
-  const __m256 m0 = sign_mask(0), m1 = sign_mask(1), m2 = sign_mask(2);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const int64_t quads = num_quads(k);
-  const int block_quads = block / kQuad;
-  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
-    const int64_t q0 = b * block_quads;
-    const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
-    __m256 half[kMaxBlockQuads];
-    __m256 largest = _mm256_setzero_ps();
-    float sum = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const int64_t first = (q0 + i) * kQuad;
-      float tail[kQuad] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const float* a4 = a + first;
-      if (first + kQuad > k) {  // the ragged end of K, or a padding quad
-        if (first < k) std::memcpy(tail, a4, sizeof(float) * static_cast<size_t>(k - first));
-        a4 = tail;
-      }
-      half[i] = half_table(a4, m0, m1, m2);
-      largest = _mm256_max_ps(largest, _mm256_and_ps(half[i], abs_mask));
-      sum -= _mm256_cvtss_f32(half[i]);  // entry 0 is minus the quad's sum
-    }
-    const float top = horizontal_max(largest);
-    const __m256 inv = _mm256_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
-    block_scales[b] = top / 127.0f;
-    block_sums[b] = sum;
-    for (int i = 0; i < n; ++i) store_table(half[i], inv, entries + (q0 + i) * kTableSize);
-  }
+  tables::build_tables(Avx2TableOps(), a, k, block, entries, block_scales, block_sums);
 }
 
 // Sums of one block (an even number of quads, at most 16) for the tile's 32 rows

@@ -1,18 +1,75 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace edgepet {
 
 std::string check_format(const WeightFormat& f) {
-  if (f.bits < 1 || f.bits > 4) return "bits=" + std::to_string(f.bits) + " is not in 1..4";
+  if (f.bits < 1 || f.bits > 4) {
+    return "bits=" + std::to_string(f.bits) +
+           " is not supported (1, 2, 3, 4; ternary is bits=2 with ternary=1)";
+  }
   if (f.ternary && f.bits != 2) return "ternary weights are stored with bits=2";
-  if (f.n <= 0 || f.k <= 0) return "N and K must be positive";
-  if (f.group_size <= 0) return "group_size must be positive";
+  if (f.n <= 0 || f.k <= 0) {
+    return "N=" + std::to_string(f.n) + " and K=" + std::to_string(f.k) + " must be positive";
+  }
+  if (f.n > kMaxDimension || f.k > kMaxDimension) {
+    return "N=" + std::to_string(f.n) + ", K=" + std::to_string(f.k) + ": at most " +
+           std::to_string(kMaxDimension) + " each";
+  }
+  if (f.group_size <= 0) return "group_size=" + std::to_string(f.group_size) + " must be positive";
   if (f.group_size < f.k && f.group_size % kMinBlockK != 0) {
     return "group_size=" + std::to_string(f.group_size) + " must be a multiple of " +
            std::to_string(kMinBlockK) + " or at least K=" + std::to_string(f.k);
+  }
+  return {};
+}
+
+namespace {
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) out += (i ? ", " : "") + std::to_string(dims[i]);
+  return out + "]";
+}
+
+std::string check_dims(const char* name, const OperandShape& got,
+                       const std::vector<int64_t>& want, const std::string& why) {
+  return std::string(name) + " has shape " + dims_str(got.dims) + ", expected " +
+         dims_str(want) + " (" + why + ")";
+}
+
+}  // namespace
+
+std::string check_operands(const WeightFormat& f, const Operands& o) {
+  const std::string bad = check_format(f);
+  if (!bad.empty()) return bad;
+  // Messages are built only on failure: the op checks per call where weights are inputs.
+  const auto sizes = [&f] {
+    return "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
+           ", group_size=" + std::to_string(f.group_size);
+  };
+  const std::vector<int64_t> tiled = {num_tiles(f.n), num_groups(f), kTileRows};
+  if (!o.codes.present) return "W (the packed codes) is missing";
+  if (!o.scales.present) return "scales are missing";
+  if (o.codes.dims != std::vector<int64_t>{packed_bytes(f)}) {
+    return check_dims("W", o.codes, {packed_bytes(f)},
+                      "layout tile32, bits=" + std::to_string(f.bits) + ", " + sizes());
+  }
+  if (o.scales.dims != tiled) return check_dims("scales", o.scales, tiled, sizes());
+  if (!f.symmetric && !o.zero_points.present) {
+    return "zero_points are required for asymmetric codes (symmetric=0)";
+  }
+  if (f.symmetric && o.zero_points.present) {
+    return "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
+  }
+  if (o.zero_points.present && o.zero_points.dims != tiled) {
+    return check_dims("zero_points", o.zero_points, tiled, sizes());
+  }
+  if (o.bias.present && o.bias.dims != std::vector<int64_t>{f.n}) {
+    return check_dims("bias", o.bias, {f.n}, "N=" + std::to_string(f.n));
   }
   return {};
 }
@@ -26,6 +83,7 @@ struct Scratch {
   std::vector<float> block_scales;    // [m][blocks]
   std::vector<float> block_sums;      // [m][blocks]
   std::vector<float> group_sums;      // [m][groups]
+  std::vector<float> base_acc;        // [m][groups]
 
   template <typename T>
   static T* at_least(std::vector<T>& v, int64_t count) {
@@ -42,7 +100,8 @@ struct Job {
         entries(Scratch::at_least(s.entries, a.m * plan.quads * kTableSize)),
         block_scales(Scratch::at_least(s.block_scales, a.m * plan.blocks)),
         block_sums(Scratch::at_least(s.block_sums, a.m * plan.blocks)),
-        group_sums(Scratch::at_least(s.group_sums, a.m * plan.groups)) {}
+        group_sums(Scratch::at_least(s.group_sums, a.m * plan.groups)),
+        base_acc(Scratch::at_least(s.base_acc, a.m * plan.groups)) {}
 
   const Kernel* kernel;
   const GemmArgs* args;
@@ -51,6 +110,7 @@ struct Job {
   float* block_scales;
   float* block_sums;
   float* group_sums;
+  float* base_acc;
 };
 
 void build_row(void* ctx, int64_t row) {
@@ -61,10 +121,25 @@ void build_row(void* ctx, int64_t row) {
   job.kernel->build_tables(job.args->a + row * f.k, f.k, table_block(f),
                            job.entries + row * plan.quads * kTableSize,
                            job.block_scales + row * plan.blocks, sums);
+  const float* steps = job.block_scales + row * plan.blocks;
+  const int8_t* entries = job.entries + row * plan.quads * kTableSize;
+  const bool base = has_base_code(f);
   for (int64_t g = 0; g < plan.groups; ++g) {
     float s = 0.0f;
-    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) s += sums[b];
+    float acc = 0.0f;
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      s += sums[b];
+      if (!base) continue;
+      // What a kernel accumulates for a row of base codes: its plane sum is
+      // base_plane_factor times the block's int8 quad sums (entry 15), and the kernels
+      // accumulate plane sum x step with one fused multiply-add per block.
+      int32_t quad_sums = 0;
+      const int64_t q_end = plan.first_quad(b) + plan.quads_in(b);
+      for (int64_t q = plan.first_quad(b); q < q_end; ++q) quad_sums += entries[q * kTableSize + 15];
+      acc = std::fma(static_cast<float>(base_plane_factor(f) * quad_sums), steps[b], acc);
+    }
     job.group_sums[row * plan.groups + g] = s;
+    job.base_acc[row * plan.groups + g] = acc;
   }
 }
 
@@ -88,6 +163,7 @@ void run_tile(void* ctx, int64_t tile) {
       t.tables[i].entries = job.entries + m * job.plan.quads * kTableSize;
       t.tables[i].block_scales = job.block_scales + m * job.plan.blocks;
       t.tables[i].group_sums = job.group_sums + m * job.plan.groups;
+      t.tables[i].base_acc = job.base_acc + m * job.plan.groups;
       t.out[i] = out[i];
     }
     job.kernel->tile_dot(t);

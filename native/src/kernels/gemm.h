@@ -36,8 +36,26 @@ struct GemmArgs {
   float* y = nullptr;                  // [m][n]
 };
 
-// Empty when the format is valid, else what is wrong (for error messages).
+// Empty when the format is valid, else what is wrong (for error messages): bits, N, K
+// and group_size, including sizes that would not fit the size arithmetic.
 std::string check_format(const WeightFormat& f);
+
+// The shape of one operand as a caller received it; present = false for an absent one.
+struct OperandShape {
+  bool present = false;
+  std::vector<int64_t> dims;
+};
+
+// The weight operands of a product, as the ONNX Runtime op and the Python module receive
+// them: W (packed codes, [packed_bytes]), scales and zero points ([tiles, groups, 32]),
+// bias ([N]).
+struct Operands {
+  OperandShape codes, scales, zero_points, bias;
+};
+
+// Empty when the format is valid (check_format) and the operands fit it, else what is
+// wrong, naming the operand: the one check both callers use.
+std::string check_operands(const WeightFormat& f, const Operands& operands);
 
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 

@@ -37,7 +37,12 @@ struct WeightFormat {
   int64_t group_size = 0;  // inputs per scale group; k for per-row
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// For a >= 0, b > 0; written so that no intermediate overflows (group_size may be any
+// positive int64 an ONNX attribute holds).
+inline int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+// Largest N or K check_format accepts: every size below (packed bytes, scale counts,
+// table entries per row) then fits int64 with room to spare.
+constexpr int64_t kMaxDimension = (int64_t{1} << 31) - 1;
 // Quads come in pairs (the single-plane stream packs two quads per 32 bytes), so K
 // is padded with zeros to a multiple of 8.
 inline int64_t num_quads(int64_t k) { return 2 * ceil_div(k, 2 * kQuad); }
@@ -88,8 +93,13 @@ inline int64_t scale_count(const WeightFormat& f) {
 // Tables of one activation row.
 struct Tables {
   const int8_t* entries;       // [quads][16]
-  const float* block_scales;   // [blocks]: float value of one table step (see table_block)
+  const float* block_scales;   // [blocks]: float value of one table step (see table_block);
+                               // NaN for a block holding a NaN or an infinity
   const float* group_sums;     // [groups]: sum of the activations of each group
+  const float* base_acc;       // [groups]: the group accumulator (sum over its blocks of
+                               // plane sum x step, fused multiply-adds in block order) of
+                               // a weight row whose codes in the group are all base_code;
+                               // asymmetric and ternary formats only
 };
 
 // Activation rows one tile_dot call reads against the same weight codes: the
@@ -166,6 +176,20 @@ inline GroupAffine group_affine(const WeightFormat& f, float s, float z) {
   if (f.symmetric) return {s, 0.0f};
   const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
   return {0.5f * s, s * (mid - z)};
+}
+
+// Formats with an offset term (asymmetric, ternary) have a base code: asymmetric 0 (how
+// quantize stores an all-zero or constant group: scale |c|, zero point -c/|c|), ternary 1
+// (the zero weight). The offset term alone carries the rounding of the tables' quad sums,
+// so a group whose codes are all the base code, computed by the rule above, would give
+// that rounding instead of exactly s * (base - z) * sum(a). The kernels recognise such a
+// group by its accumulator (it equals Tables::base_acc) and add the exact value instead.
+inline bool has_base_code(const WeightFormat& f) { return f.ternary || !f.symmetric; }
+inline int base_code(const WeightFormat& f) { return f.ternary ? 1 : 0; }
+// The plane sum of a base-code row in units of the quads' int8 sums (entry 15):
+// sum_i 2^i (2 bit_i - 1) for the bits of the base code.
+inline int base_plane_factor(const WeightFormat& f) {
+  return 2 * base_code(f) - ((1 << f.bits) - 1);
 }
 
 }  // namespace edgepet

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "kernels/kernel.h"
+#include "kernels/tables.h"
 
 namespace edgepet {
 namespace {
@@ -34,36 +35,35 @@ inline void half_table(const float* a4, float32x4_t out[2]) {
   }
 }
 
+// Tables (tables.h) with 8 entries in two vectors.
+struct NeonTableOps {
+  struct Half {
+    float32x4_t v[2];
+  };
+
+  Half half_table(const float* a4) const {
+    Half h;
+    edgepet::half_table(a4, h.v);
+    return h;
+  }
+  float entry0(const Half& h) const { return vgetq_lane_f32(h.v[0], 0); }
+  float largest(const Half* h, int n) const {
+    float32x4_t top = vdupq_n_f32(0.0f);
+    for (int i = 0; i < n; ++i) top = vmaxq_f32(top, vmaxq_f32(vabsq_f32(h[i].v[0]), vabsq_f32(h[i].v[1])));
+    return vmaxvq_f32(top);
+  }
+  void store(const Half& h, float inv, int8_t* out) const {
+    const int16x8_t i16 = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(h.v[0], inv))),
+                                       vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(h.v[1], inv))));
+    const int8x8_t low = vqmovn_s16(i16);
+    // Entry 15 - j is minus entry j.
+    vst1q_s8(out, vcombine_s8(low, vrev64_s8(vneg_s8(low))));
+  }
+};
+
 void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
                   float* block_sums) {
-  const int64_t quads = num_quads(k);
-  const int block_quads = block / kQuad;
-  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
-    const int64_t q0 = b * block_quads;
-    const int n = static_cast<int>(std::min<int64_t>(quads - q0, block_quads));
-    float32x4_t half[kMaxBlockQuads][2];
-    float32x4_t largest = vdupq_n_f32(0.0f);
-    float sum = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const int64_t first = (q0 + i) * kQuad;
-      float a4[kQuad] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int l = 0; l < kQuad && first + l < k; ++l) a4[l] = a[first + l];
-      half_table(a4, half[i]);
-      largest = vmaxq_f32(largest, vmaxq_f32(vabsq_f32(half[i][0]), vabsq_f32(half[i][1])));
-      sum -= vgetq_lane_f32(half[i][0], 0);  // entry 0 is minus the quad's sum
-    }
-    const float top = vmaxvq_f32(largest);
-    const float inv = top > 0.0f ? 127.0f / top : 0.0f;
-    block_scales[b] = top / 127.0f;
-    block_sums[b] = sum;
-    for (int i = 0; i < n; ++i) {
-      const int16x8_t i16 = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(half[i][0], inv))),
-                                         vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(half[i][1], inv))));
-      const int8x8_t low = vqmovn_s16(i16);
-      // Entry 15 - j is minus entry j.
-      vst1q_s8(entries + (q0 + i) * kTableSize, vcombine_s8(low, vrev64_s8(vneg_s8(low))));
-    }
-  }
+  tables::build_tables(NeonTableOps(), a, k, block, entries, block_scales, block_sums);
 }
 
 // int16 sums of one block for the tile's 32 rows, per weight class c (planes 2c and
@@ -148,16 +148,23 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
     const float group_sum = tables.group_sums[g];
     for (int i = 0; i < 8; ++i) {
       const float32x4_t scale = load_halves(s + 4 * i);
-      if (f.ternary) {
+      // Rows whose codes are all the base code add their exact value (kernel.h).
+      const uint32x4_t base = f.symmetric && !f.ternary
+                                  ? vdupq_n_u32(0)
+                                  : vceqq_f32(acc[i], vdupq_n_f32(tables.base_acc[g]));
+      if (f.ternary) {  // the base code is the zero weight
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
-        y[i] = vaddq_f32(y[i], vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(sc, group_sum)));
+        const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(sc, group_sum));
+        y[i] = vaddq_f32(y[i], vbslq_f32(base, vdupq_n_f32(0.0f), rule));
       } else if (f.symmetric) {
         y[i] = vfmaq_f32(y[i], scale, acc[i]);
       } else {
         const float32x4_t z = load_halves(job.zero_points + g * kTileRows + 4 * i);
         const float32x4_t off = vmulq_f32(scale, vsubq_f32(vdupq_n_f32(mid), z));
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
-        y[i] = vaddq_f32(y[i], vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum)));
+        const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum));
+        const float32x4_t exact = vmulq_n_f32(vmulq_f32(scale, z), -group_sum);
+        y[i] = vaddq_f32(y[i], vbslq_f32(base, exact, rule));
       }
     }
   }

@@ -6,49 +6,47 @@
 
 #include "kernels/kernel.h"
 #include "kernels/pack.h"
+#include "kernels/tables.h"
 
 namespace edgepet {
 namespace {
 
-// The signed sum of one quad for table index idx, added in a fixed order
-// (((a0 a1) a2) a3) that the vector kernels reproduce exactly.
-float signed_sum(const float* a4, int idx) {
-  float t = (idx & 1) ? a4[0] : -a4[0];
-  t += (idx & 2) ? a4[1] : -a4[1];
-  t += (idx & 4) ? a4[2] : -a4[2];
-  t += (idx & 8) ? a4[3] : -a4[3];
-  return t;
-}
+// Tables (tables.h) in plain scalar code: entry idx of a quad is the signed sum
+// (bit l of idx ? +a_l : -a_l), added in the order (((a0 a1) a2) a3) that the vector
+// kernels reproduce exactly.
+struct ScalarOps {
+  struct Half {
+    float v[8];
+  };
+
+  Half half_table(const float* a4) const {
+    Half h;
+    for (int idx = 0; idx < 8; ++idx) {
+      float t = (idx & 1) ? a4[0] : -a4[0];
+      t += (idx & 2) ? a4[1] : -a4[1];
+      t += (idx & 4) ? a4[2] : -a4[2];
+      h.v[idx] = t - a4[3];
+    }
+    return h;
+  }
+  float entry0(const Half& h) const { return h.v[0]; }
+  float largest(const Half* h, int n) const {
+    float top = 0.0f;
+    for (int i = 0; i < n; ++i)
+      for (float v : h[i].v) top = std::max(top, std::fabs(v));
+    return top;
+  }
+  void store(const Half& h, float inv, int8_t* out) const {
+    for (int idx = 0; idx < 8; ++idx) {
+      out[idx] = static_cast<int8_t>(std::nearbyint(h.v[idx] * inv));
+      out[15 - idx] = static_cast<int8_t>(-out[idx]);
+    }
+  }
+};
 
 void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* block_scales,
                   float* block_sums) {
-  const int64_t quads = num_quads(k);
-  const int64_t block_quads = block / kQuad;
-  for (int64_t b = 0; b < num_blocks(k, block); ++b) {
-    const int64_t q0 = b * block_quads;
-    const int64_t q1 = std::min(quads, q0 + block_quads);
-    float a4[kQuad];
-    float largest = 0.0f;
-    float sum = 0.0f;
-    for (int64_t q = q0; q < q1; ++q) {
-      for (int l = 0; l < kQuad; ++l) a4[l] = q * kQuad + l < k ? a[q * kQuad + l] : 0.0f;
-      // The largest |entry|: all signs agreeing with the activations' signs.
-      const float magnitude = ((std::fabs(a4[0]) + std::fabs(a4[1])) + std::fabs(a4[2])) +
-                              std::fabs(a4[3]);
-      largest = std::max(largest, magnitude);
-      sum += signed_sum(a4, 15);
-    }
-    const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
-    block_scales[b] = largest / 127.0f;
-    block_sums[b] = sum;
-    for (int64_t q = q0; q < q1; ++q) {
-      for (int l = 0; l < kQuad; ++l) a4[l] = q * kQuad + l < k ? a[q * kQuad + l] : 0.0f;
-      for (int idx = 0; idx < kTableSize; ++idx) {
-        entries[q * kTableSize + idx] =
-            static_cast<int8_t>(std::nearbyint(signed_sum(a4, idx) * inv));
-      }
-    }
-  }
+  tables::build_tables(ScalarOps(), a, k, block, entries, block_scales, block_sums);
 }
 
 void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
@@ -70,12 +68,19 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
             plane_sum += table[idx] * (1 << plane);
           }
         }
-        group_acc += static_cast<float>(plane_sum) * tables.block_scales[b];
+        // Fused, as in the vector kernels, so that base_acc (gemm.cc) matches exactly.
+        group_acc = std::fma(static_cast<float>(plane_sum), tables.block_scales[b], group_acc);
       }
       const int64_t at = g * kTileRows + row;
-      const float z = job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;
-      const GroupAffine aff = group_affine(f, half_to_float(job.scales[at]), z);
-      y += aff.sc * group_acc + aff.off * tables.group_sums[g];
+      const float s = half_to_float(job.scales[at]);
+      const float z = f.ternary ? 1.0f : job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;
+      const GroupAffine aff = group_affine(f, s, z);
+      const float sum = tables.group_sums[g];
+      if (has_base_code(f) && group_acc == tables.base_acc[g]) {
+        y += s * (static_cast<float>(base_code(f)) - z) * sum;  // exact (kernel.h, base_code)
+      } else {
+        y += aff.sc * group_acc + aff.off * sum;
+      }
     }
     out[row] = y;
   }
