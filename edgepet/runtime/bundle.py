@@ -95,6 +95,24 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
+def _check_op_set(model, model_file: Path) -> None:
+    """The model imports ai.edgepet at the version this edgepet implements.
+
+    ONNX Runtime runs a model importing any version of a custom domain with the op
+    library's one schema and does not tell the library the import (docs/operator.md), so
+    the check is made here.
+    """
+    from edgepet.runtime.operator import DOMAIN, OP_VERSION
+
+    for opset in model.opset_import:
+        if opset.domain == DOMAIN and opset.version != OP_VERSION:
+            raise BundleError(
+                f"{model_file} imports {DOMAIN} at op-set version {opset.version}; this "
+                f"edgepet implements version {OP_VERSION} only — export the model with this "
+                "edgepet, or run it with the edgepet that wrote it"
+            )
+
+
 def _first_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return (text[:200] + "…") if len(text) > 200 else text or type(error).__name__
@@ -316,6 +334,7 @@ class Bundle:
         except Exception as error:  # noqa: BLE001 — protobuf's errors are its own types
             raise BundleError(f"bundle file {model_file} is not an ONNX model "
                               f"({_first_line(error)}) — export the bundle again") from None
+        _check_op_set(model, model_file)
         base = PurePosixPath(self.manifest["model"]["file"]).parent
         root = self.path.resolve()
         for tensor in _all_tensors(model):

@@ -108,3 +108,22 @@ def test_loading_and_running_a_bundle_never_imports_torch(bundles):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, cwd=bundle.path.parent)
     assert "NO_TORCH_OK" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("version", [2, 7])
+def test_a_model_importing_another_op_set_version_is_refused(bundle_copy, version):
+    """ONNX Runtime would run it with the version-1 op unrefused (docs/operator.md)."""
+    import onnx
+
+    from edgepet.runtime.bundle import sha256_file
+
+    model_file = bundle_copy / "model.onnx"
+    model = onnx.load(str(model_file), load_external_data=False)
+    for opset in model.opset_import:
+        if opset.domain == "ai.edgepet":
+            opset.version = version
+    onnx.save(model, str(model_file))
+    _edit_manifest(bundle_copy, lambda m: m["files"]["model.onnx"].update(
+        bytes=model_file.stat().st_size, sha256=sha256_file(model_file)))
+    with pytest.raises(BundleError, match=f"imports ai.edgepet at op-set version {version}"):
+        Bundle.open(bundle_copy)

@@ -1,5 +1,7 @@
 // ai.edgepet.LutMatMul v1 as an ONNX Runtime custom op (C API only, no exceptions
 // cross the boundary). Contract: docs/operator.md.
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +16,13 @@ namespace edgepet {
 namespace {
 
 enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
+
+// The op-set version of ai.edgepet this library implements. ONNX Runtime (1.32) gives a
+// custom domain one schema per op name, since the first op's start version, and never
+// compares a model's op-set import with the end version: a model importing version 2
+// reaches this kernel unrefused, and the kernel is not told the import. The bundle reader
+// refuses such a model instead (edgepet/runtime/bundle.py, docs/operator.md).
+constexpr int kOpVersion = 1;
 
 // Below this many weight bits a product is a few microseconds of work, less than
 // handing it to ORT's thread pool and waiting costs (576 x 576 at 2 bits is 663k;
@@ -79,79 +88,82 @@ const char* type_name(ONNXTensorElementDataType t) {
   }
 }
 
-// Checks one input's type and shape; empty string when it is right.
-std::string check_input(const TensorView& t, const char* name, ONNXTensorElementDataType type,
-                        const std::vector<int64_t>& expected, const std::string& why) {
-  if (t.type != type) {
-    std::string msg = std::string(name) + " is " + type_name(t.type) + ", expected " +
-                      type_name(type);
-    if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      msg += ": the model was exported for LutMatMul ABI 1 (float32 scales and zero points); "
-             "this library reads ABI " + std::to_string(EDGEPET_OP_ABI_VERSION) +
-             " (float16) — re-export the model with this edgepet version";
+// The element type each input must have; empty string when it has it.
+std::string check_type(const TensorView& t, const char* name, ONNXTensorElementDataType type) {
+  if (!t.present || t.type == type) return {};
+  std::string msg = std::string(name) + " is " + type_name(t.type) + ", expected " + type_name(type);
+  if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    msg += ": the model was exported for LutMatMul ABI 1 (float32 scales and zero points); "
+           "this library reads ABI " + std::to_string(EDGEPET_OP_ABI_VERSION) +
+           " (float16) — re-export the model with this edgepet version";
+  }
+  return msg;
+}
+
+OperandShape shape_of(const TensorView& t) { return {t.present, t.shape}; }
+
+// W, scales, zero points and bias: types here, shapes by the kernel library's one
+// check (gemm.h, check_operands). Empty when right, else what is wrong.
+std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount]) {
+  std::string bad = check_type(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8);
+  if (bad.empty()) bad = check_type(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+  if (bad.empty()) {
+    bad = check_type(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+  }
+  if (bad.empty()) bad = check_type(in[kBias], "bias", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!bad.empty()) return bad;
+  return check_operands(f, {shape_of(in[kW]), shape_of(in[kScales]), shape_of(in[kZeroPoints]),
+                            shape_of(in[kBias])});
+}
+
+// What is wrong with the attributes, collected: the missing ones, and those of a wrong type.
+struct AttributeErrors {
+  std::string missing, mistyped;
+
+  void note(const OrtApi* api, const OrtKernelInfo* info, const char* name, const char* want) {
+    const char* kind = attribute_kind(api, info, name);
+    if (!kind) {
+      missing += std::string(" ") + name;
+    } else {
+      mistyped += std::string(mistyped.empty() ? "" : "; ") + "attribute " + name + " is " +
+                  kind + ", expected " + want;
     }
+  }
+  std::string message() const {
+    std::string msg = missing.empty() ? "" : "missing attribute(s):" + missing;
+    if (!mistyped.empty()) msg += (msg.empty() ? "" : "; ") + mistyped;
     return msg;
   }
-  if (t.shape != expected) {
-    return std::string(name) + " has shape " + shape_str(t.shape) + ", expected " +
-           shape_str(expected) + " (" + why + ")";
-  }
-  return {};
-}
-
-// W, scales and zero points: empty when right, else what is wrong.
-std::string check_weights(const WeightFormat& f, const TensorView in[kInputCount]) {
-  const int64_t groups = num_groups(f);
-  const int64_t tiles = num_tiles(f.n);
-  const std::string gwhy = "K=" + std::to_string(f.k) + ", N=" + std::to_string(f.n) +
-                           ", group_size=" + std::to_string(f.group_size);
-  std::string bad = check_input(in[kW], "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-                                {packed_bytes(f)},
-                                "layout tile32, bits=" + std::to_string(f.bits) + ", " + gwhy);
-  if (bad.empty()) {
-    bad = check_input(in[kScales], "scales", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
-                      {tiles, groups, kTileRows}, gwhy);
-  }
-  const bool wants_zeros = !f.symmetric;
-  if (bad.empty() && wants_zeros && !in[kZeroPoints].present) {
-    bad = "zero_points are required for asymmetric codes (symmetric=0)";
-  } else if (bad.empty() && !wants_zeros && in[kZeroPoints].present) {
-    bad = "zero_points given, but the codes are symmetric (symmetric=1 or ternary=1)";
-  } else if (bad.empty() && wants_zeros) {
-    bad = check_input(in[kZeroPoints], "zero_points", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16,
-                      {tiles, groups, kTileRows}, gwhy);
-  }
-  return bad;
-}
-
-std::string check_bias(const WeightFormat& f, const TensorView& bias) {
-  return check_input(bias, "bias", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, {f.n},
-                     "N=" + std::to_string(f.n));
-}
+};
 
 OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
                          void** out) {
   auto k = std::make_unique<LutMatMulKernel>();
   k->api = api;
   k->node = node_name(api, info);
-  int64_t bits = 0, ternary = 0, symmetric = 1;
+  // Every attribute is required and must have its type: a missing or float `ternary`
+  // must not run as plain 2-bit codes.
+  int64_t bits = 0, ternary = 0, symmetric = 0;
   std::string layout;
-  std::string missing;
-  if (!get_int(api, info, "K", &k->format.k)) missing += " K";
-  if (!get_int(api, info, "N", &k->format.n)) missing += " N";
-  if (!get_int(api, info, "bits", &bits)) missing += " bits";
-  if (!get_int(api, info, "group_size", &k->format.group_size)) missing += " group_size";
-  if (!get_string(api, info, "layout", &layout)) missing += " layout";
-  get_int(api, info, "ternary", &ternary);
-  get_int(api, info, "symmetric", &symmetric);
-  if (!missing.empty()) return fail(api, k->where() + "missing attribute(s):" + missing);
-  k->format.bits = static_cast<int>(bits);
+  AttributeErrors errors;
+  const std::pair<const char*, int64_t*> ints[] = {
+      {"K", &k->format.k}, {"N", &k->format.n}, {"bits", &bits}, {"ternary", &ternary},
+      {"group_size", &k->format.group_size}, {"symmetric", &symmetric}};
+  for (const auto& [name, value] : ints) {
+    if (!get_int(api, info, name, value)) errors.note(api, info, name, "an int");
+  }
+  if (!get_string(api, info, "layout", &layout)) errors.note(api, info, "layout", "a string");
+  if (!errors.message().empty()) return fail(api, k->where() + errors.message());
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"ternary", ternary},
+                                    {"symmetric", symmetric}}) {
+    if (value != 0 && value != 1) {
+      return fail(api, k->where() + name + "=" + std::to_string(value) + " must be 0 or 1");
+    }
+  }
+  // check_format judges bits; a value beyond int reaches it clamped (still refused).
+  k->format.bits = static_cast<int>(std::clamp<int64_t>(bits, INT32_MIN, INT32_MAX));
   k->format.ternary = ternary != 0;
   k->format.symmetric = symmetric != 0 || k->format.ternary;
-  if (bits < 1 || bits > 4) {
-    return fail(api, k->where() + "bits=" + std::to_string(bits) +
-                         " is not supported (1, 2, 3, 4; ternary is bits=2 with ternary=1)");
-  }
   const std::string bad = check_format(k->format);
   if (!bad.empty()) return fail(api, k->where() + bad);
   if (layout != kLayoutName) {
@@ -166,16 +178,14 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
     if (OrtStatus* s = constant_input(api, info, i, &k->cached[i])) return s;
     k->constant[i] = k->cached[i].present;
   }
-  const bool symmetric_codes = k->format.symmetric;
+  // Weight inputs that are initializers (every exported model) are checked here, once;
+  // an absent optional input is not a constant either, so a call checks again only when
+  // it sees a non-constant one present (compute).
   k->weights_checked = k->constant[kW] && k->constant[kScales] &&
-                       (symmetric_codes || k->constant[kZeroPoints]);
+                       (k->format.symmetric || k->constant[kZeroPoints]);
   if (k->weights_checked) {
-    const std::string wrong = check_weights(k->format, k->cached);
-    if (!wrong.empty()) return fail(api, k->where() + wrong);
-  }
-  if (k->constant[kBias]) {
-    const std::string wrong = check_bias(k->format, k->cached[kBias]);
-    if (!wrong.empty()) return fail(api, k->where() + wrong);
+    const std::string weights = check_weights(k->format, k->cached);
+    if (!weights.empty()) return fail(api, k->where() + weights);
   }
   *out = k.release();
   return nullptr;
@@ -201,13 +211,10 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
     return fail(api, k.where() + "A has shape " + shape_str(a.shape) +
                          ", its last dimension must be K=" + std::to_string(f.k));
   }
-  const bool runtime_zeros = in[kZeroPoints].present && !k.constant[kZeroPoints];
-  if (!k.weights_checked || runtime_zeros) {
+  const bool runtime_extra = (in[kZeroPoints].present && !k.constant[kZeroPoints]) ||
+                             (in[kBias].present && !k.constant[kBias]);
+  if (!k.weights_checked || runtime_extra) {
     const std::string bad = check_weights(f, in);
-    if (!bad.empty()) return fail(api, k.where() + bad);
-  }
-  if (in[kBias].present && !k.constant[kBias]) {
-    const std::string bad = check_bias(f, in[kBias]);
     if (!bad.empty()) return fail(api, k.where() + bad);
   }
 
@@ -224,7 +231,10 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   args.zero_points = f.symmetric ? nullptr : static_cast<const Half*>(in[kZeroPoints].data);
   args.bias = in[kBias].present ? static_cast<const float*>(in[kBias].data) : nullptr;
   args.y = y;
-  if (args.m * f.n * f.k * f.bits < kParallelMinWeightBits) {
+  // In floating point: M * N * K * bits may exceed int64 for a large batch.
+  const double weight_bits = static_cast<double>(args.m) * static_cast<double>(f.n) *
+                             static_cast<double>(f.k) * f.bits;
+  if (weight_bits < static_cast<double>(kParallelMinWeightBits)) {
     lut_gemm(*k.kernel, args, Serial());
   } else {
     lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
@@ -271,8 +281,8 @@ struct LutMatMulOp : OrtCustomOp {
     KernelComputeV2 = compute;
     KernelDestroy = [](void* k) { delete static_cast<LutMatMulKernel*>(k); };
     InferOutputShapeFn = infer_shape;
-    GetStartVersion = [](const OrtCustomOp*) { return 1; };
-    GetEndVersion = [](const OrtCustomOp*) { return 1; };
+    GetStartVersion = [](const OrtCustomOp*) { return kOpVersion; };
+    GetEndVersion = [](const OrtCustomOp*) { return kOpVersion; };
   }
 };
 

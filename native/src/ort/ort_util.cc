@@ -54,6 +54,25 @@ bool get_string(const OrtApi* api, const OrtKernelInfo* info, const char* name,
   return true;
 }
 
+const char* attribute_kind(const OrtApi* api, const OrtKernelInfo* info, const char* name) {
+  const auto ok = [api](OrtStatus* s) {
+    if (!s) return true;
+    api->ReleaseStatus(s);
+    return false;
+  };
+  float f = 0.0f;
+  int64_t i = 0;
+  size_t size = 0;
+  if (ok(api->KernelInfoGetAttribute_float(info, name, &f))) return "a float";
+  if (ok(api->KernelInfoGetAttribute_int64(info, name, &i))) return "an int";
+  if (ok(api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "a string";
+  size = 0;
+  if (ok(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return "a list of ints";
+  size = 0;
+  if (ok(api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) return "a list of floats";
+  return nullptr;
+}
+
 namespace {
 
 OrtStatus* view_value(const OrtApi* api, const OrtValue* value, TensorView* out) {

@@ -18,6 +18,10 @@ OrtStatus* fail(const OrtApi* api, const std::string& message);
 std::string node_name(const OrtApi* api, const OrtKernelInfo* info);
 bool get_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out);
 bool get_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out);
+// What attribute `name` is when it is not of the type asked for: "a float", "a string",
+// "a list of ints", "a list of floats"; null when there is no such attribute (or it is of
+// another kind).
+const char* attribute_kind(const OrtApi* api, const OrtKernelInfo* info, const char* name);
 
 struct TensorView {
   bool present = false;

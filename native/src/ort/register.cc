@@ -2,6 +2,7 @@
 #include <mutex>
 
 #include "edgepet/edgepet_ort.h"
+#include "kernels/pack.h"
 #include "ort/ort_util.h"
 
 using edgepet::fail;
@@ -37,5 +38,7 @@ EDGEPET_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
 EDGEPET_EXPORT int edgepet_op_abi_version(void) { return EDGEPET_OP_ABI_VERSION; }
 
 EDGEPET_EXPORT int edgepet_ort_api_version(void) { return ORT_API_VERSION; }
+
+EDGEPET_EXPORT const char* edgepet_op_layout(void) { return edgepet::kLayoutName; }
 
 }  // extern "C"

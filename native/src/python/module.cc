@@ -40,12 +40,25 @@ nb::ndarray<nb::numpy, T> owned_array(std::vector<size_t> shape) {
   return nb::ndarray<nb::numpy, T>(data, shape.size(), shape.data(), owner);
 }
 
-nb::ndarray<nb::numpy, uint8_t> pack(CodesIn codes, int bits) {
-  if (bits < 1 || bits > 4) throw nb::value_error("bits must be 1, 2, 3 or 4");
+// Raises ValueError with `what` when it is not empty.
+void raise_if(const std::string& what) {
+  if (!what.empty()) throw nb::value_error(what.c_str());
+}
+
+// A format for packing and sizing alone: per-row groups, symmetric.
+WeightFormat codes_format(int64_t n, int64_t k, int bits) {
   WeightFormat f;
-  f.n = static_cast<int64_t>(codes.shape(0));
-  f.k = static_cast<int64_t>(codes.shape(1));
+  f.n = n;
+  f.k = k;
   f.bits = bits;
+  f.group_size = k;
+  return f;
+}
+
+nb::ndarray<nb::numpy, uint8_t> pack(CodesIn codes, int bits) {
+  const WeightFormat f = codes_format(static_cast<int64_t>(codes.shape(0)),
+                                      static_cast<int64_t>(codes.shape(1)), bits);
+  raise_if(check_format(f));
   const uint8_t top = static_cast<uint8_t>((1 << bits) - 1);
   const uint8_t* c = codes.data();
   for (size_t i = 0; i < codes.size(); ++i) {
@@ -64,30 +77,11 @@ nb::ndarray<nb::numpy, uint8_t> pack(CodesIn codes, int bits) {
   return out;
 }
 
-void expect_shape(const char* name, size_t got0, size_t got1, int64_t want0, int64_t want1,
-                  const std::string& why) {
-  if (static_cast<int64_t>(got0) != want0 || static_cast<int64_t>(got1) != want1) {
-    throw nb::value_error((std::string(name) + " has shape (" + std::to_string(got0) + ", " +
-                           std::to_string(got1) + "), expected (" + std::to_string(want0) + ", " +
-                           std::to_string(want1) + ") (" + why + ")")
-                              .c_str());
-  }
-}
-
-// Scales and zero points are tile-major [tiles][groups][32] (kernel.h, scale_count).
-void expect_tiled(const char* name, const Halves3& t, const WeightFormat& f,
-                  const std::string& why) {
-  const int64_t want[3] = {num_tiles(f.n), num_groups(f), kTileRows};
-  for (int d = 0; d < 3; ++d) {
-    if (static_cast<int64_t>(t.shape(d)) != want[d]) {
-      throw nb::value_error((std::string(name) + " has shape (" + std::to_string(t.shape(0)) +
-                             ", " + std::to_string(t.shape(1)) + ", " +
-                             std::to_string(t.shape(2)) + "), expected (" +
-                             std::to_string(want[0]) + ", " + std::to_string(want[1]) +
-                             ", 32) (" + why + ")")
-                                .c_str());
-    }
-  }
+template <class Array>
+OperandShape shape_of(const Array& t) {
+  OperandShape shape{true, {}};
+  for (size_t d = 0; d < t.ndim(); ++d) shape.dims.push_back(static_cast<int64_t>(t.shape(d)));
+  return shape;
 }
 
 nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves3 scales,
@@ -100,25 +94,12 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves3 scale
   f.k = static_cast<int64_t>(a.shape(1));
   f.bits = bits;
   f.ternary = ternary;
-  f.symmetric = !zero_points.has_value();
+  f.symmetric = ternary || !zero_points.has_value();
   f.group_size = group_size;
-  const std::string bad = check_format(f);
-  if (!bad.empty()) throw nb::value_error(bad.c_str());
-  const std::string why = "K=" + std::to_string(f.k) + ", N=" + std::to_string(n) +
-                          ", group_size=" + std::to_string(group_size);
-  if (static_cast<int64_t>(codes.shape(0)) != packed_bytes(f)) {
-    throw nb::value_error(("packed codes have " + std::to_string(codes.shape(0)) +
-                           " bytes, expected " + std::to_string(packed_bytes(f)) + " (" + why +
-                           ", bits=" + std::to_string(bits) + ")")
-                              .c_str());
-  }
-  expect_tiled("scales", scales, f, why);
-  if (zero_points) expect_tiled("zero_points", *zero_points, f, why);
-  if (bias && static_cast<int64_t>(bias->shape(0)) != n) {
-    throw nb::value_error(("bias has " + std::to_string(bias->shape(0)) +
-                           " values, expected N=" + std::to_string(n))
-                              .c_str());
-  }
+  Operands operands{shape_of(codes), shape_of(scales), {}, {}};
+  if (zero_points) operands.zero_points = shape_of(*zero_points);
+  if (bias) operands.bias = shape_of(*bias);
+  raise_if(check_operands(f, operands));
   const Kernel* kernel = select_kernel(kernel_name);
   if (!kernel) {
     throw nb::value_error(("kernel '" + kernel_name +
@@ -145,13 +126,8 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves3 scale
 }
 
 int64_t packed_nbytes(int64_t n, int64_t k, int bits) {
-  if (bits < 1 || bits > 4 || n <= 0 || k <= 0) {
-    throw nb::value_error("packed_bytes needs N, K > 0 and bits in 1..4");
-  }
-  WeightFormat f;
-  f.n = n;
-  f.k = k;
-  f.bits = bits;
+  const WeightFormat f = codes_format(n, k, bits);
+  raise_if(check_format(f));
   return packed_bytes(f);
 }
 
