@@ -287,7 +287,8 @@ int check_constant_groups(const Kernel& kernel, std::mt19937& rng) {
             worst = std::max(worst, std::fabs(got - want) / size);
           }
         }
-      expect(ok && worst < 1e-6, (std::string(kernel.name) + ": constant groups").c_str(), c, worst);
+      const std::string what = std::string(kernel.name) + ": constant groups";
+      expect(ok && worst < 1e-6, what.c_str(), c, worst);
       ++checked;
     }
   }

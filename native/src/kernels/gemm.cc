@@ -135,7 +135,9 @@ void build_row(void* ctx, int64_t row) {
       // accumulate plane sum x step with one fused multiply-add per block.
       int32_t quad_sums = 0;
       const int64_t q_end = plan.first_quad(b) + plan.quads_in(b);
-      for (int64_t q = plan.first_quad(b); q < q_end; ++q) quad_sums += entries[q * kTableSize + 15];
+      for (int64_t q = plan.first_quad(b); q < q_end; ++q) {
+        quad_sums += entries[q * kTableSize + 15];
+      }
       acc = std::fma(static_cast<float>(base_plane_factor(f) * quad_sums), steps[b], acc);
     }
     job.group_sums[row * plan.groups + g] = s;

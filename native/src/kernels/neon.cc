@@ -49,7 +49,9 @@ struct NeonTableOps {
   float entry0(const Half& h) const { return vgetq_lane_f32(h.v[0], 0); }
   float largest(const Half* h, int n) const {
     float32x4_t top = vdupq_n_f32(0.0f);
-    for (int i = 0; i < n; ++i) top = vmaxq_f32(top, vmaxq_f32(vabsq_f32(h[i].v[0]), vabsq_f32(h[i].v[1])));
+    for (int i = 0; i < n; ++i) {
+      top = vmaxq_f32(top, vmaxq_f32(vabsq_f32(h[i].v[0]), vabsq_f32(h[i].v[1])));
+    }
     return vmaxvq_f32(top);
   }
   void store(const Half& h, float inv, int8_t* out) const {

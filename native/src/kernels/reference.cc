@@ -73,7 +73,9 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
       }
       const int64_t at = g * kTileRows + row;
       const float s = half_to_float(job.scales[at]);
-      const float z = f.ternary ? 1.0f : job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;
+      const float z = f.ternary       ? 1.0f
+                      : job.zero_points ? half_to_float(job.zero_points[at])
+                                        : 0.0f;
       const GroupAffine aff = group_affine(f, s, z);
       const float sum = tables.group_sums[g];
       if (has_base_code(f) && group_acc == tables.base_acc[g]) {

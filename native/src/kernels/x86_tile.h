@@ -65,13 +65,14 @@ void tile_dot(const TileJob& job) {
       for (int m = 0; m < Rows; ++m) {
         const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
         // Rows whose codes are all the base code add their exact value (kernel.h).
+        const __m256 base_acc = _mm256_set1_ps(job.tables[m].base_acc[g]);
         const __m256 base = f.symmetric && !f.ternary
                                 ? _mm256_setzero_ps()
-                                : _mm256_cmp_ps(acc[m][i], _mm256_set1_ps(job.tables[m].base_acc[g]),
-                                                _CMP_EQ_OQ);
+                                : _mm256_cmp_ps(acc[m][i], base_acc, _CMP_EQ_OQ);
         if (f.ternary) {  // the base code is the zero weight
           const __m256 sc = _mm256_mul_ps(half, scale);
-          const __m256 rule = _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(sc, group_sum));
+          const __m256 rule =
+              _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(sc, group_sum));
           y[m][i] = _mm256_add_ps(y[m][i], _mm256_andnot_ps(base, rule));
         } else if (f.symmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
@@ -79,7 +80,8 @@ void tile_dot(const TileJob& job) {
           const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
           const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
           const __m256 sc = _mm256_mul_ps(half, scale);
-          const __m256 rule = _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(off, group_sum));
+          const __m256 rule =
+              _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(off, group_sum));
           const __m256 exact = _mm256_mul_ps(_mm256_mul_ps(scale, z),
                                              _mm256_set1_ps(-job.tables[m].group_sums[g]));
           y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, base));

@@ -91,8 +91,10 @@ const char* type_name(ONNXTensorElementDataType t) {
 // The element type each input must have; empty string when it has it.
 std::string check_type(const TensorView& t, const char* name, ONNXTensorElementDataType type) {
   if (!t.present || t.type == type) return {};
-  std::string msg = std::string(name) + " is " + type_name(t.type) + ", expected " + type_name(type);
-  if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 && t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+  std::string msg =
+      std::string(name) + " is " + type_name(t.type) + ", expected " + type_name(type);
+  if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&
+      t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
     msg += ": the model was exported for LutMatMul ABI 1 (float32 scales and zero points); "
            "this library reads ABI " + std::to_string(EDGEPET_OP_ABI_VERSION) +
            " (float16) — re-export the model with this edgepet version";

@@ -67,9 +67,15 @@ const char* attribute_kind(const OrtApi* api, const OrtKernelInfo* info, const c
   if (ok(api->KernelInfoGetAttribute_int64(info, name, &i))) return "an int";
   if (ok(api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "a string";
   size = 0;
-  if (ok(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) return "a list of ints";
+  int64_t* no_ints = nullptr;
+  if (ok(api->KernelInfoGetAttributeArray_int64(info, name, no_ints, &size))) {
+    return "a list of ints";
+  }
   size = 0;
-  if (ok(api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) return "a list of floats";
+  float* no_floats = nullptr;
+  if (ok(api->KernelInfoGetAttributeArray_float(info, name, no_floats, &size))) {
+    return "a list of floats";
+  }
   return nullptr;
 }
 
