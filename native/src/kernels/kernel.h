@@ -151,7 +151,8 @@ struct TileJob {
 struct Kernel {
   const char* name;
   // a: k floats. entries: num_quads(k)*16 bytes; block_scales and block_sums (the
-  // activations' sum per block): num_blocks(k, block) each; block: 32 or 64.
+  // activations' sum per block): num_blocks(k, block) each; block: 32 or 64. Every ISA's
+  // is tables::build_tables (tables.h) with its own 8-entry arithmetic.
   void (*build_tables)(const float* a, int64_t k, int block, int8_t* entries,
                        float* block_scales, float* block_sums);
   void (*tile_dot)(const TileJob& job);
