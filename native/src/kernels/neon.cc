@@ -151,13 +151,11 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
     for (int i = 0; i < 8; ++i) {
       const float32x4_t scale = load_halves(s + 4 * i);
       // Rows whose codes are all the base code add their exact value (kernel.h).
-      const uint32x4_t base = f.symmetric && !f.ternary
-                                  ? vdupq_n_u32(0)
-                                  : vceqq_f32(acc[i], vdupq_n_f32(tables.base_acc[g]));
+      const auto is_base = [&] { return vceqq_f32(acc[i], vdupq_n_f32(tables.base_acc[g])); };
       if (f.ternary) {  // the base code is the zero weight
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
         const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(sc, group_sum));
-        y[i] = vaddq_f32(y[i], vbslq_f32(base, vdupq_n_f32(0.0f), rule));
+        y[i] = vaddq_f32(y[i], vbslq_f32(is_base(), vdupq_n_f32(0.0f), rule));
       } else if (f.symmetric) {
         y[i] = vfmaq_f32(y[i], scale, acc[i]);
       } else {
@@ -166,7 +164,7 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
         const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum));
         const float32x4_t exact = vmulq_n_f32(vmulq_f32(scale, z), -group_sum);
-        y[i] = vaddq_f32(y[i], vbslq_f32(base, exact, rule));
+        y[i] = vaddq_f32(y[i], vbslq_f32(is_base(), exact, rule));
       }
     }
   }

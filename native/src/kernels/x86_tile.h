@@ -65,11 +65,11 @@ void tile_dot(const TileJob& job) {
       for (int m = 0; m < Rows; ++m) {
         const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
         // Rows whose codes are all the base code add their exact value (kernel.h).
-        const __m256 base_acc = _mm256_set1_ps(job.tables[m].base_acc[g]);
-        const __m256 base = f.symmetric && !f.ternary
-                                ? _mm256_setzero_ps()
-                                : _mm256_cmp_ps(acc[m][i], base_acc, _CMP_EQ_OQ);
+        const auto is_base = [&] {
+          return _mm256_cmp_ps(acc[m][i], _mm256_set1_ps(job.tables[m].base_acc[g]), _CMP_EQ_OQ);
+        };
         if (f.ternary) {  // the base code is the zero weight
+          const __m256 base = is_base();
           const __m256 sc = _mm256_mul_ps(half, scale);
           const __m256 rule =
               _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(sc, group_sum));
@@ -84,7 +84,7 @@ void tile_dot(const TileJob& job) {
               _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(off, group_sum));
           const __m256 exact = _mm256_mul_ps(_mm256_mul_ps(scale, z),
                                              _mm256_set1_ps(-job.tables[m].group_sums[g]));
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, base));
+          y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, is_base()));
         }
       }
     }
