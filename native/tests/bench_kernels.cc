@@ -1,6 +1,7 @@
 // Times each kernel alone (no ONNX Runtime, one thread) on an N x K product, so that
 // kernel changes can be measured without session overhead:
-//   bench_kernels [M] [N] [K] [group_size] [kernel]  (defaults: 1 4096 4096 128, all)
+//   bench_kernels [M] [N] [K] [group_size] [kernel] [asymmetric]
+//   (defaults: 1 4096 4096 128, all kernels, symmetric; "asymmetric": with zero points)
 // Prints min and median milliseconds over 300 runs per kernel and bit width.
 #include <algorithm>
 #include <chrono>
@@ -19,10 +20,11 @@ int main(int argc, char** argv) {
   const int64_t k = argc > 3 ? std::atoll(argv[3]) : 4096;
   const int64_t group = argc > 4 ? std::atoll(argv[4]) : 128;
   const std::string only = argc > 5 ? argv[5] : "";
+  const bool asymmetric = argc > 6 && std::string(argv[6]) == "asymmetric";
   for (const Kernel* kernel : available_kernels()) {
     if (!only.empty() && only != kernel->name) continue;
     for (int bits = 1; bits <= 4; ++bits) {
-      WeightFormat f{n, k, bits, false, true, group};
+      WeightFormat f{n, k, bits, false, !asymmetric, group};
       if (!check_format(f).empty()) {
         std::fprintf(stderr, "bad shape: %s\n", check_format(f).c_str());
         return 2;
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
       std::vector<uint8_t> codes(packed_bytes(f), 0x5a);
       std::vector<float> a(m * k), y(m * n);
       std::vector<Half> scales(scale_count(f), 0x211F);  // 0.01 in fp16
+      std::vector<Half> zeros(scale_count(f), 0x4000);   // 2.0 in fp16
       for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i * 7919 % 1000) / 1000.f;
       GemmArgs args;
       args.format = f;
@@ -37,6 +40,7 @@ int main(int argc, char** argv) {
       args.m = m;
       args.codes = codes.data();
       args.scales = scales.data();
+      args.zero_points = asymmetric ? zeros.data() : nullptr;
       args.y = y.data();
       std::vector<double> ms;
       for (int r = 0; r < 300; ++r) {

@@ -163,8 +163,13 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
         const float32x4_t off = vmulq_f32(scale, vsubq_f32(vdupq_n_f32(mid), z));
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
         const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(off, group_sum));
-        const float32x4_t exact = vmulq_n_f32(vmulq_f32(scale, z), -group_sum);
-        y[i] = vaddq_f32(y[i], vbslq_f32(is_base(), exact, rule));
+        const uint32x4_t base = is_base();
+        if (vmaxvq_u32(base) == 0) {  // the common case: no base-code row
+          y[i] = vaddq_f32(y[i], rule);
+        } else {
+          const float32x4_t exact = vmulq_n_f32(vmulq_f32(scale, z), -group_sum);
+          y[i] = vaddq_f32(y[i], vbslq_f32(base, exact, rule));
+        }
       }
     }
   }

@@ -82,9 +82,14 @@ void tile_dot(const TileJob& job) {
           const __m256 sc = _mm256_mul_ps(half, scale);
           const __m256 rule =
               _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(off, group_sum));
-          const __m256 exact = _mm256_mul_ps(_mm256_mul_ps(scale, z),
-                                             _mm256_set1_ps(-job.tables[m].group_sums[g]));
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, is_base()));
+          const __m256 base = is_base();
+          if (_mm256_testz_ps(base, base)) {  // the common case: no base-code row
+            y[m][i] = _mm256_add_ps(y[m][i], rule);
+          } else {
+            const __m256 exact = _mm256_mul_ps(_mm256_mul_ps(scale, z),
+                                               _mm256_set1_ps(-job.tables[m].group_sums[g]));
+            y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, base));
+          }
         }
       }
     }
