@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kernels/kernel.h"
+#include "kernels/pack.h"
 #include "kernels/tables.h"
 #include "kernels/x86_tile.h"
 
@@ -93,8 +94,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
     acc_b[m] = _mm256_setzero_si256();
   }
 #pragma GCC unroll 2
-  for (int q = 0; q < quads; q += 2, codes += 32 * Bits) {
-    for (int line = 0; line < 32 * Bits; line += 64) {
+  for (int q = 0; q < quads; q += 2, codes += pair_stride(Bits)) {
+    for (int line = 0; line < pair_stride(Bits); line += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + line, _MM_HINT_T0);
     }
     __m256i table[2][Rows];
@@ -104,8 +105,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
             reinterpret_cast<const __m128i*>(tables[m] + (q + p) * kTableSize)));
       }
       for (int s = 0; s < kPairs; ++s) {
-        const __m256i x =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * (kPairs * p + s)));
+        const __m256i x = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(codes + pair_stream_offset(Bits, p, s)));
         const __m256i lo = _mm256_and_si256(x, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
         for (int m = 0; m < Rows; ++m) {
@@ -119,7 +120,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
       }
     }
     if (kSingle) {
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * kPairs));
+      const __m256i x =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + single_stream_offset(Bits)));
       const __m256i lo = _mm256_and_si256(x, low4);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
       for (int m = 0; m < Rows; ++m) {

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "kernels/kernel.h"
+#include "kernels/pack.h"
 
 // GCC 12's AVX-512 intrinsics pass _mm*_undefined_*() as the merge source of
 // unmasked forms, which -Wmaybe-uninitialized reports once inlined here.
@@ -28,11 +29,15 @@ inline __m512i join(const uint8_t* lo, const uint8_t* hi) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1);
 }
 
-template <int Bits>
+// Sums of one block for Rows activation rows: the codes are loaded and unpacked once
+// and looked up in each row's tables (AVX-512 has the registers for two rows' tables
+// and accumulators at every width).
+template <int Bits, int Rows>
 struct Block512 {
   static constexpr int kPairs = Bits / 2;
   static constexpr bool kSingle = Bits & 1;
   static constexpr int kTop = Bits - 1;
+  static constexpr int kStride = static_cast<int>(pair_stride(Bits));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   // 2-bit and 3-bit: [1, 2] everywhere; 4-bit: planes (0,1) in lanes 0-1, (2,3) in 2-3.
   const __m512i pair_weights =
@@ -40,92 +45,124 @@ struct Block512 {
                   : _mm512_set1_epi16(0x0201);
   const __m512i single_weights = _mm512_set1_epi8(static_cast<char>(1 << kTop));
   static constexpr __mmask64 kOddBytes = 0xAAAAAAAAAAAAAAAAull;
-  __m512i acc_a = _mm512_setzero_si512();
-  __m512i acc_b = _mm512_setzero_si512();
+  __m512i acc_a[Rows];
+  __m512i acc_b[Rows];
 
-  inline void add_pairs(__m512i x, __m512i table) {
+  Block512() {
+    for (int m = 0; m < Rows; ++m) acc_a[m] = acc_b[m] = _mm512_setzero_si512();
+  }
+
+  inline void add_pairs(__m512i x, const __m512i* table) {
     const __m512i lo = _mm512_and_si512(x, low4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), low4);
-    acc_a = _mm512_add_epi16(acc_a,
-                             _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table, lo)));
-    acc_b = _mm512_add_epi16(acc_b,
-                             _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table, hi)));
+    for (int m = 0; m < Rows; ++m) {
+      acc_a[m] = _mm512_add_epi16(
+          acc_a[m], _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table[m], lo)));
+      acc_b[m] = _mm512_add_epi16(
+          acc_b[m], _mm512_maddubs_epi16(pair_weights, _mm512_shuffle_epi8(table[m], hi)));
+    }
   }
 
   // Single-plane stream: even bytes of one quad's lookups with odd bytes of the next
   // put a row's two quads side by side (the layout of pack.h), so one maddubs each.
-  inline void add_single(__m512i x, __m512i table_lo, __m512i table_hi) {
-    const __m512i r0 = _mm512_shuffle_epi8(table_lo, _mm512_and_si512(x, low4));
-    const __m512i r1 =
-        _mm512_shuffle_epi8(table_hi, _mm512_and_si512(_mm512_srli_epi16(x, 4), low4));
-    acc_a = _mm512_add_epi16(acc_a, _mm512_maddubs_epi16(
-                                        single_weights, _mm512_mask_blend_epi8(kOddBytes, r0, r1)));
-    acc_b = _mm512_add_epi16(acc_b, _mm512_maddubs_epi16(
-                                        single_weights, _mm512_mask_blend_epi8(kOddBytes, r1, r0)));
+  inline void add_single(__m512i x, const __m512i* table_lo, const __m512i* table_hi) {
+    const __m512i lo = _mm512_and_si512(x, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), low4);
+    for (int m = 0; m < Rows; ++m) {
+      const __m512i r0 = _mm512_shuffle_epi8(table_lo[m], lo);
+      const __m512i r1 = _mm512_shuffle_epi8(table_hi[m], hi);
+      const __m512i rows_a = _mm512_mask_blend_epi8(kOddBytes, r0, r1);
+      const __m512i rows_b = _mm512_mask_blend_epi8(kOddBytes, r1, r0);
+      acc_a[m] = _mm512_add_epi16(acc_a[m], _mm512_maddubs_epi16(single_weights, rows_a));
+      acc_b[m] = _mm512_add_epi16(acc_b[m], _mm512_maddubs_epi16(single_weights, rows_b));
+    }
   }
 
-  // The pair streams of one quad pair (q, q+1) at c, tables t (32 bytes).
-  inline void pair_streams(const uint8_t* c, const int8_t* t) {
+  // The pair streams of one quad pair (q, q+1) at c, each row's tables at t[m] (32 bytes).
+  inline void pair_streams(const uint8_t* c, const int8_t* const* t) {
+    __m512i table[Rows];
     if (kPairs == 1) {
-      const __m512i two = _mm512_castsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t)));
-      add_pairs(load(c), table_lanes<0, 1>(two));
+      for (int m = 0; m < Rows; ++m) {
+        table[m] = table_lanes<0, 1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t[m]))));
+      }
+      add_pairs(load(c + pair_stream_offset(Bits, 0, 0)), table);
     } else if (kPairs == 2) {
       for (int p = 0; p < 2; ++p) {
-        add_pairs(load(c + 64 * p), _mm512_broadcast_i32x4(
-                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16 * p))));
+        for (int m = 0; m < Rows; ++m) {
+          table[m] = _mm512_broadcast_i32x4(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t[m] + p * kTableSize)));
+        }
+        add_pairs(load(c + pair_stream_offset(Bits, p, 0)), table);
       }
     }
   }
 
-  // Four quads: two quad pairs at c and c + 32 * Bits.
-  inline void four_quads(const uint8_t* c, const int8_t* t) {
+  // Four quads: two quad pairs at c and c + pair_stride.
+  inline void four_quads(const uint8_t* c, const int8_t* const* t) {
+    const int8_t* next[Rows];
+    for (int m = 0; m < Rows; ++m) next[m] = t[m] + 2 * kTableSize;
     pair_streams(c, t);
-    pair_streams(c + 32 * Bits, t + 2 * kTableSize);
+    pair_streams(c + kStride, next);
     if (kSingle) {
-      const __m512i four = _mm512_loadu_si512(t);
-      const __m512i x = Bits == 1 ? load(c) : join(c + 64 * kPairs, c + 32 * Bits + 64 * kPairs);
-      add_single(x, table_lanes<0, 2>(four), table_lanes<1, 3>(four));
+      __m512i lo[Rows], hi[Rows];
+      for (int m = 0; m < Rows; ++m) {
+        const __m512i four = _mm512_loadu_si512(t[m]);
+        lo[m] = table_lanes<0, 2>(four);
+        hi[m] = table_lanes<1, 3>(four);
+      }
+      const __m512i x = Bits == 1 ? load(c)
+                                  : join(c + single_stream_offset(Bits),
+                                         c + kStride + single_stream_offset(Bits));
+      add_single(x, lo, hi);
     }
   }
 
   // The last quad pair of a block whose quad count is not a multiple of 4.
-  inline void two_quads(const uint8_t* c, const int8_t* t) {
+  inline void two_quads(const uint8_t* c, const int8_t* const* t) {
     pair_streams(c, t);
     if (kSingle) {
-      const __m512i four = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t);  // lanes 2, 3 zero
+      __m512i lo[Rows], hi[Rows];
+      for (int m = 0; m < Rows; ++m) {
+        const __m512i four = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t[m]);  // lanes 2, 3 zero
+        lo[m] = table_lanes<0, 2>(four);
+        hi[m] = table_lanes<1, 3>(four);
+      }
       const __m512i x = _mm512_zextsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 64 * kPairs)));
-      add_single(x, table_lanes<0, 2>(four), table_lanes<1, 3>(four));
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + single_stream_offset(Bits))));
+      add_single(x, lo, hi);
     }
   }
 
   // The two 256-bit halves hold different quads of the same rows.
-  inline __m256i rows(__m512i acc) const {
+  static inline __m256i rows(__m512i acc) {
     return _mm256_add_epi16(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
   }
 };
 
 struct Avx512Sums {
   template <int Bits>
-  static constexpr bool shares_rows() { return false; }
+  static constexpr bool shares_rows() { return true; }
 
   template <int Bits, int Rows>
   static void block(const uint8_t* codes, const int8_t* const* tables, int quads,
                     __m256i* acc_a, __m256i* acc_b) {
-    static_assert(Rows == 1, "the AVX-512 kernel takes activation rows one at a time");
-    Block512<Bits> sums;
-    const int8_t* t = tables[0];
+    Block512<Bits, Rows> sums;
+    const int8_t* t[Rows];
+    for (int m = 0; m < Rows; ++m) t[m] = tables[m];
     int q = 0;
-    for (; q + 4 <= quads; q += 4, codes += 64 * Bits, t += 4 * kTableSize) {
-      for (int line = 0; line < 64 * Bits; line += 64) {
+    for (; q + 4 <= quads; q += 4, codes += 2 * pair_stride(Bits)) {
+      for (int line = 0; line < 2 * pair_stride(Bits); line += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + line, _MM_HINT_T0);
       }
       sums.four_quads(codes, t);
+      for (int m = 0; m < Rows; ++m) t[m] += 4 * kTableSize;
     }
     if (q < quads) sums.two_quads(codes, t);
-    acc_a[0] = sums.rows(sums.acc_a);
-    acc_b[0] = sums.rows(sums.acc_b);
+    for (int m = 0; m < Rows; ++m) {
+      acc_a[m] = sums.rows(sums.acc_a[m]);
+      acc_b[m] = sums.rows(sums.acc_b[m]);
+    }
   }
 };
 

@@ -78,7 +78,7 @@ struct BlockPlan {
   }
 };
 // Bytes of one tile's codes for one pair of quads: 32 rows x 8 inputs x bits / 8.
-inline int64_t pair_stride(int bits) { return 32 * bits; }
+constexpr int64_t pair_stride(int bits) { return 32 * bits; }
 inline int64_t packed_bytes(const WeightFormat& f) {
   return num_tiles(f.n) * num_quads(f.k) / 2 * pair_stride(f.bits);
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "kernels/kernel.h"
+#include "kernels/pack.h"
 #include "kernels/tables.h"
 
 namespace edgepet {
@@ -80,12 +81,12 @@ inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
   const int8x16_t odd = vreinterpretq_s8_u16(vdupq_n_u16(0xFF00));
   for (int c = 0; c < 2; ++c)
     for (int g = 0; g < 4; ++g) acc[c][g] = vdupq_n_s16(0);
-  for (int q = 0; q < quads; q += 2, codes += 32 * Bits) {
+  for (int q = 0; q < quads; q += 2, codes += pair_stride(Bits)) {
     int8x16_t table[2];
     for (int p = 0; p < 2; ++p) {
       table[p] = vld1q_s8(tables + (q + p) * kTableSize);
       for (int s = 0; s < kPairs; ++s) {
-        const uint8_t* c = codes + 32 * (kPairs * p + s);
+        const uint8_t* c = codes + pair_stream_offset(Bits, p, s);
         const uint8x16_t x[2] = {vld1q_u8(c), vld1q_u8(c + 16)};
         for (int h = 0; h < 2; ++h) {
           // low nibbles: rows 8h..8h+7; high nibbles: rows 16+8h..16+8h+7
@@ -99,7 +100,7 @@ inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
     if (kSingle) {
       // Even bytes of quad 0's lookups with odd bytes of quad 1's hold one row's two
       // quads side by side (the layout of pack.h): one vpadalq_s8 per 8 rows.
-      const uint8_t* c = codes + 64 * kPairs;
+      const uint8_t* c = codes + single_stream_offset(Bits);
       for (int h = 0; h < 2; ++h) {
         const uint8x16_t x = vld1q_u8(c + 16 * h);
         const int8x16_t r0 = vqtbl1q_s8(table[0], vandq_u8(x, low4));
@@ -132,7 +133,7 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
       const int64_t q0 = plan.first_quad(b);
       const int n = plan.quads_in(b);
       int16x8_t sums[2][4];
-      block_sums16<Bits>(job.codes + q0 / 2 * 32 * Bits, tables.entries + q0 * kTableSize, n,
+      block_sums16<Bits>(job.codes + q0 / 2 * pair_stride(Bits), tables.entries + q0 * kTableSize, n,
                          sums);
       const float step = tables.block_scales[b];
       for (int h = 0; h < 4; ++h) {

@@ -17,13 +17,21 @@ struct NibbleAddress {
   int shift;  // 0: low nibble, 4: high nibble
 };
 
+// The streams of a quad pair's bytes, for the vector kernels, which read them 32 bytes
+// at a time. Pair stream s of quad `parity` (0 or 1) holds planes (2s, 2s+1) of all 32
+// rows; odd widths end with one single-plane stream shared by both quads.
+constexpr int kStreamBytes = 32;
+constexpr int pair_stream_offset(int bits, int parity, int s) {
+  return kStreamBytes * ((bits / 2) * parity + s);
+}
+constexpr int single_stream_offset(int bits) { return pair_stream_offset(bits, 2, 0); }
+
 // parity: 0 for the first quad of the pair, 1 for the second.
 inline NibbleAddress nibble_address(int bits, int row, int plane, int parity) {
-  const int pairs = bits / 2;
-  if (plane < 2 * pairs) {
+  if (plane < 2 * (bits / 2)) {
     // Pair streams, first all of quad 0's, then quad 1's: byte c holds planes
     // (2s, 2s+1) of row c/2 (low nibble) and of row 16 + c/2 (high nibble).
-    return {32 * pairs * parity + 32 * (plane / 2) + 2 * (row % 16) + plane % 2,
+    return {pair_stream_offset(bits, parity, plane / 2) + 2 * (row % 16) + plane % 2,
             4 * (row / 16)};
   }
   // Single stream, 32 bytes shared by both quads (low nibbles: quad 0, high: quad 1).
@@ -33,7 +41,7 @@ inline NibbleAddress nibble_address(int bits, int row, int plane, int parity) {
   const bool low_rows = row < 16;
   const int r = row % 16;
   const int u = (low_rows == (parity == 0)) ? 2 * r : 2 * r + 1;
-  return {64 * pairs + u, 4 * parity};
+  return {single_stream_offset(bits) + u, 4 * parity};
 }
 
 inline int packed_index(const uint8_t* pair_codes, int bits, int row, int plane, int parity) {

@@ -43,7 +43,7 @@ void tile_dot(const TileJob& job) {
       const int64_t q0 = plan.first_quad(b);
       const int n = plan.quads_in(b);
       __m256i acc_a[Rows], acc_b[Rows];
-      const uint8_t* codes = job.codes + q0 / 2 * 32 * Bits;
+      const uint8_t* codes = job.codes + q0 / 2 * pair_stride(Bits);
       const int8_t* tables[Rows];
       for (int m = 0; m < Rows; ++m) tables[m] = job.tables[m].entries + q0 * kTableSize;
       if (n == kMaxBlockQuads) {  // a constant count for the common case
