@@ -3,7 +3,8 @@
 For each shape, row count M and thread count it times (medians over interleaved rounds):
 
 * ``edgepet-KERNEL`` — ``ai.edgepet.LutMatMul`` at 1, 2, 3, 4 bits and ternary, group 64,
-  symmetric, once per vector kernel this CPU has (``--kernels`` picks);
+  symmetric, once per vector kernel this CPU has and once as ``auto`` (what a session
+  picks by itself, which may be a different kernel per bit width; ``--kernels`` picks);
 * ``ort-nbits`` — ``com.microsoft.MatMulNBits`` with ``accuracy_level=4`` (int8
   activations: what ORT GenAI's model builder writes), 2 and 4 bits, block 32/64/128,
   with and without zero points, on ORT's default path and with ``mlas.use_lut_gemm=1``;
@@ -642,13 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-stack", action="store_true", help="skip the memory-bound stack")
     parser.add_argument("--stack-layers", type=int, default=LLAMA_LAYERS)
     parser.add_argument("--verbose", action="store_true", help="print every measurement")
-    vector = [k for k in available_kernels() if k != "reference"] or ["reference"]
+    vector = ["auto"] + ([k for k in available_kernels() if k != "reference"] or ["reference"])
     parser.add_argument("--kernels", default=",".join(vector),
                         help=f"edgepet kernels to time (default: {','.join(vector)})")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     kernel_names = args.kernels.split(",")
-    unknown = set(kernel_names) - set(available_kernels())
+    unknown = set(kernel_names) - set(available_kernels()) - {"auto"}
     if unknown:
         parser.error(f"kernel(s) {sorted(unknown)} not available here: {available_kernels()}")
     if args.smoke:

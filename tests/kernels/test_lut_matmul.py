@@ -63,6 +63,31 @@ def test_vector_kernels_agree_with_reference_to_float_rounding(bits):
         assert rel_err(kernels.lut_matmul(x, qt, kernel=name), ref) < 1e-5, name
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_auto_kernel_agrees_with_reference_for_one_row_and_row_pairs(bits):
+    # "auto" may take a different kernel per bit width and for one row or two rows
+    # sharing the codes (M=3: one pair, then one row alone).
+    rng = np.random.default_rng(5)
+    qt = quantize(rng.standard_normal((70, 1001), dtype=np.float32), bits, 64, bits != 4)
+    for m in (1, 3):
+        x = rng.standard_normal((m, 1001), dtype=np.float32)
+        ref = kernels.lut_matmul(x, qt, kernel="reference")
+        assert rel_err(kernels.lut_matmul(x, qt, kernel="auto"), ref) < 1e-5, m
+
+
+def test_edgepet_kernel_in_the_environment_overrides_auto(monkeypatch):
+    rng = np.random.default_rng(6)
+    qt = quantize(rng.standard_normal((40, 128), dtype=np.float32), 3, 64)
+    x = rng.standard_normal((2, 128), dtype=np.float32)
+    for name in kernels.available_kernels():
+        monkeypatch.setenv("EDGEPET_KERNEL", name)
+        np.testing.assert_array_equal(kernels.lut_matmul(x, qt),
+                                      kernels.lut_matmul(x, qt, kernel=name))
+    monkeypatch.setenv("EDGEPET_KERNEL", "no-such-kernel")
+    with pytest.raises(ValueError, match="not available"):
+        kernels.lut_matmul(x, qt)
+
+
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 31, 33])
 def test_tiny_and_ragged_k_is_handled(k):
     rng = np.random.default_rng(k)
