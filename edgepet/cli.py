@@ -233,7 +233,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="package.module:Class that builds the model of a state dict")
     p.add_argument("--arch-kwargs", help="JSON object of keyword arguments for --arch")
     p.add_argument("--trust", action="store_true",
-                   help="allow loading a pickled nn.Module (runs code from the file)")
+                   help="run code from the model file: unpickle a pickled nn.Module or .pt2 "
+                        "parts, a TorchScript __setstate__, graph calls to file or non-torch "
+                        "operators (only for files you trust)")
     p.add_argument("--example", choices=("mlp", "vit", "llama"),
                    help="export a built-in example model instead of MODEL")
     p.add_argument("--op-library", metavar="PATH",
