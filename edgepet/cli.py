@@ -412,10 +412,13 @@ def _size(text: str | None) -> int | None:
 
 
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
+    from edgepet.exporters.llm.export import export_decoder_options, is_decoder_source
     from edgepet.exporters.pipeline import export
 
-    # export() is the boundary that turns a step's ValueError into BadInputError (exit 2)
-    return export(model, out, target=args.target, progress=_progress(args.quiet), **options)
+    # decoders (GGUF / HF Llama) take --adapter and --embedding-bits their own way; both
+    # are the boundary that turns a step's ValueError into BadInputError (exit 2)
+    run = export_decoder_options if is_decoder_source(model) else export
+    return run(model, out, target=args.target, progress=_progress(args.quiet), **options)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

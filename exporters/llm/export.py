@@ -30,6 +30,7 @@ import edgepet
 from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
+from edgepet.exporters.llm.adapter import merge_adapter, single_adapter
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
 from edgepet.exporters.rewrite import dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
@@ -56,6 +57,12 @@ DEFAULT_BITS: Bits = 4
 DEFAULT_GROUP_SIZE = 32
 DEFAULT_SYMMETRIC = False
 EMBEDDING_DTYPES = {"float16": np.float16, "float32": np.float32}
+#: Embedding tables as codes: com.microsoft.GatherBlockQuantized, asymmetric, one scale and
+#: zero point per block of 32 values of a row (exporters.rewrite.quantize_embeddings).
+EMBEDDING_CODE_BITS = (4, 8)
+EMBEDDING_BLOCK = 32
+#: Default embedding storage for decoders, chosen from the table in docs/llm.md.
+DEFAULT_EMBEDDING: str | int = 8
 
 Progress = Callable[[str], None]
 
@@ -71,7 +78,8 @@ def export_decoder(
     keep: Sequence[str] = (),
     quantizer: str = "auto",
     layer_bits: Mapping[str, Bits] | None = None,
-    embedding: str = "float16",
+    embedding: str | int = DEFAULT_EMBEDDING,
+    adapters: Mapping[str, Any] | None = None,
     max_context: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -94,7 +102,11 @@ def export_decoder(
             (``model.layers.0.self_attn.q_proj`` keeps the whole fused ``qkv``).
         layer_bits: pattern -> bits for projections that differ from ``bits`` (e.g.
             ``{"lm_head": 4}``); the first matching pattern wins; ``--keep`` wins over it.
-        embedding: storage of the embedding table: "float16" (default) or "float32".
+        embedding: storage of the embedding table: 8 (default) or 4 for codes
+            (``com.microsoft.GatherBlockQuantized``, block 32), "float16" or "float32".
+            The tied output head is a separate ``LutMatMul`` at the projections' width.
+        adapters: at most one ``{name: adapter}``: a PEFT folder, or a model carrying
+            ``edgepet.pet`` layers; merged into the float projections before quantization.
         max_context: longest prompt + generation the bundle serves (default: the model's
             context length, at most 8192).
         overwrite: replace an existing bundle at ``out``.
@@ -114,14 +126,19 @@ def export_decoder(
                      DEFAULT_GROUP_SIZE if group_size is None else group_size,
                      DEFAULT_SYMMETRIC if symmetric is None else symmetric, keep)
     quantizer, quantize_fn = _quantizer("rtn" if quantizer == "auto" else quantizer)
-    if embedding not in EMBEDDING_DTYPES:
-        raise BadInputError(f"embedding storage {embedding!r} is unknown — use "
-                            f"{' or '.join(EMBEDDING_DTYPES)}")
+    embedding, table_bits = _embedding_choice(embedding)
+    table_dtype = np.float32 if table_bits else EMBEDDING_DTYPES[embedding]
     overrides = _check_layer_bits(layer_bits or {})
+    adapter = single_adapter(adapters)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
         say(f"reading {source}")
         ck = ckpt.load_checkpoint(source)
+        adapter_record = None
+        if adapter is not None:
+            ck, adapter_record = merge_adapter(ck, *adapter)
+            say(f"merged adapter {adapter[0]!r} into {len(adapter_record['layers'])} "
+                "projections")
         context = min(max_context or DEFAULT_MAX_CONTEXT, ck.config.max_position_embeddings)
         if max_context is not None and max_context > ck.config.max_position_embeddings:
             raise BadInputError(f"--max-context {max_context} exceeds the model's context "
@@ -130,14 +147,16 @@ def export_decoder(
         say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
         weights, records, quantized = _quantize(ck, policy, overrides, quantize_fn, say)
         say("building the decoder graph")
-        model = llm_graph.build_decoder(ck, weights, context, EMBEDDING_DTYPES[embedding])
+        model = llm_graph.build_decoder(ck, weights, context, table_dtype)
+        tables = _quantize_embedding(model, table_bits, say)
         (stage / TOKENIZER_FILE).write_text(json.dumps(ck.tokenizer_json))
         say("writing reference data (fp32 graph and dequantized twin)")
         reference = _write_reference(stage, ck, model, quantized, tokenizer, context,
-                                     EMBEDDING_DTYPES[embedding])
+                                     table_dtype)
         _save(stage, model)  # last: saving moves the weights out of ``model``
         manifest = _manifest(stage, ck, profile, policy, quantizer, model, records, reference,
-                             embedding, context, overrides)
+                             embedding if tables or not table_bits else "float32", tables,
+                             context, overrides, adapter_record)
         say("verifying the bundle against its dequantized graph")
         measured = bundle_io.Bundle.open(stage).verify()
         if measured[0].vs_quantized > TOLERANCE_VS_QUANTIZED:
@@ -151,7 +170,76 @@ def export_decoder(
     return bundle_io.Bundle.open(out)
 
 
+#: ``edgepet export`` options that only encoder/PyTorch exports take.
+_NOT_FOR_DECODERS = {"input_shapes": "--input-shape", "inputs": "--input", "arch": "--arch",
+                     "op_library": "--op-library", "task": "--task",
+                     "calibration": "--calibration", "budget_error": "--budget-error",
+                     "max_size": "--max-size"}
+
+
+def is_decoder_source(model: Any) -> bool:
+    """True for a GGUF file or a Hugging Face folder of a Llama-family decoder."""
+    from edgepet.exporters.hf import is_encoder_folder
+
+    return isinstance(model, (str, os.PathLike)) and ckpt.is_llm_source(model) \
+        and not is_encoder_folder(model)
+
+
+def export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                           embedding_bits: int | str | None = "auto", **options: Any
+                           ) -> bundle_io.Bundle:
+    """:func:`export_decoder` called with ``edgepet export``'s options (those of
+    ``edgepet.exporters.pipeline.export``); options decoders do not take are refused, and a
+    step's ``ValueError`` (an unknown target, say) leaves as :class:`BadInputError`."""
+    from edgepet.exporters.pipeline import _bad_input_at_the_boundary
+
+    return _bad_input_at_the_boundary(_export_decoder_options)(
+        model, out, embedding_bits=embedding_bits, **options)
+
+
+def _export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                            embedding_bits: int | str | None, **options: Any
+                            ) -> bundle_io.Bundle:
+    given = [flag for key, flag in _NOT_FOR_DECODERS.items() if options.pop(key, None)]
+    if given:
+        raise BadInputError(f"decoder checkpoints (GGUF / Hugging Face folder) take no "
+                            f"{', '.join(given)}")
+    for ignored in ("trust", "arch_kwargs", "allow_inaccurate"):
+        options.pop(ignored, None)
+    if embedding_bits not in (None, "auto"):
+        options["embedding"] = "float16" if embedding_bits in ("float", "none") \
+            else embedding_bits
+    return export_decoder(model, out, **options)
+
 # --- choices and quantization -------------------------------------------------------------
+
+
+def _embedding_choice(embedding: str | int) -> tuple[str, int | None]:
+    """(label, code bits or None) of an ``embedding`` argument: 4, 8, "float16", "float32"."""
+    text = str(embedding).removesuffix("-bit")
+    if text.isdigit() and int(text) in EMBEDDING_CODE_BITS:
+        return f"{int(text)}-bit", int(text)
+    if text in EMBEDDING_DTYPES:
+        return text, None
+    raise BadInputError(f"embedding storage {embedding!r} is unknown — use 4 or 8 (bits), "
+                        f"{' or '.join(EMBEDDING_DTYPES)}")
+
+
+def _quantize_embedding(model: onnx.ModelProto, bits: int | None, say: Progress
+                        ) -> list[Any]:
+    """The graph's embedding table as ``bits``-wide GatherBlockQuantized codes (in place)."""
+    if bits is None:
+        return []
+    from edgepet.exporters.rewrite import quantize_embeddings
+
+    tables = quantize_embeddings(model, bits, EMBEDDING_BLOCK, min_elements=0)
+    if not tables:
+        say(f"  the embedding table stays float32: its width is not a multiple of "
+            f"{EMBEDDING_BLOCK}")
+    for t in tables:
+        say(f"  embedding table [{t.rows}, {t.dim}] -> {t.bits}-bit codes, "
+            f"{t.stored_bytes / 1e6:.1f} MB (float32: {t.float_bytes / 1e6:.1f} MB)")
+    return tables
 
 
 def _check_layer_bits(layer_bits: Mapping[str, Any]) -> dict[str, Bits]:
@@ -274,8 +362,9 @@ def _save(stage: Path, model: onnx.ModelProto) -> None:
 
 def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: Any,
               quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
-              reference: dict[str, str], embedding: str, context: int,
-              overrides: Mapping[str, Bits]) -> dict[str, Any]:
+              reference: dict[str, str], embedding: str, tables: list[Any], context: int,
+              overrides: Mapping[str, Bits], adapter: dict[str, Any] | None
+              ) -> dict[str, Any]:
     import onnxruntime as ort
 
     from edgepet.exporters.onnx import OP_VERSION
@@ -296,6 +385,10 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
         "quantization": {
             "bits": policy.bits, "group_size": policy.group_size,
             "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
+            "embeddings": ({
+                "op": "com.microsoft.GatherBlockQuantized", "bits": tables[0].bits,
+                "block_size": EMBEDDING_BLOCK, "tables": [t.to_dict() for t in tables],
+            } if tables else None),
         },
         "operator": {
             "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
@@ -324,7 +417,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "bos_token_id": ck.bos_token_id,
             "eos_token_ids": ck.eos_token_ids,
             "add_bos_token": ck.add_bos_token,
-            "embedding": embedding,
+            **({} if tables else {"embedding": embedding}),
             "layer_bits": {k: v for k, v in overrides.items()},
             "cache": {"past": "past.{i}.key|value", "present": "present.{i}.key|value",
                       "layout": "batch, kv_heads, positions, head_dim"},
@@ -349,6 +442,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "onnx_version": onnx.__version__,
             "onnxruntime_version": ort.__version__,
             "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
+            **({"adapter": adapter} if adapter else {}),
         },
     }
     (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
@@ -366,4 +460,5 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-__all__ = ["TOLERANCE_VS_FP32", "choose_bits", "export_decoder"]
+__all__ = ["TOLERANCE_VS_FP32", "choose_bits", "export_decoder", "export_decoder_options",
+           "is_decoder_source"]
