@@ -116,8 +116,31 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
     for proj in llm_graph.projections(ck.config):
         w = proj.weight(ck)
         b = choose_bits(proj, bits, (), overrides or {})
-        out[proj.name] = w if b is None else fn(w, b, group_size, symmetric).dequantize()
+        if b is None:
+            out[proj.name] = w
+        elif group_size < GROUP_MULTIPLE:
+            out[proj.name] = small_group_dequantized(fn, w, b, group_size, symmetric)
+        else:
+            out[proj.name] = fn(w, b, group_size, symmetric).dequantize()
     return out
+
+
+#: The LUT kernels scale their tables per 32 inputs, so bundles need groups of 32 or more.
+GROUP_MULTIPLE = 32
+
+
+def small_group_dequantized(fn: Any, w: np.ndarray, bits: Any, group_size: int,
+                            symmetric: bool) -> np.ndarray:
+    """What quantizing ``w`` with groups smaller than the kernels' 32 would give (twin rows
+    only: a bundle cannot hold them). Each group is repeated up to 32 values, so the same
+    quantizer sees exactly that group's values, then the copies are dropped."""
+    n, k = w.shape
+    if k % group_size or GROUP_MULTIPLE % group_size:
+        raise ValueError(f"group {group_size} must divide K={k} and {GROUP_MULTIPLE}")
+    groups = w.reshape(-1, group_size)
+    padded = np.tile(groups, (1, GROUP_MULTIPLE // group_size))
+    back = fn(padded, bits, GROUP_MULTIPLE, symmetric).dequantize()[:, :group_size]
+    return np.ascontiguousarray(back.reshape(n, k), np.float32)
 
 
 def llama_cpp_perplexity(gguf: str, tokens: list[int], threads: int = 2) -> float:
@@ -161,7 +184,7 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
         (Path(tmp) / "tokenizer.json").write_text(json.dumps(ck.tokenizer_json))
         tok = Tokenizer(Path(tmp) / "tokenizer.json")
         tokens = tok.encode(fixed_text(), add_bos=False)[:args.max_tokens]
-    configs = [_parse_config(spec) for spec in (args.config or DEFAULT_CONFIGS)]
+    configs = [_parse_config(spec) for spec in (args.config or CONFIG_SETS[args.configs])]
     for label, bits, quantizer, group, symmetric, overrides in configs:
         start = time.perf_counter()
         if bits is None:
@@ -234,6 +257,38 @@ DEFAULT_CONFIGS = [
     "1-bit asym g32 rtn|1|32|asym|rtn|{}",
 ]
 
+
+#: The 2- and 3-bit sweep (``quality --configs low-bit``): group size, the search quantizer,
+#: and keeping the most sensitive projections at 4 bits. Groups of 16 are twin-only.
+_HEAD = '"lm_head": 4'
+_ENDS = '"layers.0.*": 4, "layers.29.*": 4'
+_ATTN = '"layers.*.attn.*": 4'
+_DOWN = '"layers.*.mlp.down": 4'
+LOW_BIT_CONFIGS = [
+    "fp32|-|-|-|-|{}",
+    "4-bit g32 (default)|4|32|asym|rtn|{}",
+    "3-bit g32|3|32|asym|rtn|{}",
+    "3-bit g16 (twin only)|3|16|asym|rtn|{}",
+    "3-bit g32, head 4|3|32|asym|rtn|{" + _HEAD + "}",
+    "3-bit g32, head + first/last layers 4|3|32|asym|rtn|{" + _HEAD + ", " + _ENDS + "}",
+    "3-bit g32, head + down 4|3|32|asym|rtn|{" + _HEAD + ", " + _DOWN + "}",
+    "3-bit g32, head + attn 4|3|32|asym|rtn|{" + _HEAD + ", " + _ATTN + "}",
+    "3-bit g32, head + attn + down 4|3|32|asym|rtn|{" + ", ".join((_HEAD, _ATTN, _DOWN)) + "}",
+    "2-bit g32|2|32|asym|rtn|{}",
+    "2-bit g16 (twin only)|2|16|asym|rtn|{}",
+    "2-bit g32, head 4|2|32|asym|rtn|{" + _HEAD + "}",
+    "2-bit g32, head + first/last layers 4|2|32|asym|rtn|{" + _HEAD + ", " + _ENDS + "}",
+    "2-bit g32, head + attn 4|2|32|asym|rtn|{" + _HEAD + ", " + _ATTN + "}",
+    "2-bit g32, head + attn + down 4|2|32|asym|rtn|{" + ", ".join((_HEAD, _ATTN, _DOWN)) + "}",
+    "2-bit g32, head + attn 4, down 3|2|32|asym|rtn|{" + _HEAD + ", " + _ATTN
+    + ', "layers.*.mlp.down": 3}',
+    "2-bit g16, head + attn + down 4 (twin only)|2|16|asym|rtn|{"
+    + ", ".join((_HEAD, _ATTN, _DOWN)) + "}",
+    "3-bit g32 search|3|32|asym|search|{}",
+    "2-bit g32 search, head + attn + down 4|2|32|asym|search|{"
+    + ", ".join((_HEAD, _ATTN, _DOWN)) + "}",
+]
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS}
 
 def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
     label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
@@ -592,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--gguf")
     q.add_argument("--config", action="append", help="LABEL|BITS|GROUP|sym/asym|rtn/search|"
                    "JSON overrides (default: DEFAULT_CONFIGS)")
+    q.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
+                   help="a named set of rows (low-bit: the 2- and 3-bit sweep)")
     q.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
     q.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     q.add_argument("--ctx", type=int, default=CTX, help="window length (512)")
