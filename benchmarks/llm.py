@@ -466,10 +466,23 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
     run_us = sum(r["dur"] for r in runs[1:]) / args.steps
     rows = [{"op": op, "ms_per_token": round(us / args.steps / 1000, 3),
              "share_of_nodes": round(us / nodes, 3)} for op, us in per_op.most_common()]
+    groups: collections.Counter = collections.Counter()
+    for op, us in per_op.items():
+        groups[PROFILE_GROUPS.get(op, "everything else")] += us / args.steps / 1000
+    groups["between nodes (ORT)"] = run_us / 1000 - nodes / args.steps / 1000
+    node_count = sum(1 for e in events if e.get("cat") == "Node"
+                     and e["name"].endswith("_kernel_time") and e["ts"] >= first_decode)
     return {"machine": machine(), "bundle": str(args.bundle), "threads": args.threads,
             "wall_ms_per_token": round(wall * 1000, 3),
             "model_run_ms_per_token": round(run_us / 1000, 3),
-            "nodes_ms_per_token": round(nodes / args.steps / 1000, 3), "rows": rows}
+            "nodes_ms_per_token": round(nodes / args.steps / 1000, 3),
+            "nodes_per_token": node_count // args.steps,
+            "groups_ms_per_token": {k: round(v, 3) for k, v in groups.items()}, "rows": rows}
+
+
+#: How ``profile`` splits a decode step: the matmul kernels, attention, the rest.
+PROFILE_GROUPS = {"LutMatMul": "LutMatMul (body)", "LutMatMul (lm_head)": "LutMatMul (head)",
+                  "Attention": "attention", "GroupQueryAttention": "attention"}
 
 
 # --- the 1B-shape synthetic model -----------------------------------------------------------

@@ -62,7 +62,14 @@ EMBEDDING_DTYPES = {"float16": np.float16, "float32": np.float32}
 EMBEDDING_CODE_BITS = (4, 8)
 EMBEDDING_BLOCK = 32
 #: Default embedding storage for decoders, chosen from the table in docs/llm.md.
-DEFAULT_EMBEDDING: str | int = 8
+DEFAULT_EMBEDDING: str | int = 4
+#: Projections kept at 4 bits by default when the bundle is 2 or 3 bits wide: SmolLM2-135M's
+#: attention and down projections and its head lose the model at 3 bits already, while
+#: gate/up (half the weights) tolerate 3 bits (the table in docs/llm.md).
+SENSITIVE_AT_4_BITS: dict[str, Bits] = {"lm_head": 4, "layers.*.attn.*": 4,
+                                        "layers.*.mlp.down": 4}
+DEFAULT_LAYER_BITS: dict[Bits, dict[str, Bits]] = {2: SENSITIVE_AT_4_BITS,
+                                                   3: SENSITIVE_AT_4_BITS}
 
 Progress = Callable[[str], None]
 
@@ -100,7 +107,9 @@ def export_decoder(
         keep: fnmatch patterns of projections left in float: fused names
             (``layers.0.attn.qkv``, ``layers.*.mlp.down``, ``lm_head``) or checkpoint names
             (``model.layers.0.self_attn.q_proj`` keeps the whole fused ``qkv``).
-        layer_bits: pattern -> bits for projections that differ from ``bits`` (e.g.
+        layer_bits: pattern -> bits for projections that differ from ``bits`` (default
+            for 2 and 3 bits: :data:`DEFAULT_LAYER_BITS`; ``{}`` for one width throughout;
+            e.g.
             ``{"lm_head": 4}``); the first matching pattern wins; ``--keep`` wins over it.
         embedding: storage of the embedding table: 8 (default) or 4 for codes
             (``com.microsoft.GatherBlockQuantized``, block 32), "float16" or "float32".
@@ -128,7 +137,8 @@ def export_decoder(
     quantizer, quantize_fn = _quantizer("rtn" if quantizer == "auto" else quantizer)
     embedding, table_bits = _embedding_choice(embedding)
     table_dtype = np.float32 if table_bits else EMBEDDING_DTYPES[embedding]
-    overrides = _check_layer_bits(layer_bits or {})
+    overrides = _check_layer_bits(DEFAULT_LAYER_BITS.get(policy.bits, {})
+                                  if layer_bits is None else layer_bits)
     adapter = single_adapter(adapters)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:

@@ -35,6 +35,10 @@ from edgepet.quant.tensor import Bits, QuantizedTensor
 
 #: Standard-domain opset: RMSNormalization, RotaryEmbedding and Attention are opset 23.
 OPSET = 23
+#: ONNX Runtime's contrib domain: each residual add fused with the RMS norm after it
+#: (SkipSimplifiedLayerNormalization), SiLU as QuickGelu(alpha=1). Its GroupQueryAttention
+#: (RoPE inside, one node instead of four) was measured and is slower here: see docs/llm.md.
+CONTRIB = "com.microsoft"
 IR_VERSION = 10
 
 
@@ -108,9 +112,10 @@ class _Builder:
         return name
 
     def op(self, op_type: str, inputs: list[str], name: str, outputs: int = 1,
-           **attrs) -> list[str]:
+           domain: str = "", **attrs) -> list[str]:
         outs = [f"{name}" if outputs == 1 else f"{name}.{j}" for j in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, domain=domain,
+                                           **attrs))
         return outs
 
     def linear(self, x: str, w: Weight, name: str) -> str:
@@ -184,13 +189,22 @@ def build_decoder(
     split_qkv = b.const("split.qkv", np.array([q_size, kv_size, kv_size], np.int64))
     split_gu = b.const("split.gate_up", np.array([c.intermediate_size] * 2, np.int64))
 
-    def norm(inp: str, weight_name: str, out: str) -> str:
-        w = b.const(f"{out}.weight", ck.weights[weight_name].astype(np.float32))
-        return b.op("RMSNormalization", [inp, w], out, epsilon=c.rms_norm_eps, axis=-1)[0]
+    def gamma(weight_name: str, out: str) -> str:
+        return b.const(f"{out}.weight", ck.weights[weight_name].astype(np.float32))
 
+    def add_norm(residual: str, update: str, weight_name: str, out: str) -> tuple[str, str]:
+        """residual + update, and its RMS norm, in one node: (normed, sum)."""
+        b.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [residual, update, gamma(weight_name, out)],
+            [out, "", "", f"{out}.residual"], name=out, domain=CONTRIB,
+            epsilon=c.rms_norm_eps))
+        return out, f"{out}.residual"
+
+    (h,) = b.op("RMSNormalization", [x, gamma("model.layers.0.input_layernorm.weight",
+                                               "layers.0.attn_norm")],
+                "layers.0.attn_norm", epsilon=c.rms_norm_eps, axis=-1)
     for i in range(c.num_layers):
         p = f"layers.{i}"
-        h = norm(x, f"model.layers.{i}.input_layernorm.weight", f"{p}.attn_norm")
         qkv = b.linear(h, weights[f"{p}.attn.qkv"], f"{p}.attn.qkv")
         q, k, v = b.op("Split", [qkv, split_qkv], f"{p}.attn.split", outputs=3, axis=-1)
         (q,) = b.op("RotaryEmbedding", [q, cos_name, sin_name, position_ids], f"{p}.attn.rope_q",
@@ -204,17 +218,19 @@ def build_decoder(
             q_num_heads=c.num_heads, kv_num_heads=c.num_kv_heads,
             scale=float(1.0 / np.sqrt(c.head_dim))))
         o = b.linear(att, weights[f"{p}.attn.o"], f"{p}.attn.o")
-        (x,) = b.op("Add", [x, o], f"{p}.attn.residual")
-        h = norm(x, f"model.layers.{i}.post_attention_layernorm.weight", f"{p}.mlp_norm")
+        h, x = add_norm(x, o, f"model.layers.{i}.post_attention_layernorm.weight",
+                        f"{p}.mlp_norm")
         gu = b.linear(h, weights[f"{p}.mlp.gate_up"], f"{p}.mlp.gate_up")
         gate, up = b.op("Split", [gu, split_gu], f"{p}.mlp.split", outputs=2, axis=-1)
-        (sig,) = b.op("Sigmoid", [gate], f"{p}.mlp.sigmoid")
-        (silu,) = b.op("Mul", [gate, sig], f"{p}.mlp.silu")
+        (silu,) = b.op("QuickGelu", [gate], f"{p}.mlp.silu", domain=CONTRIB, alpha=1.0)
         (act,) = b.op("Mul", [silu, up], f"{p}.mlp.act")
         down = b.linear(act, weights[f"{p}.mlp.down"], f"{p}.mlp.down")
-        (x,) = b.op("Add", [x, down], f"{p}.mlp.residual")
+        if i + 1 < c.num_layers:
+            h, x = add_norm(x, down, f"model.layers.{i + 1}.input_layernorm.weight",
+                            f"layers.{i + 1}.attn_norm")
+        else:
+            x, _ = add_norm(x, down, "model.norm.weight", "final_norm")
 
-    x = norm(x, "model.norm.weight", "final_norm")
     (neg,) = b.op("Neg", ["num_logits"], "logits_start")
     end = b.const("int64_max", np.array([np.iinfo(np.int64).max], np.int64))
     (tail,) = b.op("Slice", [x, neg, end, axis1], "last_positions")
@@ -224,7 +240,8 @@ def build_decoder(
     graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.inits)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, OP_VERSION)],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, OP_VERSION),
+                       helper.make_opsetid(CONTRIB, 1)],
         producer_name="edgepet",
     )
     model.ir_version = IR_VERSION

@@ -37,5 +37,5 @@ def tiny_2bit_bundle(tmp_path_factory, tiny_gguf):
     from edgepet.exporters.llm import export_decoder
 
     out = tmp_path_factory.mktemp("bundles") / "2bit"
-    export_decoder(tiny_gguf, out, bits=2, max_context=48)
+    export_decoder(tiny_gguf, out, bits=2, max_context=48, layer_bits={})
     return out

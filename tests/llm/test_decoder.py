@@ -85,6 +85,15 @@ def test_projections_are_fused_and_bits_follow_keep_and_overrides():
 # --- bundles and generation ---------------------------------------------------------------
 
 
+def test_2_and_3_bits_keep_attention_down_and_head_at_4_by_default(tmp_path, tiny_gguf):
+    bundle = export_decoder(tiny_gguf, tmp_path / "b", bits=3)
+    bits = {layer["name"]: layer["bits"] for layer in bundle.manifest["layers"]}
+    assert bits["layers.0.mlp.gate_up"] == bits["layers.1.mlp.gate_up"] == 3
+    assert {bits[n] for n in bits if "gate_up" not in n} == {4}
+    assert bundle.manifest["decoder"]["layer_bits"] == {
+        "lm_head": 4, "layers.*.attn.*": 4, "layers.*.mlp.down": 4}
+
+
 def test_fp32_bundle_greedy_tokens_match_pytorch(tiny_ck, tiny_fp32_bundle):
     session = edgepet.load(tiny_fp32_bundle)
     assert isinstance(session, DecoderSession)

@@ -40,5 +40,8 @@ def test_profile_splits_decode_time_by_op(tiny_2bit_bundle):
          "3", "--json"], capture_output=True, text=True, check=True, timeout=300)
     result = json.loads(out.stdout)
     ops = {r["op"] for r in result["rows"]}
-    assert {"LutMatMul", "LutMatMul (lm_head)", "Attention"} <= ops
+    assert {"LutMatMul", "LutMatMul (lm_head)", "Attention",
+            "SkipSimplifiedLayerNormalization"} <= ops
+    assert {"LutMatMul (body)", "LutMatMul (head)", "attention", "everything else",
+            "between nodes (ORT)"} == set(result["groups_ms_per_token"])
     assert sum(r["share_of_nodes"] for r in result["rows"]) == pytest.approx(1, abs=0.01)
