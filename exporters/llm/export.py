@@ -7,8 +7,10 @@ the fp32 graph and through the dequantized twin) -> check the bundle against its
 the staging folder, and only then move it into place.
 
 Defaults (see docs/llm.md for the table they come from): every projection including the
-tied output head is a ``LutMatMul``; the embedding table is kept in float16 (a gather
-reads one row per token, so its bits cost memory, not decode time).
+tied output head is a ``LutMatMul`` (4-bit, group 32, asymmetric; at 2 and 3 bits only
+gate/up go below 4); the embedding table is 4-bit ``GatherBlockQuantized`` codes (a gather
+reads one row per token, so its bits cost file size, not decode time). One adapter merges
+into the projections before quantization (:mod:`.adapter`).
 """
 
 from __future__ import annotations

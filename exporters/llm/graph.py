@@ -12,11 +12,13 @@ Outputs: ``logits`` ``[batch, n, vocab]`` and ``present.{i}.key`` / ``.value`` (
 with the new positions appended). Positions follow from the cache length; attention is
 causal over cache + new tokens (a boolean mask built once per call).
 
-Standard ONNX (opset 23) carries the rest: ``RMSNormalization``, ``RotaryEmbedding``
-(rotate-half form), ``Attention`` (grouped-query, with past/present). Every projection is
-one ``LutMatMul`` or, when kept, a float ``MatMul``; projections that read the same input
-are fused (q/k/v into ``qkv``, gate/up into ``gate_up``) — rows are quantized per row and
-group, so fusing changes no value and saves a call per layer.
+Standard ONNX (opset 23) carries attention: ``RotaryEmbedding`` (rotate-half form) and
+``Attention`` (grouped-query, with past/present). ONNX Runtime's contrib ops carry the rest:
+each residual add fused with the RMS norm after it (``SkipSimplifiedLayerNormalization``),
+SiLU as ``QuickGelu``. Every projection is one ``LutMatMul`` or, when kept, a float
+``MatMul``; projections that read the same input are fused (q/k/v into ``qkv``, gate/up
+into ``gate_up``) — rows are quantized per row and group, so fusing changes no value and
+saves a call per layer.
 """
 
 from __future__ import annotations

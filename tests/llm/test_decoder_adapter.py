@@ -147,3 +147,12 @@ def test_the_embedding_table_can_be_stored_as_codes(tmp_path, tiny_gguf, bits):
 def test_embedding_storage_names_are_checked(tmp_path, tiny_gguf):
     with pytest.raises(BadInputError, match="embedding storage 3"):
         export_decoder(tiny_gguf, tmp_path / "b", embedding=3)
+
+
+def test_cli_embedding_bits_reach_decoders(tmp_path, tiny_hf):
+    for flag, op in (("8", "GatherBlockQuantized"), ("float", "Gather")):
+        out = tmp_path / flag
+        assert main(["export", str(tiny_hf), "--embedding-bits", flag, "-o", str(out),
+                     "--quiet"]) == 0
+        model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        assert [n.op_type for n in model.graph.node if n.name == "embed"] == [op]
