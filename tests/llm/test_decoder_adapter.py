@@ -156,3 +156,11 @@ def test_cli_embedding_bits_reach_decoders(tmp_path, tiny_hf):
                      "--quiet"]) == 0
         model = onnx.load(str(out / "model.onnx"), load_external_data=False)
         assert [n.op_type for n in model.graph.node if n.name == "embed"] == [op]
+
+
+def test_encoder_only_options_are_refused_for_decoders(tmp_path, tiny_hf, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(tiny_hf), "--budget-error", "0.01", "--input-shape", "1,8",
+                 "-o", str(out), "--quiet"]) == 2
+    assert "take no --input-shape, --budget-error" in capsys.readouterr().err
+    assert not out.exists()
