@@ -182,11 +182,13 @@ def export_decoder(
     return bundle_io.Bundle.open(out)
 
 
-#: ``edgepet export`` options that only encoder/PyTorch exports take.
-_NOT_FOR_DECODERS = {"input_shapes": "--input-shape", "inputs": "--input", "arch": "--arch",
-                     "op_library": "--op-library", "task": "--task",
-                     "calibration": "--calibration", "budget_error": "--budget-error",
-                     "max_size": "--max-size"}
+#: ``edgepet export`` options a decoder export takes (the rest are refused when given).
+_DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
+                    "adapters", "overwrite", "progress")
+#: Options that mean nothing for a decoder and are ignored.
+_IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
+#: Flag names of options whose key does not spell the flag.
+_FLAGS = {"input_shapes": "--input-shape", "inputs": "--input"}
 
 
 def is_decoder_source(model: Any) -> bool:
@@ -212,16 +214,16 @@ def export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLike
 def _export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLike[str], *,
                             embedding_bits: int | str | None, **options: Any
                             ) -> bundle_io.Bundle:
-    given = [flag for key, flag in _NOT_FOR_DECODERS.items() if options.pop(key, None)]
+    given = [_FLAGS.get(key, "--" + key.replace("_", "-")) for key, value in options.items()
+             if key not in _DECODER_OPTIONS and key not in _IGNORED_OPTIONS and value]
     if given:
         raise BadInputError(f"decoder checkpoints (GGUF / Hugging Face folder) take no "
                             f"{', '.join(given)}")
-    for ignored in ("trust", "arch_kwargs", "allow_inaccurate"):
-        options.pop(ignored, None)
+    taken = {k: v for k, v in options.items() if k in _DECODER_OPTIONS}
     if embedding_bits not in (None, "auto"):
-        options["embedding"] = "float16" if embedding_bits in ("float", "none") \
+        taken["embedding"] = "float16" if embedding_bits in ("float", "none") \
             else embedding_bits
-    return export_decoder(model, out, **options)
+    return export_decoder(model, out, **taken)
 
 # --- choices and quantization -------------------------------------------------------------
 

@@ -163,4 +163,7 @@ def test_encoder_only_options_are_refused_for_decoders(tmp_path, tiny_hf, capsys
     assert main(["export", str(tiny_hf), "--budget-error", "0.01", "--input-shape", "1,8",
                  "-o", str(out), "--quiet"]) == 2
     assert "take no --input-shape, --budget-error" in capsys.readouterr().err
+    assert main(["export", str(tiny_hf), "--target", "no-such-board", "-o", str(out),
+                 "--quiet"]) == 2
+    assert "no-such-board" in capsys.readouterr().err
     assert not out.exists()
