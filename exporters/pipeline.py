@@ -186,20 +186,19 @@ def export(
         require_native: BadInputError, instead of a warning, when the op library or
             ``edgepet-run`` for the target's platform cannot be shipped.
     """
-    from edgepet.exporters.hf import is_encoder_folder
-    from edgepet.exporters.llm.checkpoint import is_llm_source
+    from edgepet.exporters.llm.export import export_decoder_options, is_decoder_source
 
     # a GGUF file or Hugging Face folder of a Llama-family decoder; encoders go on below
-    if is_llm_source(model) and not is_encoder_folder(model):
-        from edgepet.exporters.llm.export import export_decoder
-
-        if adapters or input_shapes or inputs is not None or arch or op_library or with_tflite:
-            raise BadInputError("decoder checkpoints (GGUF / Hugging Face folder) take no "
-                                "--adapter, --input-shape, --input, --arch, --op-library or "
-                                "--with-tflite yet")
-        return export_decoder(model, out, target=target, bits=bits, group_size=group_size,
-                              symmetric=symmetric, keep=keep, quantizer=quantizer,
-                              overwrite=overwrite, progress=progress)
+    if is_decoder_source(model):
+        return export_decoder_options(
+            model, out, target=target, bits=bits, group_size=group_size,
+            symmetric=symmetric, keep=keep, quantizer=quantizer, adapters=adapters,
+            input_shapes=input_shapes, inputs=inputs, trust=trust, arch=arch,
+            arch_kwargs=arch_kwargs, overwrite=overwrite, op_library=op_library,
+            progress=progress, task=task, tokenizer=tokenizer, calibration=calibration,
+            allow_inaccurate=allow_inaccurate, budget_error=budget_error, max_size=max_size,
+            embedding_bits=embedding_bits, with_tflite=with_tflite,
+            require_native=require_native)
     say = _Steps(progress)
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())
@@ -210,9 +209,7 @@ def export(
     if budget_error is not None and not budget_error > 0:
         raise BadInputError(f"--budget-error {budget_error} must be a positive number, e.g. "
                             "0.01")
-    native = bundle_writer.native_files(profile, _check_op_library(op_library, profile))
-    if native.missing and require_native:
-        raise BadInputError(_missing_native(native) + " — nothing was written")
+    native = native_files_for(profile, op_library, require_native)
     tflite_converter = litert.converter_version() if with_tflite else None
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
@@ -274,11 +271,7 @@ def export(
         make_overridable(result.model, sorted(
             {n for a in task_adapters.values() for n in a.parameters}))
         files.update(_write_model(stage, result.model, external_data_threshold))
-        files.update(bundle_writer.ship_native(stage, native))
-        files["missing"] = native.missing
-        if native.missing:
-            say(f"warning: {_missing_native(native)} — the bundle says so in its manifest "
-                "(operator.missing)")
+        files.update(ship_native(stage, native, say))
         files["tokenizer"] = _write_tokenizer(stage, loaded.text)
         adapter_entries = adapters_io.write_adapters(stage, task_adapters)
         reference = _write_reference(stage, result, example, references, task_adapters)
@@ -363,6 +356,28 @@ def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
     from edgepet.quant.search import search_quantize
 
     return "search", search_quantize
+
+
+def native_files_for(profile: TargetProfile, op_library: str | os.PathLike[str] | None,
+                     require_native: bool) -> bundle_writer.NativeFiles:
+    """The native files a bundle for ``profile`` ships (``op_library``: the user's, checked);
+    with ``require_native``, BadInputError before anything is written if one is missing."""
+    native = bundle_writer.native_files(profile, _check_op_library(op_library, profile))
+    if native.missing and require_native:
+        raise BadInputError(_missing_native(native) + " — nothing was written")
+    return native
+
+
+def ship_native(stage: Path, native: bundle_writer.NativeFiles, say: Progress
+                ) -> dict[str, Any]:
+    """Copy ``native`` into the staged bundle; the manifest's ``operator`` file entries
+    (``library``, ``runner``, ``missing``), warning about what is missing."""
+    files: dict[str, Any] = dict(bundle_writer.ship_native(stage, native))
+    files["missing"] = native.missing
+    if native.missing:
+        say(f"warning: {_missing_native(native)} — the bundle says so in its manifest "
+            "(operator.missing)")
+    return files
 
 
 def _check_op_library(path: str | os.PathLike[str] | None, profile: TargetProfile

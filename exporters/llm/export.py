@@ -91,6 +91,8 @@ def export_decoder(
     adapters: Mapping[str, Any] | None = None,
     max_context: int | None = None,
     overwrite: bool = False,
+    op_library: str | os.PathLike[str] | None = None,
+    require_native: bool = False,
     progress: Progress | None = None,
 ) -> bundle_io.Bundle:
     """Export a GGUF file or Hugging Face folder of a Llama-family model to a decoder bundle.
@@ -113,7 +115,7 @@ def export_decoder(
             for 2 and 3 bits: :data:`DEFAULT_LAYER_BITS`; ``{}`` for one width throughout;
             e.g.
             ``{"lm_head": 4}``); the first matching pattern wins; ``--keep`` wins over it.
-        embedding: storage of the embedding table: 8 (default) or 4 for codes
+        embedding: storage of the embedding table: 4 (default) or 8 for codes
             (``com.microsoft.GatherBlockQuantized``, block 32), "float16" or "float32".
             The tied output head is a separate ``LutMatMul`` at the projections' width.
         adapters: at most one ``{name: adapter}``: a PEFT folder, or a model carrying
@@ -121,9 +123,13 @@ def export_decoder(
         max_context: longest prompt + generation the bundle serves (default: the model's
             context length, at most 8192).
         overwrite: replace an existing bundle at ``out``.
+        op_library, require_native: as for :func:`edgepet.exporters.pipeline.export`: the
+            op library and ``edgepet-run`` built for the target's platform travel in the
+            bundle, or ``operator.missing`` says what is missing (an error with
+            ``require_native``).
         progress: called with a line per step.
     """
-    from edgepet.exporters.pipeline import _policy, _quantizer
+    from edgepet.exporters.pipeline import _policy, _quantizer, native_files_for, ship_native
 
     start = time.perf_counter()
 
@@ -142,6 +148,7 @@ def export_decoder(
     overrides = _check_layer_bits(DEFAULT_LAYER_BITS.get(policy.bits, {})
                                   if layer_bits is None else layer_bits)
     adapter = single_adapter(adapters)
+    native = native_files_for(profile, op_library, require_native)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
         say(f"reading {source}")
@@ -166,9 +173,10 @@ def export_decoder(
         reference = _write_reference(stage, ck, model, quantized, tokenizer, context,
                                      table_dtype)
         _save(stage, model)  # last: saving moves the weights out of ``model``
+        native_entries = ship_native(stage, native, say)
         manifest = _manifest(stage, ck, profile, policy, quantizer, model, records, reference,
                              embedding if tables or not table_bits else "float32", tables,
-                             context, overrides, adapter_record)
+                             context, overrides, adapter_record, native_entries)
         say("verifying the bundle against its dequantized graph")
         measured = bundle_io.Bundle.open(stage).verify()
         if measured[0].vs_quantized > TOLERANCE_VS_QUANTIZED:
@@ -184,7 +192,7 @@ def export_decoder(
 
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
 _DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
-                    "adapters", "overwrite", "progress")
+                    "adapters", "overwrite", "progress", "op_library", "require_native")
 #: Options that mean nothing for a decoder and are ignored.
 _IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
 #: Flag names of options whose key does not spell the flag.
@@ -377,8 +385,8 @@ def _save(stage: Path, model: onnx.ModelProto) -> None:
 def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: Any,
               quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
               reference: dict[str, str], embedding: str, tables: list[Any], context: int,
-              overrides: Mapping[str, Bits], adapter: dict[str, Any] | None
-              ) -> dict[str, Any]:
+              overrides: Mapping[str, Bits], adapter: dict[str, Any] | None,
+              native: Mapping[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
     from edgepet.exporters.onnx import OP_VERSION
@@ -406,7 +414,9 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
         },
         "operator": {
             "domain": "ai.edgepet", "op_type": "LutMatMul", "version": OP_VERSION,
-            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(), "library": None,
+            "layout": LAYOUT, "abi_version": bundle_io.op_abi_version(),
+            "library": native["library"], "runner": native["runner"],
+            "missing": native["missing"],
         },
         "model": {
             "file": bundle_io.MODEL, "external_data": bundle_io.EXTERNAL_DATA,
