@@ -78,7 +78,10 @@ def test_a_real_ctrl_c_writes_the_partial_report(demo_bundle, tmp_path):
         [sys.executable, "-c", "import sys; from edgepet.cli import main; sys.exit(main())",
          "bench", str(demo_bundle.path), "--seconds", "60", "--delay", "0", "--threads", "1",
          "--energy", "none", "--baselines", "none", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A suite started in the background (`pytest &`) inherits SIGINT ignored, and so
+        # would the bench: give it the default disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     line = ""
     while "round 2/3" not in line and time.time() < deadline:  # round 1 measured
