@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgepet.runtime import Bundle
-from edgepet.runtime.bundle import relative_error
+from edgepet.runtime.bundle import output_metrics, relative_error
 
 # --- memory -------------------------------------------------------------------------------------
 
@@ -140,14 +140,21 @@ def open_runner(kind: str, model: str, threads: int, bundle: Bundle) -> Runner:
 # --- accuracy -----------------------------------------------------------------------------------
 
 
-def compare(y: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
-    """Max abs and relative error, cosine similarity, and top-1 agreement for logits."""
+def compare(y: list[np.ndarray], ref: list[np.ndarray], spec: dict[str, Any] | None = None,
+            names: list[str] | None = None) -> dict[str, Any]:
+    """Max abs and relative error, cosine similarity, and top-1 agreement where it means
+    something: the bundle's output metrics (``spec``, the manifest's ``reference.metrics``)
+    give it for logits of enough rows only, never for embeddings. Without ``spec`` (bundles
+    older than it) any float output of two or more classes counts as logits."""
     flat_y = np.concatenate([np.asarray(a, np.float64).ravel() for a in y])
     flat_r = np.concatenate([np.asarray(b, np.float64).ravel() for b in ref])
     norms = float(np.linalg.norm(flat_y) * np.linalg.norm(flat_r))
     first, first_ref = np.asarray(y[0]), np.asarray(ref[0])
     top1 = None
-    if first.ndim >= 2 and first.shape[-1] >= 2 and first.dtype.kind == "f":
+    if spec is not None:
+        _, metrics, _ = output_metrics(spec, names or [], y, ref)
+        top1 = metrics.get("top1_agreement")
+    elif first.ndim >= 2 and first.shape[-1] >= 2 and first.dtype.kind == "f":
         top1 = float(np.mean(np.argmax(first, -1) == np.argmax(first_ref, -1)))
     return {
         "max_abs_error": float(np.max(np.abs(flat_y - flat_r))) if flat_y.size else 0.0,
@@ -166,10 +173,11 @@ def accuracy(runner: Runner, bundle: Bundle, adapters: list[str | None]) -> list
         runner.set_adapter(adapter)
         got = runner.run(inputs)
         fp32, quant = bundle.reference_outputs(adapter)
+        spec = bundle.manifest.get("reference", {}).get("metrics")
         results.append({
             "adapter": adapter,
-            "vs_pytorch": compare(got, [fp32[n] for n in names]),
-            "vs_dequantized": compare(got, [quant[n] for n in names]),
+            "vs_pytorch": compare(got, [fp32[n] for n in names], spec, names),
+            "vs_dequantized": compare(got, [quant[n] for n in names], spec, names),
         })
     return results
 

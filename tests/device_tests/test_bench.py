@@ -173,3 +173,18 @@ def test_latency_statistics():
     assert stats["avg_ns"] == 3_000_000
     assert stats["avg_ts"] == pytest.approx(np.mean([2e9 / x for x in
                                                      (1e6, 2e6, 3e6, 4e6, 5e6)]))
+
+
+def test_top1_agreement_only_where_the_bundle_says_the_output_is_logits():
+    from edgepet.device_tests.worker import compare
+
+    rng = np.random.default_rng(0)
+    y = [rng.standard_normal((20, 8)).astype(np.float32)]
+    ref = [y[0] + 0.01]
+    names = ["out"]
+    embedding = {"kind": "embedding", "output": "out"}
+    logits = {"kind": "logits", "output": "out"}
+    assert compare(y, ref, embedding, names)["top1_agreement"] is None
+    assert compare(y, ref, logits, names)["top1_agreement"] == 1.0
+    assert compare([y[0][:4]], [ref[0][:4]], logits, names)["top1_agreement"] is None  # < 16
+    assert compare(y, ref)["top1_agreement"] == 1.0  # a bundle without reference.metrics
