@@ -1,4 +1,5 @@
-"""The ``edgepet`` command: export, run, inspect, verify, targets, demo.
+"""The ``edgepet`` command: export, run, inspect, verify, bench, generate, perplexity,
+targets, demo.
 
 Exit codes: 0 success, 2 bad input (the message says what failed, why and what to do),
 3 ``verify`` (or ``demo``) measured an error beyond the bundle's tolerance, 1 internal
