@@ -178,7 +178,9 @@ def export_decoder(
                              embedding if tables or not table_bits else "float32", tables,
                              context, overrides, adapter_record, native_entries)
         say("verifying the bundle against its dequantized graph")
-        measured = bundle_io.Bundle.open(stage).verify()
+        # The files were just written and hashed into the file table: verify the
+        # in-memory bundle instead of reading and hashing them all again.
+        measured = bundle_io.Bundle(stage, manifest).verify()
         if measured[0].vs_quantized > TOLERANCE_VS_QUANTIZED:
             raise RuntimeError(
                 "the exported decoder disagrees with its own dequantized graph (relative "
@@ -187,7 +189,7 @@ def export_decoder(
         manifest["reference"]["measured"] = {"default": measured[0].to_dict()}
         write_manifest(stage, manifest)
     say(f"done in {time.perf_counter() - start:.1f} s")
-    return bundle_io.Bundle.open(out)
+    return bundle_io.Bundle(out, manifest)
 
 
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
@@ -472,7 +474,6 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
     (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
     manifest["files"] = bundle_writer.file_table(stage)
     manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-    write_manifest(stage, manifest)
     return manifest
 
 
