@@ -507,7 +507,9 @@ def _bits(bits: int | str) -> str:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    from edgepet.runtime.bundle import size_text
+
+    return size_text(n)
 
 
 # --- device-side commands (no torch) --------------------------------------------------------

@@ -628,12 +628,14 @@ def _plan(module: Any, example: Sequence[torch.Tensor], reference: list[np.ndarr
     max_bytes = None
     if max_size is not None:
         other = _other_weight_bytes(module, layers, table_bits)
+        size = bundle_io.size_text
         max_bytes = max_size - other
         if max_bytes <= 0:
-            raise BadInputError(f"--max-size {_size(max_size)} is smaller than the model's "
-                                f"weights outside its linear layers ({_size(other)}) "
+            raise BadInputError(f"--max-size {size(max_size)} is smaller than the model's "
+                                f"weights outside its linear layers ({size(other)}) "
                                 "alone — raise it, or store embedding tables smaller "
                                 "(--embedding-bits 4)")
+
         def needs(option: LayerOption) -> int:
             return sum(option.stored_bytes(*shape) for shape in shapes.values())
 
@@ -641,9 +643,9 @@ def _plan(module: Any, example: Sequence[torch.Tensor], reference: list[np.ndarr
         least = needs(smallest)
         if least > max_bytes:
             raise BadInputError(
-                f"--max-size {_size(max_size)} cannot be met: with every linear layer at "
-                f"{smallest.label()} the weights need {_size(least + other)} "
-                f"({_size(other)} of them outside the linear layers) — raise --max-size")
+                f"--max-size {size(max_size)} cannot be met: with every linear layer at "
+                f"{smallest.label()} the weights need {size(least + other)} "
+                f"({size(other)} of them outside the linear layers) — raise --max-size")
     chosen = plan_layers(shapes, errors, options, budget_error, max_bytes)
     layer_fn.plan = {k: v for k, v in chosen.items() if v.bits is not None}
     estimate = sum(errors[k][v] for k, v in chosen.items())
@@ -660,10 +662,6 @@ def _plan(module: Any, example: Sequence[torch.Tensor], reference: list[np.ndarr
     return {"options": chosen, "errors": errors, "metric": metric, "summary": summary,
             "budget_error": budget_error, "max_size": max_size, "estimate": estimate,
             "base": options[0]}
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def _other_weight_bytes(module: Any, layers: dict[str, Any], table_bits: int | None) -> int:

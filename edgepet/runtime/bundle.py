@@ -57,6 +57,11 @@ class BundleError(BadInputError):
     """A bundle that cannot be used as it is; the message names the file and the fix."""
 
 
+def size_text(n: int) -> str:
+    """A byte count for people: MB from 100 kB up, kB below."""
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -818,4 +823,5 @@ __all__ = [
     "read_manifest",
     "relative_error",
     "sha256_file",
+    "size_text",
 ]
