@@ -218,6 +218,11 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="store large embedding tables as 4- or 8-bit codes "
                         "(com.microsoft.GatherBlockQuantized) or float (default: 4 for "
                         "Hugging Face text models, float otherwise)")
+    p.add_argument("--tied-head", choices=("auto", "shared", "separate"), default=None,
+                   help="decoders whose output head is tied to the embeddings: shared reads "
+                        "the 4-bit embedding codes (stored once, com.microsoft.MatMulNBits), "
+                        "separate stores the head as a LutMatMul of its own (default auto: "
+                        "shared when the table and the head are 4-bit; docs/llm.md)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
@@ -393,7 +398,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
         budget_error=args.budget_error, max_size=_size(args.max_size),
         embedding_bits=args.embedding_bits or "auto", with_tflite=args.with_tflite,
-        require_native=args.require_native,
+        require_native=args.require_native, tied_head=args.tied_head,
     )
     print(summary(bundle))
     return EXIT_OK
@@ -418,7 +423,14 @@ def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
 
     # decoders (GGUF / HF Llama) take --adapter and --embedding-bits their own way; both
     # are the boundary that turns a step's ValueError into BadInputError (exit 2)
-    run = export_decoder_options if is_decoder_source(model) else export
+    decoder = is_decoder_source(model)
+    tied_head = options.pop("tied_head", None)
+    if tied_head is not None and not decoder:
+        raise _Usage("--tied-head applies to decoder checkpoints (a GGUF file or a Hugging "
+                     "Face Llama folder) — leave it out for this model")
+    if tied_head is not None:
+        options["tied_head"] = tied_head
+    run = export_decoder_options if decoder else export
     return run(model, out, target=args.target, progress=_progress(args.quiet), **options)
 
 
@@ -449,8 +461,9 @@ def summary(bundle) -> str:
     """A few lines that say what was exported, how small it is and how accurate."""
     m = bundle.manifest
     q, s, t = m["quantization"], m["sizes"], m["target"]
-    lut = [layer for layer in m["layers"] if layer["bits"] is not None]
-    kept = len(m["layers"]) - len(lut)
+    lut = [layer for layer in m["layers"]
+           if layer["bits"] is not None and not layer.get("shared_with")]
+    kept = sum(layer["bits"] is None for layer in m["layers"])
     group = q["group_size"] or "per-row"
     lines = [
         f"edgepet bundle: {bundle.path}",
@@ -470,6 +483,12 @@ def summary(bundle) -> str:
         pooling = f", {text['pooling']} pooling + L2" if text.get("pooling") else ""
         lines.append(f"  text        {text['task']}{pooling}; inputs "
                      f"{', '.join(text['inputs'])}; tokenizer {text['tokenizer'] or 'none'}")
+    head = (m.get("decoder") or {}).get("head")
+    if head:
+        lines.append("  head        " + (
+            f"tied, shared with the embedding table's 4-bit codes ({head['op']})"
+            if head["storage"] == "shared" else
+            f"{'tied, ' if head['tied'] else ''}stored separately ({head['op']})"))
     op = m["operator"]
     shipped = [f for f in (op.get("library"), op.get("runner")) if f]
     if shipped:
@@ -581,12 +600,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         bits = "float" if layer["bits"] is None else str(layer["bits"])
         if layer["switchable"]:
             bits += "*"
+        if layer.get("shared_with"):
+            bits += "+"
         print(f"  {layer['name'][:40]:<40} {layer['N']:>6} {layer['K']:>6} {bits:>7} "
               f"{layer['group_size'] or '-'!s:>6} {layer['float_bytes']:>10,} "
               f"{layer['stored_bytes']:>10,} {_ratio(layer['float_bytes'], layer['stored_bytes'])} "
               f"{stored_bits_per_weight(layer):>7.2f}")
     if any(layer["switchable"] for layer in m["layers"]):
         print("  * switchable: its parameters come from the active adapter file")
+    for layer in m["layers"]:
+        if layer.get("shared_with"):
+            print(f"  + {layer['name']} reads {layer['shared_with']}'s codes (stored once; "
+                  "its bytes are the table's)")
     print("  bits/w: bytes stored per weight x 8 — codes, fp16 scales, zero points and bias")
     print("\n  files (sizes and SHA-256 checked against the manifest):")
     for rel, info in m["files"].items():
@@ -683,6 +708,8 @@ def _llm_parsers(sub: Any) -> None:
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     gen.add_argument("--seed", type=int, help="random seed for sampling")
     gen.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    gen.add_argument("--adapter", help="adapter to generate with, for bundles exported with "
+                                       "several (default: the first; see `edgepet inspect`)")
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
     ppl = sub.add_parser(
@@ -694,13 +721,14 @@ def _llm_parsers(sub: Any) -> None:
     ppl.add_argument("--ctx", type=int, default=512, help="window length in tokens (512)")
     ppl.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
     ppl.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    ppl.add_argument("--adapter", help="adapter to score with (default: the first)")
     ppl.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from edgepet.runtime.generate import open_decoder
 
-    session = open_decoder(args.bundle, args.threads)
+    session = open_decoder(args.bundle, args.threads, args.adapter)
 
     def show(piece: str) -> None:
         print(piece, end="", flush=True)
@@ -728,7 +756,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise _Usage(f"{file} is not UTF-8 text ({error})") from None
-    session = open_decoder(args.bundle, args.threads)
+    session = open_decoder(args.bundle, args.threads, args.adapter)
 
     def progress(done: int, total: int) -> None:
         if not args.json:

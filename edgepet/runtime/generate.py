@@ -5,6 +5,12 @@
 between calls (ONNX Runtime I/O binding: the cache stays in ORT's buffers), samples, and
 streams. :func:`measure_decode` is the prefill/decode tokens-per-second measurement that
 benchmarks and ``edgepet bench`` call.
+
+A bundle exported with several adapters switches between them with
+:meth:`DecoderSession.set_adapter` (the first is active at the start), without reloading the
+model: the switchable projections' tensors of the active adapter are bound as inputs of
+each run. A KV cache holds keys and values computed with one adapter's weights, so a cache
+remembers its adapter and is refused under another.
 """
 
 from __future__ import annotations
@@ -119,8 +125,18 @@ class Sampling:
         return choose
 
 
+class KVCache(list):
+    """The cache ``forward`` returns: ORT values per ``past`` input, and the adapter whose
+    weights computed them (a cache is valid only under that adapter)."""
+
+    def __init__(self, values: Sequence[Any], adapter: str | None) -> None:
+        super().__init__(values)
+        self.adapter = adapter
+
+
 class DecoderSession(BundleSession):
-    """A decoder bundle ready to generate: ``generate``, ``stream``, ``perplexity``."""
+    """A decoder bundle ready to generate: ``generate``, ``stream``, ``perplexity``;
+    ``set_adapter(name)`` switches adapters when the bundle has several."""
 
     def __init__(self, bundle: Bundle, threads: int | None = None,
                  trust_library: bool | None = None) -> None:
@@ -138,14 +154,62 @@ class DecoderSession(BundleSession):
         self._present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
         self._empty = np.zeros((1, int(self.config["num_kv_heads"]), 0,
                                 int(self.config["head_dim"])), np.float32)
+        # Adapter -> its tensors as ORT values (read once; the first adapter's are the
+        # graph's defaults and are never bound). I/O binding ignores RunOptions' active
+        # adapters, so forward() binds them itself.
+        self._adapter_values: dict[str, dict[str, Any]] = {}
+        self._bound: dict[str, Any] = {}
+        self._active = self.adapters[0] if self.adapters else None
+
+    # --- adapters -------------------------------------------------------------------------
+
+    def set_adapter(self, name: str | None) -> None:
+        """Use adapter ``name`` from the next call on (None: the first, the default).
+
+        Nothing is reloaded: the adapter's tensors are read from its file once and bound
+        to the graph's switchable inputs. Caches built under another adapter are refused.
+        """
+        if name is None or not self.adapters:
+            if name is not None:
+                self.bundle.adapter_path(name)  # the error that names the bundle's adapters
+            self._bound, self._active = {}, (self.adapters[0] if self.adapters else None)
+            super().set_adapter(None)
+            return
+        self.bundle.adapter_path(name)  # unknown names: BadInputError listing the adapters
+        if name == self.adapters[0]:
+            self._bound = {}
+        else:
+            if name not in self._adapter_values:
+                self._adapter_values[name] = self._read_adapter(name)
+            self._bound = self._adapter_values[name]
+        super().set_adapter(name if name != self.adapters[0] else None)
+        self._active = name
+
+    def _read_adapter(self, name: str) -> dict[str, Any]:
+        from edgepet.runtime.bundle import BundleError
+
+        file = self.bundle.adapter_path(name)
+        try:
+            return dict(self._ort.AdapterFormat.read_adapter(str(file)).get_parameters())
+        except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
+            raise BundleError(f"bundle file {file} is not a readable adapter ({error}) — it is "
+                              "damaged; copy the bundle again, or export again") from None
 
     # --- the forward pass -------------------------------------------------------------
 
     def forward(self, ids: Sequence[int], cache: list[Any] | None = None,
-                num_logits: int = 1) -> tuple[np.ndarray, list[Any]]:
+                num_logits: int = 1) -> tuple[np.ndarray, KVCache]:
         """Run ``ids`` after ``cache`` (None: empty); return logits ``[n, vocab]`` of the
         last ``num_logits`` positions (0: all) and the new cache (ORT values)."""
+        made_with = getattr(cache, "adapter", self._active)
+        if cache is not None and made_with != self._active:
+            raise BadInputError(
+                f"this KV cache was built under adapter {made_with!r}, but the active adapter "
+                f"is {self._active!r} — its keys and values come from the other adapter's "
+                "weights; start from an empty cache (cache=None) after set_adapter")
         binding = self._session.io_binding()
+        for name, value in self._bound.items():
+            binding.bind_ortvalue_input(name, value)
         ids_array = np.asarray([list(ids)], np.int64)
         n_array = np.asarray([num_logits], np.int64)
         binding.bind_cpu_input("input_ids", ids_array)
@@ -163,7 +227,7 @@ class DecoderSession(BundleSession):
         except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
             raise BadInputError(f"the decoder could not run: {error}") from None
         outputs = binding.get_outputs()
-        return outputs[0].numpy()[0], list(outputs[1:])
+        return outputs[0].numpy()[0], KVCache(outputs[1:], self._active)
 
     # --- generation ---------------------------------------------------------------------
 
@@ -318,9 +382,14 @@ def window_nll(logits: np.ndarray, targets: Sequence[int]) -> float:
     return float(np.sum(log_z - picked))
 
 
-def open_decoder(path: str | os.PathLike[str], threads: int | None = None) -> DecoderSession:
-    """Open and check a decoder bundle and return its :class:`DecoderSession`."""
-    return DecoderSession(Bundle.open(path), threads)
+def open_decoder(path: str | os.PathLike[str], threads: int | None = None,
+                 adapter: str | None = None) -> DecoderSession:
+    """Open and check a decoder bundle and return its :class:`DecoderSession`, with
+    ``adapter`` active (None: the first adapter, when the bundle has several)."""
+    session = DecoderSession(Bundle.open(path), threads)
+    if adapter is not None:
+        session.set_adapter(adapter)
+    return session
 
 
 def measure_decode(bundle: str | os.PathLike[str] | DecoderSession, prompt_tokens: int = 64,
@@ -366,6 +435,7 @@ def benchmark_prompt(tokenizer: Tokenizer, n: int) -> list[int]:
 
 __all__ = [
     "DecoderSession",
+    "KVCache",
     "GenerationResult",
     "PerplexityResult",
     "Sampling",

@@ -1,4 +1,4 @@
-"""One adapter merged into a decoder checkpoint's projections before quantization.
+"""Adapters for decoder checkpoints: one merges into the projections, several switch.
 
 An adapter is a Hugging Face PEFT folder (LoRA, rsLoRA, MiSS/Bone; read by
 :func:`edgepet.pet.load_peft`) or, in Python, a model carrying ``edgepet.pet`` layers
@@ -6,8 +6,12 @@ An adapter is a Hugging Face PEFT folder (LoRA, rsLoRA, MiSS/Bone; read by
 adapted projection gets ``W + delta_weight()`` — the update ``edgepet.pet.merge`` folds in —
 so exporting the checkpoint with its adapter equals exporting the merged float model.
 
-Decoders take one adapter: switchable adapters (``adapters/NAME.onnx_adapter``) need the
-projections as graph inputs, which the fused ``qkv``/``gate_up`` decoder graph does not have.
+With several adapters each one gives a checkpoint of its own (:func:`task_checkpoints`);
+the fused projections (``qkv``, ``gate_up``, ...) whose weights differ between them stay
+switchable (:func:`switchable_projections`): their tensors become graph inputs whose
+defaults are the first adapter's, and each adapter's tensors go into
+``adapters/NAME.onnx_adapter`` (:func:`adapter_tensors`, written by
+``exporters.adapters.write_adapters``).
 """
 
 from __future__ import annotations
@@ -29,16 +33,57 @@ ACCEPTED = ("a PEFT folder (adapter_config.json + adapter_model.safetensors)"
             " or, in Python, a model carrying edgepet.pet layers")
 
 
-def single_adapter(adapters: Mapping[str, Any] | None) -> tuple[str, Any] | None:
-    """The one (name, adapter) of ``adapters``, None for none; several are refused."""
+def check_names(adapters: Mapping[str, Any] | None) -> None:
+    """Adapter names name files (``adapters/NAME.onnx_adapter``): letters, digits, _.-"""
+    for name in adapters or {}:
+        if not name or not all(c.isalnum() or c in "_.-" for c in name):
+            raise BadInputError(f"adapter name {name!r} must use letters, digits, '_', '.' "
+                                "or '-' (it names adapters/NAME.onnx_adapter)")
+
+
+def task_checkpoints(ck: Checkpoint, adapters: Mapping[str, Any] | None
+                     ) -> tuple[dict[str, Checkpoint], dict[str, Any] | None]:
+    """Adapter name -> ``ck`` with that adapter merged (empty without adapters), and the
+    provenance record: ``merged`` for one adapter, the adapters' records for several."""
     if not adapters:
-        return None
-    if len(adapters) > 1:
-        raise BadInputError(
-            f"decoder bundles take one adapter, merged into the weights, but "
-            f"{len(adapters)} were given ({', '.join(adapters)}) — switchable adapters are "
-            "not supported for decoders yet; export one bundle per adapter")
-    return next(iter(adapters.items()))
+        return {}, None
+    tasks, records = {}, []
+    for name, adapter in adapters.items():
+        tasks[name], record = merge_adapter(ck, name, adapter)
+        records.append(record)
+    if len(records) == 1:
+        return tasks, records[0]
+    for record in records:
+        record["merged"] = False
+    return tasks, {"merged": False, "tasks": records}
+
+
+def switchable_projections(tasks: Mapping[str, Checkpoint]) -> list[str]:
+    """Names of the (fused) projections whose weights differ between the checkpoints."""
+    from edgepet.exporters.llm.graph import projections
+
+    if len(tasks) < 2:
+        return []
+    cks = list(tasks.values())
+    first, others = cks[0], cks[1:]
+    return [p.name for p in projections(first.config) if any(
+        any(o.weights[part] is not first.weights[part]
+            and not np.array_equal(o.weights[part], first.weights[part]) for part in p.parts)
+        for o in others)]
+
+
+def adapter_tensors(task_weights: Mapping[str, Mapping[str, Any]]
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """Adapter -> the tensors its file carries: every initializer of its switchable
+    projections (codes, scales, zero points; or a kept projection's float matrix)."""
+    from edgepet.exporters.llm.graph import projection_tensors
+
+    files: dict[str, dict[str, np.ndarray]] = {}
+    for task, weights in task_weights.items():
+        files[task] = {}
+        for name, weight in weights.items():
+            files[task].update(projection_tensors(weight, name))
+    return files
 
 
 def merge_adapter(ck: Checkpoint, name: str, adapter: Any) -> tuple[Checkpoint, dict[str, Any]]:
@@ -135,4 +180,5 @@ def _skeleton(ck: Checkpoint) -> Any:
     return root
 
 
-__all__ = ["merge_adapter", "single_adapter"]
+__all__ = ["adapter_tensors", "check_names", "merge_adapter", "switchable_projections",
+           "task_checkpoints"]

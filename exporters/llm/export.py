@@ -9,8 +9,9 @@ the staging folder, and only then move it into place.
 Defaults (see docs/llm.md for the table they come from): every projection including the
 tied output head is a ``LutMatMul`` (4-bit, group 32, asymmetric; at 2 and 3 bits only
 gate/up go below 4); the embedding table is 4-bit ``GatherBlockQuantized`` codes (a gather
-reads one row per token, so its bits cost file size, not decode time). One adapter merges
-into the projections before quantization (:mod:`.adapter`).
+reads one row per token, so its bits cost file size, not decode time); a head tied to the
+embeddings reads the table's codes (``tied_head="shared"``: stored once). One adapter merges
+into the projections before quantization; several stay switchable (:mod:`.adapter`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ import onnx
 
 import edgepet
 from edgepet.exporters import bundle as bundle_writer
+from edgepet.exporters.llm import adapter as llm_adapter
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
-from edgepet.exporters.llm.adapter import merge_adapter, single_adapter
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
 from edgepet.exporters.rewrite import dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
@@ -65,6 +66,10 @@ EMBEDDING_CODE_BITS = (4, 8)
 EMBEDDING_BLOCK = 32
 #: Default embedding storage for decoders, chosen from the table in docs/llm.md.
 DEFAULT_EMBEDDING: str | int = 4
+#: A tied head reads the embedding table's 4-bit codes ("shared") or has codes of its own
+#: ("separate"); "auto" shares whenever the table is 4-bit codes and the head 4 bits
+#: (chosen from the figures in docs/llm.md).
+TIED_HEAD_CHOICES = ("auto", *llm_graph.HEAD_CHOICES)
 #: Projections kept at 4 bits by default when the bundle is 2 or 3 bits wide: SmolLM2-135M's
 #: attention and down projections and its head lose the model at 3 bits already, while
 #: gate/up (half the weights) tolerate 3 bits (the table in docs/llm.md).
@@ -89,6 +94,7 @@ def export_decoder(
     layer_bits: Mapping[str, Bits] | None = None,
     embedding: str | int = DEFAULT_EMBEDDING,
     adapters: Mapping[str, Any] | None = None,
+    tied_head: str = "auto",
     max_context: int | None = None,
     overwrite: bool = False,
     op_library: str | os.PathLike[str] | None = None,
@@ -117,9 +123,14 @@ def export_decoder(
             ``{"lm_head": 4}``); the first matching pattern wins; ``--keep`` wins over it.
         embedding: storage of the embedding table: 4 (default) or 8 for codes
             (``com.microsoft.GatherBlockQuantized``, block 32), "float16" or "float32".
-            The tied output head is a separate ``LutMatMul`` at the projections' width.
-        adapters: at most one ``{name: adapter}``: a PEFT folder, or a model carrying
-            ``edgepet.pet`` layers; merged into the float projections before quantization.
+        adapters: ``{name: adapter}``: a PEFT folder, or a model carrying ``edgepet.pet``
+            layers. One merges into the float projections before quantization; with
+            several, the projections that differ between them stay switchable
+            (``adapters/NAME.onnx_adapter``; the first adapter is the graph's default).
+        tied_head: for a head tied to the embeddings: "shared" (a ``MatMulNBits`` reading
+            the embedding table's 4-bit codes: stored once), "separate" (a ``LutMatMul``
+            of its own), or "auto" (shared when the table is 4-bit codes and the head
+            4 bits). Untied models refuse "shared".
         max_context: longest prompt + generation the bundle serves (default: the model's
             context length, at most 8192).
         overwrite: replace an existing bundle at ``out``.
@@ -147,46 +158,66 @@ def export_decoder(
     table_dtype = np.float32 if table_bits else EMBEDDING_DTYPES[embedding]
     overrides = _check_layer_bits(DEFAULT_LAYER_BITS.get(policy.bits, {})
                                   if layer_bits is None else layer_bits)
-    adapter = single_adapter(adapters)
+    llm_adapter.check_names(adapters)
+    if tied_head not in TIED_HEAD_CHOICES:
+        raise BadInputError(f"--tied-head {tied_head!r} is unknown — use "
+                            f"{', '.join(TIED_HEAD_CHOICES)}")
     native = native_files_for(profile, op_library, require_native)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
         say(f"reading {source}")
         ck = ckpt.load_checkpoint(source)
-        adapter_record = None
-        if adapter is not None:
-            ck, adapter_record = merge_adapter(ck, *adapter)
-            say(f"merged adapter {adapter[0]!r} into {len(adapter_record['layers'])} "
-                "projections")
+        head = _head_choice(tied_head, ck, table_bits, policy, overrides)
+        tasks, adapter_record = llm_adapter.task_checkpoints(ck, adapters)
+        ck = next(iter(tasks.values()), ck)
+        if adapter_record and adapter_record.get("merged"):
+            say(f"merged adapter {adapter_record['name']!r} into "
+                f"{len(adapter_record['layers'])} projections")
         context = min(max_context or DEFAULT_MAX_CONTEXT, ck.config.max_position_embeddings)
         if max_context is not None and max_context > ck.config.max_position_embeddings:
             raise BadInputError(f"--max-context {max_context} exceeds the model's context "
                                 f"length {ck.config.max_position_embeddings}")
         tokenizer = _tokenizer(ck)
         say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
-        weights, records, quantized = _quantize(ck, policy, overrides, quantize_fn, say)
+        names = None if head == "separate" else [
+            p.name for p in llm_graph.projections(ck.config) if p.name != "lm_head"]
+        weights, records, quantized = _quantize(ck, policy, overrides, quantize_fn, say, names)
+        switching = llm_adapter.switchable_projections(tasks)
+        if switching:
+            say(f"{len(switching)} projections differ between the adapters: switchable")
+        task_weights = _task_weights(tasks, switching, weights, quantized, policy, overrides,
+                                     quantize_fn, say)
         say("building the decoder graph")
-        model = llm_graph.build_decoder(ck, weights, context, table_dtype)
+        model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head)
         tables = _quantize_embedding(model, table_bits, say)
+        if head == "shared":
+            records.append(_shared_head_record(ck, tables))
+        adapter_files = llm_adapter.adapter_tensors(task_weights)
+        _mark_switchable(model, records, adapter_files)
         (stage / TOKENIZER_FILE).write_text(json.dumps(ck.tokenizer_json))
         say("writing reference data (fp32 graph and dequantized twin)")
         reference = _write_reference(stage, ck, model, quantized, tokenizer, context,
                                      table_dtype)
+        adapter_entries = _write_adapters(stage, tasks, task_weights, adapter_files, model,
+                                          quantized, tokenizer, context, table_dtype, say)
         _save(stage, model)  # last: saving moves the weights out of ``model``
         native_entries = ship_native(stage, native, say)
         manifest = _manifest(stage, ck, profile, policy, quantizer, model, records, reference,
                              embedding if tables or not table_bits else "float32", tables,
-                             context, overrides, adapter_record, native_entries)
+                             context, overrides, adapter_record, native_entries,
+                             adapter_entries, head)
         say("verifying the bundle against its dequantized graph")
         # The files were just written and hashed into the file table: verify the
         # in-memory bundle instead of reading and hashing them all again.
         measured = bundle_io.Bundle(stage, manifest).verify()
-        if measured[0].vs_quantized > TOLERANCE_VS_QUANTIZED:
+        bad = [r for r in measured if r.vs_quantized > TOLERANCE_VS_QUANTIZED]
+        if bad:
             raise RuntimeError(
                 "the exported decoder disagrees with its own dequantized graph (relative "
-                f"logit error {measured[0].vs_quantized:.4f}) — this is an edgepet bug; "
-                "please report it with the model")
-        manifest["reference"]["measured"] = {"default": measured[0].to_dict()}
+                f"logit error {bad[0].vs_quantized:.4f}, adapter {bad[0].adapter}) — this is "
+                "an edgepet bug; please report it with the model")
+        manifest["reference"]["measured"] = {(r.adapter or "default"): r.to_dict()
+                                             for r in measured}
         write_manifest(stage, manifest)
     say(f"done in {time.perf_counter() - start:.1f} s")
     return bundle_io.Bundle(out, manifest)
@@ -194,7 +225,8 @@ def export_decoder(
 
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
 _DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
-                    "adapters", "overwrite", "progress", "op_library", "require_native")
+                    "adapters", "overwrite", "progress", "op_library", "require_native",
+                    "tied_head")
 #: Options that mean nothing for a decoder and are ignored.
 _IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
 #: Flag names of options whose key does not spell the flag.
@@ -290,11 +322,14 @@ def choose_bits(projection: llm_graph.Projection, default: Bits, keep: Sequence[
 
 
 def _quantize(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
-              quantize_fn: Callable[..., QuantizedTensor], say: Progress):
+              quantize_fn: Callable[..., QuantizedTensor], say: Progress,
+              names: Collection[str] | None = None):
+    """Codes (or float, when kept) of the projections ``names`` (None: all)."""
     weights: dict[str, llm_graph.Weight] = {}
     records: list[dict[str, Any]] = []
     quantized: dict[str, tuple[QuantizedTensor, None]] = {}
-    projections = llm_graph.projections(ck.config)
+    projections = [p for p in llm_graph.projections(ck.config)
+                   if names is None or p.name in names]
     for index, proj in enumerate(projections):
         w = proj.weight(ck)
         n, k = w.shape
@@ -361,18 +396,32 @@ def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
 
 def _write_reference(stage: Path, ck: ckpt.Checkpoint, model: onnx.ModelProto,
                      quantized: Mapping[str, Any], tokenizer: Any, context: int,
-                     embedding_dtype: type) -> dict[str, str]:
+                     embedding_dtype: type, task: str | None = None) -> dict[str, str]:
+    """Reference data: the fp32 graph's and the dequantized twin's logits on a fixed
+    prompt; ``task`` (an adapter other than the first) names files of its own."""
     folder = stage / bundle_io.REFERENCE_DIR
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     feeds = _reference_feeds(ck, tokenizer)
-    np.savez(folder / "inputs.npz", **feeds)
+    suffix = "" if task is None else f".{task}"
+    if task is None:
+        np.savez(folder / "inputs.npz", **feeds)
     fp32 = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), context, embedding_dtype)
-    np.savez(folder / "outputs.npz", **_run_plain(fp32, feeds))
+    np.savez(folder / f"outputs{suffix}.npz", **_run_plain(fp32, feeds))
     del fp32
     twin = dequantized_twin(model, quantized)
-    np.savez(folder / "quantized_outputs.npz", **_run_plain(twin, feeds))
-    return {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
-            "quantized_outputs": "reference/quantized_outputs.npz"}
+    if any(n.op_type == "MatMulNBits" for n in twin.graph.node):
+        codes, scales, zeros = (_initializer(model, name)
+                                for name in llm_graph.shared_head_tensors())
+        llm_graph.float_shared_head(twin, llm_graph.dequantize_table(codes, scales, zeros))
+    np.savez(folder / f"quantized_outputs{suffix}.npz", **_run_plain(twin, feeds))
+    return {"inputs": "reference/inputs.npz", "outputs": f"reference/outputs{suffix}.npz",
+            "quantized_outputs": f"reference/quantized_outputs{suffix}.npz"}
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -388,13 +437,15 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
               quantizer: str, model: onnx.ModelProto, records: list[dict[str, Any]],
               reference: dict[str, str], embedding: str, tables: list[Any], context: int,
               overrides: Mapping[str, Bits], adapter: dict[str, Any] | None,
-              native: Mapping[str, Any]) -> dict[str, Any]:
+              native: Mapping[str, Any], adapter_entries: list[dict[str, Any]],
+              head: str) -> dict[str, Any]:
     import onnxruntime as ort
 
     from edgepet.exporters.onnx import OP_VERSION
     from edgepet.kernels import LAYOUT
 
     float_bytes = sum(int(w.size) * 4 for w in ck.weights.values())
+    switched = {n for entry in adapter_entries for n in entry["parameters"]}
     weight_bytes = initializer_bytes(model)
     target = profile.to_dict()
     target["threads"] = profile.threads
@@ -424,10 +475,10 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "file": bundle_io.MODEL, "external_data": bundle_io.EXTERNAL_DATA,
             "opset": llm_graph.OPSET, "ir_version": model.ir_version,
         },
-        "inputs": [value_info(v) for v in model.graph.input],
+        "inputs": [value_info(v) for v in model.graph.input if v.name not in switched],
         "outputs": [value_info(v) for v in model.graph.output],
         "layers": records,
-        "adapters": [],
+        "adapters": adapter_entries,
         "reference": {
             **reference,
             "tolerance": {"vs_pytorch": TOLERANCE_VS_FP32[policy.bits],
@@ -445,6 +496,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "add_bos_token": ck.add_bos_token,
             **({} if tables else {"embedding": embedding}),
             "layer_bits": {k: v for k, v in overrides.items()},
+            "head": _head_manifest(c, head),
             "cache": {"past": "past.{i}.key|value", "present": "present.{i}.key|value",
                       "layout": "batch, kv_heads, positions, head_dim"},
         },
@@ -452,8 +504,9 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "float_weight_bytes": float_bytes,
             "weight_bytes": weight_bytes,
             "linear_float_bytes": sum(r["float_bytes"] for r in records),
-            "linear_stored_bytes": sum(r["stored_bytes"] for r in records),
-            "adapter_bytes": 0,
+            "linear_stored_bytes": sum(r["stored_bytes"] for r in records
+                                       if not r.get("shared_with")),
+            "adapter_bytes": sum(e["bytes"] for e in adapter_entries),
             "bundle_bytes": 0,
             "compression": round(float_bytes / max(weight_bytes, 1), 3),
         },
@@ -468,13 +521,142 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "onnx_version": onnx.__version__,
             "onnxruntime_version": ort.__version__,
             "host": f"{platform.system()} {platform.machine()} python {sys.version.split()[0]}",
-            **({"adapter": adapter} if adapter else {}),
+            **({"adapter": adapter} if adapter and adapter.get("merged") else {}),
+            **({"adapters": adapter["tasks"]} if adapter and not adapter.get("merged")
+               else {}),
         },
     }
     (stage / bundle_io.SCHEMA_COPY).write_text(manifest_schema.SCHEMA_FILE.read_text())
     manifest["files"] = bundle_writer.file_table(stage)
     manifest["sizes"]["bundle_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     return manifest
+
+
+# --- the tied head and switchable adapters -----------------------------------------------
+
+
+def _head_choice(tied_head: str, ck: ckpt.Checkpoint, table_bits: int | None, policy: Any,
+                 overrides: Mapping[str, Bits]) -> str:
+    """"shared" or "separate" for ``--tied-head`` (see :data:`TIED_HEAD_CHOICES`)."""
+    head = next(p for p in llm_graph.projections(ck.config) if p.name == "lm_head")
+    bits = choose_bits(head, policy.bits, policy.keep, overrides)
+    if tied_head == "separate" or (tied_head == "auto" and (
+            not ck.config.tie_word_embeddings or table_bits != llm_graph.SHARED_HEAD_BITS
+            or bits != llm_graph.SHARED_HEAD_BITS)):
+        return "separate"
+    if not ck.config.tie_word_embeddings:
+        raise BadInputError(f"--tied-head shared: {ck.name or ck.source} has an output head "
+                            "of its own (tie_word_embeddings is false), there is no table to "
+                            "share — leave --tied-head out")
+    if table_bits != llm_graph.SHARED_HEAD_BITS:
+        raise BadInputError("--tied-head shared reads the embedding table's 4-bit codes, but "
+                            f"the table is stored as {table_bits or 'float'} — use "
+                            "--embedding-bits 4, or --tied-head separate")
+    if bits != llm_graph.SHARED_HEAD_BITS:
+        raise BadInputError(f"--tied-head shared gives the head the table's 4-bit codes, but "
+                            f"the head is asked to be {bits or 'float'} (--keep / layer bits) "
+                            "— use --tied-head separate for that")
+    return "shared"
+
+
+def _shared_head_record(ck: ckpt.Checkpoint, tables: list[Any]) -> dict[str, Any]:
+    """The layer record of a shared head: the table's codes, read by MatMulNBits."""
+    c = ck.config
+    if not tables:
+        raise RuntimeError("the shared head has no quantized embedding table — an edgepet "
+                           "bug; export with --tied-head separate and report it")
+    return {"name": "lm_head", "node": "lm_head", "N": c.vocab_size, "K": c.hidden_size,
+            "bits": llm_graph.SHARED_HEAD_BITS, "group_size": llm_graph.SHARED_HEAD_BLOCK,
+            "symmetric": False, "bias": False, "float_bytes": c.vocab_size * c.hidden_size * 4,
+            "stored_bytes": tables[0].stored_bytes, "switchable": False,
+            "shared_with": llm_graph.TABLE}
+
+
+def _head_manifest(c: ckpt.LlamaConfig, head: str) -> dict[str, Any]:
+    if head == "shared":
+        return {"tied": True, "storage": "shared", "op": "com.microsoft.MatMulNBits",
+                "reads": list(llm_graph.shared_head_tensors()), "accuracy_level": 4}
+    return {"tied": bool(c.tie_word_embeddings), "storage": "separate",
+            "op": "ai.edgepet.LutMatMul"}
+
+
+def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[str],
+                  weights: Mapping[str, llm_graph.Weight], quantized: Mapping[str, Any],
+                  policy: Any, overrides: Mapping[str, Bits],
+                  quantize_fn: Callable[..., QuantizedTensor], say: Progress
+                  ) -> dict[str, dict[str, llm_graph.Weight]]:
+    """Adapter -> its weights of the switchable projections (the first adapter's are the
+    graph's own; the others are quantized here the same way)."""
+    if not switching:
+        return {}
+    out: dict[str, dict[str, llm_graph.Weight]] = {}
+    for index, (task, task_ck) in enumerate(tasks.items()):
+        if index == 0:
+            out[task] = {name: weights[name] for name in switching}
+            continue
+        say(f"quantizing adapter {task!r}'s {len(switching)} switchable projections")
+        own, _, _ = _quantize(task_ck, policy, overrides, quantize_fn, lambda _: None,
+                              switching)
+        out[task] = own
+    return out
+
+
+def _mark_switchable(model: onnx.ModelProto, records: list[dict[str, Any]],
+                     adapter_files: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """List the switchable tensors as graph inputs (the first adapter's values stay their
+    defaults) and mark their layers in the manifest's records."""
+    from edgepet.exporters.rewrite import make_overridable
+
+    names = sorted({n for tensors in adapter_files.values() for n in tensors})
+    make_overridable(model, names)
+    switched = {n.rsplit(".", 1)[0] for n in names}
+    for record in records:
+        record["switchable"] = record["node"] in switched
+
+
+def _write_adapters(stage: Path, tasks: Mapping[str, ckpt.Checkpoint],
+                    task_weights: Mapping[str, Mapping[str, llm_graph.Weight]],
+                    adapter_files: Mapping[str, Mapping[str, np.ndarray]],
+                    model: onnx.ModelProto, quantized: Mapping[str, Any], tokenizer: Any,
+                    context: int, table_dtype: type, say: Progress) -> list[dict[str, Any]]:
+    """``adapters/NAME.onnx_adapter`` per adapter and its reference data (the first
+    adapter's reference is the bundle's own)."""
+    from edgepet.exporters.adapters import TaskAdapter, write_adapters
+
+    if not adapter_files:
+        return []
+    say(f"writing {len(adapter_files)} adapter files and their reference data")
+    entries = write_adapters(stage, {task: TaskAdapter(dict(tensors), {})
+                                     for task, tensors in adapter_files.items()})
+    for index, entry in enumerate(entries):
+        task = entry["name"]
+        if index == 0:
+            entry.update(reference_outputs=None, quantized_outputs=None)
+            continue
+        own = dict(quantized)
+        own.update({name: (w, None) for name, w in task_weights[task].items()
+                    if isinstance(w, QuantizedTensor)})
+        graph = model if all(isinstance(w, QuantizedTensor)
+                             for w in task_weights[task].values()) \
+            else _with_tensors(model, adapter_files[task])  # a kept (float) one switches
+        files = _write_reference(stage, tasks[task], graph, own, tokenizer, context,
+                                 table_dtype, task)
+        entry.update(reference_outputs=files["outputs"],
+                     quantized_outputs=files["quantized_outputs"])
+    return entries
+
+
+def _with_tensors(model: onnx.ModelProto, tensors: Mapping[str, np.ndarray]
+                  ) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers ``tensors`` hold other values."""
+    from onnx import numpy_helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for t in copy.graph.initializer:
+        if t.name in tensors:
+            t.CopyFrom(numpy_helper.from_array(tensors[t.name], t.name))
+    return copy
 
 
 def _torch_version() -> str:

@@ -19,6 +19,12 @@ SiLU as ``QuickGelu``. Every projection is one ``LutMatMul`` or, when kept, a fl
 ``MatMul``; projections that read the same input are fused (q/k/v into ``qkv``, gate/up
 into ``gate_up``) — rows are quantized per row and group, so fusing changes no value and
 saves a call per layer.
+
+The tied output head of a model whose embeddings and head share one matrix can read the
+embedding table's 4-bit codes itself (``head="shared"``): ONNX Runtime's contrib
+``MatMulNBits`` (block 32, ``accuracy_level=4``) takes ``GatherBlockQuantized``'s codes
+``[V, D/2]`` (viewed as ``[V, D/32, 16]`` through a ``Reshape``), scales ``[V, D/32]`` and
+packed zero points ``[V, D/64]`` byte for byte, so the bundle stores the matrix once.
 """
 
 from __future__ import annotations
@@ -122,14 +128,79 @@ class _Builder:
 
     def linear(self, x: str, w: Weight, name: str) -> str:
         out = f"{name}.out"
-        if isinstance(w, QuantizedTensor):
-            node, inits = lut_matmul_node(w, x, out, name)
-            self.nodes.append(node)
-            self.inits += inits
-        else:
-            wt = self.const(f"{name}.weight_t", np.ascontiguousarray(w.T, dtype=np.float32))
-            self.op("MatMul", [x, wt], out)
+        node, inits = projection_node(w, x, out, name)
+        self.nodes.append(node)
+        self.inits += inits
         return out
+
+
+def projection_node(w: Weight, x: str, out: str, name: str
+                    ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """The node of one projection (``LutMatMul`` for codes, ``MatMul`` for a float matrix)
+    and the initializers it reads — the tensors an adapter file overrides to switch it."""
+    if isinstance(w, QuantizedTensor):
+        return lut_matmul_node(w, x, out, name)
+    wt = numpy_helper.from_array(np.ascontiguousarray(w.T, dtype=np.float32),
+                                 f"{name}.weight_t")
+    return helper.make_node("MatMul", [x, wt.name], [out], name=name), [wt]
+
+
+def projection_tensors(w: Weight, name: str) -> dict[str, np.ndarray]:
+    """Initializer name -> value of projection ``name`` holding ``w`` (see
+    :func:`projection_node`)."""
+    _, inits = projection_node(w, "x", "y", name)
+    return {t.name: numpy_helper.to_array(t) for t in inits}
+
+
+#: Head storage choices for models whose head is tied to the embedding table.
+HEAD_CHOICES = ("shared", "separate")
+#: The embedding table's initializer stem; its codes are ``{stem}.codes``, ``.scales``,
+#: ``.zero_points`` once ``exporters.rewrite.quantize_embeddings`` has made them.
+TABLE = "embed_tokens.table"
+#: Code width and block size of the table a shared head reads (MatMulNBits' layout).
+SHARED_HEAD_BITS, SHARED_HEAD_BLOCK = 4, 32
+
+
+def shared_head_tensors() -> tuple[str, str, str]:
+    """Names of the table's codes, scales and zero points that a shared head reads."""
+    return f"{TABLE}.codes", f"{TABLE}.scales", f"{TABLE}.zero_points"
+
+
+def dequantize_table(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
+                     block: int = SHARED_HEAD_BLOCK) -> np.ndarray:
+    """The float ``[V, D]`` rows that 4-bit GatherBlockQuantized codes stand for."""
+    def nibbles(a: np.ndarray) -> np.ndarray:
+        out = np.empty((a.shape[0], a.shape[1] * 2), np.uint8)
+        out[:, 0::2], out[:, 1::2] = a & 0x0F, a >> 4
+        return out
+
+    q = nibbles(codes).astype(np.float32)
+    rows, dim = q.shape
+    z = nibbles(zero_points)[:, :dim // block].astype(np.float32)
+    return ((q.reshape(rows, dim // block, block) - z[..., None]) * scales[..., None]
+            ).reshape(rows, dim)
+
+
+def float_shared_head(model: onnx.ModelProto, table: np.ndarray) -> None:
+    """Replace a shared head (``MatMulNBits``) by a float ``MatMul`` of ``table`` (the
+    dequantized rows), in place: the dequantized twin computes what the codes stand for,
+    without the int8 activations of ``accuracy_level=4``."""
+    graph = model.graph
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
+        if node.name == "lm_head" and node.op_type == "MatMulNBits":
+            wt = numpy_helper.from_array(np.ascontiguousarray(table.T), "lm_head.weight_t")
+            nodes[i] = helper.make_node("MatMul", [node.input[0], wt.name], list(node.output),
+                                        name="lm_head")
+            graph.initializer.append(wt)
+    reshape = f"{TABLE}.codes_as_blocks"
+    nodes = [n for n in nodes if n.name != reshape]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for n in graph.node for name in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def build_decoder(
@@ -138,6 +209,7 @@ def build_decoder(
     max_context: int,
     embedding_dtype: type = np.float16,
     name: str = "edgepet_decoder",
+    head: str = "separate",
 ) -> onnx.ModelProto:
     """The decoder graph for ``ck`` with projection weights ``weights`` (by projection name).
 
@@ -146,7 +218,14 @@ def build_decoder(
         weights: projection name (see :func:`projections`) -> codes or float matrix.
         max_context: positions the RoPE tables cover (the longest cache + prompt).
         embedding_dtype: storage of the embedding table (float16 halves it; float32 exact).
+        head: "separate" (the head is ``weights["lm_head"]``) or "shared": a tied head
+            read from the table's 4-bit codes (:func:`shared_head_tensors`), which
+            ``exporters.rewrite.quantize_embeddings`` must then make (block 32).
     """
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head {head!r} must be one of {', '.join(HEAD_CHOICES)}")
+    if head == "shared" and not ck.config.tie_word_embeddings:
+        raise ValueError("a shared head needs a model whose head is tied to its embeddings")
     c = ck.config
     b = _Builder()
     ids = "input_ids"
@@ -182,7 +261,7 @@ def build_decoder(
     cos, sin = rope_tables(c, max_context)
     cos_name, sin_name = b.const("rope.cos", cos), b.const("rope.sin", sin)
 
-    table = b.const("embed_tokens.table", ck.embedding.astype(embedding_dtype))
+    table = b.const(TABLE, ck.embedding.astype(embedding_dtype))
     (x,) = b.op("Gather", [table, ids], "embed")
     if embedding_dtype != np.float32:
         (x,) = b.op("Cast", [x], "embed.float", to=TensorProto.FLOAT)
@@ -236,8 +315,19 @@ def build_decoder(
     (neg,) = b.op("Neg", ["num_logits"], "logits_start")
     end = b.const("int64_max", np.array([np.iinfo(np.int64).max], np.int64))
     (tail,) = b.op("Slice", [x, neg, end, axis1], "last_positions")
-    head = b.linear(tail, weights["lm_head"], "lm_head")
-    b.nodes.append(helper.make_node("Identity", [head], ["logits"], name="logits"))
+    if head == "shared":
+        codes, scales, zeros = shared_head_tensors()
+        blocks = b.const(f"{TABLE}.block_shape", np.array(
+            [c.vocab_size, c.hidden_size // SHARED_HEAD_BLOCK, SHARED_HEAD_BLOCK // 2], np.int64))
+        # A Reshape is a view in ONNX Runtime (measured: no second copy of the codes).
+        (codes_3d,) = b.op("Reshape", [codes, blocks], f"{TABLE}.codes_as_blocks")
+        (logits,) = b.op("MatMulNBits", [tail, codes_3d, scales, zeros], "lm_head",
+                         domain=CONTRIB, K=c.hidden_size, N=c.vocab_size,
+                         bits=SHARED_HEAD_BITS, block_size=SHARED_HEAD_BLOCK,
+                         accuracy_level=4)
+    else:
+        logits = b.linear(tail, weights["lm_head"], "lm_head")
+    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
 
     graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.inits)
     model = helper.make_model(
@@ -267,13 +357,20 @@ class LayerChoice:
 
 
 __all__ = [
+    "HEAD_CHOICES",
     "OPSET",
+    "TABLE",
     "LayerChoice",
     "Projection",
     "build_decoder",
+    "dequantize_table",
+    "float_shared_head",
     "float_weights",
     "past_names",
     "present_names",
+    "projection_node",
+    "projection_tensors",
     "projections",
     "rope_tables",
+    "shared_head_tensors",
 ]
