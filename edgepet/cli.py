@@ -218,11 +218,11 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="store large embedding tables as 4- or 8-bit codes "
                         "(com.microsoft.GatherBlockQuantized) or float (default: 4 for "
                         "Hugging Face text models, float otherwise)")
-    p.add_argument("--tied-head", choices=("auto", "shared", "separate"), default=None,
-                   help="decoders whose output head is tied to the embeddings: shared reads "
-                        "the 4-bit embedding codes (stored once, com.microsoft.MatMulNBits), "
-                        "separate stores the head as a LutMatMul of its own (default auto: "
-                        "shared when the table and the head are 4-bit; docs/llm.md)")
+    p.add_argument("--tied-head", choices=("separate", "shared"), default=None,
+                   help="decoders whose output head is tied to the embeddings: separate "
+                        "(default) stores the head as a LutMatMul of its own; shared reads "
+                        "the 4-bit embedding codes (com.microsoft.MatMulNBits): a smaller "
+                        "file, a higher perplexity (docs/llm.md)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")

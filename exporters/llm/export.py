@@ -66,10 +66,10 @@ EMBEDDING_CODE_BITS = (4, 8)
 EMBEDDING_BLOCK = 32
 #: Default embedding storage for decoders, chosen from the table in docs/llm.md.
 DEFAULT_EMBEDDING: str | int = 4
-#: A tied head reads the embedding table's 4-bit codes ("shared") or has codes of its own
-#: ("separate"); "auto" shares whenever the table is 4-bit codes and the head 4 bits
-#: (chosen from the figures in docs/llm.md).
-TIED_HEAD_CHOICES = ("auto", *llm_graph.HEAD_CHOICES)
+#: A tied head has codes of its own ("separate", the default) or reads the embedding
+#: table's 4-bit codes ("shared": 17.7 MB smaller for SmolLM2-135M, but perplexity 16.33
+#: against 15.59, more resident memory and slower decoding; the figures in docs/llm.md).
+DEFAULT_TIED_HEAD = "separate"
 #: Projections kept at 4 bits by default when the bundle is 2 or 3 bits wide: SmolLM2-135M's
 #: attention and down projections and its head lose the model at 3 bits already, while
 #: gate/up (half the weights) tolerate 3 bits (the table in docs/llm.md).
@@ -94,7 +94,7 @@ def export_decoder(
     layer_bits: Mapping[str, Bits] | None = None,
     embedding: str | int = DEFAULT_EMBEDDING,
     adapters: Mapping[str, Any] | None = None,
-    tied_head: str = "auto",
+    tied_head: str = DEFAULT_TIED_HEAD,
     max_context: int | None = None,
     overwrite: bool = False,
     op_library: str | os.PathLike[str] | None = None,
@@ -127,10 +127,9 @@ def export_decoder(
             layers. One merges into the float projections before quantization; with
             several, the projections that differ between them stay switchable
             (``adapters/NAME.onnx_adapter``; the first adapter is the graph's default).
-        tied_head: for a head tied to the embeddings: "shared" (a ``MatMulNBits`` reading
-            the embedding table's 4-bit codes: stored once), "separate" (a ``LutMatMul``
-            of its own), or "auto" (shared when the table is 4-bit codes and the head
-            4 bits). Untied models refuse "shared".
+        tied_head: for a head tied to the embeddings: "separate" (default: a ``LutMatMul``
+            of its own) or "shared" (a ``MatMulNBits`` reading the embedding table's 4-bit
+            codes: the matrix stored once). Untied models refuse "shared".
         max_context: longest prompt + generation the bundle serves (default: the model's
             context length, at most 8192).
         overwrite: replace an existing bundle at ``out``.
@@ -159,9 +158,9 @@ def export_decoder(
     overrides = _check_layer_bits(DEFAULT_LAYER_BITS.get(policy.bits, {})
                                   if layer_bits is None else layer_bits)
     llm_adapter.check_names(adapters)
-    if tied_head not in TIED_HEAD_CHOICES:
+    if tied_head not in llm_graph.HEAD_CHOICES:
         raise BadInputError(f"--tied-head {tied_head!r} is unknown — use "
-                            f"{', '.join(TIED_HEAD_CHOICES)}")
+                            f"{' or '.join(llm_graph.HEAD_CHOICES)}")
     native = native_files_for(profile, op_library, require_native)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
@@ -537,13 +536,11 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
 
 def _head_choice(tied_head: str, ck: ckpt.Checkpoint, table_bits: int | None, policy: Any,
                  overrides: Mapping[str, Bits]) -> str:
-    """"shared" or "separate" for ``--tied-head`` (see :data:`TIED_HEAD_CHOICES`)."""
+    """``tied_head`` checked against the model and the other choices."""
+    if tied_head == "separate":
+        return "separate"
     head = next(p for p in llm_graph.projections(ck.config) if p.name == "lm_head")
     bits = choose_bits(head, policy.bits, policy.keep, overrides)
-    if tied_head == "separate" or (tied_head == "auto" and (
-            not ck.config.tie_word_embeddings or table_bits != llm_graph.SHARED_HEAD_BITS
-            or bits != llm_graph.SHARED_HEAD_BITS)):
-        return "separate"
     if not ck.config.tie_word_embeddings:
         raise BadInputError(f"--tied-head shared: {ck.name or ck.source} has an output head "
                             "of its own (tie_word_embeddings is false), there is no table to "

@@ -99,13 +99,12 @@ def test_the_manifest_and_inspect_say_what_the_head_is(heads, capsys):
     assert "tied, stored separately (ai.edgepet.LutMatMul)" in capsys.readouterr().out
 
 
-def test_auto_shares_a_4_bit_table_only(tmp_path, tiny_hf):
+def test_the_head_is_separate_unless_asked(tmp_path, tiny_hf):
+    # the default, from SmolLM2-135M's figures (docs/llm.md): shared saves the file 17.7 MB
+    # but costs perplexity, resident memory and decode speed
     default = export_decoder(tiny_hf, tmp_path / "default")
-    assert default.manifest["decoder"]["head"]["storage"] == "shared"
-    wide = export_decoder(tiny_hf, tmp_path / "e8", embedding=8)
-    assert wide.manifest["decoder"]["head"]["storage"] == "separate"
-    kept = export_decoder(tiny_hf, tmp_path / "kept", keep=["lm_head"])
-    assert kept.manifest["decoder"]["head"]["storage"] == "separate"
+    assert default.manifest["decoder"]["head"] == {
+        "tied": True, "storage": "separate", "op": "ai.edgepet.LutMatMul"}
 
 
 def test_the_shared_head_is_refused_cleanly_where_there_is_nothing_to_share(tmp_path, tiny_hf,
