@@ -10,8 +10,9 @@ Defaults (see docs/llm.md for the table they come from): every projection includ
 tied output head is a ``LutMatMul`` (4-bit, group 32, asymmetric; at 2 and 3 bits only
 gate/up go below 4); the embedding table is 4-bit ``GatherBlockQuantized`` codes (a gather
 reads one row per token, so its bits cost file size, not decode time); a head tied to the
-embeddings reads the table's codes (``tied_head="shared"``: stored once). One adapter merges
-into the projections before quantization; several stay switchable (:mod:`.adapter`).
+embeddings can read the table's codes instead (``tied_head="shared"``: stored once). One
+adapter merges into the projections before quantization; several stay switchable
+(:mod:`.adapter`).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def export_decoder(
         switching = llm_adapter.switchable_projections(tasks)
         if switching:
             say(f"{len(switching)} projections differ between the adapters: switchable")
-        task_weights = _task_weights(tasks, switching, weights, quantized, policy, overrides,
+        task_weights = _task_weights(tasks, switching, weights, policy, overrides,
                                      quantize_fn, say)
         say("building the decoder graph")
         model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head)
@@ -578,8 +579,8 @@ def _head_manifest(c: ckpt.LlamaConfig, head: str) -> dict[str, Any]:
 
 
 def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[str],
-                  weights: Mapping[str, llm_graph.Weight], quantized: Mapping[str, Any],
-                  policy: Any, overrides: Mapping[str, Bits],
+                  weights: Mapping[str, llm_graph.Weight], policy: Any,
+                  overrides: Mapping[str, Bits],
                   quantize_fn: Callable[..., QuantizedTensor], say: Progress
                   ) -> dict[str, dict[str, llm_graph.Weight]]:
     """Adapter -> its weights of the switchable projections (the first adapter's are the
