@@ -44,10 +44,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepet import _native, runtime
+from edgepet import runtime
 from edgepet.device_tests.environment import cpu_summary
 from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, OP_VERSION, linear_model, lut_matmul_node
-from edgepet.kernels import available_kernels
+from edgepet.kernels import available_kernels, read_bandwidth
 from edgepet.quant import quantize
 from edgepet.quant.tensor import QuantizedTensor
 
@@ -104,15 +104,6 @@ class Result:
     quant_err: float
     valid: bool
     runs: int
-
-
-# ----------------------------------------------------------------------------- machine
-
-def read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    """GB/s of reading a buffer far larger than the caches, best of `repeats`."""
-    buffer = np.ones(nbytes, np.uint8)  # written once, so the pages exist
-    best = min(_native.read_seconds(buffer, threads) for _ in range(repeats))
-    return nbytes / best / 1e9
 
 
 # ----------------------------------------------------------------------------- models

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgepet.device_tests.environment import cpu_summary
+from edgepet.kernels import read_bandwidth
 
 CTX = 512
 MAX_TOKENS = 4088
@@ -496,22 +497,6 @@ def llama_1b_config() -> Any:
                        num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
                        rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=2048,
                        tie_word_embeddings=True)
-
-
-def read_bandwidth(threads: int, megabytes: int = 1024, repeats: int = 5) -> float:
-    """Measured read bandwidth in GB/s: ``threads`` threads summing disjoint halves of a
-    buffer far larger than the caches (numpy releases the GIL in reductions)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    data = np.ones(megabytes * (1 << 20) // 4, np.float32)
-    parts = np.array_split(data, threads)
-    best = 0.0
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def synthetic_model(folder: Path, bits: Any, group_size: int, symmetric: bool) -> int:

@@ -115,3 +115,19 @@ def packed_bits_per_weight(qt: QuantizedTensor) -> float:
 def available_kernels() -> list[str]:
     """Kernels this CPU can run, best first."""
     return list(_native.available_kernels())
+
+
+#: How far ahead (bytes) the bandwidth probe asks for lines; 0: the hardware prefetcher alone.
+_PROBE_PREFETCH_BYTES = (0, 2048, 8192)
+
+
+def read_bandwidth(threads: int, nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """This machine's read bandwidth in GB/s with ``threads`` threads: the fastest of
+    ``repeats`` passes over a buffer far larger than the caches, with and without software
+    prefetch (some cores reach their bandwidth only with it, as the kernels' streams do)."""
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    buffer = np.ones(nbytes, np.uint8)  # written once, so the pages exist
+    best = min(_native.read_seconds(buffer, threads, ahead)
+               for ahead in _PROBE_PREFETCH_BYTES for _ in range(repeats))
+    return nbytes / best / 1e9
