@@ -33,7 +33,7 @@ EDGEPET_EXPORT int edgepet_op_abi_version(void);
 /* The ONNX Runtime API version the library asks for. */
 EDGEPET_EXPORT int edgepet_ort_api_version(void);
 
-/* The packed weight layout the library reads ("tile32"), the LutMatMul `layout`
+/* The packed weight layout the library reads ("tile32-nibble4"), the LutMatMul `layout`
  * attribute and a bundle manifest's operator.layout. */
 EDGEPET_EXPORT const char* edgepet_op_layout(void);
 

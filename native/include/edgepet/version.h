@@ -3,7 +3,9 @@
 #define EDGEPET_VERSION_H_
 
 /* Bumped whenever an operator's inputs, attributes or packed layout change.
-   2: scales and zero points stored as float16 (1: float32). */
-#define EDGEPET_OP_ABI_VERSION 2
+   2: scales and zero points stored as float16 (1: float32).
+   3: 4-bit codes stored as nibbles for int8 dot products, layout "tile32-nibble4"
+      (2: bit-planes, layout "tile32"). */
+#define EDGEPET_OP_ABI_VERSION 3
 
 #endif /* EDGEPET_VERSION_H_ */

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/dot4.h"
+
 namespace edgepet {
 
 std::string check_format(const WeightFormat& f) {
@@ -180,6 +182,7 @@ void run_tile(void* ctx, int64_t tile) {
 
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
   const WeightFormat& f = args.format;
+  if (uses_dot4(f)) return dot4_gemm(dot4_kernel_for(kernel), args, parallel);
   if (args.m == 0) return;
   thread_local Scratch scratch;
   Job job(kernel, args, scratch);

@@ -2,7 +2,26 @@
 
 #include <cstring>
 
+#include "kernels/dot4.h"
+
 namespace edgepet {
+
+namespace {
+
+// 4 bits: nibble codes for the dot kernels (dot4.h, dot4_address).
+void pack_nibbles(const uint8_t* codes, int64_t n, int64_t k, uint8_t* out) {
+  const int64_t tile_bytes = num_quads(k) * kDot4QuadBytes;
+  for (int64_t r = 0; r < n; ++r) {
+    uint8_t* tile = out + r / kTileRows * tile_bytes;
+    const int row = static_cast<int>(r % kTileRows);
+    for (int64_t col = 0; col < k; ++col) {
+      const Dot4Address at = dot4_address(row, col);
+      tile[at.byte] |= static_cast<uint8_t>((codes[r * k + col] & 0xF) << at.shift);
+    }
+  }
+}
+
+}  // namespace
 
 void pack_codes(const uint8_t* codes, int64_t n, int64_t k, int bits, uint8_t* out) {
   const int64_t quads = num_quads(k);
@@ -12,6 +31,7 @@ void pack_codes(const uint8_t* codes, int64_t n, int64_t k, int bits, uint8_t* o
   f.k = k;
   f.bits = bits;
   std::memset(out, 0, static_cast<size_t>(packed_bytes(f)));
+  if (bits == 4) return pack_nibbles(codes, n, k, out);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t tile = r / kTileRows;
     const int row = static_cast<int>(r % kTileRows);

@@ -1,0 +1,133 @@
+// The 4-bit product driver (dot4.h): int8 activations for every row, then tiles in
+// parallel. The LUT driver (gemm.cc, lut_gemm) hands 4-bit formats here.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/dot4.h"
+#include "kernels/gemm.h"
+
+namespace edgepet {
+namespace {
+
+// Per-call working memory, per calling thread, grown and never shrunk.
+struct Dot4Scratch {
+  std::vector<int8_t> x;          // [m][quads * 4]
+  std::vector<float> steps;       // [m][blocks]
+  std::vector<int32_t> x_sums;    // [m][blocks]
+  std::vector<float> block_sums;  // [m][blocks]
+  std::vector<float> group_sums;  // [m][groups]
+  std::vector<float> base_acc;    // [m][groups]
+
+  template <typename T>
+  static T* at_least(std::vector<T>& v, int64_t count) {
+    if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
+    return v.data();
+  }
+};
+
+struct Dot4Call {
+  Dot4Call(const Dot4Kernel& k, const GemmArgs& a, Dot4Scratch& s)
+      : kernel(&k),
+        args(&a),
+        plan(a.format),
+        width(plan.quads * kQuad),
+        x(Dot4Scratch::at_least(s.x, a.m * width)),
+        steps(Dot4Scratch::at_least(s.steps, a.m * plan.blocks)),
+        x_sums(Dot4Scratch::at_least(s.x_sums, a.m * plan.blocks)),
+        block_sums(Dot4Scratch::at_least(s.block_sums, a.m * plan.blocks)),
+        group_sums(Dot4Scratch::at_least(s.group_sums, a.m * plan.groups)),
+        base_acc(Dot4Scratch::at_least(s.base_acc, a.m * plan.groups)) {}
+
+  Dot4Activations row(int64_t m) const {
+    return {x + m * width, steps + m * plan.blocks, x_sums + m * plan.blocks,
+            group_sums + m * plan.groups, base_acc + m * plan.groups};
+  }
+
+  const Dot4Kernel* kernel;
+  const GemmArgs* args;
+  BlockPlan plan;
+  int64_t width;  // K padded to whole quad pairs
+  int8_t* x;
+  float* steps;
+  int32_t* x_sums;
+  float* block_sums;
+  float* group_sums;
+  float* base_acc;
+};
+
+void quantize_row(void* ctx, int64_t m) {
+  const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+  const WeightFormat& f = call.args->format;
+  const BlockPlan& plan = call.plan;
+  const float* a = call.args->a + m * f.k;
+  int8_t* x = call.x + m * call.width;
+  float* sums = call.block_sums + m * plan.blocks;
+  int32_t* x_sums = call.x_sums + m * plan.blocks;
+  float* steps = call.steps + m * plan.blocks;
+  const int block = table_block(f);
+  for (int64_t b = 0; b < plan.blocks; ++b) {
+    const int64_t first = b * block;
+    const int n = static_cast<int>(std::min<int64_t>(f.k - first, block));
+    const int padded = static_cast<int>(std::min<int64_t>(call.width - first, block));
+    dot4::quantize_block(*call.kernel, a + first, n, x + first, steps + b, sums + b);
+    std::fill(x + first + n, x + first + padded, int8_t{0});
+    int32_t s = 0;
+    for (int i = 0; i < n; ++i) s += x[first + i];
+    x_sums[b] = s;
+  }
+  const bool base = has_base_code(f);
+  for (int64_t g = 0; g < plan.groups; ++g) {
+    float s = 0.0f, acc = 0.0f;
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      s += sums[b];
+      // A row of zero codes: P = -15 * sum(x), accumulated as the kernels do.
+      if (base) acc = std::fma(static_cast<float>(base_plane_factor(f) * x_sums[b]), steps[b], acc);
+    }
+    call.group_sums[m * plan.groups + g] = s;
+    call.base_acc[m * plan.groups + g] = acc;
+  }
+}
+
+void run_tile(void* ctx, int64_t tile) {
+  const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+  const GemmArgs& args = *call.args;
+  const WeightFormat& f = args.format;
+  const int64_t n0 = tile * kTileRows;
+  const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
+  Dot4Job job;
+  job.format = f;
+  job.codes = args.codes + tile * call.plan.quads * kDot4QuadBytes;
+  const int64_t tile_scales = tile * call.plan.groups * kTileRows;
+  job.scales = args.scales + tile_scales;
+  job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
+  alignas(64) float out[kDot4MaxRows][kTileRows];
+  for (int64_t m0 = 0; m0 < args.m; m0 += kDot4MaxRows) {
+    job.rows = static_cast<int>(std::min<int64_t>(kDot4MaxRows, args.m - m0));
+    for (int i = 0; i < job.rows; ++i) {
+      job.acts[i] = call.row(m0 + i);
+      job.out[i] = out[i];
+    }
+    call.kernel->tile_dot(job);
+    for (int i = 0; i < job.rows; ++i) {
+      float* y = args.y + (m0 + i) * f.n + n0;
+      for (int r = 0; r < rows; ++r) y[r] = out[i][r] + (args.bias ? args.bias[n0 + r] : 0.0f);
+    }
+  }
+}
+
+}  // namespace
+
+void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
+  if (args.m == 0) return;
+  thread_local Dot4Scratch scratch;
+  Dot4Call call(kernel, args, scratch);
+  if (args.m == 1) {
+    quantize_row(&call, 0);  // not worth a hand-off to the pool
+  } else {
+    parallel.run(args.m, quantize_row, &call);
+  }
+  parallel.run(num_tiles(args.format.n), run_tile, &call);
+}
+
+}  // namespace edgepet
