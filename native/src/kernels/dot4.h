@@ -10,11 +10,14 @@
 // for all 32 rows, each 32-bit lane one row's 4 codes (16 rows per nibble).
 //
 // Activations: int8 per table block (32 or 64 inputs, as the LUT path's blocks), with
-// step = max|a| / 127. Per block and row the kernels compute
-//   P = 2 * sum_k q_k x_k - 15 * sum_k x_k = sum_k (2 q_k - 15) x_k,
-// the LUT path's plane sum in units of the step, so the group accumulator
-// (sum_blocks P * step, fused multiply-adds in block order) and everything after it
-// (group_affine, base_acc, the epilogue) are those of kernel.h.
+// step = max|a| / 127. The LUT path's plane sum of a group, sum_k (2 q_k - 15) a_k,
+// becomes
+//   sum_blocks dot_b * 2 step_b  +  sum_blocks (-15 * sum(x)_b) * step_b,
+// dot_b = sum_k q_k x_k over the block (an int32). The kernels accumulate the first
+// part (fused multiply-adds in block order) and add the second, which depends on the
+// activations alone: Dot4Activations::base_acc, also the plane sum of a row of zero
+// codes, so the base-code rule (kernel.h) compares against it exactly. Everything after
+// the plane sum (group_affine, the epilogue) is that of kernel.h.
 #pragma once
 
 #include <algorithm>
@@ -41,10 +44,11 @@ inline bool uses_dot4(const WeightFormat& f) { return f.bits == 4 && !f.ternary;
 struct Dot4Activations {
   const int8_t* x;            // [num_quads(k) * 4]: round(a / step), zero past K
   const float* steps;         // [blocks]: max|a| / 127 of the block; NaN for a non-finite one
-  const int32_t* x_sums;      // [blocks]: sum of x over the block
   const float* group_sums;    // [groups]: sum of the activations of each group
-  const float* base_acc;      // [groups]: the accumulator of a row of zero codes
-                              // (asymmetric only; kernel.h, base_code)
+  const float* base_acc;      // [groups]: sum_blocks (-15 sum(x)) * step (fused, in block
+                              // order): the plane sum of a row of zero codes (kernel.h,
+                              // base_code), and the part of every row's that the dot
+                              // products leave out
 };
 
 struct Dot4Job {

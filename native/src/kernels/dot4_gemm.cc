@@ -40,8 +40,7 @@ struct Dot4Call {
         base_acc(Dot4Scratch::at_least(s.base_acc, a.m * plan.groups)) {}
 
   Dot4Activations row(int64_t m) const {
-    return {x + m * width, steps + m * plan.blocks, x_sums + m * plan.blocks,
-            group_sums + m * plan.groups, base_acc + m * plan.groups};
+    return {x + m * width, steps + m * plan.blocks, group_sums + m * plan.groups, base_acc + m * plan.groups};
   }
 
   const Dot4Kernel* kernel;
@@ -76,13 +75,11 @@ void quantize_row(void* ctx, int64_t m) {
     for (int i = 0; i < n; ++i) s += x[first + i];
     x_sums[b] = s;
   }
-  const bool base = has_base_code(f);
   for (int64_t g = 0; g < plan.groups; ++g) {
     float s = 0.0f, acc = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       s += sums[b];
-      // A row of zero codes: P = -15 * sum(x), accumulated as the kernels do.
-      if (base) acc = std::fma(static_cast<float>(base_plane_factor(f) * x_sums[b]), steps[b], acc);
+      acc = std::fma(static_cast<float>(-15 * x_sums[b]), steps[b], acc);
     }
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;

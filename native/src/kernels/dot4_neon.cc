@@ -68,14 +68,11 @@ void tile_dot_one(const Dot4Job& job, const Dot4Activations& act, float* out) {
         quad_dots(job.codes + (q0 + q) * kDot4QuadBytes, vreinterpretq_s8_s32(vdupq_n_s32(four)),
                   dots);
       }
-      // P = 2 * dot - 15 * sum(x): the plane sum in units of the step (dot4.h).
-      const int32x4_t offset = vdupq_n_s32(15 * act.x_sums[b]);
-      const float step = act.steps[b];
-      for (int i = 0; i < 8; ++i) {
-        const int32x4_t p = vsubq_s32(vaddq_s32(dots[i], dots[i]), offset);
-        acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(p), step);
-      }
+      const float two_steps = 2.0f * act.steps[b];
+      for (int i = 0; i < 8; ++i) acc[i] = vfmaq_n_f32(acc[i], vcvtq_f32_s32(dots[i]), two_steps);
     }
+    // The group's plane sum: the dots plus -15 sum(x) step per block (dot4.h).
+    for (auto& v : acc) v = vaddq_f32(v, vdupq_n_f32(act.base_acc[g]));
     const Half* s = job.scales + g * kTileRows;
     const float group_sum = act.group_sums[g];
     for (int i = 0; i < 8; ++i) {

@@ -27,9 +27,9 @@ void tile_dot_one(const Dot4Job& job, const Dot4Activations& act, float* out) {
           const Dot4Address at = dot4_address(row, i);
           dot += ((job.codes[at.byte] >> at.shift) & 0xF) * act.x[i];
         }
-        const int32_t plane_sum = 2 * dot - 15 * act.x_sums[b];
-        group_acc = std::fma(static_cast<float>(plane_sum), act.steps[b], group_acc);
+        group_acc = std::fma(static_cast<float>(dot), 2.0f * act.steps[b], group_acc);
       }
+      group_acc += act.base_acc[g];  // the -15 sum(x) part of the plane sum (dot4.h)
       const int64_t at = g * kTileRows + row;
       const float s = half_to_float(job.scales[at]);
       const float z = job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;

@@ -55,15 +55,16 @@ void tile_dot(const Dot4Job& job) {
         Sums::template block<Rows>(codes, x, n, dots);
       }
       for (int m = 0; m < Rows; ++m) {
-        // P = 2 * dot - 15 * sum(x): the plane sum in units of the step (dot4.h).
-        const __m256i offset = _mm256_set1_epi32(15 * job.acts[m].x_sums[b]);
-        const __m256 step = _mm256_set1_ps(job.acts[m].steps[b]);
+        const __m256 two_steps = _mm256_set1_ps(2.0f * job.acts[m].steps[b]);
         for (int i = 0; i < 4; ++i) {
-          const __m256i p = _mm256_sub_epi32(_mm256_add_epi32(dots[m][i], dots[m][i]), offset);
-          acc[m][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), step, acc[m][i]);
+          acc[m][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[m][i]), two_steps, acc[m][i]);
         }
       }
     }
+    // The group's plane sum: the dots plus -15 sum(x) step per block (dot4.h).
+    for (int m = 0; m < Rows; ++m)
+      for (int i = 0; i < 4; ++i)
+        acc[m][i] = _mm256_add_ps(acc[m][i], _mm256_set1_ps(job.acts[m].base_acc[g]));
     const Half* s = job.scales + g * kTileRows;
     for (int i = 0; i < 4; ++i) {
       const __m256 scale = load_halves(s + 8 * i);
