@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/dot4.h"
 #include "kernels/gemm.h"
 #include "kernels/pack.h"
 
@@ -324,6 +325,125 @@ int check_unusual_tables_identical(const Kernel& kernel, std::mt19937& rng) {
   return checked;
 }
 
+// 4-bit codes are nibbles at dot4_address (the one definition of the layout), and the
+// padding (rows past N, inputs past K) is zero.
+int check_dot4_layout(std::mt19937& rng) {
+  int checked = 0;
+  std::uniform_int_distribution<int> code(0, 15);
+  for (int64_t n : {1, 33}) {
+    for (int64_t k : {1, 9, 70}) {
+      std::vector<uint8_t> codes(n * k);
+      for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
+      const WeightFormat f{n, k, 4, false, true, k};
+      std::vector<uint8_t> packed(packed_bytes(f), 0xFF);
+      pack_codes(codes.data(), n, k, 4, packed.data());
+      const int64_t tile_bytes = num_quads(k) * kDot4QuadBytes;
+      bool ok = packed.size() == static_cast<size_t>(num_tiles(n) * tile_bytes);
+      for (int64_t r = 0; r < num_tiles(n) * kTileRows; ++r)
+        for (int64_t i = 0; i < num_quads(k) * kQuad; ++i) {
+          const Dot4Address at = dot4_address(static_cast<int>(r % kTileRows), i);
+          const int got = (packed[r / kTileRows * tile_bytes + at.byte] >> at.shift) & 0xF;
+          ok = ok && got == (r < n && i < k ? codes[r * k + i] : 0);
+        }
+      if (!ok) {
+        ++failures;
+        std::printf("FAIL 4-bit nibble layout: n=%lld k=%lld\n", (long long)n, (long long)k);
+      }
+      ++checked;
+    }
+  }
+  return checked;
+}
+
+// Every dot kernel quantizes activations bit for bit as the reference does, on ordinary,
+// tiny, subnormal, huge and non-finite blocks and on exact ties (x.5 after scaling).
+int check_dot4_quantization_identical(std::mt19937& rng) {
+  int checked = 0;
+  std::normal_distribution<float> normal;
+  const Dot4Kernel* kernels[] = {avx2_dot4_kernel(), avx512_vnni_dot4_kernel(), neon_dot4_kernel()};
+  for (const Dot4Kernel* kernel : kernels) {
+    if (!kernel) continue;
+    for (float magnitude : {1.0f, 1e-45f, 1e-40f, 1e-38f, 1e30f, 3e38f}) {
+      for (float special : {0.0f, std::nanf(""), INFINITY}) {
+        for (int n : {64, 37, 5}) {
+          std::vector<float> a(n);
+          for (auto& v : a) v = normal(rng) * magnitude;
+          if (magnitude == 1.0f) {  // ties: 127 / max = 1 makes x.5 exact
+            a[0] = 127.0f;
+            for (int i = 1; i < n; ++i) a[i] = std::round(a[i] * 20.0f) + 0.5f;
+          }
+          if (special != 0.0f) a[n / 2] = special;
+          std::vector<int8_t> x_ref(n), x_vec(n);
+          float step_ref, step_vec, sum_ref, sum_vec;
+          dot4::quantize_block(reference_dot4_kernel(), a.data(), n, x_ref.data(), &step_ref,
+                               &sum_ref);
+          dot4::quantize_block(*kernel, a.data(), n, x_vec.data(), &step_vec, &sum_vec);
+          const auto same = [](float p, float q) { return std::memcmp(&p, &q, sizeof(p)) == 0; };
+          if (x_ref != x_vec || !same(step_ref, step_vec) || !same(sum_ref, sum_vec)) {
+            ++failures;
+            std::printf("FAIL 4-bit activations differ: kernel=%s magnitude=%g special=%g n=%d\n",
+                        kernel->name, magnitude, special, n);
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  return checked;
+}
+
+// How far the 4-bit products exceed the dot path's error bound (docs/operator.md): per
+// input, |w| <= 15 s (symmetric; asymmetric's centred codes give half) times half an
+// activation step (max|a| of its block / 127), plus float rounding. <= 0: within.
+double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Case& c) {
+  const int block = table_block(p.f);
+  double worst = -1.0;
+  for (int64_t m = 0; m < c.m; ++m)
+    for (int64_t r = 0; r < c.n; ++r) {
+      double bound = 1e-6, size = 0.0;
+      for (int64_t i = 0; i < c.k; ++i) {
+        const int64_t b0 = i / block * block;
+        float top = 0.0f;
+        for (int64_t j = b0; j < std::min(c.k, b0 + block); ++j)
+          top = std::max(top, std::fabs(p.a[m * c.k + j]));
+        const int64_t g = i / c.group_size;
+        const float z = p.zeros.empty() ? 0.0f : p.zeros[g * c.n + r];
+        bound += 15.0 * p.scales[g * c.n + r] * top / 127.0 / 2.0;
+        size += std::fabs(p.a[m * c.k + i] * dequant(p.f, p.codes[r * c.k + i],
+                                                     p.scales[g * c.n + r], z));
+      }
+      bound += 1e-5 * size;
+      worst = std::max(worst, std::fabs(y[m * c.n + r] - p.exact[m * c.n + r]) - bound);
+    }
+  return worst;
+}
+
+// The 4-bit dot path's edges: M = 1..5 (passes of 4, 2 and 1 rows), N not a multiple
+// of 32, K odd, below a quad, not a multiple of the block, groups of 32, 64, 128 and
+// per row; symmetric and asymmetric. Reference vs exact, every kernel vs the reference.
+int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt19937& rng) {
+  int checked = 0;
+  for (int64_t m = 1; m <= 5; ++m)
+    for (int64_t n : {1, 31, 33, 65})
+      for (int64_t k : {1, 3, 7, 9, 33, 65, 129, 200})
+        for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k})
+          for (bool symmetric : {true, false}) {
+            const Case c{m, n, k, 4, false, symmetric, group};
+            if (!check_format({n, k, 4, false, symmetric, group}).empty()) continue;
+            const Problem p = make(c, rng);
+            const auto ref = run(reference_kernel(), p, c.m);
+            const double over = dot4_excess_error(p, ref, c);
+            expect(over <= 0.0, "4-bit reference vs exact, beyond the error bound", c, over);
+            ++checked;
+            for (const Kernel* kernel : vector_kernels) {
+              const double e_vec = rel_err(run(*kernel, p, c.m), ref);
+              expect(e_vec < 1e-5, (std::string(kernel->name) + ": 4-bit").c_str(), c, e_vec);
+              ++checked;
+            }
+          }
+  return checked;
+}
+
 }  // namespace
 
 int main() {
@@ -364,6 +484,9 @@ int main() {
     cases += check_constant_groups(*kernel, rng);
   }
   cases += check_half_conversion();
+  cases += check_dot4_layout(rng);
+  cases += check_dot4_quantization_identical(rng);
+  cases += check_dot4_shapes(vector_kernels, rng);
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

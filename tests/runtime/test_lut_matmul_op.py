@@ -136,6 +136,20 @@ def test_abi1_model_with_float32_scales_is_refused_with_re_export(symmetric):
     assert "re-export the model" in msg
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_abi2_model_with_tile32_layout_is_refused_with_re_export(bits):
+    """ABI 2 stored 4-bit codes as bit-planes under layout "tile32"; this library reads
+    nibbles (tile32-nibble4): a model of the old layout is refused, never misread."""
+    def old(node, inits, inputs):
+        for a in node.attribute:
+            if a.name == "layout":
+                a.s = b"tile32"
+
+    msg = _error(_broken(old, bits=bits), X)
+    assert "'layers.3.mlp.up'" in msg and "layout 'tile32' (LutMatMul ABI 2" in msg
+    assert "it reads 'tile32-nibble4'" in msg and "re-export the model" in msg
+
+
 def test_weights_given_at_run_time_are_checked_per_call():
     """W as a graph input (not an initializer): read and checked on every call."""
     rng = np.random.default_rng(8)

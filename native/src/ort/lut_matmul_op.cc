@@ -169,8 +169,13 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   const std::string bad = check_format(k->format);
   if (!bad.empty()) return fail(api, k->where() + bad);
   if (layout != kLayoutName) {
-    return fail(api, k->where() + "layout '" + layout + "' is not known to this library (it reads '" +
-                         kLayoutName + "') — re-export the model with this edgepet version");
+    // ABI 2's "tile32" stored 4-bit codes as bit-planes, which this library's 4-bit
+    // kernels would misread: refused like every other layout, and said so.
+    const std::string old = layout == "tile32" ? " (LutMatMul ABI 2; 4-bit codes were bit-planes)" : "";
+    return fail(api, k->where() + "layout '" + layout + "'" + old +
+                         " is not known to this library (it reads '" + kLayoutName + "', ABI " +
+                         std::to_string(EDGEPET_OP_ABI_VERSION) +
+                         ") — re-export the model with this edgepet version");
   }
   k->kernel = select_kernel("auto");
   if (!k->kernel) return fail(api, k->where() + "EDGEPET_KERNEL names no kernel usable here");
