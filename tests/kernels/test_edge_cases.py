@@ -5,8 +5,10 @@ tiny, subnormal and huge activations, and all-zero and constant weight groups, a
 fuzz test mixes them over random shapes and formats. The error model checked is the
 documented one: per output, ``|y - x @ dequantize().T|`` is at most
 ``sum_groups s * (2^b - 1) * sum_blocks step * quads`` (``step`` = the block's largest
-quad magnitude / 127) plus float rounding; a row holding a NaN or an infinity gives NaN
-in every output, and every other row is unaffected.
+quad magnitude / 127) plus float rounding for the LUT path (1-3 bits, ternary), and
+``sum_groups s * 15 * sum_blocks step_a * inputs`` (``step_a`` = the block's largest
+activation magnitude / 127) for the 4-bit dot path; a row holding a NaN or an infinity
+gives NaN in every output, and every other row is unaffected.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def lut_error_bound(x: np.ndarray, qt) -> np.ndarray:
     quad_mags = np.abs(padded).reshape(m, -1, 4).sum(axis=2)  # [M, quads]
     block = table_block(k, qt.group_size)
     levels = (1 << qt.storage_bits) - 1
+    if qt.storage_bits == 4 and qt.bits != "ternary":
+        # The dot path: every quad stands for 4 inputs of its block's activation step, so
+        # the loop below sums s * 15 * step_a * inputs.
+        for b0 in range(0, k8, block):
+            top = np.abs(padded[:, b0:b0 + block]).max(axis=1, keepdims=True)
+            quad_mags[:, b0 // 4:(b0 + block) // 4] = 4 * top
     bound = np.zeros((m, n))
     w = qt.dequantize().astype(np.float64)
     groups = qt.scales.shape[1]

@@ -107,9 +107,15 @@ inline float block_sum(const float* a, int n) {
   return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
 }
 
+// max |a| of n finite activations (exact in any order; 8 lanes so that it vectorises).
 inline float block_max(const float* a, int n) {
+  float lane[8] = {};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], std::fabs(a[i + l]));
+  for (int l = 0; i + l < n; ++l) lane[l] = std::max(lane[l], std::fabs(a[i + l]));
   float top = 0.0f;
-  for (int i = 0; i < n; ++i) top = std::max(top, std::fabs(a[i]));
+  for (float v : lane) top = std::max(top, v);
   return top;
 }
 
