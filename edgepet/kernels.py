@@ -75,7 +75,9 @@ def lut_matmul(
             ("avx512", "avx2", "neon", "reference").
 
     The result differs from the exact product by the int8 rounding of the
-    activation tables: 0.5-0.9 % relative on Gaussian data (docs/operator.md).
+    activation tables (1-3 bits, ternary) or of the activations themselves (4 bits,
+    computed by int8 dot products): 0.5-0.9 % relative on Gaussian data
+    (docs/operator.md).
     """
     n, k = qt.shape
     x = np.asarray(x, dtype=np.float32)
