@@ -3,7 +3,8 @@
 //   bench_kernels [M] [N] [K] [group_size] [kernel] [asymmetric]
 //   (defaults: 1 4096 4096 128, all kernels including what "auto" picks where that
 //   mixes kernels per bit width, symmetric; "asymmetric": with zero points)
-// Prints min and median milliseconds over 300 runs per kernel and bit width.
+// Prints min and median milliseconds over 300 runs per kernel and format: 1 to 4 bits,
+// then ternary (always symmetric: its codes carry their own offset).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,8 +31,9 @@ int main(int argc, char** argv) {
   }
   for (const Kernel* kernel : kernels) {
     if (!only.empty() && only != kernel->name) continue;
-    for (int bits = 1; bits <= 4; ++bits) {
-      WeightFormat f{n, k, bits, false, !asymmetric, group};
+    for (int bits = 1; bits <= 5; ++bits) {  // 5: ternary
+      const bool ternary = bits == 5;
+      WeightFormat f{n, k, ternary ? 2 : bits, ternary, ternary || !asymmetric, group};
       if (!check_format(f).empty()) {
         std::fprintf(stderr, "bad shape: %s\n", check_format(f).c_str());
         return 2;
@@ -50,7 +52,7 @@ int main(int argc, char** argv) {
       args.m = m;
       args.codes = codes;
       args.scales = scales.data();
-      args.zero_points = asymmetric ? zeros.data() : nullptr;
+      args.zero_points = f.symmetric ? nullptr : zeros.data();
       args.y = y.data();
       std::vector<double> ms;
       for (int r = 0; r < 300; ++r) {
@@ -61,8 +63,9 @@ int main(int argc, char** argv) {
                 .count());
       }
       std::sort(ms.begin(), ms.end());
-      std::printf("%-11s bits=%d M=%lld N=%lld K=%lld  min %.4f  median %.4f ms\n", kernel->name,
-                  bits, (long long)m, (long long)n, (long long)k, ms[0], ms[ms.size() / 2]);
+      std::printf("%-11s %-7s M=%lld N=%lld K=%lld  min %.4f  median %.4f ms\n", kernel->name,
+                  ternary ? "ternary" : ("bits=" + std::to_string(bits)).c_str(), (long long)m,
+                  (long long)n, (long long)k, ms[0], ms[ms.size() / 2]);
     }
   }
   return 0;

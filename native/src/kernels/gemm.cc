@@ -159,6 +159,7 @@ void run_tile(void* ctx, int64_t tile) {
   const int64_t tile_scales = tile * job.plan.groups * kTileRows;
   t.scales = args.scales + tile_scales;
   t.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
+  // A full tile writes its 32 outputs in place; the last, short one goes through a copy.
   alignas(32) float out[kMaxRowsPerCall][kTileRows];
   for (int64_t m0 = 0; m0 < args.m; m0 += kMaxRowsPerCall) {
     t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
@@ -168,12 +169,15 @@ void run_tile(void* ctx, int64_t tile) {
       t.tables[i].block_scales = job.block_scales + m * job.plan.blocks;
       t.tables[i].group_sums = job.group_sums + m * job.plan.groups;
       t.tables[i].base_acc = job.base_acc + m * job.plan.groups;
-      t.out[i] = out[i];
+      t.out[i] = rows == kTileRows ? args.y + m * f.n + n0 : out[i];
     }
     job.kernel->tile_dot(t);
     for (int i = 0; i < t.rows; ++i) {
       float* y = args.y + (m0 + i) * f.n + n0;
-      for (int r = 0; r < rows; ++r) y[r] = out[i][r] + (args.bias ? args.bias[n0 + r] : 0.0f);
+      if (rows < kTileRows) std::copy(out[i], out[i] + rows, y);
+      if (args.bias) {
+        for (int r = 0; r < rows; ++r) y[r] += args.bias[n0 + r];
+      }
     }
   }
 }
