@@ -62,24 +62,21 @@ void tile_dot(const TileJob& job) {
     const Half* s = job.scales + g * kTileRows;
     for (int i = 0; i < 4; ++i) {
       const __m256 scale = load_halves(s + 8 * i);
+      const __m256 sc = _mm256_mul_ps(half, scale);  // ternary and asymmetric
       for (int m = 0; m < Rows; ++m) {
         const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
         // Rows whose codes are all the base code add their exact value (kernel.h).
         const auto is_base = [&] {
           return _mm256_cmp_ps(acc[m][i], _mm256_set1_ps(job.tables[m].base_acc[g]), _CMP_EQ_OQ);
         };
-        if (f.ternary) {  // the base code is the zero weight
-          const __m256 base = is_base();
-          const __m256 sc = _mm256_mul_ps(half, scale);
-          const __m256 rule =
-              _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(sc, group_sum));
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_andnot_ps(base, rule));
+        if (f.ternary) {  // off = sc; the base code is the zero weight, which adds 0
+          const __m256 rule = _mm256_andnot_ps(is_base(), _mm256_add_ps(acc[m][i], group_sum));
+          y[m][i] = _mm256_fmadd_ps(sc, rule, y[m][i]);
         } else if (f.symmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
         } else {
           const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
           const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
-          const __m256 sc = _mm256_mul_ps(half, scale);
           const __m256 rule =
               _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]), _mm256_mul_ps(off, group_sum));
           const __m256 base = is_base();
