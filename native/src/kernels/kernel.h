@@ -24,8 +24,9 @@ constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
 // How far ahead of the codes being read the vector kernels ask for the next ones. A
 // tile's codes are contiguous and the next tile's follow, so this is one stream; the
 // hardware prefetcher alone left a single-thread GEMV at under half the read bandwidth
-// once the weights no longer fit in cache.
-constexpr int kPrefetchBytes = 1024;
+// once the weights no longer fit in cache. 2 KB ahead read the Llama-3.2-1B stack of
+// benchmarks/kernels.py 15 % faster than 1 KB at one thread (docs/operator.md).
+constexpr int kPrefetchBytes = 2048;
 
 // What a weight's codes mean; mirrors the LutMatMul attributes.
 struct WeightFormat {
