@@ -25,9 +25,10 @@ enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
 constexpr int kOpVersion = 1;
 
 // Below this many weight bits a product is a few microseconds of work, less than
-// handing it to ORT's thread pool and waiting costs (576 x 576 at 2 bits is 663k;
-// measured: benchmarks/kernels.py, docs/operator.md "Threads").
-constexpr int64_t kParallelMinWeightBits = int64_t{1} << 21;
+// handing it to ORT's thread pool and waiting costs. Measured at 2 threads on a 2-core
+// Zen 4 (docs/operator.md "Threads"): 576 x 192 at 2 bits (221k) lost 10 % in the pool,
+// 576 x 576 (663k) gained 9 % and 576 x 1536 (1.8M) 35 %.
+constexpr int64_t kParallelMinWeightBits = int64_t{1} << 19;
 
 struct LutMatMulKernel {
   const OrtApi* api;
