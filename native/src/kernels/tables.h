@@ -11,6 +11,7 @@
 //   float largest(const Half* h, int n) const;  max |entry| over n quads (no NaN here)
 //   void store(const Half&, float inv, int8_t* out) const;  round(entry * inv) to int8,
 //       entries 0..7, then 8..15 as their negations (entry 15 - j = -entry j)
+// and may provide store_pair(h0, h1, inv, out): two quads' stores in one (HasStorePair).
 #pragma once
 
 #include <algorithm>
@@ -18,6 +19,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/kernel.h"
 
@@ -46,12 +49,27 @@ inline const float* quad_inputs(const float* a, int64_t k, int64_t q, float* tai
   return tail;
 }
 
+// Whether Ops also has store_pair(h0, h1, inv, out): store for two quads at once (32
+// bytes), the same bytes as two stores. A block holds an even number of quads (K is
+// padded to a multiple of 8), so an ISA that has it never needs the single store here.
+template <class Ops, class = void>
+struct HasStorePair : std::false_type {};
+template <class Ops>
+struct HasStorePair<Ops, std::void_t<decltype(std::declval<const Ops&>().store_pair(
+                             std::declval<const typename Ops::Half&>(),
+                             std::declval<const typename Ops::Half&>(), 0.0f,
+                             static_cast<int8_t*>(nullptr)))>> : std::true_type {};
+
 // Rounds n quads' tables with one scale, top = their largest |entry| (finite).
 template <class Ops>
 void store_block(const Ops& ops, const typename Ops::Half* half, int n, float top,
                  int8_t* entries) {
   const float inv = top > 0.0f ? 127.0f / top : 0.0f;
-  for (int i = 0; i < n; ++i) ops.store(half[i], inv, entries + i * kTableSize);
+  int i = 0;
+  if constexpr (HasStorePair<Ops>::value) {
+    for (; i + 2 <= n; i += 2) ops.store_pair(half[i], half[i + 1], inv, entries + i * kTableSize);
+  }
+  for (; i < n; ++i) ops.store(half[i], inv, entries + i * kTableSize);
 }
 
 // A block outside the ordinary range. Non-finite inputs give a NaN step and sum (every
