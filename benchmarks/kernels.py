@@ -215,11 +215,11 @@ def model_weight_bytes(model: onnx.ModelProto) -> int:
     return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
 
 
-def ort_contenders(w: np.ndarray) -> list[Contender]:
+def ort_contenders(w: np.ndarray, ort_bits: list[int] = ORT_BITS) -> list[Contender]:
     n, k = w.shape
     out = []
     paths = {"default": {}, "lut": {"mlas.use_lut_gemm": "1"}}
-    for bits in ORT_BITS:
+    for bits in ort_bits:
         for block in ORT_BLOCKS:
             for asym in (False, True):
                 b, s, z = nbits_weights(w, bits, block, asym)
@@ -231,7 +231,7 @@ def ort_contenders(w: np.ndarray) -> list[Contender]:
                 for path, config in paths.items():
                     out.append(Contender("ort-nbits", f"b{block}{'/zp' if asym else ''}/{path}",
                                          str(bits), data, dq, bpw, config))
-    for bits in ORT_BITS:
+    for bits in ort_bits:
         model, dq = quantizer_model(w, bits)
         bpw = 8 * model_weight_bytes(model) / (n * k)
         for path, config in paths.items():
@@ -272,10 +272,11 @@ def quantizer_model(w: np.ndarray, bits: int) -> tuple[onnx.ModelProto, np.ndarr
     return model, dq
 
 
-def edgepet_contenders(w: np.ndarray, kernels: list[str]) -> list[Contender]:
+def edgepet_contenders(w: np.ndarray, kernels: list[str],
+                       bits_list: list = EDGEPET_BITS) -> list[Contender]:
     n, k = w.shape
     out = []
-    for bits in EDGEPET_BITS:
+    for bits in bits_list:
         qt = quantize(w, bits, EDGEPET_GROUP if EDGEPET_GROUP < k else "per-row",
                       symmetric=True)
         model = linear_model(qt)
@@ -389,15 +390,17 @@ def _prune(contenders, alive, errors, times) -> list[int]:
 
 
 def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[int],
-        kernel_names: list[str], budget_s: float, rounds: int, progress) -> list[Result]:
+        kernel_names: list[str], budget_s: float, rounds: int, progress,
+        bits_list: list = EDGEPET_BITS) -> list[Result]:
     results: list[Result] = []
     rng = np.random.default_rng(0)
     for shape_name, (k, n) in shapes.items():
         progress(f"{shape_name}: building models")
         w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
         fp32 = fp32_model(w)
-        contenders = edgepet_contenders(w, kernel_names) + ort_contenders(w) + [
-            Contender("ort-fp32", "MatMul", "32", fp32.SerializeToString(), w, 32.0)]
+        ort_bits = sorted({int(PEER_BITS[str(b)]) for b in bits_list})
+        contenders = (edgepet_contenders(w, kernel_names, bits_list) + ort_contenders(w, ort_bits)
+                      + [Contender("ort-fp32", "MatMul", "32", fp32.SerializeToString(), w, 32.0)])
         for threads in threads_list:
             for m in ms:
                 x = rng.standard_normal((m, k)).astype(np.float32)
@@ -631,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per measurement")
     parser.add_argument("--shapes", help="comma-separated names of SHAPES to run (default all)")
     parser.add_argument("--ms", default="1,32", help="comma-separated row counts M")
+    parser.add_argument("--bits", default=",".join(map(str, EDGEPET_BITS)),
+                        help="comma-separated edgepet widths (1-4, ternary); ORT runs the peer "
+                             "widths, the stack the integer ones among 2 and 4")
     parser.add_argument("--no-stack", action="store_true", help="skip the memory-bound stack")
     parser.add_argument("--stack-layers", type=int, default=LLAMA_LAYERS)
     parser.add_argument("--verbose", action="store_true", help="print every measurement")
@@ -639,6 +645,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"edgepet kernels to time (default: {','.join(vector)})")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    bits_list = [b if b == "ternary" else int(b) for b in args.bits.split(",")]
+    if not set(bits_list) <= set(EDGEPET_BITS):
+        parser.error(f"--bits: {args.bits!r}, expected some of {EDGEPET_BITS}")
     kernel_names = args.kernels.split(",")
     unknown = set(kernel_names) - set(available_kernels()) - {"auto"}
     if unknown:
@@ -653,14 +662,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\r\033[K{msg}"[:150], end="", file=sys.stderr, flush=True)
 
     cpu = cpu_summary()
-    results = run(shapes, ms, threads, kernel_names, budget, rounds, progress)
+    results = run(shapes, ms, threads, kernel_names, budget, rounds, progress, bits_list)
     rows = ratios(results)
     bandwidth, stack = {}, []
     if not args.smoke and not args.no_stack:
         progress("read bandwidth")
         bandwidth = {t: read_bandwidth(t) for t in threads}
         peers = winners(rows, "4096x4096", 1)
-        stack = run_stack([2, 4], threads, kernel_names[0], peers, args.stack_layers,
+        stack = run_stack([b for b in (2, 4) if b in bits_list], threads, kernel_names[0], peers,
+                          args.stack_layers,
                           max(budget, 1.0), progress)
         bandwidth = {t: max(gb, read_bandwidth(t)) for t, gb in bandwidth.items()}
     print("\r\033[K", end="", file=sys.stderr)

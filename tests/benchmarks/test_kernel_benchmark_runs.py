@@ -35,3 +35,17 @@ def test_smoke_run_writes_every_contender_and_ratio(tmp_path, monkeypatch, capsy
     assert {r["bits_per_weight"] for r in ours if r["bits"] == "2"} == {2.25}
     out_text = capsys.readouterr().out
     assert "speedup" in out_text and "CPU:" in out_text
+
+
+def test_bits_option_times_only_those_widths_and_their_ort_peers(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["kernels.py", "--smoke", "--threads", "1",
+                                      "--bits", "1,ternary", "--json", str(out)])
+    try:
+        runpy.run_path(str(ROOT / "benchmarks" / "kernels.py"), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 0
+    data = json.loads(out.read_text())
+    assert {r["bits"] for r in data["ratios"]} == {"1", "ternary"}
+    assert {r["ort_bits"] for r in data["ratios"]} == {"2"}
+    assert {r["bits"] for r in data["results"] if r["contender"].startswith("ort-n")} == {"2"}
