@@ -1,8 +1,8 @@
-// AVX-512 kernel (AVX512F + AVX512BW, GFNI where the CPU has it): the AVX2 method on 64-byte vectors. The tile32
-// layout puts a quad pair's streams next to each other, so one 64-byte load covers two
-// quads of a 2-bit tile (or both pair streams of a 4-bit quad); each 128-bit lane
-// looks up in its own quad's table. Tables are the AVX2 kernel's (bit-identical to
-// the reference); the float epilogue is shared (x86_tile.h).
+// AVX-512 kernel (AVX512F + AVX512BW; GFNI where the CPU has it): the AVX2 method on
+// 64-byte vectors. The tile32 layout puts a quad pair's streams next to each other, so
+// one 64-byte load covers two quads of a 2-bit tile (or both pair streams of a 4-bit
+// quad); each 128-bit lane looks up in its own quad's table. Tables are the AVX2
+// kernel's (bit-identical to the reference); the float epilogue is shared (x86_tile.h).
 #include <immintrin.h>
 
 #include "kernels/kernel.h"
