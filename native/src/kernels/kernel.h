@@ -21,13 +21,12 @@ constexpr int kTableSize = 16;     // entries per table (2^kQuad)
 constexpr int kMaxBlockK = 64;
 constexpr int kMinBlockK = 32;
 constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
-// How far ahead of the codes being read the vector kernels ask for the next ones, into
-// L2 (x86_tile.h, prefetch_codes). A tile's codes are contiguous and the next tile's
-// follow, so this is one stream; the hardware prefetcher alone left a single-thread GEMV
-// at under half the read bandwidth once the weights no longer fit in cache. Measured on
-// the Llama-3.2-1B stack of benchmarks/kernels.py (2-bit, one thread, Zen 4): 8 KB into
-// L2 ran it 1.18-1.35x faster than 2 KB into L1 (three interleaved runs; docs/operator.md).
-constexpr int kPrefetchBytes = 8192;
+// How far ahead of the codes being read the 4-bit dot kernels ask for the next ones (the
+// LUT kernels prefetch further, into L2: x86_tile.h, kLutPrefetchBytes). A
+// tile's codes are contiguous and the next tile's follow, so this is one stream; the
+// hardware prefetcher alone left a single-thread GEMV at under half the read bandwidth
+// once the weights no longer fit in cache.
+constexpr int kPrefetchBytes = 1024;
 
 // What a weight's codes mean; mirrors the LutMatMul attributes.
 struct WeightFormat {
