@@ -192,7 +192,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                         "feature-extraction)")
     p.add_argument("--calibration", metavar="FILE",
                    help="real reference inputs: a text file (one input per line) for text "
-                        "models, or an .npz of arrays by input name")
+                        "models, or an .npz of arrays by input name; for decoders, the text "
+                        "file --quantizer gptq calibrates on")
     p.add_argument("--allow-inaccurate", action="store_true",
                    help="write the bundle even when it misses its accuracy tolerance")
     p.add_argument("-o", "--output", help="bundle folder to write (default: MODEL.edgepet, "
@@ -226,9 +227,15 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
-    p.add_argument("--quantizer", default="auto", choices=("auto", "rtn", "search"),
+    p.add_argument("--quantizer", default="auto", choices=("auto", "rtn", "search", "gptq"),
                    help="rtn: round to nearest; search: error-minimizing clip/scale per "
-                        "group (default auto: search)")
+                        "group; gptq (decoders): calibrated, column by column with error "
+                        "feedback (default auto: search; decoders: gptq at <= 3 bits, else "
+                        "rtn)")
+    p.add_argument("--calibration-tokens", type=int, metavar="N",
+                   help="decoders, --quantizer gptq: calibration tokens (default 8192) from "
+                        "--calibration FILE (a text file) or the default text (Python "
+                        "standard-library docstrings)")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]PATH",
                    help="a task's adapter: PEFT folder or state-dict file; repeatable")
     p.add_argument("--input-shape", action="append", default=[], metavar="[DTYPE:]D0,D1,..",
@@ -395,7 +402,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         inputs=_example_inputs(args.example_input),
         trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
         overwrite=args.force, op_library=args.op_library, task=args.task,
-        calibration=args.calibration, allow_inaccurate=args.allow_inaccurate,
+        calibration=args.calibration, calibration_tokens=args.calibration_tokens,
+        allow_inaccurate=args.allow_inaccurate,
         budget_error=args.budget_error, max_size=_size(args.max_size),
         embedding_bits=args.embedding_bits or "auto", with_tflite=args.with_tflite,
         require_native=args.require_native, tied_head=args.tied_head,
@@ -431,6 +439,13 @@ def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
     if tied_head is not None:
         options["tied_head"] = tied_head
     run = export_decoder_options if decoder else export
+    if run is export:
+        if options.pop("calibration_tokens", None) is not None:
+            raise _Usage("--calibration-tokens is for decoder exports (GGUF / Hugging Face "
+                         "Llama) with --quantizer gptq")
+        if options.get("quantizer") == "gptq":
+            raise _Usage("--quantizer gptq is for decoder exports (GGUF / Hugging Face "
+                         "Llama); use rtn or search")
     return run(model, out, target=args.target, progress=_progress(args.quiet), **options)
 
 

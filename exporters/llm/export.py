@@ -33,6 +33,7 @@ import onnx
 import edgepet
 from edgepet.exporters import bundle as bundle_writer
 from edgepet.exporters.llm import adapter as llm_adapter
+from edgepet.exporters.llm import calibrate
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
@@ -92,6 +93,8 @@ def export_decoder(
     symmetric: bool | None = None,
     keep: Sequence[str] = (),
     quantizer: str = "auto",
+    calibration: str | os.PathLike[str] | None = None,
+    calibration_tokens: int | None = None,
     layer_bits: Mapping[str, Bits] | None = None,
     embedding: str | int = DEFAULT_EMBEDDING,
     adapters: Mapping[str, Any] | None = None,
@@ -113,8 +116,11 @@ def export_decoder(
         group_size: inputs per scale (default 32).
         symmetric: symmetric codes (default False: a zero point per group; SmolLM2 at 4 bits
             g64: perplexity 37.8 symmetric, 20.2 asymmetric).
-        quantizer: "rtn", "search", or "auto" (rtn for decoders: the search takes ~10
-            minutes on 135M weights and did not rescue 2 bits; see docs/llm.md).
+        quantizer: "rtn", "search", "gptq" or "auto" (:func:`auto_quantizer`: gptq at 2
+            and 3 bits or when ``calibration`` is given, rtn otherwise; see docs/llm.md).
+        calibration: a UTF-8 text file GPTQ calibrates on (default: Python standard-library
+            docstrings, :func:`edgepet.exporters.llm.calibrate.default_text`).
+        calibration_tokens: calibration tokens for GPTQ (default 8,192, at least 128).
         keep: fnmatch patterns of projections left in float: fused names
             (``layers.0.attn.qkv``, ``layers.*.mlp.down``, ``lm_head``) or checkpoint names
             (``model.layers.0.self_attn.q_proj`` keeps the whole fused ``qkv``).
@@ -153,7 +159,11 @@ def export_decoder(
     policy = _policy(profile, DEFAULT_BITS if bits is None else bits,
                      DEFAULT_GROUP_SIZE if group_size is None else group_size,
                      DEFAULT_SYMMETRIC if symmetric is None else symmetric, keep)
-    quantizer, quantize_fn = _quantizer("rtn" if quantizer == "auto" else quantizer)
+    quantizer = auto_quantizer(quantizer, policy.bits, calibration, calibration_tokens,
+                               len(adapters or {}))
+    quantize_fn = None if quantizer == "gptq" else _quantizer(quantizer)[1]
+    if quantize_fn is None:
+        calibrate.check_options(calibration, calibration_tokens)
     embedding, table_bits = _embedding_choice(embedding)
     table_dtype = np.float32 if table_bits else EMBEDDING_DTYPES[embedding]
     overrides = _check_layer_bits(DEFAULT_LAYER_BITS.get(policy.bits, {})
@@ -178,10 +188,20 @@ def export_decoder(
             raise BadInputError(f"--max-context {max_context} exceeds the model's context "
                                 f"length {ck.config.max_position_embeddings}")
         tokenizer = _tokenizer(ck)
-        say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
         names = None if head == "separate" else [
             p.name for p in llm_graph.projections(ck.config) if p.name != "lm_head"]
-        weights, records, quantized = _quantize(ck, policy, overrides, quantize_fn, say, names)
+        calibrated = None
+        if quantize_fn is None:
+            calibrated = _calibrate(ck, policy, overrides, tokenizer, calibration,
+                                    calibration_tokens, say, names)
+        say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
+        weights, records, quantized = _quantize(
+            ck, policy, overrides, quantize_fn, say, names,
+            prepared=None if calibrated is None else calibrated.tensors)
+        if calibrated is not None:
+            for record in records:
+                if record["name"] in calibrated.errors:
+                    record["calibration_error"] = round(calibrated.errors[record["name"]], 6)
         switching = llm_adapter.switchable_projections(tasks)
         if switching:
             say(f"{len(switching)} projections differ between the adapters: switchable")
@@ -206,6 +226,8 @@ def export_decoder(
                              embedding if tables or not table_bits else "float32", tables,
                              context, overrides, adapter_record, native_entries,
                              adapter_entries, head)
+        if calibrated is not None:
+            manifest["quantization"]["calibration"] = calibrated.record
         say("verifying the bundle against its dequantized graph")
         # The files were just written and hashed into the file table: verify the
         # in-memory bundle instead of reading and hashing them all again.
@@ -226,7 +248,7 @@ def export_decoder(
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
 _DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
                     "adapters", "overwrite", "progress", "op_library", "require_native",
-                    "tied_head")
+                    "tied_head", "calibration", "calibration_tokens")
 #: Options that mean nothing for a decoder and are ignored.
 _IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
 #: Flag names of options whose key does not spell the flag.
@@ -321,10 +343,62 @@ def choose_bits(projection: llm_graph.Projection, default: Bits, keep: Sequence[
     return default
 
 
+#: Widths at or below which ``--quantizer auto`` calibrates (GPTQ) a decoder: the table in
+#: docs/llm.md.
+GPTQ_AUTO_MAX_BITS = 3
+
+
+def auto_quantizer(quantizer: str, bits: Bits, calibration: Any = None,
+                   calibration_tokens: int | None = None, adapters: int = 0) -> str:
+    """The quantizer a decoder export uses: ``auto`` is gptq at <= 3 bits (ternary and 1
+    bit included) or when calibration is given, rtn otherwise; calibration options with rtn
+    or search are refused (they would be ignored), and so is gptq with several adapters
+    (auto: rtn) — their switchable projections would need a calibration of their own."""
+    calibrating = calibration is not None or calibration_tokens is not None
+    if quantizer not in ("auto", "rtn", "search", "gptq"):
+        raise BadInputError(f"--quantizer {quantizer!r} is unknown — use auto, rtn, search "
+                            "or gptq")
+    if quantizer == "gptq" and adapters > 1:
+        raise BadInputError("--quantizer gptq takes one adapter (merged) — the switchable "
+                            "projections of several adapters are not calibrated yet; use "
+                            "--quantizer rtn or export one bundle per adapter")
+    if quantizer == "auto" and adapters > 1:
+        return "rtn"
+    if quantizer == "auto":
+        low = bits == "ternary" or int(bits) <= GPTQ_AUTO_MAX_BITS
+        return "gptq" if low or calibrating else "rtn"
+    if calibrating and quantizer != "gptq":
+        raise BadInputError(f"--calibration and --calibration-tokens feed --quantizer gptq, "
+                            f"not {quantizer} — drop them or use --quantizer gptq")
+    return quantizer
+
+
+def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits], tokenizer: Any,
+               calibration: Any, calibration_tokens: int | None, say: Progress,
+               names: Collection[str] | None = None):
+    """GPTQ codes for every quantized projection (of ``names``; None: all), with the
+    manifest's calibration record."""
+    data = calibrate.calibration_windows(tokenizer, calibration, calibration_tokens)
+    say(f"calibrating on {data.tokens} tokens ({data.record['source']}, "
+        f"{len(data.windows)} windows of <= {data.record['ctx']}): GPTQ layer by layer")
+
+    def choose(proj: llm_graph.Projection) -> Any:
+        bits = None if names is not None and proj.name not in names else choose_bits(
+            proj, policy.bits, policy.keep, overrides)
+        return calibrate.Choice(bits, policy.group_size, policy.symmetric)
+
+    result = calibrate.gptq_checkpoint(ck, choose, data, progress=say)
+    result.record = {"method": "gptq", "sequential": True, "damp": calibrate.DEFAULT_DAMP,
+                     "seconds": round(result.seconds, 1), **data.record}
+    return result
+
+
 def _quantize(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
-              quantize_fn: Callable[..., QuantizedTensor], say: Progress,
-              names: Collection[str] | None = None):
-    """Codes (or float, when kept) of the projections ``names`` (None: all)."""
+              quantize_fn: Callable[..., QuantizedTensor] | None, say: Progress,
+              names: Collection[str] | None = None,
+              prepared: Mapping[str, QuantizedTensor] | None = None):
+    """Codes (or float, when kept) of the projections ``names`` (None: all); ``prepared``:
+    codes made beforehand (GPTQ)."""
     weights: dict[str, llm_graph.Weight] = {}
     records: list[dict[str, Any]] = []
     quantized: dict[str, tuple[QuantizedTensor, None]] = {}
@@ -341,7 +415,8 @@ def _quantize(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
             weights[proj.name] = w
         else:
             try:
-                qt = quantize_fn(w, bits, policy.group_size, policy.symmetric)
+                qt = prepared[proj.name] if prepared is not None else quantize_fn(
+                    w, bits, policy.group_size, policy.symmetric)
             except ValueError as error:
                 raise BadInputError(f"quantizing {proj.name} failed: {error}") from None
             weights[proj.name] = qt
