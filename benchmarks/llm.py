@@ -112,6 +112,9 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
     from edgepet.exporters.llm.export import choose_bits
     from edgepet.quant import quantize, search_quantize
 
+    if quantizer in ("gptq", "gptq-onepass"):
+        return gptq_weights(ck, bits, group_size, overrides or {}, symmetric,
+                            sequential=quantizer == "gptq")
     fn = search_quantize if quantizer == "search" else quantize
     out = {}
     for proj in llm_graph.projections(ck.config):
@@ -124,6 +127,26 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
         else:
             out[proj.name] = fn(w, b, group_size, symmetric).dequantize()
     return out
+
+
+def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
+                 symmetric: bool, sequential: bool = True,
+                 tokens: int | None = None) -> dict[str, np.ndarray]:
+    """Every projection as ``edgepet export --quantizer gptq`` makes it (default calibration
+    text), dequantized; ``sequential=False``: one float pass collects every H first."""
+    from edgepet.exporters.llm import calibrate
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.exporters.llm.export import _tokenizer, choose_bits
+
+    data = calibrate.calibration_windows(_tokenizer(ck), None, tokens)
+
+    def choose(proj: Any) -> Any:
+        return calibrate.Choice(choose_bits(proj, bits, (), overrides), group_size, symmetric)
+
+    result = calibrate.gptq_checkpoint(ck, choose, data, sequential=sequential,
+                                       progress=lambda line: print(line, file=sys.stderr))
+    return {p.name: (result.tensors[p.name].dequantize() if p.name in result.tensors
+                     else p.weight(ck)) for p in llm_graph.projections(ck.config)}
 
 
 #: The LUT kernels scale their tables per 32 inputs, so bundles need groups of 32 or more.
@@ -289,7 +312,22 @@ LOW_BIT_CONFIGS = [
     "2-bit g32 search, head + attn + down 4|2|32|asym|search|{"
     + ", ".join((_HEAD, _ATTN, _DOWN)) + "}",
 ]
-CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS}
+#: Calibrated quantization (``quality --configs gptq``): GPTQ against rtn at each width of the
+#: decoder defaults (gate_up at the width, attention + down + head at 4 bits), group sizes,
+#: one float pass against sequential, and keeping more at 4 bits.
+_MIX = "{" + ", ".join((_HEAD, _ATTN, _DOWN)) + "}"
+GPTQ_CONFIGS = [
+    "2-bit g32 gptq (--bits 2 mix)|2|32|asym|gptq|" + _MIX,
+    "2-bit g32 rtn (--bits 2 mix)|2|32|asym|rtn|" + _MIX,
+    "3-bit g32 gptq (--bits 3 mix)|3|32|asym|gptq|" + _MIX,
+    "3-bit g32 rtn (--bits 3 mix)|3|32|asym|rtn|" + _MIX,
+    "2-bit g64 gptq (--bits 2 mix)|2|64|asym|gptq|" + _MIX,
+    "4-bit g64 gptq|4|64|asym|gptq|{}",
+    "4-bit g64 rtn|4|64|asym|rtn|{}",
+    "2-bit g32 gptq one pass (--bits 2 mix)|2|32|asym|gptq-onepass|" + _MIX,
+    "3-bit g64 gptq (--bits 3 mix)|3|64|asym|gptq|" + _MIX,
+]
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS, "gptq": GPTQ_CONFIGS}
 
 def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
     label, bits, group, sym, quantizer, overrides = spec.split("|", 5)

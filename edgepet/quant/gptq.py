@@ -60,8 +60,8 @@ def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
     """Relative calibration-weighted error ``||X (W - Q)^T|| / ||X W^T||`` from ``H``."""
     w = np.asarray(w, np.float64)
     d = w - np.asarray(q, np.float64)
-    num = float(np.einsum("nk,kl,nl->", d, h, d))
-    den = float(np.einsum("nk,kl,nl->", w, h, w))
+    num = float(np.sum((d @ h) * d))
+    den = float(np.sum((w @ h) * w))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else float(np.sqrt(max(num, 0.0)))
 
 
@@ -72,18 +72,20 @@ def _inverse_factor(h: np.ndarray, damp: float) -> np.ndarray:
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0  # an input that never fires: its column's error goes nowhere
     mean_diag = float(np.mean(np.diag(h)))
+    # With the exchange matrix P and P H P = L L^T: H^-1 = (P L^-T P)(P L^-1 P), so the
+    # upper factor is P L^-1 P -- one Cholesky and one triangular inverse.
+    flipped = h[::-1, ::-1]
     for attempt in range(6):
         try:
-            lower = np.linalg.cholesky(h + (damp * 10 ** attempt) * mean_diag * np.eye(k))
+            lower = np.linalg.cholesky(flipped + (damp * 10 ** attempt) * mean_diag * np.eye(k))
             break
         except np.linalg.LinAlgError:
             continue
     else:
         raise ValueError("the calibration Hessian is not positive definite even after "
                          "dampening — the calibration inputs hold NaN or inf")
-    inv_lower = np.linalg.solve(lower, np.eye(k))  # L^-1: H^-1 = L^-T L^-1
-    h_inv = inv_lower.T @ inv_lower
-    return np.linalg.cholesky(h_inv).T.astype(np.float32)
+    inv_lower = np.tril(np.linalg.inv(lower))
+    return np.ascontiguousarray(inv_lower[::-1, ::-1], dtype=np.float32)
 
 
 def _block_size(gs: int, block: int) -> int:

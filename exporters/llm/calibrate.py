@@ -27,6 +27,7 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ DEFAULT_MODULES = (
     "zipfile",
 )
 DEFAULT_SOURCE = "python-stdlib-docstrings"
+#: A projection whose rounded codes already leave less relative output error than this on
+#: the calibration inputs keeps them without running GPTQ.
+EXACT_ENOUGH = 1e-3
 
 Progress = Callable[[str], None]
 
@@ -73,18 +77,24 @@ def default_text() -> str:
             module = importlib.import_module(name)
         except ImportError:  # a stripped-down Python: the record's sha256 says what was used
             continue
-        doc = inspect.getdoc(module)
-        if doc:
-            parts.append(doc)
-        for attr in sorted(vars(module)):
-            obj = getattr(module, attr)
-            if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-                continue
-            if inspect.isclass(obj) or inspect.isfunction(obj):
-                doc = inspect.getdoc(obj)
-                if doc and len(doc) >= 200:
-                    parts.append(doc)
+        with warnings.catch_warnings():  # typing.io & co. warn when their docs are read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            parts += _docstrings(module)
     return "\n\n".join(parts)
+
+
+def _docstrings(module: Any) -> list[str]:
+    """A module's docstring, then those (of 200+ characters) of the public classes and
+    functions it defines, by name."""
+    parts = [inspect.getdoc(module) or ""]
+    for attr, obj in sorted(vars(module).items()):
+        if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) >= 200:
+                parts.append(doc)
+    return [p for p in parts if p]
 
 
 @dataclass
@@ -246,13 +256,15 @@ class CalibratedWeights:
     """GPTQ's codes per projection, and the calibration error each ended with.
 
     ``errors``: relative ``||X (W - Q)^T|| / ||X W^T||`` on the inputs GPTQ saw;
-    ``rtn_errors``: the same for round-to-nearest on the same inputs (for comparison);
+    ``rtn_errors``: the same for round-to-nearest on the same inputs; ``rtn_kept``: the
+    projections where rounding was no worse, which keep the rounded codes;
     ``record``: what calibrated them (the manifest's ``quantization.calibration``).
     """
 
     tensors: dict[str, QuantizedTensor]
     errors: dict[str, float]
     rtn_errors: dict[str, float]
+    rtn_kept: list[str] = field(default_factory=list)
     seconds: float = 0.0
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -267,7 +279,8 @@ def gptq_checkpoint(
     clip_search: bool = False,
     progress: Progress | None = None,
 ) -> CalibratedWeights:
-    """GPTQ codes for every projection ``choose`` does not keep in float.
+    """GPTQ codes for every projection ``choose`` does not keep in float (or the rounded
+    codes, where their calibration error is no larger).
 
     ``sequential``: layer after layer on the outputs of the quantized layers before it
     (the default); False: one pass of the float model collects every H first.
@@ -284,15 +297,24 @@ def gptq_checkpoint(
         if choice.bits is None:
             return w
         try:
-            qt = gptq_quantize(w, h, choice.bits, choice.group_size, choice.symmetric,
-                               damp=damp, clip_search=clip_search)
             rtn = quantize(w, choice.bits, choice.group_size, choice.symmetric)
+            q_rtn = rtn.dequantize()
+            rtn_error = out.rtn_errors[name] = output_error(w, q_rtn, h)
+            qt, q, error = rtn, q_rtn, rtn_error
+            # Rounding can be (nearly) exact already -- a 4-bit g32 projection of a Q4_1
+            # GGUF holds its source's values -- and GPTQ cannot do better than that.
+            if rtn_error > EXACT_ENOUGH:
+                qt = gptq_quantize(w, h, choice.bits, choice.group_size, choice.symmetric,
+                                   damp=damp, clip_search=clip_search)
+                q = qt.dequantize()
+                error = output_error(w, q, h)
         except ValueError as error:
             raise BadInputError(f"quantizing {name} failed: {error}") from None
-        q = qt.dequantize()
+        if error >= rtn_error:
+            qt, q, error = rtn, q_rtn, rtn_error
+            out.rtn_kept.append(name)
         out.tensors[name] = qt
-        out.errors[name] = output_error(w, q, h)
-        out.rtn_errors[name] = output_error(w, rtn.dequantize(), h)
+        out.errors[name] = error
         return q
 
     def sequential_step(name: str, x: np.ndarray) -> np.ndarray:

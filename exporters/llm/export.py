@@ -389,7 +389,11 @@ def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits], 
 
     result = calibrate.gptq_checkpoint(ck, choose, data, progress=say)
     result.record = {"method": "gptq", "sequential": True, "damp": calibrate.DEFAULT_DAMP,
-                     "seconds": round(result.seconds, 1), **data.record}
+                     "seconds": round(result.seconds, 1),
+                     "rtn_kept": len(result.rtn_kept), **data.record}
+    if result.rtn_kept:
+        say(f"  {len(result.rtn_kept)} of {len(result.errors)} projections keep round-to-"
+            "nearest codes (no larger calibration error)")
     return result
 
 
