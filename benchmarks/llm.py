@@ -112,9 +112,10 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
     from edgepet.exporters.llm.export import choose_bits
     from edgepet.quant import quantize, search_quantize
 
-    if quantizer in ("gptq", "gptq-onepass"):
+    if quantizer.startswith("gptq"):
         return gptq_weights(ck, bits, group_size, overrides or {}, symmetric,
-                            sequential=quantizer == "gptq")
+                            sequential=quantizer != "gptq-onepass",
+                            clip_search=quantizer == "gptq-clip")
     fn = search_quantize if quantizer == "search" else quantize
     out = {}
     for proj in llm_graph.projections(ck.config):
@@ -130,10 +131,11 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
 
 
 def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
-                 symmetric: bool, sequential: bool = True,
+                 symmetric: bool, sequential: bool = True, clip_search: bool = False,
                  tokens: int | None = None) -> dict[str, np.ndarray]:
     """Every projection as ``edgepet export --quantizer gptq`` makes it (default calibration
-    text), dequantized; ``sequential=False``: one float pass collects every H first."""
+    text), dequantized; ``sequential=False``: one float pass collects every H first;
+    ``clip_search``: each group's scale from the clipping search (quantizer ``gptq-clip``)."""
     from edgepet.exporters.llm import calibrate
     from edgepet.exporters.llm import graph as llm_graph
     from edgepet.exporters.llm.export import _tokenizer, choose_bits
@@ -144,6 +146,7 @@ def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
         return calibrate.Choice(choose_bits(proj, bits, (), overrides), group_size, symmetric)
 
     result = calibrate.gptq_checkpoint(ck, choose, data, sequential=sequential,
+                                       clip_search=clip_search,
                                        progress=lambda line: print(line, file=sys.stderr))
     return {p.name: (result.tensors[p.name].dequantize() if p.name in result.tensors
                      else p.weight(ck)) for p in llm_graph.projections(ck.config)}
@@ -265,7 +268,8 @@ def _bundle_label(m: dict[str, Any]) -> str:
     return label + (f" {extra}" if extra else "")
 
 
-#: Quality rows: label | bits | group | sym/asym | rtn/search | JSON {pattern: bits}.
+#: Quality rows: label | bits | group | sym/asym | rtn/search/gptq[-onepass|-clip] | JSON
+#: {pattern: bits}.
 DEFAULT_CONFIGS = [
     "fp32|-|-|-|-|{}",
     "4-bit asym g32 rtn (default)|4|32|asym|rtn|{}",
@@ -327,7 +331,15 @@ GPTQ_CONFIGS = [
     "2-bit g32 gptq one pass (--bits 2 mix)|2|32|asym|gptq-onepass|" + _MIX,
     "3-bit g64 gptq (--bits 3 mix)|3|64|asym|gptq|" + _MIX,
 ]
-CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS, "gptq": GPTQ_CONFIGS}
+_ENDS2 = '"layers.0.*": 4, "layers.1.*": 4, "layers.28.*": 4, "layers.29.*": 4'
+#: What recovers more of 2 bits (``quality --configs gptq-2bit``).
+GPTQ_2BIT_CONFIGS = [
+    "2-bit g32 gptq, clip search (--bits 2 mix)|2|32|asym|gptq-clip|" + _MIX,
+    "2-bit g32 gptq, + gate_up of layers 0, 1, 28, 29 at 4|2|32|asym|gptq|{"
+    + ", ".join((_HEAD, _ATTN, _DOWN, _ENDS2)) + "}",
+]
+CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS, "gptq": GPTQ_CONFIGS,
+               "gptq-2bit": GPTQ_2BIT_CONFIGS}
 
 def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
     label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
@@ -681,10 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--gguf")
-    q.add_argument("--config", action="append", help="LABEL|BITS|GROUP|sym/asym|rtn/search|"
-                   "JSON overrides (default: DEFAULT_CONFIGS)")
+    q.add_argument("--config", action="append", help="LABEL|BITS|GROUP|sym/asym|"
+                   "rtn/search/gptq/gptq-onepass/gptq-clip|JSON overrides (default: "
+                   "DEFAULT_CONFIGS)")
     q.add_argument("--configs", choices=sorted(CONFIG_SETS), default="default",
-                   help="a named set of rows (low-bit: the 2- and 3-bit sweep)")
+                   help="a named set of rows (low-bit: the 2- and 3-bit sweep; gptq: "
+                        "calibrated against rtn; gptq-2bit: what recovers 2 bits)")
     q.add_argument("--genai", action="append", default=[], help="ORT GenAI model folder")
     q.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     q.add_argument("--ctx", type=int, default=CTX, help="window length (512)")

@@ -10,7 +10,9 @@ from edgepet.quant.tensor import (
 
 __all__ = ["GROUP_MULTIPLE", "SUPPORTED_BITS", "QuantizedTensor", "quantize", "storage_bits"]
 
-# Issue 3: error-minimizing search and whole-model quantization (torch imported lazily).
+# Issue 3: error-minimizing search and whole-model quantization (torch imported lazily);
+# issue 10: calibrated quantization (GPTQ) for decoder exports.
+from edgepet.quant.gptq import gptq_quantize, hessian
 from edgepet.quant.model import (
     LayerReport,
     QuantizedModel,
@@ -29,4 +31,6 @@ __all__ += [
     "quantize_model",
     "search_quantize",
     "select_linear_layers",
+    "gptq_quantize",
+    "hessian",
 ]
