@@ -115,7 +115,7 @@ def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
     if quantizer.startswith("gptq"):
         return gptq_weights(ck, bits, group_size, overrides or {}, symmetric,
                             sequential=quantizer != "gptq-onepass",
-                            clip_search=quantizer == "gptq-clip")
+                            clip_search=quantizer == "gptq-clip")  # "gptq": min/max scales
     fn = search_quantize if quantizer == "search" else quantize
     out = {}
     for proj in llm_graph.projections(ck.config):

@@ -389,6 +389,7 @@ def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits], 
 
     result = calibrate.gptq_checkpoint(ck, choose, data, progress=say)
     result.record = {"method": "gptq", "sequential": True, "damp": calibrate.DEFAULT_DAMP,
+                     "clip_search": calibrate.DEFAULT_CLIP_SEARCH,
                      "seconds": round(result.seconds, 1),
                      "rtn_kept": len(result.rtn_kept), **data.record}
     if result.rtn_kept:
