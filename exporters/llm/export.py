@@ -8,7 +8,8 @@ the staging folder, and only then move it into place.
 
 Defaults (see docs/llm.md for the table they come from): every projection including the
 tied output head is a ``LutMatMul`` (4-bit, group 32, asymmetric; at 2 and 3 bits only
-gate/up go below 4); the embedding table is 4-bit ``GatherBlockQuantized`` codes (a gather
+gate/up go below 4, quantized with GPTQ calibrated on text, :mod:`.calibrate`; round to
+nearest at 4 bits); the embedding table is 4-bit ``GatherBlockQuantized`` codes (a gather
 reads one row per token, so its bits cost file size, not decode time); a head tied to the
 embeddings can read the table's codes instead (``tied_head="shared"``: stored once). One
 adapter merges into the projections before quantization; several stay switchable
