@@ -89,6 +89,17 @@ def test_auto_is_gptq_below_4_bits_and_calibration_needs_gptq():
     assert auto_quantizer("auto", 4, calibration="x.txt") == "gptq"
     with pytest.raises(BadInputError, match="feed --quantizer gptq"):
         auto_quantizer("rtn", 2, calibration_tokens=512)
+    assert auto_quantizer("auto", 2, adapters=2) == "rtn"  # switchable: not calibrated
+    with pytest.raises(BadInputError, match="one adapter"):
+        auto_quantizer("gptq", 2, adapters=2)
+
+
+def test_a_shared_head_is_not_calibrated(tmp_path, tiny_gguf):
+    bundle = export_decoder(tiny_gguf, tmp_path / "b", bits=2, quantizer="gptq",
+                            tied_head="shared", calibration_tokens=256, max_context=48)
+    layers = {layer["name"]: layer for layer in bundle.manifest["layers"]}
+    assert "calibration_error" in layers["layers.0.mlp.gate_up"]
+    assert "calibration_error" not in layers["lm_head"]
 
 
 @pytest.fixture(scope="module")
