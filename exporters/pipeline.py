@@ -129,6 +129,8 @@ def export(
     embedding_bits: int | str | None = "auto",
     with_tflite: bool = False,
     require_native: bool = False,
+    tied_head: str | None = None,
+    calibration_tokens: int | None = None,
 ) -> bundle_io.Bundle:
     """Export a (tuned) PyTorch model into a bundle folder ``out``; return it, checked.
 
@@ -185,11 +187,16 @@ def export(
             nothing written, when litert-torch is absent or cannot convert the model.
         require_native: BadInputError, instead of a warning, when the op library or
             ``edgepet-run`` for the target's platform cannot be shipped.
+        tied_head: decoders only: "separate" or "shared" for a head tied to the
+            embeddings (see ``export_decoder``); None: the decoder default.
+        calibration_tokens: decoders only: tokens of calibration text for GPTQ.
     """
     from edgepet.exporters.llm.export import export_decoder_options, is_decoder_source
 
     # a GGUF file or Hugging Face folder of a Llama-family decoder; encoders go on below
     if is_decoder_source(model):
+        decoder_only = {key: value for key, value in (("tied_head", tied_head), (
+            "calibration_tokens", calibration_tokens)) if value is not None}
         return export_decoder_options(
             model, out, target=target, bits=bits, group_size=group_size,
             symmetric=symmetric, keep=keep, quantizer=quantizer, adapters=adapters,
@@ -198,7 +205,10 @@ def export(
             progress=progress, task=task, tokenizer=tokenizer, calibration=calibration,
             allow_inaccurate=allow_inaccurate, budget_error=budget_error, max_size=max_size,
             embedding_bits=embedding_bits, with_tflite=with_tflite,
-            require_native=require_native)
+            require_native=require_native, **decoder_only)
+    if tied_head is not None or calibration_tokens is not None:
+        raise BadInputError("tied_head and calibration_tokens are for decoder checkpoints (a "
+                            "GGUF file or a Hugging Face Llama folder) — leave them out")
     say = _Steps(progress)
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())

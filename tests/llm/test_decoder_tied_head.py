@@ -131,3 +131,15 @@ def test_the_shared_head_is_refused_cleanly_where_there_is_nothing_to_share(tmp_
     assert main(["export", "--example", "mlp", "--tied-head", "shared", "-o", str(out),
                  "--quiet"]) == 2
     assert "--tied-head applies to decoder checkpoints" in capsys.readouterr().err
+
+
+def test_the_python_export_takes_the_head_choice_for_decoders_only(tmp_path, tiny_hf):
+    import edgepet
+
+    shared = edgepet.export(tiny_hf, tmp_path / "shared", bits=4, tied_head="shared")
+    assert shared.manifest["decoder"]["head"]["storage"] == "shared"
+    with pytest.raises(BadInputError, match="for decoder checkpoints"):
+        edgepet.export("example:mlp", tmp_path / "mlp", tied_head="shared")
+    with pytest.raises(BadInputError, match="for decoder checkpoints"):
+        edgepet.export("example:mlp", tmp_path / "mlp", calibration_tokens=512)
+    assert not (tmp_path / "mlp").exists()
