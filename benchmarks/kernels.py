@@ -655,7 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         shapes, ms, budget, rounds = {"smoke 256->96": (256, 96)}, [1, 3], 0.01, 2
     else:
-        shapes = SHAPES if not args.shapes else {s: SHAPES[s] for s in args.shapes.split(",")}
+        names = args.shapes.split(",") if args.shapes else list(SHAPES)
+        unknown_shapes = [name for name in names if name not in SHAPES]
+        if unknown_shapes:
+            parser.error(f"shape(s) {unknown_shapes} unknown; choose from {list(SHAPES)}")
+        shapes = {name: SHAPES[name] for name in names}
         ms, budget, rounds = [int(m) for m in args.ms.split(",")], args.budget, ROUNDS
 
     def progress(msg: str) -> None:

@@ -49,3 +49,15 @@ def test_bits_option_times_only_those_widths_and_their_ort_peers(tmp_path, monke
     assert {r["bits"] for r in data["ratios"]} == {"1", "ternary"}
     assert {r["ort_bits"] for r in data["ratios"]} == {"2"}
     assert {r["bits"] for r in data["results"] if r["contender"].startswith("ort-n")} == {"2"}
+
+
+def test_an_unknown_shape_is_a_usage_error_that_names_the_choices(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["kernels.py", "--shapes", "4096x4096,smol_576"])
+    try:
+        runpy.run_path(str(ROOT / "benchmarks" / "kernels.py"), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("an unknown shape must stop the benchmark")
+    err = capsys.readouterr().err
+    assert "['smol_576'] unknown" in err and "smollm2 576->576" in err
