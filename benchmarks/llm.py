@@ -88,17 +88,12 @@ def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> floa
                                    providers=["CPUExecutionProvider"])
     del model
     c = ck.config
-    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
     nll, count = 0.0, 0
     for start in range(0, len(tokens), CTX):
         window = tokens[start:start + CTX]
         if len(window) < 2:
             continue
-        feeds = {"input_ids": np.array([window], np.int64), "num_logits": np.array([0])}
-        for i in range(c.num_layers):
-            for name in llm_graph.past_names(i):
-                feeds[name] = empty
-        logits = session.run(["logits"], feeds)[0][0]
+        logits = session.run(["logits"], llm_graph.prefill_feeds(c, window))[0][0]
         nll += window_nll(logits[:-1], window[1:])
         count += len(window) - 1
     return float(np.exp(nll / count))

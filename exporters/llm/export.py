@@ -472,13 +472,7 @@ def _reference_feeds(ck: ckpt.Checkpoint, tokenizer: Any) -> dict[str, np.ndarra
     if ck.add_bos_token and ck.bos_token_id is not None:
         ids = [ck.bos_token_id, *ids]
     ids = [i for i in ids if i < ck.config.vocab_size][:32] or [0]
-    c = ck.config
-    feeds = {"input_ids": np.array([ids], np.int64), "num_logits": np.array([0], np.int64)}
-    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
-    for i in range(c.num_layers):
-        for name in llm_graph.past_names(i):
-            feeds[name] = empty
-    return feeds
+    return llm_graph.prefill_feeds(ck.config, ids)
 
 
 def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ packed zero points ``[V, D/64]`` byte for byte, so the bundle stores the matrix 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,17 @@ def past_names(i: int) -> tuple[str, str]:
 def present_names(i: int) -> tuple[str, str]:
     """Output names of layer ``i``'s updated cache."""
     return f"present.{i}.key", f"present.{i}.value"
+
+
+def prefill_feeds(config: LlamaConfig, ids: Sequence[int], num_logits: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """Inputs of one forward of ``ids`` from an empty cache (``num_logits`` 0: every
+    position's logits)."""
+    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
+    feeds = {"input_ids": np.array([list(ids)], np.int64),
+             "num_logits": np.array([num_logits], np.int64)}
+    feeds.update({name: empty for i in range(config.num_layers) for name in past_names(i)})
+    return feeds
 
 
 @dataclass(frozen=True)

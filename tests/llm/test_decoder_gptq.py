@@ -26,13 +26,7 @@ def graph_logits(ck, ids):
     model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32)
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    c = ck.config
-    feeds = {"input_ids": np.array([ids], np.int64), "num_logits": np.array([0], np.int64)}
-    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
-    for i in range(c.num_layers):
-        for name in llm_graph.past_names(i):
-            feeds[name] = empty
-    return session.run(["logits"], feeds)[0][0]
+    return session.run(["logits"], llm_graph.prefill_feeds(ck.config, ids))[0][0]
 
 
 def test_the_calibration_forward_matches_the_fp32_graph(tiny_ck):

@@ -38,9 +38,7 @@ def fp32_session(smol):
 
 def _greedy_onnx(session, ck, ids: list[int], n: int) -> list[int]:
     c = ck.config
-    empty = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
-    feeds = {"input_ids": np.array([ids]), "num_logits": np.array([1])}
-    feeds.update({name: empty for i in range(c.num_layers) for name in llm_graph.past_names(i)})
+    feeds = llm_graph.prefill_feeds(c, ids, num_logits=1)
     out, tokens = session.run(None, feeds), []
     for _ in range(n):
         tokens.append(int(np.argmax(out[0][0, -1])))

@@ -10,7 +10,7 @@
 namespace edgepet {
 namespace {
 
-// Per-call working memory, per calling thread, grown and never shrunk.
+// Per-call working memory (see grown in gemm.h).
 struct Dot4Scratch {
   std::vector<int8_t> x;          // [m][quads * 4]
   std::vector<float> steps;       // [m][blocks]
@@ -18,12 +18,6 @@ struct Dot4Scratch {
   std::vector<float> block_sums;  // [m][blocks]
   std::vector<float> group_sums;  // [m][groups]
   std::vector<float> base_acc;    // [m][groups]
-
-  template <typename T>
-  static T* at_least(std::vector<T>& v, int64_t count) {
-    if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
-    return v.data();
-  }
 };
 
 struct Dot4Call {
@@ -32,12 +26,12 @@ struct Dot4Call {
         args(&a),
         plan(a.format),
         width(plan.quads * kQuad),
-        x(Dot4Scratch::at_least(s.x, a.m * width)),
-        steps(Dot4Scratch::at_least(s.steps, a.m * plan.blocks)),
-        x_sums(Dot4Scratch::at_least(s.x_sums, a.m * plan.blocks)),
-        block_sums(Dot4Scratch::at_least(s.block_sums, a.m * plan.blocks)),
-        group_sums(Dot4Scratch::at_least(s.group_sums, a.m * plan.groups)),
-        base_acc(Dot4Scratch::at_least(s.base_acc, a.m * plan.groups)) {}
+        x(grown(s.x, a.m * width)),
+        steps(grown(s.steps, a.m * plan.blocks)),
+        x_sums(grown(s.x_sums, a.m * plan.blocks)),
+        block_sums(grown(s.block_sums, a.m * plan.blocks)),
+        group_sums(grown(s.group_sums, a.m * plan.groups)),
+        base_acc(grown(s.base_acc, a.m * plan.groups)) {}
 
   Dot4Activations row(int64_t m) const {
     return {x + m * width, steps + m * plan.blocks, group_sums + m * plan.groups, base_acc + m * plan.groups};

@@ -78,20 +78,13 @@ std::string check_operands(const WeightFormat& f, const Operands& o) {
 
 namespace {
 
-// Per-call working memory, kept per calling thread and grown, never shrunk: a call
-// of the same shape as the last allocates nothing.
+// Per-call working memory (see grown in gemm.h).
 struct Scratch {
   std::vector<int8_t> entries;        // [m][quads][16]
   std::vector<float> block_scales;    // [m][blocks]
   std::vector<float> block_sums;      // [m][blocks]
   std::vector<float> group_sums;      // [m][groups]
   std::vector<float> base_acc;        // [m][groups]
-
-  template <typename T>
-  static T* at_least(std::vector<T>& v, int64_t count) {
-    if (v.size() < static_cast<size_t>(count)) v.resize(static_cast<size_t>(count));
-    return v.data();
-  }
 };
 
 struct Job {
@@ -99,11 +92,11 @@ struct Job {
       : kernel(&k),
         args(&a),
         plan(a.format),
-        entries(Scratch::at_least(s.entries, a.m * plan.quads * kTableSize)),
-        block_scales(Scratch::at_least(s.block_scales, a.m * plan.blocks)),
-        block_sums(Scratch::at_least(s.block_sums, a.m * plan.blocks)),
-        group_sums(Scratch::at_least(s.group_sums, a.m * plan.groups)),
-        base_acc(Scratch::at_least(s.base_acc, a.m * plan.groups)) {}
+        entries(grown(s.entries, a.m * plan.quads * kTableSize)),
+        block_scales(grown(s.block_scales, a.m * plan.blocks)),
+        block_sums(grown(s.block_sums, a.m * plan.blocks)),
+        group_sums(grown(s.group_sums, a.m * plan.groups)),
+        base_acc(grown(s.base_acc, a.m * plan.groups)) {}
 
   const Kernel* kernel;
   const GemmArgs* args;

@@ -59,6 +59,14 @@ std::string check_operands(const WeightFormat& f, const Operands& operands);
 
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 
+// Per-call working memory of the product drivers (lut_gemm, dot4_gemm): kept per calling
+// thread and grown, never shrunk, so a call of the same shape as the last allocates nothing.
+template <typename T>
+T* grown(std::vector<T>& buffer, int64_t count) {
+  if (buffer.size() < static_cast<size_t>(count)) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
 // The kernels this CPU and build can run, best first; the reference is last.
 std::vector<const Kernel*> available_kernels();
 
