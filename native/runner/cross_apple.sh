@@ -20,7 +20,8 @@ mkdir -p "$out"
 # The op library: the same sources and flags native/CMakeLists.txt uses for aarch64.
 sources=(kernels/pack.cc kernels/reference.cc kernels/gemm.cc kernels/dispatch.cc
          kernels/neon.cc kernels/dot4_gemm.cc kernels/dot4_reference.cc kernels/dot4_neon.cc
-         thread_pool.cc ort/register.cc ort/lut_matmul_op.cc ort/ort_util.cc)
+         kernels/attention.cc kernels/attention_reference.cc kernels/attention_neon.cc
+         thread_pool.cc ort/register.cc ort/lut_matmul_op.cc ort/decoder_ops.cc ort/ort_util.cc)
 "${zig[@]}" c++ "${target[@]}" -std=c++17 -O2 -fPIC -shared -fvisibility=hidden \
   -DEDGEPET_HAVE_NEON -I"$root/native/src" -I"$root/native/include" -I"$ort" \
   "${sources[@]/#/$root/native/src/}" -Wl,-undefined,dynamic_lookup \

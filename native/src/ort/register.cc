@@ -3,6 +3,7 @@
 
 #include "edgepet/edgepet_ort.h"
 #include "kernels/pack.h"
+#include "ort/decoder_ops.h"
 #include "ort/ort_util.h"
 
 using edgepet::fail;
@@ -27,9 +28,10 @@ EDGEPET_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
   std::lock_guard<std::mutex> guard(lock);
   if (!domain) {
     if (OrtStatus* s = api->CreateCustomOpDomain("ai.edgepet", &domain)) return s;
-    if (OrtStatus* s = api->CustomOpDomain_Add(
-            domain, const_cast<OrtCustomOp*>(edgepet::lut_matmul_op()))) {
-      return s;
+    for (const OrtCustomOp* op : {edgepet::lut_matmul_op(),
+                                  edgepet::group_query_rotary_attention_op(),
+                                  edgepet::swiglu_op()}) {
+      if (OrtStatus* s = api->CustomOpDomain_Add(domain, const_cast<OrtCustomOp*>(op))) return s;
     }
   }
   return api->AddCustomOpDomain(options, domain);

@@ -1,0 +1,191 @@
+// Grouped-query rotary attention over a KV cache and SwiGLU, written once over the
+// vector primitives of attention.h; the per-ISA primitives live in attention_<isa>.cc.
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+namespace edgepet {
+
+#ifndef EDGEPET_HAVE_AVX2
+const VectorOps* avx2_vector_ops() { return nullptr; }
+#endif
+#ifndef EDGEPET_HAVE_NEON
+const VectorOps* neon_vector_ops() { return nullptr; }
+#endif
+
+std::vector<const VectorOps*> available_vector_ops() {
+  std::vector<const VectorOps*> out;
+  for (const VectorOps* ops : {avx2_vector_ops(), neon_vector_ops()}) {
+    if (ops) out.push_back(ops);
+  }
+  out.push_back(&reference_vector_ops());
+  return out;
+}
+
+const VectorOps& vector_ops() {
+  static const VectorOps* chosen = [] {
+    const char* env = std::getenv("EDGEPET_KERNEL");
+    if (env && std::strcmp(env, "reference") == 0) return &reference_vector_ops();
+    return available_vector_ops().front();
+  }();
+  return *chosen;
+}
+
+std::string check_attention(const AttentionShape& s) {
+  auto num = [](int64_t v) { return std::to_string(v); };
+  if (s.heads <= 0 || s.kv_heads <= 0) {
+    return "num_heads=" + num(s.heads) + " and kv_num_heads=" + num(s.kv_heads) +
+           " must be positive";
+  }
+  if (s.heads % s.kv_heads != 0) {
+    return "num_heads=" + num(s.heads) + " is not a multiple of kv_num_heads=" +
+           num(s.kv_heads);
+  }
+  if (s.head_dim <= 0 || s.head_dim % 2 != 0) {
+    return "head size " + num(s.head_dim) + " must be positive and even (rotate-half RoPE)";
+  }
+  if (s.batch < 0 || s.seq < 0 || s.past < 0) return "negative dimension";
+  if (s.seq > 0 && s.past + s.seq > s.rope_positions) {
+    return "position " + num(s.past + s.seq - 1) + " (past " + num(s.past) + " + " +
+           num(s.seq) + " new tokens) is beyond the RoPE tables' " + num(s.rope_positions) +
+           " positions — the context is longer than the model was exported for; export "
+           "again with a larger --max-context, or shorten the prompt";
+  }
+  return {};
+}
+
+namespace {
+
+// Rotate-half RoPE of one head's vector x at table row (cos, sin), times `scale`.
+void rotate(const float* x, const float* cos, const float* sin, int64_t half, float scale,
+            float* out) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    out[i] = (a * cos[i] - b * sin[i]) * scale;
+    out[i + half] = (b * cos[i] + a * sin[i]) * scale;
+  }
+}
+
+// Queries per parallel task in prefill: enough to amortize a task, few enough that the
+// causal triangle's unequal rows still spread over the threads.
+constexpr int64_t kQueriesPerTask = 16;
+// Below this many multiply-adds (q.k and p.v together) a call runs on the calling thread:
+// a decode step of a small model (9 heads x ~100 positions x 64) is a few microseconds,
+// less than a hand-off to the pool costs.
+constexpr double kParallelMinWork = double(1 << 20);
+
+struct Job {
+  const VectorOps* ops;
+  const AttentionArgs* args;
+  int64_t chunks;  // query chunks per (batch, head)
+};
+
+void attend_chunk(void* data, int64_t task) {
+  const Job& job = *static_cast<const Job*>(data);
+  const AttentionArgs& a = *job.args;
+  const AttentionShape& s = a.shape;
+  const VectorOps& ops = *job.ops;
+  const int64_t d = s.head_dim, half = d / 2, total = s.past + s.seq;
+  const int64_t chunk = task % job.chunks, bh = task / job.chunks;
+  const int64_t b = bh / s.heads, h = bh % s.heads, kvh = h / (s.heads / s.kv_heads);
+  const int64_t row = (s.heads + 2 * s.kv_heads) * d;
+  const float* keys = a.present_key + (b * s.kv_heads + kvh) * total * d;
+  const float* values = a.present_value + (b * s.kv_heads + kvh) * total * d;
+  std::vector<float> q(static_cast<size_t>(d)), scores(static_cast<size_t>(total));
+  const int64_t t_end = std::min(s.seq, (chunk + 1) * kQueriesPerTask);
+  for (int64_t t = chunk * kQueriesPerTask; t < t_end; ++t) {
+    const int64_t pos = s.past + t, seen = pos + 1;
+    rotate(a.qkv + (b * s.seq + t) * row + h * d, a.cos + pos * half, a.sin + pos * half,
+           half, a.scale, q.data());
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < seen; ++j) {
+      scores[j] = ops.dot(q.data(), keys + j * d, d);
+      top = std::max(top, scores[j]);
+    }
+    const float sum = ops.exp_shifted(scores.data(), seen, top);
+    float* out = a.out + (b * s.seq + t) * s.heads * d + h * d;
+    std::fill(out, out + d, 0.0f);
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < seen; ++j) ops.axpy(scores[j] * inv, values + j * d, out, d);
+  }
+}
+
+}  // namespace
+
+void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Parallel& parallel) {
+  const AttentionShape& s = a.shape;
+  const int64_t d = s.head_dim, half = d / 2, total = s.past + s.seq;
+  const int64_t row = (s.heads + 2 * s.kv_heads) * d;
+  const size_t past_bytes = static_cast<size_t>(s.past * d) * sizeof(float);
+  // The cache: the past rows, then the new keys (rotated) and values.
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t g = 0; g < s.kv_heads; ++g) {
+      const int64_t cache = (b * s.kv_heads + g);
+      float* key = a.present_key + cache * total * d;
+      float* value = a.present_value + cache * total * d;
+      if (past_bytes) {
+        std::memcpy(key, a.past_key + cache * s.past * d, past_bytes);
+        std::memcpy(value, a.past_value + cache * s.past * d, past_bytes);
+      }
+      for (int64_t t = 0; t < s.seq; ++t) {
+        const int64_t pos = s.past + t;
+        const float* src = a.qkv + (b * s.seq + t) * row + (s.heads + g) * d;
+        rotate(src, a.cos + pos * half, a.sin + pos * half, half, 1.0f, key + pos * d);
+        std::memcpy(value + pos * d, src + s.kv_heads * d, static_cast<size_t>(d) * sizeof(float));
+      }
+    }
+  }
+  if (s.batch == 0 || s.seq == 0) return;
+  Job job{&ops, &a, (s.seq + kQueriesPerTask - 1) / kQueriesPerTask};
+  const int64_t tasks = s.batch * s.heads * job.chunks;
+  const double work = 2.0 * double(s.batch) * double(s.heads) * double(s.seq) *
+                      (double(s.past) + 0.5 * double(s.seq)) * double(d);
+  if (work < kParallelMinWork) {
+    Serial().run(tasks, attend_chunk, &job);
+  } else {
+    parallel.run(tasks, attend_chunk, &job);
+  }
+}
+
+namespace {
+
+struct SwigluJob {
+  const VectorOps* ops;
+  const float* x;
+  float* out;
+  int64_t rows, inner, rows_per_task;
+};
+
+void swiglu_rows(void* data, int64_t task) {
+  const SwigluJob& j = *static_cast<const SwigluJob*>(data);
+  const int64_t end = std::min(j.rows, (task + 1) * j.rows_per_task);
+  for (int64_t r = task * j.rows_per_task; r < end; ++r) {
+    const float* x = j.x + r * 2 * j.inner;
+    j.ops->silu_mul(x, x + j.inner, j.out + r * j.inner, j.inner);
+  }
+}
+
+// Below this many outputs SwiGLU runs on the calling thread (one decode token of a
+// 1536-wide MLP is ~1 microsecond of work).
+constexpr int64_t kSwigluParallelMin = int64_t{1} << 16;
+
+}  // namespace
+
+void swiglu(const VectorOps& ops, const float* x, float* out, int64_t rows, int64_t inner,
+            const Parallel& parallel) {
+  if (rows <= 0 || inner <= 0) return;
+  const int64_t per_task = std::max<int64_t>(1, kSwigluParallelMin / 4 / inner);
+  SwigluJob job{&ops, x, out, rows, inner, per_task};
+  const int64_t tasks = (rows + per_task - 1) / per_task;
+  if (rows * inner < kSwigluParallelMin) {
+    Serial().run(tasks, swiglu_rows, &job);
+  } else {
+    parallel.run(tasks, swiglu_rows, &job);
+  }
+}
+
+}  // namespace edgepet

@@ -1,0 +1,73 @@
+// The decoder's non-matmul work: grouped-query attention with rotary positions over a
+// KV cache, and the gated MLP activation (SiLU(gate) * up). The ONNX Runtime ops
+// GroupQueryRotaryAttention and SwiGLU (native/src/ort/decoder_ops.cc) call these.
+//
+// The loops are written once (attention.cc) over a few vector primitives that each ISA
+// implements in its own file (attention_{reference,avx2,neon}.cc); vector_ops() picks
+// one at run time. The math is documented in docs/llm.md ("Fused decoder ops").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/gemm.h"
+
+namespace edgepet {
+
+// The vector primitives of one ISA. n is any count >= 0; tails are handled.
+struct VectorOps {
+  const char* name;
+  float (*dot)(const float* a, const float* b, int64_t n);
+  void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+  // x[i] = exp(x[i] - shift) in place; returns the sum of the results.
+  float (*exp_shifted)(float* x, int64_t n, float shift);
+  // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+  void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
+};
+
+const VectorOps& reference_vector_ops();
+const VectorOps* avx2_vector_ops();  // null where not built or the CPU lacks AVX2 + FMA
+const VectorOps* neon_vector_ops();  // null where not built
+// Every set usable on this CPU, best first (the reference last).
+std::vector<const VectorOps*> available_vector_ops();
+// The best set, or the one EDGEPET_KERNEL names when it is "reference".
+const VectorOps& vector_ops();
+
+// Sizes of one attention call. The fused projection holds, per token, the queries of
+// all heads, then the keys, then the values: (heads + 2 * kv_heads) * head_dim floats.
+struct AttentionShape {
+  int64_t batch = 0, seq = 0, past = 0;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t rope_positions = 0;  // rows of the cos/sin tables ([positions, head_dim / 2])
+};
+
+// What is wrong with the sizes (heads not a multiple of kv_heads, an odd head_dim, a
+// position past the RoPE tables, ...); empty when they are right.
+std::string check_attention(const AttentionShape& s);
+
+struct AttentionArgs {
+  AttentionShape shape;
+  const float* qkv = nullptr;         // [batch, seq, (heads + 2 kv_heads) head_dim]
+  const float* past_key = nullptr;    // [batch, kv_heads, past, head_dim]
+  const float* past_value = nullptr;  // same
+  const float* cos = nullptr;         // [rope_positions, head_dim / 2]
+  const float* sin = nullptr;         // same
+  float scale = 1.0f;                 // applied to q . k before the softmax
+  float* out = nullptr;               // [batch, seq, heads head_dim]
+  float* present_key = nullptr;       // [batch, kv_heads, past + seq, head_dim]
+  float* present_value = nullptr;     // same
+};
+
+// Splits qkv, rotates q and k (rotate-half RoPE at positions past .. past + seq - 1),
+// writes the cache with the new positions appended, and attends causally: query t sees
+// the cache and new tokens 0..t. Query head h reads kv head h / (heads / kv_heads).
+// check_attention(args.shape) must be empty.
+void decoder_attention(const VectorOps& ops, const AttentionArgs& args,
+                       const Parallel& parallel);
+
+// out[r, i] = silu(x[r, i]) * x[r, inner + i] for rows of 2 * inner floats.
+void swiglu(const VectorOps& ops, const float* x, float* out, int64_t rows, int64_t inner,
+            const Parallel& parallel);
+
+}  // namespace edgepet

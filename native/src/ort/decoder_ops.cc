@@ -1,0 +1,372 @@
+// ai.edgepet.GroupQueryRotaryAttention and ai.edgepet.SwiGLU: the decoder graph's
+// attention block and gated-MLP activation as one node each (docs/llm.md, "Fused
+// decoder ops"). The math is in kernels/attention.cc; this file checks what ONNX Runtime
+// hands over and says clearly what is wrong.
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "ort/ort_util.h"
+
+namespace edgepet {
+namespace {
+
+constexpr int kOpVersion = 1;  // ai.edgepet op-set version (see lut_matmul_op.cc)
+
+// ONNX Runtime's intra-op pool as a Parallel (the op's threads are the session's).
+class OrtPool final : public Parallel {
+ public:
+  OrtPool(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
+  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
+    Call call{fn, ctx};
+    OrtStatus* status = total > 1 ? api_->KernelContext_ParallelFor(
+                                        ctx_, &OrtPool::trampoline, static_cast<size_t>(total),
+                                        0, &call)
+                                  : nullptr;
+    if (total <= 1 || status) {  // one task, or no pool: run here
+      if (status) api_->ReleaseStatus(status);
+      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+    }
+  }
+
+ private:
+  struct Call {
+    void (*fn)(void*, int64_t);
+    void* ctx;
+  };
+  static void trampoline(void* data, size_t i) {
+    auto* call = static_cast<Call*>(data);
+    call->fn(call->ctx, static_cast<int64_t>(i));
+  }
+  const OrtApi* api_;
+  OrtKernelContext* ctx_;
+};
+
+std::string dims(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+bool is_float(const TensorView& t) { return t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+// Shape inference helper: a fresh symbolic name for an unknown dimension (see
+// set_output_last_dim in ort_util.cc for why an unnamed -1 must not be passed on).
+std::string fresh_dim(const char* stem) {
+  static std::atomic<uint64_t> counter{0};
+  return std::string("edgepet_") + stem + "_" + std::to_string(counter.fetch_add(1));
+}
+
+struct Dims {
+  std::vector<int64_t> values;
+  std::vector<std::string> symbols;
+};
+
+OrtStatus* input_dims(const OrtApi* api, OrtShapeInferContext* ctx, size_t i, Dims* out) {
+  OrtTensorTypeAndShapeInfo* in = nullptr;  // owned by the context: not released
+  if (OrtStatus* s = api->ShapeInferContext_GetInputTypeShape(ctx, i, &in)) return s;
+  size_t rank = 0;
+  if (OrtStatus* s = api->GetDimensionsCount(in, &rank)) return s;
+  out->values.assign(rank, -1);
+  std::vector<const char*> symbols(rank, "");
+  if (OrtStatus* s = api->GetDimensions(in, out->values.data(), rank)) return s;
+  if (OrtStatus* s = api->GetSymbolicDimensions(in, symbols.data(), rank)) return s;
+  out->symbols.assign(rank, "");
+  for (size_t d = 0; d < rank; ++d) {
+    out->symbols[d] = symbols[d] ? symbols[d] : "";
+    if (out->values[d] < 0 && out->symbols[d].empty()) out->symbols[d] = fresh_dim("dim");
+  }
+  return nullptr;
+}
+
+OrtStatus* set_output(const OrtApi* api, OrtShapeInferContext* ctx, size_t i, const Dims& d) {
+  const size_t rank = d.values.size();
+  std::vector<const char*> symbols(rank);
+  for (size_t j = 0; j < rank; ++j) symbols[j] = d.values[j] >= 0 ? "" : d.symbols[j].c_str();
+  OrtTensorTypeAndShapeInfo* out = nullptr;
+  OrtStatus* s = api->CreateTensorTypeAndShapeInfo(&out);
+  if (!s) s = api->SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!s) s = api->SetDimensions(out, d.values.data(), rank);
+  if (!s) s = api->SetSymbolicDimensions(out, symbols.data(), rank);
+  if (!s) s = api->ShapeInferContext_SetOutputTypeShape(ctx, i, out);
+  if (out) api->ReleaseTensorTypeAndShapeInfo(out);
+  return s;
+}
+
+OrtStatus* read_int_attr(const OrtApi* api, OrtShapeInferContext* ctx, const char* name,
+                         int64_t* value) {
+  const OrtOpAttr* attr = nullptr;
+  if (OrtStatus* s = api->ShapeInferContext_GetAttribute(ctx, name, &attr)) return s;
+  if (!attr) return fail(api, std::string("GroupQueryRotaryAttention: missing attribute ") + name);
+  size_t size = 0;
+  return api->ReadOpAttr(attr, ORT_OP_ATTR_INT, value, sizeof(*value), &size);
+}
+
+// Common OrtCustomOp fields of the two ops.
+template <typename Derived>
+struct FloatOp : OrtCustomOp {
+  FloatOp() : OrtCustomOp{} {
+    version = ORT_API_VERSION;
+    GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+    GetInputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+    GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
+    GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+    GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+    GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+    KernelDestroy = [](void* k) { delete static_cast<typename Derived::Kernel*>(k); };
+    GetStartVersion = [](const OrtCustomOp*) { return kOpVersion; };
+    GetEndVersion = [](const OrtCustomOp*) { return kOpVersion; };
+  }
+};
+
+// ---------------------------------------------------------------- attention
+
+enum AttentionInput { kQkv = 0, kPastKey, kPastValue, kCos, kSin, kAttentionInputs };
+
+struct AttentionKernel {
+  const OrtApi* api;
+  std::string node;
+  int64_t heads = 0, kv_heads = 0;
+  float scale = 0.0f;
+  const VectorOps* ops = nullptr;
+  TensorView tables[2];  // cos, sin when initializers (checked once)
+  bool constant_tables = false;
+
+  std::string where() const { return "GroupQueryRotaryAttention '" + node + "': "; }
+};
+
+std::string check_tables(const TensorView& cos, const TensorView& sin) {
+  if (!is_float(cos) || !is_float(sin)) return "cos_cache and sin_cache must be float32";
+  if (cos.shape.size() != 2 || cos.shape != sin.shape) {
+    return "cos_cache " + dims(cos.shape) + " and sin_cache " + dims(sin.shape) +
+           " must both be [positions, head_size / 2]";
+  }
+  return {};
+}
+
+OrtStatus* create_attention(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                            void** out) {
+  auto k = std::make_unique<AttentionKernel>();
+  k->api = api;
+  k->node = node_name(api, info);
+  std::string missing;
+  if (!get_int(api, info, "num_heads", &k->heads)) missing += " num_heads (int)";
+  if (!get_int(api, info, "kv_num_heads", &k->kv_heads)) missing += " kv_num_heads (int)";
+  if (OrtStatus* s = api->KernelInfoGetAttribute_float(info, "scale", &k->scale)) {
+    api->ReleaseStatus(s);
+    missing += " scale (float)";
+  }
+  if (!missing.empty()) return fail(api, k->where() + "missing or mistyped attribute(s):" + missing);
+  if (k->heads <= 0 || k->kv_heads <= 0 || k->heads % k->kv_heads != 0) {
+    return fail(api, k->where() + "num_heads=" + std::to_string(k->heads) + ", kv_num_heads=" +
+                         std::to_string(k->kv_heads) +
+                         ": both must be positive and num_heads a multiple of kv_num_heads");
+  }
+  if (!std::isfinite(k->scale) || k->scale <= 0.0f) {
+    return fail(api, k->where() + "scale=" + std::to_string(k->scale) +
+                         " must be a positive finite number");
+  }
+  k->ops = &vector_ops();
+  if (OrtStatus* s = constant_input(api, info, kCos, &k->tables[0])) return s;
+  if (OrtStatus* s = constant_input(api, info, kSin, &k->tables[1])) return s;
+  k->constant_tables = k->tables[0].present && k->tables[1].present;
+  if (k->constant_tables) {
+    const std::string bad = check_tables(k->tables[0], k->tables[1]);
+    if (!bad.empty()) return fail(api, k->where() + bad);
+  }
+  *out = k.release();
+  return nullptr;
+}
+
+OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
+  const auto& k = *static_cast<AttentionKernel*>(op_kernel);
+  const OrtApi* api = k.api;
+  TensorView in[kAttentionInputs];
+  for (size_t i = 0; i < kAttentionInputs; ++i) {
+    if (k.constant_tables && (i == kCos || i == kSin)) {
+      in[i] = k.tables[i - kCos];
+    } else if (OrtStatus* s = view_input(api, ctx, i, &in[i])) {
+      return s;
+    }
+  }
+  if (!k.constant_tables) {
+    const std::string bad = check_tables(in[kCos], in[kSin]);
+    if (!bad.empty()) return fail(api, k.where() + bad);
+  }
+  const TensorView &qkv = in[kQkv], &pk = in[kPastKey], &pv = in[kPastValue];
+  if (!is_float(qkv) || !is_float(pk) || !is_float(pv)) {
+    return fail(api, k.where() + "qkv, past_key and past_value must be float32");
+  }
+  const int64_t half = in[kCos].shape[1], d = 2 * half;
+  const int64_t width = (k.heads + 2 * k.kv_heads) * d;
+  if (qkv.shape.size() != 3 || qkv.shape[2] != width) {
+    return fail(api, k.where() + "qkv has shape " + dims(qkv.shape) +
+                         ", expected [batch, seq, " + std::to_string(width) + "] ((num_heads " +
+                         std::to_string(k.heads) + " + 2 x kv_num_heads " +
+                         std::to_string(k.kv_heads) + ") x head size " + std::to_string(d) +
+                         " from the RoPE tables)");
+  }
+  if (pk.shape.size() != 4 || pk.shape != pv.shape || pk.shape[0] != qkv.shape[0] ||
+      pk.shape[1] != k.kv_heads || pk.shape[3] != d) {
+    return fail(api, k.where() + "past_key " + dims(pk.shape) + " and past_value " +
+                         dims(pv.shape) + " must both be [batch " + std::to_string(qkv.shape[0]) +
+                         ", kv_num_heads " + std::to_string(k.kv_heads) + ", past, head size " +
+                         std::to_string(d) + "]");
+  }
+  AttentionArgs args;
+  AttentionShape& s = args.shape;
+  s.batch = qkv.shape[0];
+  s.seq = qkv.shape[1];
+  s.past = pk.shape[2];
+  s.heads = k.heads;
+  s.kv_heads = k.kv_heads;
+  s.head_dim = d;
+  s.rope_positions = in[kCos].shape[0];
+  const std::string bad = check_attention(s);
+  if (!bad.empty()) return fail(api, k.where() + bad);
+  args.qkv = static_cast<const float*>(qkv.data);
+  args.past_key = static_cast<const float*>(pk.data);
+  args.past_value = static_cast<const float*>(pv.data);
+  args.cos = static_cast<const float*>(in[kCos].data);
+  args.sin = static_cast<const float*>(in[kSin].data);
+  args.scale = k.scale;
+  if (OrtStatus* st = output_float(api, ctx, 0, {s.batch, s.seq, s.heads * d}, &args.out)) {
+    return st;
+  }
+  const std::vector<int64_t> cache{s.batch, s.kv_heads, s.past + s.seq, d};
+  if (OrtStatus* st = output_float(api, ctx, 1, cache, &args.present_key)) return st;
+  if (OrtStatus* st = output_float(api, ctx, 2, cache, &args.present_value)) return st;
+  decoder_attention(*k.ops, args, OrtPool(api, ctx));
+  return nullptr;
+}
+
+// out: [batch, seq, num_heads * head size]; present: [batch, kv_heads, past + seq, head size].
+OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = ort_api();
+  int64_t heads = 0, kv_heads = 0;
+  if (OrtStatus* s = read_int_attr(api, ctx, "num_heads", &heads)) return s;
+  if (OrtStatus* s = read_int_attr(api, ctx, "kv_num_heads", &kv_heads)) return s;
+  Dims qkv, past, cos;
+  if (OrtStatus* s = input_dims(api, ctx, kQkv, &qkv)) return s;
+  if (OrtStatus* s = input_dims(api, ctx, kPastKey, &past)) return s;
+  if (OrtStatus* s = input_dims(api, ctx, kCos, &cos)) return s;
+  if (qkv.values.size() != 3 || past.values.size() != 4) {
+    return fail(api, "GroupQueryRotaryAttention: qkv must have rank 3 and past_key rank 4");
+  }
+  int64_t d = past.values[3];
+  if (d < 0 && cos.values.size() == 2 && cos.values[1] >= 0) d = 2 * cos.values[1];
+  Dims out = qkv;
+  out.values[2] = d >= 0 ? heads * d : -1;
+  out.symbols[2] = fresh_dim("attention_width");
+  Dims present = past;
+  present.values[0] = qkv.values[0];
+  present.symbols[0] = qkv.symbols[0];
+  present.values[1] = kv_heads;
+  present.values[2] = past.values[2] >= 0 && qkv.values[1] >= 0
+                          ? past.values[2] + qkv.values[1] : -1;
+  present.symbols[2] = fresh_dim("total");
+  present.values[3] = d;
+  present.symbols[3] = fresh_dim("head_size");
+  if (OrtStatus* s = set_output(api, ctx, 0, out)) return s;
+  if (OrtStatus* s = set_output(api, ctx, 1, present)) return s;
+  return set_output(api, ctx, 2, present);
+}
+
+struct AttentionOp : FloatOp<AttentionOp> {
+  using Kernel = AttentionKernel;
+  AttentionOp() {
+    GetName = [](const OrtCustomOp*) { return "GroupQueryRotaryAttention"; };
+    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kAttentionInputs; };
+    GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 3; };
+    CreateKernelV2 = create_attention;
+    KernelComputeV2 = compute_attention;
+    InferOutputShapeFn = infer_attention;
+  }
+};
+
+// ---------------------------------------------------------------- SwiGLU
+
+struct SwigluKernel {
+  const OrtApi* api;
+  std::string node;
+  const VectorOps* ops = nullptr;
+  std::string where() const { return "SwiGLU '" + node + "': "; }
+};
+
+OrtStatus* create_swiglu(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                         void** out) {
+  auto k = std::make_unique<SwigluKernel>();
+  k->api = api;
+  k->node = node_name(api, info);
+  k->ops = &vector_ops();
+  *out = k.release();
+  return nullptr;
+}
+
+OrtStatus* compute_swiglu(void* op_kernel, OrtKernelContext* ctx) {
+  const auto& k = *static_cast<SwigluKernel*>(op_kernel);
+  const OrtApi* api = k.api;
+  TensorView x;
+  if (OrtStatus* s = view_input(api, ctx, 0, &x)) return s;
+  if (!is_float(x)) return fail(api, k.where() + "gate_up must be float32");
+  if (x.shape.empty() || x.shape.back() % 2 != 0) {
+    return fail(api, k.where() + "gate_up has shape " + dims(x.shape) +
+                         ", its last dimension must be even (gate, then up)");
+  }
+  std::vector<int64_t> shape = x.shape;
+  const int64_t inner = shape.back() / 2;
+  shape.back() = inner;
+  float* y = nullptr;
+  if (OrtStatus* s = output_float(api, ctx, 0, shape, &y)) return s;
+  const int64_t rows = inner ? x.elements / (2 * inner) : 0;
+  swiglu(*k.ops, static_cast<const float*>(x.data), y, rows, inner, OrtPool(api, ctx));
+  return nullptr;
+}
+
+OrtStatus* infer_swiglu(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = ort_api();
+  Dims x;
+  if (OrtStatus* s = input_dims(api, ctx, 0, &x)) return s;
+  if (x.values.empty()) return fail(api, "SwiGLU: gate_up must have rank >= 1");
+  int64_t& last = x.values.back();
+  if (last >= 0 && last % 2 != 0) {
+    return fail(api, "SwiGLU: gate_up's last dimension " + std::to_string(last) +
+                         " must be even (gate, then up)");
+  }
+  last = last >= 0 ? last / 2 : -1;
+  x.symbols.back() = fresh_dim("swiglu_width");
+  return set_output(api, ctx, 0, x);
+}
+
+struct SwigluOp : FloatOp<SwigluOp> {
+  using Kernel = SwigluKernel;
+  SwigluOp() {
+    GetName = [](const OrtCustomOp*) { return "SwiGLU"; };
+    GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+    GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+    CreateKernelV2 = create_swiglu;
+    KernelComputeV2 = compute_swiglu;
+    InferOutputShapeFn = infer_swiglu;
+  }
+};
+
+}  // namespace
+
+const OrtCustomOp* group_query_rotary_attention_op() {
+  static const AttentionOp op;
+  return &op;
+}
+
+const OrtCustomOp* swiglu_op() {
+  static const SwigluOp op;
+  return &op;
+}
+
+}  // namespace edgepet
