@@ -75,14 +75,16 @@ def _default_gguf() -> str:
 
 
 def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> float:
-    """Perplexity of the graph with ``weights`` in float, on plain ONNX Runtime."""
+    """Perplexity of the graph with ``weights`` in float (no LutMatMul; ONNX Runtime with
+    edgepet's op library for the fused attention and SwiGLU)."""
     import onnxruntime as ort
 
     from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.runtime import session_options
     from edgepet.runtime.generate import window_nll
 
     model = llm_graph.build_decoder(ck, weights, CTX, np.float16)
-    options = ort.SessionOptions()
+    options = session_options()  # the fused decoder ops are edgepet's
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
@@ -528,7 +530,8 @@ def cmd_profile(args: argparse.Namespace) -> dict[str, Any]:
 
 #: How ``profile`` splits a decode step: the matmul kernels, attention, the rest.
 PROFILE_GROUPS = {"LutMatMul": "LutMatMul (body)", "LutMatMul (lm_head)": "LutMatMul (head)",
-                  "Attention": "attention", "GroupQueryAttention": "attention"}
+                  "Attention": "attention", "GroupQueryAttention": "attention",
+                  "GroupQueryRotaryAttention": "attention"}
 
 
 # --- the 1B-shape synthetic model -----------------------------------------------------------

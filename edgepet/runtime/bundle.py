@@ -80,6 +80,18 @@ def op_abi_version(path: str | None = None) -> int:
     return sessions.library_operator(path or sessions.op_library_path())[0]
 
 
+#: Op-library ABIs that only added operators, with the oldest ABI whose bundles they still
+#: run: ABI 4 added GroupQueryRotaryAttention and SwiGLU (the decoder's fused ops) and
+#: kept ABI 3's LutMatMul and weight storage. A bundle needing a newer ABI than the
+#: library's is refused, so a new decoder bundle never meets a library without its ops.
+OPS_ADDED_SINCE = {4: 3}
+
+
+def runs_bundle_abi(library_abi: int, bundle_abi: int) -> bool:
+    """True when an op library of ``library_abi`` runs a bundle made for ``bundle_abi``."""
+    return OPS_ADDED_SINCE.get(library_abi, library_abi) <= bundle_abi <= library_abi
+
+
 def relative_error(y: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
     """``||y - ref|| / ||ref||`` over all outputs together (0 when both are zero)."""
     pairs = zip(y, ref, strict=True)
@@ -374,11 +386,17 @@ class Bundle:
         op = self.manifest["operator"]
         abi, layout = have
         which = f"the op library {library}" if library else "the installed op library"
-        if op["abi_version"] != abi:
+        if not runs_bundle_abi(abi, op["abi_version"]):
+            newer = op["abi_version"] > abi
             raise BundleError(
-                f"bundle {self.path} was made for LutMatMul ABI {op['abi_version']}, "
-                f"{which} speaks ABI {abi} — export the model again with this edgepet, or "
-                f"install the edgepet version that made it ({self.manifest['edgepet_version']})"
+                f"bundle {self.path} was made for op ABI {op['abi_version']}, {which} "
+                f"speaks ABI {abi}"
+                + (" and lacks operators the model uses (ABI 4 added the decoder ops "
+                   "GroupQueryRotaryAttention and SwiGLU) — install the edgepet version that "
+                   f"made the bundle ({self.manifest['edgepet_version']}) or newer, or "
+                   "export the model again with this edgepet" if newer else
+                   " — export the model again with this edgepet, or install the edgepet "
+                   f"version that made it ({self.manifest['edgepet_version']})")
             )
         if layout is not None and op["layout"] != layout:
             raise BundleError(

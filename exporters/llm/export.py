@@ -478,7 +478,9 @@ def _reference_feeds(ck: ckpt.Checkpoint, tokenizer: Any) -> dict[str, np.ndarra
 def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    from edgepet.runtime import session_options
+
+    options = session_options()  # the decoder's fused ops are edgepet's
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])

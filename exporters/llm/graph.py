@@ -214,6 +214,78 @@ def float_shared_head(model: onnx.ModelProto, table: np.ndarray) -> None:
     graph.initializer.extend(keep)
 
 
+Rope = tuple[str, str]
+
+
+def _fused_attention(b: _Builder, c: LlamaConfig, i: int, qkv: str, rope: Rope) -> str:
+    """Layer ``i``'s attention as one ``GroupQueryRotaryAttention``: split, RoPE at the
+    positions after the cache, the cache append and causal attention."""
+    out = f"layers.{i}.attn.out"
+    b.nodes.append(helper.make_node(
+        "GroupQueryRotaryAttention", [qkv, *past_names(i), *rope], [out, *present_names(i)],
+        name=f"layers.{i}.attn", domain=DOMAIN, num_heads=c.num_heads,
+        kv_num_heads=c.num_kv_heads, scale=float(1.0 / np.sqrt(c.head_dim))))
+    return out
+
+
+def _standard_attention(b: _Builder, c: LlamaConfig, rope: Rope
+                        ) -> Callable[[_Builder, LlamaConfig, int, str, Rope], str]:
+    """Standard ONNX attention (opset 23 ``RotaryEmbedding`` and ``Attention``): builds the
+    positions and the causal mask once, and returns the per-layer builder."""
+    # Positions: past .. past + seq - 1; mask: key position <= query position.
+    ids = "input_ids"
+    (past_len,) = b.op("Shape", [past_names(0)[0]], "past_len", start=2, end=3)
+    (seq_len,) = b.op("Shape", [ids], "seq_len", start=1, end=2)
+    (total,) = b.op("Add", [past_len, seq_len], "total_len")
+    (start_s,) = b.op("Squeeze", [past_len], "past_len_scalar")
+    (total_s,) = b.op("Squeeze", [total], "total_len_scalar")
+    zero, one = b.const("zero", np.array(0, np.int64)), b.const("one", np.array(1, np.int64))
+    (qpos,) = b.op("Range", [start_s, total_s, one], "query_positions")
+    (kpos,) = b.op("Range", [zero, total_s, one], "key_positions")
+    axis0 = b.const("axis0", np.array([0], np.int64))
+    (qcol,) = b.op("Unsqueeze", [qpos, "axis1"], "query_positions_col")
+    (krow,) = b.op("Unsqueeze", [kpos, axis0], "key_positions_row")
+    (mask,) = b.op("LessOrEqual", [krow, qcol], "causal_mask")
+    (pos_row,) = b.op("Unsqueeze", [qpos, axis0], "position_row")
+    (ids_shape,) = b.op("Shape", [ids], "ids_shape")
+    (position_ids,) = b.op("Expand", [pos_row, ids_shape], "position_ids")
+    q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    split = b.const("split.qkv", np.array([q_size, kv_size, kv_size], np.int64))
+
+    def layer(b: _Builder, c: LlamaConfig, i: int, qkv: str, rope: Rope) -> str:
+        p = f"layers.{i}"
+        q, k, v = b.op("Split", [qkv, split], f"{p}.attn.split", outputs=3, axis=-1)
+        (q,) = b.op("RotaryEmbedding", [q, *rope, position_ids], f"{p}.attn.rope_q",
+                    num_heads=c.num_heads, interleaved=0)
+        (k,) = b.op("RotaryEmbedding", [k, *rope, position_ids], f"{p}.attn.rope_k",
+                    num_heads=c.num_kv_heads, interleaved=0)
+        att = f"{p}.attn.out"
+        b.nodes.append(helper.make_node(
+            "Attention", [q, k, v, mask, *past_names(i)], [att, *present_names(i)],
+            name=f"{p}.attn", q_num_heads=c.num_heads, kv_num_heads=c.num_kv_heads,
+            scale=float(1.0 / np.sqrt(c.head_dim))))
+        return att
+
+    return layer
+
+
+def _fused_swiglu(b: _Builder, c: LlamaConfig, p: str, gate_up: str) -> str:
+    """silu(gate) * up as one ``SwiGLU``."""
+    (act,) = b.op("SwiGLU", [gate_up], f"{p}.mlp.act", domain=DOMAIN)
+    return act
+
+
+def _standard_swiglu(b: _Builder, c: LlamaConfig, p: str, gate_up: str) -> str:
+    """silu(gate) * up as Split, contrib ``QuickGelu`` (alpha 1: SiLU) and Mul."""
+    split = "split.gate_up"
+    if not any(t.name == split for t in b.inits):
+        b.const(split, np.array([c.intermediate_size] * 2, np.int64))
+    gate, up = b.op("Split", [gate_up, split], f"{p}.mlp.split", outputs=2, axis=-1)
+    (silu,) = b.op("QuickGelu", [gate], f"{p}.mlp.silu", domain=CONTRIB, alpha=1.0)
+    (act,) = b.op("Mul", [silu, up], f"{p}.mlp.act")
+    return act
+
+
 def build_decoder(
     ck: Checkpoint,
     weights: Mapping[str, Weight],
@@ -221,6 +293,7 @@ def build_decoder(
     embedding_dtype: type = np.float16,
     name: str = "edgepet_decoder",
     head: str = "separate",
+    fused: bool = True,
 ) -> onnx.ModelProto:
     """The decoder graph for ``ck`` with projection weights ``weights`` (by projection name).
 
@@ -232,6 +305,10 @@ def build_decoder(
         head: "separate" (the head is ``weights["lm_head"]``) or "shared": a tied head
             read from the table's 4-bit codes (:func:`shared_head_tensors`), which
             ``exporters.rewrite.quantize_embeddings`` must then make (block 32).
+        fused: attention and the MLP activation as edgepet's fused ops
+            (``GroupQueryRotaryAttention``, ``SwiGLU``; the default, and faster), or as
+            standard ONNX and contrib ops (the graph of bundles before them; tests compare
+            the two).
     """
     if head not in HEAD_CHOICES:
         raise ValueError(f"head {head!r} must be one of {', '.join(HEAD_CHOICES)}")
@@ -252,34 +329,15 @@ def build_decoder(
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, present_shape)
                     for n in present_names(i)]
 
-    # Positions: past .. past + seq - 1; mask: key position <= query position.
-    (past_len,) = b.op("Shape", [past_names(0)[0]], "past_len", start=2, end=3)
-    (seq_len,) = b.op("Shape", [ids], "seq_len", start=1, end=2)
-    (total,) = b.op("Add", [past_len, seq_len], "total_len")
-    (start_s,) = b.op("Squeeze", [past_len], "past_len_scalar")
-    (total_s,) = b.op("Squeeze", [total], "total_len_scalar")
-    zero, one = b.const("zero", np.array(0, np.int64)), b.const("one", np.array(1, np.int64))
-    (qpos,) = b.op("Range", [start_s, total_s, one], "query_positions")
-    (kpos,) = b.op("Range", [zero, total_s, one], "key_positions")
-    axis0, axis1 = b.const("axis0", np.array([0], np.int64)), b.const("axis1", np.array(
-        [1], np.int64))
-    (qcol,) = b.op("Unsqueeze", [qpos, axis1], "query_positions_col")
-    (krow,) = b.op("Unsqueeze", [kpos, axis0], "key_positions_row")
-    (mask,) = b.op("LessOrEqual", [krow, qcol], "causal_mask")
-    (pos_row,) = b.op("Unsqueeze", [qpos, axis0], "position_row")
-    (ids_shape,) = b.op("Shape", [ids], "ids_shape")
-    (position_ids,) = b.op("Expand", [pos_row, ids_shape], "position_ids")
     cos, sin = rope_tables(c, max_context)
-    cos_name, sin_name = b.const("rope.cos", cos), b.const("rope.sin", sin)
+    rope = b.const("rope.cos", cos), b.const("rope.sin", sin)
+    axis1 = b.const("axis1", np.array([1], np.int64))
+    attention = _fused_attention if fused else _standard_attention(b, c, rope)
 
     table = b.const(TABLE, ck.embedding.astype(embedding_dtype))
     (x,) = b.op("Gather", [table, ids], "embed")
     if embedding_dtype != np.float32:
         (x,) = b.op("Cast", [x], "embed.float", to=TensorProto.FLOAT)
-
-    q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    split_qkv = b.const("split.qkv", np.array([q_size, kv_size, kv_size], np.int64))
-    split_gu = b.const("split.gate_up", np.array([c.intermediate_size] * 2, np.int64))
 
     def gamma(weight_name: str, out: str) -> str:
         return b.const(f"{out}.weight", ck.weights[weight_name].astype(np.float32))
@@ -298,24 +356,12 @@ def build_decoder(
     for i in range(c.num_layers):
         p = f"layers.{i}"
         qkv = b.linear(h, weights[f"{p}.attn.qkv"], f"{p}.attn.qkv")
-        q, k, v = b.op("Split", [qkv, split_qkv], f"{p}.attn.split", outputs=3, axis=-1)
-        (q,) = b.op("RotaryEmbedding", [q, cos_name, sin_name, position_ids], f"{p}.attn.rope_q",
-                    num_heads=c.num_heads, interleaved=0)
-        (k,) = b.op("RotaryEmbedding", [k, cos_name, sin_name, position_ids], f"{p}.attn.rope_k",
-                    num_heads=c.num_kv_heads, interleaved=0)
-        pk, pv = past_names(i)
-        att = f"{p}.attn.out"
-        b.nodes.append(helper.make_node(
-            "Attention", [q, k, v, mask, pk, pv], [att, *present_names(i)], name=f"{p}.attn",
-            q_num_heads=c.num_heads, kv_num_heads=c.num_kv_heads,
-            scale=float(1.0 / np.sqrt(c.head_dim))))
+        att = attention(b, c, i, qkv, rope)
         o = b.linear(att, weights[f"{p}.attn.o"], f"{p}.attn.o")
         h, x = add_norm(x, o, f"model.layers.{i}.post_attention_layernorm.weight",
                         f"{p}.mlp_norm")
         gu = b.linear(h, weights[f"{p}.mlp.gate_up"], f"{p}.mlp.gate_up")
-        gate, up = b.op("Split", [gu, split_gu], f"{p}.mlp.split", outputs=2, axis=-1)
-        (silu,) = b.op("QuickGelu", [gate], f"{p}.mlp.silu", domain=CONTRIB, alpha=1.0)
-        (act,) = b.op("Mul", [silu, up], f"{p}.mlp.act")
+        act = _fused_swiglu(b, c, p, gu) if fused else _standard_swiglu(b, c, p, gu)
         down = b.linear(act, weights[f"{p}.mlp.down"], f"{p}.mlp.down")
         if i + 1 < c.num_layers:
             h, x = add_norm(x, down, f"model.layers.{i + 1}.input_layernorm.weight",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from llm_helpers import TINY, permute_rope_rows, torch_greedy, torch_logits, write_gguf
 
@@ -57,7 +56,7 @@ def test_gguf_and_hf_folder_load_to_the_same_checkpoint(tiny_ck, tiny_gguf, tiny
 
 def test_fp32_graph_matches_pytorch_for_prefill_and_cached_decode(tiny_ck):
     model = llm_graph.build_decoder(tiny_ck, llm_graph.float_weights(tiny_ck), 64, np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = edgepet.runtime.InferenceSession(model)
     ids = [5, 70, 33, 100, 7, 8, 9, 250]
     ref = torch_logits(tiny_ck, ids)
     full = session.run(None, _feeds(TINY, ids))

@@ -6,7 +6,6 @@ import json
 import re
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgepet.cli import main
@@ -14,6 +13,7 @@ from edgepet.exporters.llm import calibrate, export_decoder
 from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.llm.export import _tokenizer, auto_quantizer
 from edgepet.exporters.rewrite import dequantized_twin
+from edgepet.runtime import InferenceSession
 from edgepet.runtime.errors import BadInputError
 from edgepet.runtime.generate import open_decoder
 
@@ -24,8 +24,7 @@ pytest.importorskip("tokenizers")
 def graph_logits(ck, ids):
     """Logits of the fp32 ONNX decoder graph for one window ``ids``."""
     model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32)
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = InferenceSession(model)
     return session.run(["logits"], llm_graph.prefill_feeds(ck.config, ids))[0][0]
 
 
@@ -147,7 +146,7 @@ def test_a_gptq_bundle_stores_the_codes_gptq_made(gptq_bundle, tiny_ck, calibrat
     model = onnx.load(str(bundle.path / "model.onnx"))
     twin = dequantized_twin(model, {n: (qt, None) for n, qt in result.tensors.items()})
     feeds = bundle.reference_inputs()
-    session = ort.InferenceSession(twin.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = InferenceSession(twin)
     logits = session.run(["logits"], feeds)[0]
     expected = np.load(bundle.path / "reference" / "quantized_outputs.npz")["logits"]
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

@@ -40,7 +40,7 @@ def test_profile_splits_decode_time_by_op(tiny_2bit_bundle):
          "3", "--json"], capture_output=True, text=True, check=True, timeout=300)
     result = json.loads(out.stdout)
     ops = {r["op"] for r in result["rows"]}
-    assert {"LutMatMul", "LutMatMul (lm_head)", "Attention",
+    assert {"LutMatMul", "LutMatMul (lm_head)", "GroupQueryRotaryAttention", "SwiGLU",
             "SkipSimplifiedLayerNormalization"} <= ops
     assert {"LutMatMul (body)", "LutMatMul (head)", "attention", "everything else",
             "between nodes (ORT)"} == set(result["groups_ms_per_token"])

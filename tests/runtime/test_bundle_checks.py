@@ -61,7 +61,7 @@ def test_checker_names_what_is_wrong():
     (lambda p: _edit_manifest(p, lambda m: m["operator"].update(abi_version=99)), "ABI 99"),
     # A bundle of ABI 2 (4-bit codes as bit-planes, layout "tile32"): re-export.
     (lambda p: _edit_manifest(p, lambda m: m["operator"].update(abi_version=2, layout="tile32")),
-     "made for LutMatMul ABI 2"),
+     "made for op ABI 2"),
     (lambda p: _edit_manifest(p, lambda m: m.pop("layers")), "missing required field"),
     (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
     (lambda p: (p / "manifest.json").unlink(), "no manifest.json"),

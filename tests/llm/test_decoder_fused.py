@@ -1,0 +1,116 @@
+"""The decoder graph's fused ops (GroupQueryRotaryAttention, SwiGLU) compute what the
+standard-op graph computes: logits and caches agree for prefill and cached decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from llm_helpers import TINY, tiny_weights
+
+from edgepet import runtime
+from edgepet.exporters.llm import graph as llm_graph
+from edgepet.exporters.llm.checkpoint import Checkpoint, LlamaConfig
+from edgepet.quant import quantize
+
+#: Multi-head (kv heads = heads), and grouped-query with 3 query heads per kv head.
+MHA = LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=80, num_layers=2,
+                  num_heads=3, num_kv_heads=3, head_dim=16, rms_norm_eps=1e-5,
+                  rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=False)
+GQA3 = LlamaConfig(vocab_size=300, hidden_size=96, intermediate_size=160, num_layers=3,
+                   num_heads=6, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                   rope_theta=500000.0, max_position_embeddings=256, tie_word_embeddings=True)
+
+
+def _checkpoint(config: LlamaConfig) -> Checkpoint:
+    w = tiny_weights(config, seed=3)
+    if not config.tie_word_embeddings:
+        w["lm_head.weight"] = w["model.embed_tokens.weight"] / 4
+    return Checkpoint(config=config, weights=w, tokenizer_json={}, chat_template=None,
+                      bos_token_id=1, eos_token_ids=[2], add_bos_token=False, source="t",
+                      source_kind="test")
+
+
+def _sessions(ck: Checkpoint, weights, context: int = 96):
+    return [runtime.InferenceSession(llm_graph.build_decoder(ck, weights, context, np.float32,
+                                                             fused=fused))
+            for fused in (True, False)]
+
+
+def _run(session, config, ids, past=None, num_logits=0):
+    feeds = llm_graph.prefill_feeds(config, ids, num_logits)
+    if past is not None:
+        names = [n for i in range(config.num_layers) for n in llm_graph.past_names(i)]
+        feeds.update(dict(zip(names, past, strict=True)))
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize("config", [TINY, MHA, GQA3], ids=["gqa2", "mha", "gqa3"])
+def test_fused_graph_matches_standard_ops_for_prefill_and_decode(config):
+    ck = _checkpoint(config)
+    fused, standard = _sessions(ck, llm_graph.float_weights(ck))
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, config.vocab_size, 37).tolist()  # > 16: several query chunks
+    outs = [_run(s, config, prompt) for s in (fused, standard)]
+    for got, want in zip(*outs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    for token in rng.integers(0, config.vocab_size, 6).tolist():
+        outs = [_run(s, config, [token], out[1:], num_logits=1)
+                for s, out in zip((fused, standard), outs, strict=True)]
+        assert outs[0][1].shape == (1, config.num_kv_heads, outs[0][1].shape[2],
+                                    config.head_dim)
+        for got, want in zip(*outs, strict=True):
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    assert outs[0][1].shape[2] == 37 + 6
+
+
+def test_fused_graph_matches_standard_ops_with_lut_projections_and_a_chunked_prompt():
+    """4-bit LutMatMul projections, a prompt in two pieces (past > 0 with seq > 1)."""
+    ck = _checkpoint(TINY)
+    weights = {name: quantize(w, 4, 32) for name, w in llm_graph.float_weights(ck).items()}
+    fused, standard = _sessions(ck, weights)
+    ids = list(range(3, 60, 2))
+    outs = [_run(s, TINY, ids[:11]) for s in (fused, standard)]
+    outs = [_run(s, TINY, ids[11:], out[1:]) for s, out in zip((fused, standard), outs,
+                                                                strict=True)]
+    for got, want in zip(*outs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_fused_graph_has_no_mask_or_split_subgraph():
+    ck = _checkpoint(TINY)
+    model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"GroupQueryRotaryAttention", "SwiGLU"} <= ops
+    assert not ops & {"Split", "RotaryEmbedding", "Attention", "Range", "LessOrEqual",
+                      "QuickGelu", "Expand"}
+    standard = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32,
+                                       fused=False)
+    assert "Attention" in {n.op_type for n in standard.graph.node}
+    assert len(model.graph.node) < len(standard.graph.node) - 8 * TINY.num_layers
+
+
+def test_a_context_past_the_rope_tables_is_a_clear_error():
+    ck = _checkpoint(TINY)
+    session = runtime.InferenceSession(
+        llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 16, np.float32))
+    out = _run(session, TINY, list(range(10)))
+    with pytest.raises(Exception, match="beyond the RoPE tables' 16 positions"):
+        _run(session, TINY, list(range(7)), out[1:])
+
+
+def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
+        tiny_2bit_bundle):
+    from edgepet.runtime.bundle import Bundle, BundleError, runs_bundle_abi
+    from edgepet.runtime.session import installed_operator
+
+    bundle = Bundle.open(tiny_2bit_bundle)
+    abi, layout = installed_operator()
+    assert abi == 4 and bundle.manifest["operator"]["abi_version"] == 4
+    # ABI 4 only added operators: bundles of ABI 3 (standard-op decoder graphs) still run.
+    assert runs_bundle_abi(4, 3) and not runs_bundle_abi(4, 2) and not runs_bundle_abi(3, 4)
+    bundle.manifest["operator"]["abi_version"] = 3
+    bundle.check_operator((4, layout))
+    # A bundle using the fused ops, opened with a library of ABI 3 (which lacks them).
+    bundle.manifest["operator"]["abi_version"] = 4
+    with pytest.raises(BundleError, match="speaks ABI 3 and lacks operators the model uses"):
+        bundle.check_operator((3, layout), "old/libedgepet_ort.so")
