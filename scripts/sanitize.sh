@@ -13,10 +13,12 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEDGEPET_SANITIZE=ON -DEDGEPET_BUILD_TESTS=ON -DEDGEPET_BUILD_PYTHON=OFF \
   -DEDGEPET_BUILD_RUNNER=OFF -DEDGEPET_CROSS_AARCH64=OFF >/dev/null
-cmake --build "$build" --parallel "$(nproc)" --target test_kernels edgepet_ort
+cmake --build "$build" --parallel "$(nproc)" --target test_kernels test_decoder_kernels edgepet_ort
 
 echo "== C++ kernel tests (every kernel of this CPU, edge cases included)"
 "$build/native/test_kernels"
+echo "== C++ decoder-op kernel tests (attention, SwiGLU)"
+"$build/native/test_decoder_kernels"
 
 # The op library inside ONNX Runtime: the op's own tests with the sanitized library in
 # place of the installed one. Python and ONNX Runtime are not instrumented, so the
@@ -27,4 +29,4 @@ runtimes="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-n
 LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0 \
   EDGEPET_ORT_LIBRARY="$(cd "$build" && pwd)/native/libedgepet_ort.so" \
   "$python" -m pytest -q -p no:cacheprovider tests/native/test_op_contract.py \
-  tests/runtime/test_lut_matmul_op.py
+  tests/runtime/test_lut_matmul_op.py tests/runtime/test_decoder_ops.py
