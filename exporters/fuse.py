@@ -23,10 +23,10 @@ from onnx import helper, numpy_helper
 from edgepet.exporters.rewrite import (
     RewriteResult,
     _copy,
-    _prune,
     _set_nodes,
     _unique,
     _value_names,
+    prune,
 )
 from edgepet.quant.tensor import QuantizedTensor
 from edgepet.runtime.operator import DOMAIN, OP_TYPE
@@ -82,7 +82,7 @@ def fuse_shared_inputs(result: RewriteResult) -> RewriteResult:
     _set_nodes(model.graph, [n for i, node in enumerate(nodes)
                              for n in replacement.get(i, [node])])
     model.graph.initializer.extend(inits)
-    _prune(model.graph)
+    prune(model.graph)
     layers = list(result.layers)
     for record in layers:
         record.node = renamed.get(record.node, record.node)

@@ -315,7 +315,7 @@ def rewrite_linears(
         nodes.extend(replaced.get(i, [node]))
     _set_nodes(model.graph, nodes)
     model.graph.initializer.extend(new_inits)
-    _prune(model.graph)
+    prune(model.graph)
     if quantized and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
     return RewriteResult(model, layers, quantized)
@@ -370,7 +370,7 @@ def dequantized_twin(
         t.name for t in model.graph.initializer}]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
-    _prune(model.graph)
+    prune(model.graph)
     keep = [o for o in model.opset_import if o.domain != DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(keep)
@@ -388,8 +388,9 @@ def _set_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     graph.node.extend(nodes)
 
 
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nobody reads, then initializers nobody reads."""
+def prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers (and value infos) nobody
+    reads, in place."""
     while True:
         used = {name for node in graph.node for name in node.input}
         used |= {o.name for o in graph.output}
@@ -430,6 +431,7 @@ __all__ = [
     "dequantized_twin",
     "digest",
     "make_overridable",
+    "prune",
     "rewrite_linears",
 ]
 

@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepet.exporters.llm.checkpoint import Checkpoint, LlamaConfig
 from edgepet.exporters.onnx import DOMAIN, OP_VERSION, lut_matmul_node
+from edgepet.exporters.rewrite import prune
 from edgepet.quant.tensor import Bits, QuantizedTensor
 
 #: Standard-domain opset: RMSNormalization, RotaryEmbedding and Attention are opset 23.
@@ -204,14 +205,9 @@ def float_shared_head(model: onnx.ModelProto, table: np.ndarray) -> None:
             nodes[i] = helper.make_node("MatMul", [node.input[0], wt.name], list(node.output),
                                         name="lm_head")
             graph.initializer.append(wt)
-    reshape = f"{TABLE}.codes_as_blocks"
-    nodes = [n for n in nodes if n.name != reshape]
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for n in graph.node for name in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    prune(graph)  # the codes' Reshape and the table's codes, scales and zero points
 
 
 Rope = tuple[str, str]

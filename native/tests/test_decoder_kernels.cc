@@ -35,17 +35,25 @@ std::vector<float> random(size_t n, std::mt19937& rng, float scale = 1.0f) {
 void test_primitives(const VectorOps& ops) {
   std::mt19937 rng(1);
   const std::string name = ops.name;
-  for (int64_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 64, 100, 1536}) {
+  for (int64_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 64, 72, 100, 136, 1536}) {
     const std::vector<float> a = random(n, rng), b = random(n, rng, 4.0f);
-    double want = 0.0;
-    for (int64_t i = 0; i < n; ++i) want += double(a[i]) * b[i];
-    expect_close(name + " dot n=" + std::to_string(n), ops.dot(a.data(), b.data(), n), want,
-                 1e-5 * std::sqrt(double(n) + 1));
-
-    std::vector<float> y = a;
-    ops.axpy(0.75f, b.data(), y.data(), n);
+    // dots and weighted_sum over rows of d = n columns (5 rows, a tail of any width).
+    const std::vector<float> rows = random(5 * n, rng);
+    std::vector<float> got(5);
+    ops.dots(a.data(), rows.data(), 5, n, got.data());
+    for (int j = 0; j < 5; ++j) {
+      double want = 0.0;
+      for (int64_t i = 0; i < n; ++i) want += double(a[i]) * rows[j * n + i];
+      expect_close(name + " dots d=" + std::to_string(n), got[j], want,
+                   1e-5 * std::sqrt(double(n) + 1));
+    }
+    const float p[5] = {0.5f, -1.0f, 0.25f, 2.0f, 0.0f};
+    std::vector<float> combined(static_cast<size_t>(n), 99.0f);  // overwritten, not added to
+    ops.weighted_sum(p, rows.data(), 5, n, combined.data());
     for (int64_t i = 0; i < n; ++i) {
-      expect_close(name + " axpy", y[i], a[i] + 0.75 * double(b[i]), 1e-6);
+      double want = 0.0;
+      for (int j = 0; j < 5; ++j) want += double(p[j]) * rows[j * n + i];
+      expect_close(name + " weighted_sum d=" + std::to_string(n), combined[i], want, 1e-6);
     }
 
     std::vector<float> e = b;  // includes values far below the shift: exp underflows

@@ -101,16 +101,12 @@ void attend_chunk(void* data, int64_t task) {
     const int64_t pos = s.past + t, seen = pos + 1;
     rotate(a.qkv + (b * s.seq + t) * row + h * d, a.cos + pos * half, a.sin + pos * half,
            half, a.scale, q.data());
+    ops.dots(q.data(), keys, seen, d, scores.data());
     float top = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < seen; ++j) {
-      scores[j] = ops.dot(q.data(), keys + j * d, d);
-      top = std::max(top, scores[j]);
-    }
-    const float sum = ops.exp_shifted(scores.data(), seen, top);
-    float* out = a.out + (b * s.seq + t) * s.heads * d + h * d;
-    std::fill(out, out + d, 0.0f);
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < seen; ++j) ops.axpy(scores[j] * inv, values + j * d, out, d);
+    for (int64_t j = 0; j < seen; ++j) top = std::max(top, scores[j]);
+    const float inv = 1.0f / ops.exp_shifted(scores.data(), seen, top);
+    for (int64_t j = 0; j < seen; ++j) scores[j] *= inv;
+    ops.weighted_sum(scores.data(), values, seen, d, a.out + (b * s.seq + t) * s.heads * d + h * d);
   }
 }
 

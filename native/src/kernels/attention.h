@@ -18,8 +18,10 @@ namespace edgepet {
 // The vector primitives of one ISA. n is any count >= 0; tails are handled.
 struct VectorOps {
   const char* name;
-  float (*dot)(const float* a, const float* b, int64_t n);
-  void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+  // out[j] = q . keys[j] for n rows of d floats (keys[j] = keys + j * d).
+  void (*dots)(const float* q, const float* keys, int64_t n, int64_t d, float* out);
+  // out = sum over j < n of p[j] * values[j] (rows of d floats); out is overwritten.
+  void (*weighted_sum)(const float* p, const float* values, int64_t n, int64_t d, float* out);
   // x[i] = exp(x[i] - shift) in place; returns the sum of the results.
   float (*exp_shifted)(float* x, int64_t n, float shift);
   // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).

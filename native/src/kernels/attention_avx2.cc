@@ -31,13 +31,65 @@ float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+// Four keys at a time: four independent accumulator chains (one chain waits on the
+// fused multiply-add latency), summed across lanes together.
+void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+  const int64_t d8 = d - d % 8;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float* k0 = keys + j * d;
+    const float *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < d8; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if (d8 < d) {
+      alignas(16) float tail[4] = {0, 0, 0, 0};
+      for (int64_t i = d8; i < d; ++i) {
+        tail[0] += q[i] * k0[i];
+        tail[1] += q[i] * k1[i];
+        tail[2] += q[i] * k2[i];
+        tail[3] += q[i] * k3[i];
+      }
+      sums = _mm_add_ps(sums, _mm_load_ps(tail));
+    }
+    _mm_storeu_ps(out + j, sums);
   }
-  for (; i < n; ++i) y[i] += a * x[i];
+  for (; j < n; ++j) out[j] = dot(q, keys + j * d, d);
+}
+
+// Up to 64 columns at a time stay in eight registers while the rows stream by: no
+// load and store of the output per row.
+void weighted_sum(const float* p, const float* values, int64_t n, int64_t d, float* out) {
+  int64_t c = 0;
+  for (; c + 64 <= d; c += 64) {
+    __m256 acc[8];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 w = _mm256_set1_ps(p[j]);
+      const float* v = values + j * d + c;
+      for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8 * r), acc[r]);
+    }
+    for (int r = 0; r < 8; ++r) _mm256_storeu_ps(out + c + 8 * r, acc[r]);
+  }
+  for (; c + 8 <= d; c += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(values + j * d + c), acc);
+    }
+    _mm256_storeu_ps(out + c, acc);
+  }
+  for (; c < d; ++c) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * values[j * d + c];
+    out[c] = acc;
+  }
 }
 
 // exp(x) to about 2 ulp (Cephes' expf polynomial): x = n ln2 + r, |r| <= ln2 / 2,
@@ -95,7 +147,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
 }  // namespace
 
 const VectorOps* avx2_vector_ops() {
-  static const VectorOps ops{"avx2", dot, axpy, exp_shifted, silu_mul};
+  static const VectorOps ops{"avx2", dots, weighted_sum, exp_shifted, silu_mul};
   static const bool usable = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return usable ? &ops : nullptr;
 }

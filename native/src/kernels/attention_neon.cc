@@ -21,11 +21,59 @@ float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  const float32x4_t va = vdupq_n_f32(a);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), va, vld1q_f32(x + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
+// Four keys at a time (independent accumulator chains), summed across lanes together.
+void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+  const int64_t d4 = d - d % 4;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float* k0 = keys + j * d;
+    const float *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < d4; i += 4) {
+      const float32x4_t qv = vld1q_f32(q + i);
+      a0 = vfmaq_f32(a0, qv, vld1q_f32(k0 + i));
+      a1 = vfmaq_f32(a1, qv, vld1q_f32(k1 + i));
+      a2 = vfmaq_f32(a2, qv, vld1q_f32(k2 + i));
+      a3 = vfmaq_f32(a3, qv, vld1q_f32(k3 + i));
+    }
+    float32x4_t sums = vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3));
+    if (d4 < d) {
+      float tail[4] = {0, 0, 0, 0};
+      for (int64_t i = d4; i < d; ++i) {
+        tail[0] += q[i] * k0[i];
+        tail[1] += q[i] * k1[i];
+        tail[2] += q[i] * k2[i];
+        tail[3] += q[i] * k3[i];
+      }
+      sums = vaddq_f32(sums, vld1q_f32(tail));
+    }
+    vst1q_f32(out + j, sums);
+  }
+  for (; j < n; ++j) out[j] = dot(q, keys + j * d, d);
+}
+
+// Up to 64 columns at a time stay in sixteen registers while the rows stream by.
+void weighted_sum(const float* p, const float* values, int64_t n, int64_t d, float* out) {
+  int64_t c = 0;
+  for (; c + 64 <= d; c += 64) {
+    float32x4_t acc[16];
+    for (auto& a : acc) a = vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* v = values + j * d + c;
+      for (int r = 0; r < 16; ++r) acc[r] = vfmaq_n_f32(acc[r], vld1q_f32(v + 4 * r), p[j]);
+    }
+    for (int r = 0; r < 16; ++r) vst1q_f32(out + c + 4 * r, acc[r]);
+  }
+  for (; c + 4 <= d; c += 4) {
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < n; ++j) acc = vfmaq_n_f32(acc, vld1q_f32(values + j * d + c), p[j]);
+    vst1q_f32(out + c, acc);
+  }
+  for (; c < d; ++c) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * values[j * d + c];
+    out[c] = acc;
+  }
 }
 
 // exp(x) as in attention_avx2.cc (Cephes' expf polynomial, clamped, NaN kept).
@@ -80,7 +128,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
 }  // namespace
 
 const VectorOps* neon_vector_ops() {
-  static const VectorOps ops{"neon", dot, axpy, exp_shifted, silu_mul};
+  static const VectorOps ops{"neon", dots, weighted_sum, exp_shifted, silu_mul};
   return &ops;
 }
 

@@ -7,14 +7,18 @@
 namespace edgepet {
 namespace {
 
-float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    float sum = 0.0f;
+    for (int64_t i = 0; i < d; ++i) sum += q[i] * keys[j * d + i];
+    out[j] = sum;
+  }
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+void weighted_sum(const float* p, const float* values, int64_t n, int64_t d, float* out) {
+  for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * values[j * d + i];
 }
 
 float exp_shifted(float* x, int64_t n, float shift) {
@@ -33,7 +37,7 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
 }  // namespace
 
 const VectorOps& reference_vector_ops() {
-  static const VectorOps ops{"reference", dot, axpy, exp_shifted, silu_mul};
+  static const VectorOps ops{"reference", dots, weighted_sum, exp_shifted, silu_mul};
   return ops;
 }
 
