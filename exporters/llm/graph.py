@@ -10,15 +10,20 @@ One graph serves prefill and decode. Inputs:
 
 Outputs: ``logits`` ``[batch, n, vocab]`` and ``present.{i}.key`` / ``.value`` (the cache
 with the new positions appended). Positions follow from the cache length; attention is
-causal over cache + new tokens (a boolean mask built once per call).
+causal over cache + new tokens.
 
-Standard ONNX (opset 23) carries attention: ``RotaryEmbedding`` (rotate-half form) and
-``Attention`` (grouped-query, with past/present). ONNX Runtime's contrib ops carry the rest:
-each residual add fused with the RMS norm after it (``SkipSimplifiedLayerNormalization``),
-SiLU as ``QuickGelu``. Every projection is one ``LutMatMul`` or, when kept, a float
-``MatMul``; projections that read the same input are fused (q/k/v into ``qkv``, gate/up
-into ``gate_up``) — rows are quantized per row and group, so fusing changes no value and
-saves a call per layer.
+By default edgepet's fused ops carry attention and the MLP activation:
+``ai.edgepet.GroupQueryRotaryAttention`` (split of the fused ``qkv``, rotate-half RoPE, the
+cache append and causal grouped-query attention in one node) and ``ai.edgepet.SwiGLU``
+(``silu(gate) * up``); docs/llm.md describes both. With ``fused=False`` standard ONNX
+(opset 23) carries attention instead — ``Split``, ``RotaryEmbedding``, ``Attention`` with a
+causal mask and position ids built once per call — and ``Split`` + contrib ``QuickGelu`` +
+``Mul`` the activation: the graph of bundles before op ABI 4, kept for comparison.
+ONNX Runtime's contrib ops carry the norms: each residual add fused with the RMS norm after
+it (``SkipSimplifiedLayerNormalization``). Every projection is one ``LutMatMul`` or, when
+kept, a float ``MatMul``; projections that read the same input are fused (q/k/v into
+``qkv``, gate/up into ``gate_up``) — rows are quantized per row and group, so fusing
+changes no value and saves a call per layer.
 
 The tied output head of a model whose embeddings and head share one matrix can read the
 embedding table's 4-bit codes itself (``head="shared"``): ONNX Runtime's contrib
@@ -42,11 +47,12 @@ from edgepet.exporters.onnx import DOMAIN, OP_VERSION, lut_matmul_node
 from edgepet.exporters.rewrite import prune
 from edgepet.quant.tensor import Bits, QuantizedTensor
 
-#: Standard-domain opset: RMSNormalization, RotaryEmbedding and Attention are opset 23.
+#: Standard-domain opset: RMSNormalization, RotaryEmbedding and Attention (the standard-op
+#: graph) are opset 23.
 OPSET = 23
 #: ONNX Runtime's contrib domain: each residual add fused with the RMS norm after it
-#: (SkipSimplifiedLayerNormalization), SiLU as QuickGelu(alpha=1). Its GroupQueryAttention
-#: (RoPE inside, one node instead of four) was measured and is slower here: see docs/llm.md.
+#: (SkipSimplifiedLayerNormalization); in the standard-op graph SiLU as QuickGelu(alpha=1).
+#: Its GroupQueryAttention (RoPE inside) was measured and is slower here: see docs/llm.md.
 CONTRIB = "com.microsoft"
 IR_VERSION = 10
 
