@@ -111,6 +111,8 @@ def test_a_position_beyond_the_rope_tables_is_an_error_not_a_read_past_them():
 @pytest.mark.parametrize("attrs,message", [
     ({"num_heads": 3}, "num_heads=3, kv_num_heads=2: .*multiple of kv_num_heads"),
     ({"kv_num_heads": 0}, "num_heads=4, kv_num_heads=0"),
+    ({"num_heads": 2 ** 62, "kv_num_heads": 2 ** 61},
+     "num_heads=4611686018427387904, .*both must be in 1..1048576"),
     ({"scale": "drop"}, "missing or mistyped attribute.*scale"),
     ({"num_heads": "drop"}, "missing or mistyped attribute.*num_heads"),
     ({"scale": 0.0}, "scale=0.0+ must be a positive finite number"),

@@ -164,10 +164,14 @@ OrtStatus* create_attention(const OrtCustomOp*, const OrtApi* api, const OrtKern
     missing += " scale (float)";
   }
   if (!missing.empty()) return fail(api, k->where() + "missing or mistyped attribute(s):" + missing);
-  if (k->heads <= 0 || k->kv_heads <= 0 || k->heads % k->kv_heads != 0) {
+  // The bound keeps (num_heads + 2 kv_num_heads) x head size far from int64's range.
+  constexpr int64_t kMaxHeads = int64_t{1} << 20;
+  if (k->heads <= 0 || k->kv_heads <= 0 || k->heads > kMaxHeads || k->kv_heads > kMaxHeads ||
+      k->heads % k->kv_heads != 0) {
     return fail(api, k->where() + "num_heads=" + std::to_string(k->heads) + ", kv_num_heads=" +
                          std::to_string(k->kv_heads) +
-                         ": both must be positive and num_heads a multiple of kv_num_heads");
+                         ": both must be in 1.." + std::to_string(kMaxHeads) +
+                         " and num_heads a multiple of kv_num_heads");
   }
   if (!std::isfinite(k->scale) || k->scale <= 0.0f) {
     return fail(api, k->where() + "scale=" + std::to_string(k->scale) +
@@ -263,7 +267,10 @@ OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   int64_t d = past.values[3];
   if (d < 0 && cos.values.size() == 2 && cos.values[1] >= 0) d = 2 * cos.values[1];
   Dims out = qkv;
-  out.values[2] = d >= 0 ? heads * d : -1;
+  // Out-of-range attributes are refused when the kernel is made; here they only must not
+  // overflow.
+  const bool sane = heads > 0 && heads <= (int64_t{1} << 20) && d >= 0 && d <= (int64_t{1} << 30);
+  out.values[2] = sane ? heads * d : -1;
   out.symbols[2] = fresh_dim("attention_width");
   Dims present = past;
   present.values[0] = qkv.values[0];
