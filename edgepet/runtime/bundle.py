@@ -71,6 +71,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Older operators a library still reads, by the library's ABI: (ABI, layout) of the
+#: bundle -> the weight widths whose layout changed since (a bundle with such weights is
+#: refused, the others load as they are). ABI 4 changed the 3-bit layout and added the
+#: decoder ops (docs/operator.md), so an ABI-3 bundle without 3-bit weights still runs and
+#: a new bundle is refused by an ABI-3 library; the op library decides the same per node.
+OLDER_LAYOUTS: dict[int, dict[tuple[int, str], tuple[int, ...]]] = {
+    4: {(3, "tile32-nibble4"): (3,)},
+}
+
+
 @cache
 def op_abi_version(path: str | None = None) -> int:
     """ABI version of an op library (default: the installed one), asked of the library.
@@ -78,18 +88,6 @@ def op_abi_version(path: str | None = None) -> int:
     This loads the library (see :func:`edgepet.runtime.session.library_operator`).
     """
     return sessions.library_operator(path or sessions.op_library_path())[0]
-
-
-#: Op-library ABIs that only added operators, with the oldest ABI whose bundles they still
-#: run: ABI 4 added GroupQueryRotaryAttention and SwiGLU (the decoder's fused ops) and
-#: kept ABI 3's LutMatMul and weight storage. A bundle needing a newer ABI than the
-#: library's is refused, so a new decoder bundle never meets a library without its ops.
-OPS_ADDED_SINCE = {4: 3}
-
-
-def runs_bundle_abi(library_abi: int, bundle_abi: int) -> bool:
-    """True when an op library of ``library_abi`` runs a bundle made for ``bundle_abi``."""
-    return OPS_ADDED_SINCE.get(library_abi, library_abi) <= bundle_abi <= library_abi
 
 
 def relative_error(y: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
@@ -386,7 +384,9 @@ class Bundle:
         op = self.manifest["operator"]
         abi, layout = have
         which = f"the op library {library}" if library else "the installed op library"
-        if not runs_bundle_abi(abi, op["abi_version"]):
+        if self._older_operator_readable(op, abi, which):
+            return
+        if op["abi_version"] != abi:
             newer = op["abi_version"] > abi
             raise BundleError(
                 f"bundle {self.path} was made for op ABI {op['abi_version']}, {which} "
@@ -403,6 +403,28 @@ class Bundle:
                 f"bundle {self.path} packs weights in layout {op['layout']!r}, {which} reads "
                 f"{layout!r} — export the model again with this edgepet"
             )
+
+    def _older_operator_readable(self, op: dict, abi: int, which: str) -> bool:
+        """Whether a library of ``abi`` reads this bundle of an older ABI as it is.
+
+        True where the older (ABI, layout) differs from the library's only at weight
+        widths the bundle has none of (``OLDER_LAYOUTS``); a BundleError naming the
+        layers where it has some; False where the pair is not one the library reads.
+        """
+        widths = OLDER_LAYOUTS.get(abi, {}).get((op["abi_version"], op["layout"]))
+        if widths is None:
+            return False
+        changed = [layer["name"] for layer in self.manifest.get("layers", [])
+                   if layer.get("bits") in widths]
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            shown = ", ".join(changed[:3]) + more
+            raise BundleError(
+                f"bundle {self.path} was made for LutMatMul ABI {op['abi_version']}, whose "
+                f"{'/'.join(map(str, widths))}-bit weights ({shown}) {which} (ABI {abi}) stores "
+                "in another layout — export the model again with this edgepet"
+            )
+        return True
 
     def check_abi(self) -> None:
         """Kept for callers of the old name: :meth:`check_operator`."""

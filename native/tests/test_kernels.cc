@@ -325,31 +325,58 @@ int check_unusual_tables_identical(const Kernel& kernel, std::mt19937& rng) {
   return checked;
 }
 
-// 4-bit codes are nibbles at dot4_address (the one definition of the layout), and the
+// The code of (row in tile, input) as the dot layouts' one definitions place it.
+int dot_code(const uint8_t* tile, int bits, int row, int64_t input) {
+  if (bits == 4) {
+    const Dot4Address at = dot4_address(row, input);
+    return (tile[at.byte] >> at.shift) & 0xF;
+  }
+  int code = 0;
+  for (int e = 0; e < 3; ++e) {
+    const Dot3Bit at = dot3_bit(row, input, e);
+    code |= ((tile[at.byte] >> at.bit) & 1) << e;
+  }
+  return code;
+}
+
+// 4-bit codes are nibbles at dot4_address, 3-bit codes quartets at dot3_bit (the one
+// definitions of the layouts); every bit of the buffer belongs to one code, and the
 // padding (rows past N, inputs past K) is zero.
 int check_dot4_layout(std::mt19937& rng) {
   int checked = 0;
-  std::uniform_int_distribution<int> code(0, 15);
-  for (int64_t n : {1, 33}) {
-    for (int64_t k : {1, 9, 70}) {
-      std::vector<uint8_t> codes(n * k);
-      for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
-      const WeightFormat f{n, k, 4, false, true, k};
-      std::vector<uint8_t> packed(packed_bytes(f), 0xFF);
-      pack_codes(codes.data(), n, k, 4, packed.data());
-      const int64_t tile_bytes = num_quads(k) * kDot4QuadBytes;
-      bool ok = packed.size() == static_cast<size_t>(num_tiles(n) * tile_bytes);
-      for (int64_t r = 0; r < num_tiles(n) * kTileRows; ++r)
-        for (int64_t i = 0; i < num_quads(k) * kQuad; ++i) {
-          const Dot4Address at = dot4_address(static_cast<int>(r % kTileRows), i);
-          const int got = (packed[r / kTileRows * tile_bytes + at.byte] >> at.shift) & 0xF;
-          ok = ok && got == (r < n && i < k ? codes[r * k + i] : 0);
+  for (int bits : {3, 4}) {
+    std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+    for (int64_t n : {1, 33}) {
+      for (int64_t k : {1, 9, 16, 17, 70}) {
+        std::vector<uint8_t> codes(n * k);
+        for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
+        const WeightFormat f{n, k, bits, false, true, k};
+        std::vector<uint8_t> packed(packed_bytes(f), 0xFF);
+        pack_codes(codes.data(), n, k, bits, packed.data());
+        const int64_t tile_bytes = dot_tile_bytes(f);
+        bool ok = packed.size() == static_cast<size_t>(num_tiles(n) * tile_bytes) &&
+                  tile_bytes * 8 == kTileRows * dot_padded_k(f) * bits;
+        for (int64_t r = 0; r < num_tiles(n) * kTileRows; ++r)
+          for (int64_t i = 0; i < dot_padded_k(f); ++i) {
+            const uint8_t* tile = packed.data() + r / kTileRows * tile_bytes;
+            const int got = dot_code(tile, bits, static_cast<int>(r % kTileRows), i);
+            ok = ok && got == (r < n && i < k ? codes[r * k + i] : 0);
+          }
+        // Dense: with every code at its top value and no padding in the first tile, every
+        // bit of that tile is set.
+        if (n >= kTileRows && k == dot_padded_k(f)) {
+          std::vector<uint8_t> top(n * k, static_cast<uint8_t>((1 << bits) - 1));
+          std::vector<uint8_t> full(packed.size());
+          pack_codes(top.data(), n, k, bits, full.data());
+          ok = ok && std::all_of(full.begin(), full.begin() + tile_bytes,
+                                 [](uint8_t b) { return b == 0xFF; });
         }
-      if (!ok) {
-        ++failures;
-        std::printf("FAIL 4-bit nibble layout: n=%lld k=%lld\n", (long long)n, (long long)k);
+        if (!ok) {
+          ++failures;
+          std::printf("FAIL %d-bit dot layout: n=%lld k=%lld\n", bits, (long long)n, (long long)k);
+        }
+        ++checked;
       }
-      ++checked;
     }
   }
   return checked;
@@ -392,9 +419,10 @@ int check_dot4_quantization_identical(std::mt19937& rng) {
   return checked;
 }
 
-// How far the 4-bit products exceed the dot path's error bound (docs/operator.md): per
-// input, |w| <= 15 s (symmetric; asymmetric's centred codes give half) times half an
-// activation step (max|a| of its block / 127), plus float rounding. <= 0: within.
+// How far the 3- and 4-bit products exceed the dot path's error bound (docs/operator.md):
+// per input, |w| <= (2^bits - 1) s (symmetric; asymmetric's centred codes give half)
+// times half an activation step (max|a| of its block / 127), plus float rounding. <= 0:
+// within.
 double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Case& c) {
   const int block = table_block(p.f);
   double worst = -1.0;
@@ -408,7 +436,7 @@ double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Ca
           top = std::max(top, std::fabs(p.a[m * c.k + j]));
         const int64_t g = i / c.group_size;
         const float z = p.zeros.empty() ? 0.0f : p.zeros[g * c.n + r];
-        bound += 15.0 * p.scales[g * c.n + r] * top / 127.0 / 2.0;
+        bound += ((1 << c.bits) - 1) * p.scales[g * c.n + r] * top / 127.0 / 2.0;
         size += std::fabs(p.a[m * c.k + i] * dequant(p.f, p.codes[r * c.k + i],
                                                      p.scales[g * c.n + r], z));
       }
@@ -418,26 +446,28 @@ double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Ca
   return worst;
 }
 
-// The 4-bit dot path's edges: M = 1..5 (passes of 4, 2 and 1 rows), N not a multiple
-// of 32, K odd, below a quad, not a multiple of the block, groups of 32, 64, 128 and
-// per row; symmetric and asymmetric. Reference vs exact, every kernel vs the reference.
+// The 3- and 4-bit dot path's edges: M = 1..5 (passes of 4, 2 and 1 rows), N not a
+// multiple of 32, K odd, below a quad, a quad pair but not a quartet (3 bits), not a
+// multiple of the block, groups of 32, 64, 128 and per row; symmetric and asymmetric.
+// Reference vs exact, every kernel vs the reference.
 int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt19937& rng) {
   int checked = 0;
+  for (int bits : {3, 4})
   for (int64_t m = 1; m <= 5; ++m)
     for (int64_t n : {1, 31, 33, 65})
-      for (int64_t k : {1, 3, 7, 9, 33, 65, 129, 200})
+      for (int64_t k : {1, 3, 7, 9, 24, 33, 65, 129, 200})
         for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k})
           for (bool symmetric : {true, false}) {
-            const Case c{m, n, k, 4, false, symmetric, group};
-            if (!check_format({n, k, 4, false, symmetric, group}).empty()) continue;
+            const Case c{m, n, k, bits, false, symmetric, group};
+            if (!check_format({n, k, bits, false, symmetric, group}).empty()) continue;
             const Problem p = make(c, rng);
             const auto ref = run(reference_kernel(), p, c.m);
             const double over = dot4_excess_error(p, ref, c);
-            expect(over <= 0.0, "4-bit reference vs exact, beyond the error bound", c, over);
+            expect(over <= 0.0, "dot reference vs exact, beyond the error bound", c, over);
             ++checked;
             for (const Kernel* kernel : vector_kernels) {
               const double e_vec = rel_err(run(*kernel, p, c.m), ref);
-              expect(e_vec < 1e-5, (std::string(kernel->name) + ": 4-bit").c_str(), c, e_vec);
+              expect(e_vec < 1e-5, (std::string(kernel->name) + ": dot").c_str(), c, e_vec);
               ++checked;
             }
           }

@@ -139,7 +139,7 @@ def test_abi1_model_with_float32_scales_is_refused_with_re_export(symmetric):
 @pytest.mark.parametrize("bits", [2, 4])
 def test_abi2_model_with_tile32_layout_is_refused_with_re_export(bits):
     """ABI 2 stored 4-bit codes as bit-planes under layout "tile32"; this library reads
-    nibbles (tile32-nibble4): a model of the old layout is refused, never misread."""
+    nibbles: a model of the old layout is refused, never misread."""
     def old(node, inits, inputs):
         for a in node.attribute:
             if a.name == "layout":
@@ -147,7 +147,33 @@ def test_abi2_model_with_tile32_layout_is_refused_with_re_export(bits):
 
     msg = _error(_broken(old, bits=bits), X)
     assert "'layers.3.mlp.up'" in msg and "layout 'tile32' (LutMatMul ABI 2" in msg
-    assert "it reads 'tile32-nibble4'" in msg and "re-export the model" in msg
+    assert f"it reads '{kernels.LAYOUT}'" in msg and "re-export the model" in msg
+
+
+def _abi3(node, inits, inputs):
+    for a in node.attribute:
+        if a.name == "layout":
+            a.s = b"tile32-nibble4"
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_abi3_model_with_3bit_weights_is_refused_with_re_export(symmetric):
+    """ABI 3 ("tile32-nibble4") stored 3-bit codes as bit-planes; this library reads them
+    as quartets of pair values: such a node is refused, never misread."""
+    msg = _error(_broken(_abi3, bits=3, symmetric=symmetric), X)
+    assert "'layers.3.mlp.up'" in msg and "layout 'tile32-nibble4' (LutMatMul ABI 3" in msg
+    assert "3-bit codes were bit-planes" in msg
+    assert f"it reads '{kernels.LAYOUT}'" in msg and "re-export the model" in msg
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, "ternary"])
+def test_abi3_model_without_3bit_weights_still_runs(bits):
+    """ABI 4 changed the 3-bit layout alone: an ABI-3 node of another width is read as it
+    is, with the same numbers as this version's."""
+    x = np.random.default_rng(3).standard_normal((3, 64), dtype=np.float32)
+    old = runtime.InferenceSession(_broken(_abi3, bits=bits).SerializeToString())
+    new = runtime.InferenceSession(_broken(lambda *_: None, bits=bits).SerializeToString())
+    np.testing.assert_array_equal(old.run(None, {"x": x})[0], new.run(None, {"x": x})[0])
 
 
 def test_weights_given_at_run_time_are_checked_per_call():

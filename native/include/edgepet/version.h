@@ -6,9 +6,10 @@
    2: scales and zero points stored as float16 (1: float32).
    3: 4-bit codes stored as nibbles for int8 dot products, layout "tile32-nibble4"
       (2: bit-planes, layout "tile32").
-   4: the decoder ops GroupQueryRotaryAttention and SwiGLU added; LutMatMul and its
-      storage unchanged, so a library of ABI 4 also runs ABI-3 bundles (the bundle reader
-      knows which ABIs only added ops: edgepet/runtime/bundle.py, runs_bundle_abi). */
+   4: 3-bit codes stored as pair values in quartets for int8 dot products, layout
+      "tile32-dot3" (3: bit-planes); the other widths as in 3, so a model or bundle of
+      ABI 3 without 3-bit weights is still read. The decoder ops GroupQueryRotaryAttention
+      and SwiGLU added (an ABI-3 library lacks them). */
 #define EDGEPET_OP_ABI_VERSION 4
 
 #endif /* EDGEPET_VERSION_H_ */

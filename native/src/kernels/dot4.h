@@ -1,23 +1,33 @@
-// The 4-bit dot-product path: nibble codes times int8 activations (docs/operator.md,
-// "4-bit: int8 dot products"). At 4 bits a LUT kernel makes 4 lookups per 4 weights (one
-// per bit-plane); a dot product makes one multiply-add per weight, 4 of them per
-// instruction (vpdpbusd, maddubs, sdot/smull), on codes unpacked with one and/shift.
+// The dot-product path for 3- and 4-bit codes: unsigned codes times int8 activations in
+// dot products of 4 inputs (docs/operator.md, "3 and 4 bits: int8 dot products"). A LUT
+// kernel makes one lookup per bit-plane and quad; a dot product makes one multiply-add per
+// weight, 4 of them per 32-bit lane (vpdpbusd, maddubs, sdot/smull), on codes unpacked with
+// a few and/shift operations. "dot4" names the 4-input dot products, not the width.
 //
-// Storage (layout "tile32-nibble4", bits = 4, not ternary): tiles of 32 rows, then
-// quads of 4 inputs (K padded with zeros to a multiple of 8, as tile32), 64 bytes per
-// tile and quad. Byte b holds, in its low nibble, the code of row b/4 at input
-// 4j + b%4 and, in its high nibble, that of row 16 + b/4: a 64-byte vector is the quad
-// for all 32 rows, each 32-bit lane one row's 4 codes (16 rows per nibble).
+// 4-bit storage ("nibble4", bits = 4, not ternary): tiles of 32 rows, then quads of 4
+// inputs (K padded with zeros to a multiple of 8, as tile32), 64 bytes per tile and quad.
+// Byte b holds, in its low nibble, the code of row b/4 at input 4j + b%4 and, in its high
+// nibble, that of row 16 + b/4: a 64-byte vector is the quad for all 32 rows, each 32-bit
+// lane one row's 4 codes (16 rows per nibble).
+//
+// 3-bit storage ("dot3", bits = 3): tiles of 32 rows, then quartets of 4 quads (16 inputs,
+// K padded with zeros to a multiple of 16), 192 bytes per tile and quartet: three 64-byte
+// vectors V0, V1, V2. For quad j < 3 of the quartet, byte b of Vj holds the pair value
+// P = c(row b/4) + 8 c(row 16 + b/4) at input 4j + b%4 in its bits 0..5, the same
+// arrangement as a nibble4 vector with 3-bit fields. Quad 3's pair values are spread over
+// the spare top bits: bits 1:0 of P in V0's bits 7:6, bits 3:2 in V1's, bits 5:4 in V2's.
+// Quads 0-2 unpack with one and each (P = V & 0x3F, c = V & 7); quad 3 with two shifts
+// and two bit-selects (AVX-512 ternlog, NEON sri). dot3_bit is the one definition.
 //
 // Activations: int8 per table block (32 or 64 inputs, as the LUT path's blocks), with
-// step = max|a| / 127. The LUT path's plane sum of a group, sum_k (2 q_k - 15) a_k,
-// becomes
-//   sum_blocks dot_b * 2 step_b  +  sum_blocks (-15 * sum(x)_b) * step_b,
+// step = max|a| / 127. The LUT path's plane sum of a group, sum_k (2 q_k - top) a_k with
+// top = 2^bits - 1, becomes
+//   sum_blocks dot_b * 2 step_b  +  sum_blocks (-top * sum(x)_b) * step_b,
 // dot_b = sum_k q_k x_k over the block (an int32). The kernels accumulate the first
 // part (fused multiply-adds in block order) and add the second, which depends on the
 // activations alone: Dot4Activations::base_acc, also the plane sum of a row of zero
 // codes, so the base-code rule (kernel.h) compares against it exactly. Everything after
-// the plane sum (group_affine, the epilogue) is that of kernel.h.
+// the plane sum is one epilogue (dot4::add_group), that of kernel.h's group_affine.
 #pragma once
 
 #include <algorithm>
@@ -25,27 +35,42 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/kernel.h"
 #include "kernels/tables.h"
 
 namespace edgepet {
 
-// Bytes of one tile's codes for one quad of 4 inputs.
+// Bytes of one tile's 4-bit codes for one quad of 4 inputs.
 constexpr int kDot4QuadBytes = 64;
+// 3 bits: quads per quartet and bytes of one tile's codes for one quartet.
+constexpr int kDot3Quads = 4;
+constexpr int kDot3QuartetBytes = 192;
 // Activation rows one tile call reads against the same codes (prefill shares the
 // unpacked codes between them).
 constexpr int kDot4MaxRows = 4;
 
-// 4-bit non-ternary weights are stored as nibble codes and computed by dot products.
-inline bool uses_dot4(const WeightFormat& f) { return f.bits == 4 && !f.ternary; }
+// 3- and 4-bit non-ternary weights are computed by dot products (3-bit: since op ABI 4).
+inline bool uses_dot4(const WeightFormat& f) { return (f.bits == 4 || f.bits == 3) && !f.ternary; }
+
+// Bytes of one tile's codes, and the inputs they cover (K padded with zero codes; the
+// activations are zero there too).
+inline int64_t dot_tile_bytes(const WeightFormat& f) {
+  return f.bits == 3 ? ceil_div(f.k, kDot3Quads * kQuad) * kDot3QuartetBytes
+                     : num_quads(f.k) * kDot4QuadBytes;
+}
+inline int64_t dot_padded_k(const WeightFormat& f) {
+  return f.bits == 3 ? ceil_div(f.k, kDot3Quads * kQuad) * kDot3Quads * kQuad
+                     : num_quads(f.k) * kQuad;
+}
 
 // One activation row, quantized.
 struct Dot4Activations {
-  const int8_t* x;            // [num_quads(k) * 4]: round(a / step), zero past K
+  const int8_t* x;            // [dot_padded_k]: round(a / step), zero past K
   const float* steps;         // [blocks]: max|a| / 127 of the block; NaN for a non-finite one
   const float* group_sums;    // [groups]: sum of the activations of each group
-  const float* base_acc;      // [groups]: sum_blocks (-15 sum(x)) * step (fused, in block
+  const float* base_acc;      // [groups]: sum_blocks (-top sum(x)) * step (fused, in block
                               // order): the plane sum of a row of zero codes (kernel.h,
                               // base_code), and the part of every row's that the dot
                               // products leave out
@@ -53,7 +78,7 @@ struct Dot4Activations {
 
 struct Dot4Job {
   WeightFormat format;
-  const uint8_t* codes;       // the tile's codes: [quads][64]
+  const uint8_t* codes;       // the tile's codes: dot_tile_bytes
   const Half* scales;         // the tile's scales: [groups][32]
   const Half* zero_points;    // same layout, or null
   int rows;                   // activation rows in this call, 1..kDot4MaxRows
@@ -66,7 +91,8 @@ struct Dot4Kernel {
   // x[i] = round(a[i] * inv) (to nearest, ties to even) for i < n: the one rounding every
   // kernel does the same way, so activations quantize bit-identically on every ISA.
   void (*round_block)(const float* a, int n, float inv, int8_t* x);
-  void (*tile_dot)(const Dot4Job& job);
+  void (*tile_dot)(const Dot4Job& job);   // 4-bit codes
+  void (*tile_dot3)(const Dot4Job& job);  // 3-bit codes
 };
 
 const Dot4Kernel& reference_dot4_kernel();
@@ -84,14 +110,30 @@ void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& p
 // The dot kernel that goes with a LUT kernel (the same ISA; dispatch.cc).
 const Dot4Kernel& dot4_kernel_for(const Kernel& lut);
 
-// Where a code lives: byte offset inside its tile's codes and nibble shift (0 or 4). The
-// one definition of the layout; pack.cc writes it, the kernels read it.
+// Where a 4-bit code lives: byte offset inside its tile's codes and nibble shift (0 or
+// 4). The one definition of the layout; pack.cc writes it, the kernels read it.
 struct Dot4Address {
   int64_t byte;
   int shift;
 };
 inline Dot4Address dot4_address(int row, int64_t input) {
   return {input / kQuad * kDot4QuadBytes + 4 * (row % 16) + input % kQuad, 4 * (row / 16)};
+}
+
+// Where bit e (0..2) of a 3-bit code lives: byte offset inside its tile's codes and bit.
+// The one definition of the 3-bit layout (see the top of this file).
+struct Dot3Bit {
+  int64_t byte;
+  int bit;
+};
+inline Dot3Bit dot3_bit(int row, int64_t input, int e) {
+  const int64_t quartet = input / (kDot3Quads * kQuad);
+  const int quad = static_cast<int>(input / kQuad % kDot3Quads);
+  const int64_t lane_byte = 4 * (row % 16) + input % kQuad;
+  const int p = 3 * (row / 16) + e;  // bit of the pair value P
+  const int64_t base = quartet * kDot3QuartetBytes + lane_byte;
+  if (quad < 3) return {base + 64 * quad, p};
+  return {base + 64 * (p / 2), 6 + p % 2};
 }
 
 namespace dot4 {
@@ -152,6 +194,120 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
   *step = top / 127.0f * down;
   *sum = block_sum(scaled, n) * down;
 }
+
+// Everything after the integer dot products, written once for every ISA. V is the ISA's
+// float vector: F (kLanes floats), I (kLanes int32), zero, set1, add, sub, mul, fmadd(a,
+// b, c) = a * b + c (fused), cvt (int32 -> float), load_halves (kLanes fp16), store,
+// Mask, eq, none, blend(mask, if_false, if_true). The files are built with
+// -ffp-contract=off, so each ISA rounds exactly where this code says.
+
+// y[m] (32 rows each) += the group's value for activation row m: acc[m] holds
+// sum_blocks dot_b * 2 step_b per row. Scales and zero points are converted once for all
+// Rows activation rows.
+template <class V, int Rows>
+inline void add_group(const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
+                      typename V::F (*y)[kTileRows / V::kLanes]) {
+  using F = typename V::F;
+  const WeightFormat& f = job.format;
+  const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
+  const Half* s = job.scales + g * kTileRows;
+  for (int i = 0; i < kTileRows / V::kLanes; ++i) {
+    const F scale = V::load_halves(s + i * V::kLanes);
+    if (f.symmetric) {
+      for (int m = 0; m < Rows; ++m) {
+        // The group's plane sum: the dots plus -top sum(x) step per block (top of file).
+        const F plane = V::add(acc[m][i], V::set1(job.acts[m].base_acc[g]));
+        y[m][i] = V::fmadd(scale, plane, y[m][i]);
+      }
+      continue;
+    }
+    const F z = V::load_halves(job.zero_points + g * kTileRows + i * V::kLanes);
+    const F off = V::mul(scale, V::sub(V::set1(mid), z));
+    const F sc = V::mul(V::set1(0.5f), scale);
+    for (int m = 0; m < Rows; ++m) {
+      const F base_acc = V::set1(job.acts[m].base_acc[g]);
+      const float group_sum = job.acts[m].group_sums[g];
+      const F plane = V::add(acc[m][i], base_acc);
+      const F rule = V::add(V::mul(sc, plane), V::mul(off, V::set1(group_sum)));
+      // Rows whose codes are all zero (the base code) add their exact value (kernel.h).
+      const typename V::Mask base = V::eq(plane, base_acc);
+      if (V::none(base)) {  // the common case: no base-code row
+        y[m][i] = V::add(y[m][i], rule);
+      } else {
+        const F exact = V::mul(V::mul(scale, z), V::set1(-group_sum));
+        y[m][i] = V::add(y[m][i], V::blend(base, rule, exact));
+      }
+    }
+  }
+}
+
+// One tile against Rows activation rows. Sums is the ISA's integer inner loop for one
+// width: code_offset(q0), the byte offset of quad q0 (the first of a block) in a tile's
+// codes, and block<Rows>(codes, x, quads, dots), which sets dots[m][i] to the int32 sums
+// sum_k q_k x_k of one block for the rows of vector i against activation row m.
+template <class V, class Sums, int Rows>
+void tile_dot(const Dot4Job& job) {
+  using F = typename V::F;
+  constexpr int kVecs = kTileRows / V::kLanes;
+  const WeightFormat& f = job.format;
+  const BlockPlan plan(f);
+  F y[Rows][kVecs];
+  for (int m = 0; m < Rows; ++m)
+    for (int i = 0; i < kVecs; ++i) y[m][i] = V::zero();
+  for (int64_t g = 0; g < plan.groups; ++g) {
+    F acc[Rows][kVecs];
+    for (int m = 0; m < Rows; ++m)
+      for (int i = 0; i < kVecs; ++i) acc[m][i] = V::zero();
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      const int64_t q0 = plan.first_quad(b);
+      const int n = plan.quads_in(b);
+      const uint8_t* codes = job.codes + Sums::code_offset(q0);
+      const int8_t* x[Rows];
+      for (int m = 0; m < Rows; ++m) x[m] = job.acts[m].x + q0 * kQuad;
+      typename V::I dots[Rows][kVecs];
+      if (n == kMaxBlockQuads) {  // a constant count for the common case
+        Sums::template block<Rows>(codes, x, kMaxBlockQuads, dots);
+      } else {
+        Sums::template block<Rows>(codes, x, n, dots);
+      }
+      for (int m = 0; m < Rows; ++m) {
+        const F two_steps = V::set1(2.0f * job.acts[m].steps[b]);
+        for (int i = 0; i < kVecs; ++i) acc[m][i] = V::fmadd(V::cvt(dots[m][i]), two_steps, acc[m][i]);
+      }
+    }
+    add_group<V, Rows>(job, g, acc, y);
+  }
+  for (int m = 0; m < Rows; ++m)
+    for (int i = 0; i < kVecs; ++i) V::store(job.out[m] + i * V::kLanes, y[m][i]);
+}
+
+// Activation rows in passes of Sums::kRows (4, 2 or 1), then 2, then 1 over the codes.
+template <class V, class Sums>
+void tile_dot_rows(const Dot4Job& job) {
+  int m = 0;
+  const auto pass = [&job, &m](auto rows) {
+    constexpr int kRows = decltype(rows)::value;
+    Dot4Job part = job;
+    part.rows = kRows;
+    for (int i = 0; i < kRows; ++i) {
+      part.acts[i] = job.acts[m + i];
+      part.out[i] = job.out[m + i];
+    }
+    tile_dot<V, Sums, kRows>(part);
+    m += kRows;
+  };
+  if constexpr (Sums::kRows >= 4) {
+    while (job.rows - m >= 4) pass(std::integral_constant<int, 4>());
+  }
+  if constexpr (Sums::kRows >= 2) {
+    while (job.rows - m >= 2) pass(std::integral_constant<int, 2>());
+  }
+  while (m < job.rows) pass(std::integral_constant<int, 1>());
+}
+
+// Byte offsets of quad q0 (a block's first) in a tile's 4-bit and 3-bit codes.
+inline int64_t nibble4_offset(int64_t q0) { return q0 * kDot4QuadBytes; }
+inline int64_t dot3_offset(int64_t q0) { return q0 / kDot3Quads * kDot3QuartetBytes; }
 
 }  // namespace dot4
 

@@ -1,21 +1,15 @@
-// 4-bit dot kernel, AVX2 (dot4.h): maddubs multiplies 32 nibble codes (unsigned) by
-// 32 int8 activations and adds pairs to int16; madd with ones widens to int32 per row
-// every 8 quads (8 * 2 * 15 * 127 fits int16). For CPUs without AVX512-VNNI.
+// 3- and 4-bit dot kernel, AVX2 (dot4.h): maddubs multiplies 32 codes (unsigned) by 32
+// int8 activations and adds pairs to int16; madd with ones widens to int32 per row. For
+// CPUs without AVX512-VNNI.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 
 #include "kernels/dot4.h"
 
 namespace edgepet {
 namespace {
-
-// Eight fp16 scales or zero points as floats (F16C).
-inline __m256 load_halves(const Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 
 // 4 input codes of one row times 4 int8 activations, as the 32-bit lane every row gets.
 inline int32_t four_activations(const int8_t* x) {
@@ -24,100 +18,28 @@ inline int32_t four_activations(const int8_t* x) {
   return v;
 }
 
-// The driver, after a block's int32 dots: steps, group scales, zero points, base rows.
-// Sums::block<Rows>(codes, x, quads, dots) fills dots[m][i], the int32 sums
-// sum_k q_k x_k of one block for rows 8i..8i+7 against activation row m.
-// Sums::kRows: activation rows it takes per pass over the codes.
-template <class Sums, int Rows>
-void tile_dot(const Dot4Job& job) {
-  const WeightFormat& f = job.format;
-  const BlockPlan plan(f);
-  const __m256 half = _mm256_set1_ps(0.5f);
-  const __m256 mid = _mm256_set1_ps(7.5f);
-  __m256 y[Rows][4];
-  for (int m = 0; m < Rows; ++m)
-    for (int i = 0; i < 4; ++i) y[m][i] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < plan.groups; ++g) {
-    __m256 acc[Rows][4];
-    for (int m = 0; m < Rows; ++m)
-      for (int i = 0; i < 4; ++i) acc[m][i] = _mm256_setzero_ps();
-    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
-      const int64_t q0 = plan.first_quad(b);
-      const int n = plan.quads_in(b);
-      const uint8_t* codes = job.codes + q0 * kDot4QuadBytes;
-      const int8_t* x[Rows];
-      for (int m = 0; m < Rows; ++m) x[m] = job.acts[m].x + q0 * kQuad;
-      __m256i dots[Rows][4];
-      if (n == kMaxBlockQuads) {  // a constant count for the common case
-        Sums::template block<Rows>(codes, x, kMaxBlockQuads, dots);
-      } else {
-        Sums::template block<Rows>(codes, x, n, dots);
-      }
-      for (int m = 0; m < Rows; ++m) {
-        const __m256 two_steps = _mm256_set1_ps(2.0f * job.acts[m].steps[b]);
-        for (int i = 0; i < 4; ++i) {
-          acc[m][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[m][i]), two_steps, acc[m][i]);
-        }
-      }
-    }
-    // The group's plane sum: the dots plus -15 sum(x) step per block (dot4.h).
-    for (int m = 0; m < Rows; ++m)
-      for (int i = 0; i < 4; ++i)
-        acc[m][i] = _mm256_add_ps(acc[m][i], _mm256_set1_ps(job.acts[m].base_acc[g]));
-    const Half* s = job.scales + g * kTileRows;
-    for (int i = 0; i < 4; ++i) {
-      const __m256 scale = load_halves(s + 8 * i);
-      if (f.symmetric) {
-        for (int m = 0; m < Rows; ++m) y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
-        continue;
-      }
-      const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
-      const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
-      const __m256 sc = _mm256_mul_ps(half, scale);
-      for (int m = 0; m < Rows; ++m) {
-        const float group_sum = job.acts[m].group_sums[g];
-        const __m256 rule = _mm256_add_ps(_mm256_mul_ps(sc, acc[m][i]),
-                                          _mm256_mul_ps(off, _mm256_set1_ps(group_sum)));
-        // Rows whose codes are all zero (the base code) add their exact value (kernel.h).
-        const __m256 base =
-            _mm256_cmp_ps(acc[m][i], _mm256_set1_ps(job.acts[m].base_acc[g]), _CMP_EQ_OQ);
-        if (_mm256_testz_ps(base, base)) {  // the common case: no base-code row
-          y[m][i] = _mm256_add_ps(y[m][i], rule);
-        } else {
-          const __m256 exact = _mm256_mul_ps(_mm256_mul_ps(scale, z), _mm256_set1_ps(-group_sum));
-          y[m][i] = _mm256_add_ps(y[m][i], _mm256_blendv_ps(rule, exact, base));
-        }
-      }
-    }
+// Eight lanes of floats, for the driver and epilogue (dot4.h).
+struct V8 {
+  using F = __m256;
+  using I = __m256i;
+  using Mask = __m256;
+  static constexpr int kLanes = 8;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  // F16C
+  static F load_halves(const Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  for (int m = 0; m < Rows; ++m)
-    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out[m] + 8 * i, y[m][i]);
-}
-
-// Activation rows in passes of Sums::kRows (then 2, then 1) over the tile's codes.
-template <class Sums>
-void tile_dot_rows(const Dot4Job& job) {
-  int m = 0;
-  const auto pass = [&job, &m](auto rows) {
-    constexpr int kRows = decltype(rows)::value;
-    Dot4Job part = job;
-    part.rows = kRows;
-    for (int i = 0; i < kRows; ++i) {
-      part.acts[i] = job.acts[m + i];
-      part.out[i] = job.out[m + i];
-    }
-    tile_dot<Sums, kRows>(part);
-    m += kRows;
-  };
-  if constexpr (Sums::kRows >= 4) {
-    while (job.rows - m >= 4) pass(std::integral_constant<int, 4>());
-  }
-  if constexpr (Sums::kRows >= 2) {
-    while (job.rows - m >= 2) pass(std::integral_constant<int, 2>());
-  }
-  while (m < job.rows) pass(std::integral_constant<int, 1>());
-}
-
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static Mask eq(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static bool none(Mask m) { return _mm256_testz_ps(m, m); }
+  static F blend(Mask m, F if_false, F if_true) { return _mm256_blendv_ps(if_false, if_true, m); }
+};
 
 void round_block(const float* a, int n, float inv, int8_t* x) {
   const __m256 scale = _mm256_set1_ps(inv);
@@ -131,8 +53,18 @@ void round_block(const float* a, int n, float inv, int8_t* x) {
   for (; i < n; ++i) x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
 }
 
-struct Avx2Dots {
+// maddubs sums of 32 codes (unsigned, < 16) times 32 int8 activations in int16 pairs,
+// widened to int32 per row with madd: sums[i] holds rows 8i..8i+7.
+inline void widen(const __m256i sums[4], __m256i dots[4]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int i = 0; i < 4; ++i) dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(sums[i], ones));
+}
+
+// 4 bits: the two 32-byte halves of a quad, low and high nibbles; widened every 8 quads
+// (8 * 2 * 15 * 127 fits int16).
+struct Nibbles {
   static constexpr int kRows = 1;  // the int16 and int32 sums of two rows spill
+  static int64_t code_offset(int64_t q0) { return dot4::nibble4_offset(q0); }
 
   template <int Rows>
   __attribute__((always_inline)) static void block(const uint8_t* codes,
@@ -140,7 +72,6 @@ struct Avx2Dots {
                                                    __m256i dots[][4]) {
     static_assert(Rows == 1, "one activation row per pass");
     const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int i = 0; i < 4; ++i) dots[0][i] = _mm256_setzero_si256();
     for (int q0 = 0; q0 < quads; q0 += 8) {
       __m256i sums[4];  // int16: rows 0-7, 8-15, 16-23, 24-31, pairs of inputs
@@ -159,17 +90,63 @@ struct Avx2Dots {
           sums[2 + h] = _mm256_add_epi16(sums[2 + h], _mm256_maddubs_epi16(hi, act));
         }
       }
-      for (int i = 0; i < 4; ++i) {
-        dots[0][i] = _mm256_add_epi32(dots[0][i], _mm256_madd_epi16(sums[i], ones));
+      widen(sums, dots[0]);
+    }
+  }
+};
+
+// 3 bits: a quartet's three 64-byte vectors (dot4.h), a 32-byte half at a time; a whole
+// block stays in int16 (16 quads * 2 * 7 * 127 fits).
+struct Triples {
+  static constexpr int kRows = 1;
+  static int64_t code_offset(int64_t q0) { return dot4::dot3_offset(q0); }
+
+  template <int Rows>
+  __attribute__((always_inline)) static void block(const uint8_t* codes,
+                                                   const int8_t* const* x, int quads,
+                                                   __m256i dots[][4]) {
+    static_assert(Rows == 1, "one activation row per pass");
+    const __m256i low3 = _mm256_set1_epi8(0x07);
+    const __m256i top2 = _mm256_set1_epi8(static_cast<char>(0xC0));
+    const __m256i mid2 = _mm256_set1_epi8(0x30), bits32 = _mm256_set1_epi8(0x0C);
+    __m256i sums[4];
+    for (auto& v : sums) v = _mm256_setzero_si256();
+    for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
+      for (int l = 0; l < 3; ++l) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+      }
+      __m256i act[4];
+      for (int j = 0; j < 4; ++j) act[j] = _mm256_set1_epi32(four_activations(x[0] + (q + j) * kQuad));
+      for (int h = 0; h < 2; ++h) {
+        __m256i v[3];
+        for (int j = 0; j < 3; ++j) {
+          v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * j + 32 * h));
+          const __m256i lo = _mm256_and_si256(v[j], low3);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 3), low3);
+          sums[h] = _mm256_add_epi16(sums[h], _mm256_maddubs_epi16(lo, act[j]));
+          sums[2 + h] = _mm256_add_epi16(sums[2 + h], _mm256_maddubs_epi16(hi, act[j]));
+        }
+        // Quad 3's pair values, times 4: bits 7:6 from V2, 5:4 from V1, 3:2 from V0.
+        const __m256i u = _mm256_or_si256(
+            _mm256_or_si256(_mm256_and_si256(v[2], top2),
+                            _mm256_and_si256(_mm256_srli_epi16(v[1], 2), mid2)),
+            _mm256_and_si256(_mm256_srli_epi16(v[0], 4), bits32));
+        const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(u, 2), low3);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(u, 5), low3);
+        sums[h] = _mm256_add_epi16(sums[h], _mm256_maddubs_epi16(lo, act[3]));
+        sums[2 + h] = _mm256_add_epi16(sums[2 + h], _mm256_maddubs_epi16(hi, act[3]));
       }
     }
+    for (int i = 0; i < 4; ++i) dots[0][i] = _mm256_setzero_si256();
+    widen(sums, dots[0]);
   }
 };
 
 }  // namespace
 
 const Dot4Kernel* avx2_dot4_kernel() {
-  static const Dot4Kernel kernel{"avx2", round_block, tile_dot_rows<Avx2Dots>};
+  static const Dot4Kernel kernel{"avx2", round_block, dot4::tile_dot_rows<V8, Nibbles>,
+                                 dot4::tile_dot_rows<V8, Triples>};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
     return &kernel;

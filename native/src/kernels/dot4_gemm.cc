@@ -1,5 +1,5 @@
-// The 4-bit product driver (dot4.h): int8 activations for every row, then tiles in
-// parallel. The LUT driver (gemm.cc, lut_gemm) hands 4-bit formats here.
+// The 3- and 4-bit product driver (dot4.h): int8 activations for every row, then tiles
+// in parallel. The LUT driver (gemm.cc, lut_gemm) hands the formats of uses_dot4 here.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -12,7 +12,7 @@ namespace {
 
 // Per-call working memory (see grown in gemm.h).
 struct Dot4Scratch {
-  std::vector<int8_t> x;          // [m][quads * 4]
+  std::vector<int8_t> x;          // [m][dot_padded_k]
   std::vector<float> steps;       // [m][blocks]
   std::vector<int32_t> x_sums;    // [m][blocks]
   std::vector<float> block_sums;  // [m][blocks]
@@ -25,7 +25,7 @@ struct Dot4Call {
       : kernel(&k),
         args(&a),
         plan(a.format),
-        width(plan.quads * kQuad),
+        width(dot_padded_k(a.format)),
         x(grown(s.x, a.m * width)),
         steps(grown(s.steps, a.m * plan.blocks)),
         x_sums(grown(s.x_sums, a.m * plan.blocks)),
@@ -40,7 +40,7 @@ struct Dot4Call {
   const Dot4Kernel* kernel;
   const GemmArgs* args;
   BlockPlan plan;
-  int64_t width;  // K padded to whole quad pairs
+  int64_t width;  // K padded as the codes are (dot_padded_k)
   int8_t* x;
   float* steps;
   int32_t* x_sums;
@@ -59,10 +59,12 @@ void quantize_row(void* ctx, int64_t m) {
   int32_t* x_sums = call.x_sums + m * plan.blocks;
   float* steps = call.steps + m * plan.blocks;
   const int block = table_block(f);
+  const int top = (1 << f.bits) - 1;  // the plane sum's offset per code (dot4.h)
   for (int64_t b = 0; b < plan.blocks; ++b) {
     const int64_t first = b * block;
     const int n = static_cast<int>(std::min<int64_t>(f.k - first, block));
-    const int padded = static_cast<int>(std::min<int64_t>(call.width - first, block));
+    // The last block's zeros run to the end of the padded row.
+    const int64_t padded = b + 1 == plan.blocks ? call.width - first : block;
     dot4::quantize_block(*call.kernel, a + first, n, x + first, steps + b, sums + b);
     std::fill(x + first + n, x + first + padded, int8_t{0});
     int32_t s = 0;
@@ -73,7 +75,7 @@ void quantize_row(void* ctx, int64_t m) {
     float s = 0.0f, acc = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       s += sums[b];
-      acc = std::fma(static_cast<float>(-15 * x_sums[b]), steps[b], acc);
+      acc = std::fma(static_cast<float>(-top * x_sums[b]), steps[b], acc);
     }
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;
@@ -88,7 +90,7 @@ void run_tile(void* ctx, int64_t tile) {
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
   Dot4Job job;
   job.format = f;
-  job.codes = args.codes + tile * call.plan.quads * kDot4QuadBytes;
+  job.codes = args.codes + tile * dot_tile_bytes(f);
   const int64_t tile_scales = tile * call.plan.groups * kTileRows;
   job.scales = args.scales + tile_scales;
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
@@ -99,7 +101,7 @@ void run_tile(void* ctx, int64_t tile) {
       job.acts[i] = call.row(m0 + i);
       job.out[i] = out[i];
     }
-    call.kernel->tile_dot(job);
+    (f.bits == 3 ? call.kernel->tile_dot3 : call.kernel->tile_dot)(job);
     for (int i = 0; i < job.rows; ++i) {
       float* y = args.y + (m0 + i) * f.n + n0;
       for (int r = 0; r < rows; ++r) y[r] = out[i][r] + (args.bias ? args.bias[n0 + r] : 0.0f);

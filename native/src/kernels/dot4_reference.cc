@@ -1,6 +1,7 @@
-// The 4-bit dot path in plain scalar C++: the oracle the vector dot kernels are tested
-// against (dot4.h). Same integer sums, same fused multiply-adds per block, same epilogue
-// rule as the LUT reference, so the vector kernels agree with it to float rounding.
+// The dot path in plain scalar C++: the oracle the vector dot kernels are tested against
+// (dot4.h). Codes are read one at a time through the layouts' one definitions
+// (dot4_address, dot3_bit); the driver and epilogue are the vector kernels' own
+// (dot4::tile_dot, add_group) with one lane, so they agree to float rounding.
 #include <cmath>
 
 #include "kernels/dot4.h"
@@ -12,47 +13,62 @@ void round_block(const float* a, int n, float inv, int8_t* x) {
   for (int i = 0; i < n; ++i) x[i] = static_cast<int8_t>(std::nearbyint(a[i] * inv));
 }
 
-void tile_dot_one(const Dot4Job& job, const Dot4Activations& act, float* out) {
-  const WeightFormat& f = job.format;
-  const BlockPlan plan(f);
-  for (int row = 0; row < kTileRows; ++row) {
-    float y = 0.0f;
-    for (int64_t g = 0; g < plan.groups; ++g) {
-      float group_acc = 0.0f;
-      for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
-        const int64_t first = plan.first_quad(b) * kQuad;
-        const int64_t end = first + plan.quads_in(b) * kQuad;
+// One lane: every "vector" is a single row.
+struct Scalar {
+  using F = float;
+  using I = int32_t;
+  using Mask = bool;
+  static constexpr int kLanes = 1;
+  static F zero() { return 0.0f; }
+  static F set1(float v) { return v; }
+  static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
+  static F mul(F a, F b) { return a * b; }
+  static F fmadd(F a, F b, F c) { return std::fma(a, b, c); }
+  static F cvt(I v) { return static_cast<float>(v); }
+  static F load_halves(const Half* p) { return half_to_float(*p); }
+  static void store(float* p, F v) { *p = v; }
+  static Mask eq(F a, F b) { return a == b; }
+  static bool none(Mask m) { return !m; }
+  static F blend(Mask m, F if_false, F if_true) { return m ? if_true : if_false; }
+};
+
+// The int32 dots of one block, a code at a time: Code(tile codes, row, input) reads one.
+template <int (*Code)(const uint8_t*, int, int64_t), int64_t (*Offset)(int64_t)>
+struct Codes {
+  static constexpr int kRows = 1;
+  static int64_t code_offset(int64_t q0) { return Offset(q0); }
+  template <int Rows>
+  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32_t dots[][kTileRows]) {
+    for (int m = 0; m < Rows; ++m)
+      for (int row = 0; row < kTileRows; ++row) {
         int32_t dot = 0;
-        for (int64_t i = first; i < end; ++i) {
-          const Dot4Address at = dot4_address(row, i);
-          dot += ((job.codes[at.byte] >> at.shift) & 0xF) * act.x[i];
-        }
-        group_acc = std::fma(static_cast<float>(dot), 2.0f * act.steps[b], group_acc);
+        for (int64_t i = 0; i < int64_t{quads} * kQuad; ++i) dot += Code(codes, row, i) * x[m][i];
+        dots[m][row] = dot;
       }
-      group_acc += act.base_acc[g];  // the -15 sum(x) part of the plane sum (dot4.h)
-      const int64_t at = g * kTileRows + row;
-      const float s = half_to_float(job.scales[at]);
-      const float z = job.zero_points ? half_to_float(job.zero_points[at]) : 0.0f;
-      const GroupAffine aff = group_affine(f, s, z);
-      const float sum = act.group_sums[g];
-      if (has_base_code(f) && group_acc == act.base_acc[g]) {
-        y += s * (static_cast<float>(base_code(f)) - z) * sum;  // exact (kernel.h, base_code)
-      } else {
-        y += aff.sc * group_acc + aff.off * sum;
-      }
-    }
-    out[row] = y;
   }
+};
+
+int nibble4_code(const uint8_t* codes, int row, int64_t input) {
+  const Dot4Address at = dot4_address(row, input);
+  return (codes[at.byte] >> at.shift) & 0xF;
 }
 
-void tile_dot(const Dot4Job& job) {
-  for (int m = 0; m < job.rows; ++m) tile_dot_one(job, job.acts[m], job.out[m]);
+int dot3_code(const uint8_t* codes, int row, int64_t input) {
+  int code = 0;
+  for (int e = 0; e < 3; ++e) {
+    const Dot3Bit at = dot3_bit(row, input, e);
+    code |= ((codes[at.byte] >> at.bit) & 1) << e;
+  }
+  return code;
 }
 
 }  // namespace
 
 const Dot4Kernel& reference_dot4_kernel() {
-  static const Dot4Kernel kernel{"reference", round_block, tile_dot};
+  static const Dot4Kernel kernel{"reference", round_block,
+                                 dot4::tile_dot_rows<Scalar, Codes<nibble4_code, dot4::nibble4_offset>>,
+                                 dot4::tile_dot_rows<Scalar, Codes<dot3_code, dot4::dot3_offset>>};
   return kernel;
 }
 

@@ -21,6 +21,21 @@ void pack_nibbles(const uint8_t* codes, int64_t n, int64_t k, uint8_t* out) {
   }
 }
 
+// 3 bits: pair values in quartets for the dot kernels (dot4.h, dot3_bit).
+void pack_triples(const uint8_t* codes, int64_t n, int64_t k, uint8_t* out) {
+  const WeightFormat f{n, k, 3, false, true, k};
+  const int64_t tile_bytes = dot_tile_bytes(f);
+  for (int64_t r = 0; r < n; ++r) {
+    uint8_t* tile = out + r / kTileRows * tile_bytes;
+    const int row = static_cast<int>(r % kTileRows);
+    for (int64_t col = 0; col < k; ++col)
+      for (int e = 0; e < 3; ++e) {
+        const Dot3Bit at = dot3_bit(row, col, e);
+        tile[at.byte] |= static_cast<uint8_t>(((codes[r * k + col] >> e) & 1) << at.bit);
+      }
+  }
+}
+
 }  // namespace
 
 void pack_codes(const uint8_t* codes, int64_t n, int64_t k, int bits, uint8_t* out) {
@@ -32,6 +47,7 @@ void pack_codes(const uint8_t* codes, int64_t n, int64_t k, int bits, uint8_t* o
   f.bits = bits;
   std::memset(out, 0, static_cast<size_t>(packed_bytes(f)));
   if (bits == 4) return pack_nibbles(codes, n, k, out);
+  if (bits == 3) return pack_triples(codes, n, k, out);
   for (int64_t r = 0; r < n; ++r) {
     const int64_t tile = r / kTileRows;
     const int row = static_cast<int>(r % kTileRows);

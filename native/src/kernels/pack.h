@@ -7,10 +7,13 @@
 
 namespace edgepet {
 
-// Name recorded in the LutMatMul `layout` attribute: tile32 bit-plane indices for 1-3 bits
-// and ternary, nibble codes for 4 bits (dot4.h). Plain "tile32" (ABI 2) stored 4 bits as
-// bit-planes too; the op refuses it.
-constexpr const char* kLayoutName = "tile32-nibble4";
+// Name recorded in the LutMatMul `layout` attribute: tile32 bit-plane indices for 1-2 bits
+// and ternary, nibble codes for 4 bits and pair values in quartets for 3 bits (dot4.h).
+// Op ABI 3's "tile32-nibble4" stored 3 bits as bit-planes; its other widths are these, so
+// the op still reads an ABI-3 model without 3-bit weights (kAbi3LayoutName). Plain
+// "tile32" (ABI 2) stored 4 bits as bit-planes too; the op refuses it.
+constexpr const char* kLayoutName = "tile32-dot3";
+constexpr const char* kAbi3LayoutName = "tile32-nibble4";
 
 // Where the 4-bit table index of (row in tile, plane, quad) sits inside the bytes
 // of its pair of quads (32 * bits of them).
@@ -52,7 +55,8 @@ inline int packed_index(const uint8_t* pair_codes, int bits, int row, int plane,
 }
 
 // codes: [n][k] row-major, each < 2^bits. out: packed_bytes() bytes. 4-bit codes are
-// written as nibbles (dot4.h), the other widths as bit-plane indices (above).
+// written as nibbles, 3-bit as quartets (dot4.h), the other widths as bit-plane indices
+// (above).
 void pack_codes(const uint8_t* codes, int64_t n, int64_t k, int bits, uint8_t* out);
 
 }  // namespace edgepet

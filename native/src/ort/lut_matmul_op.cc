@@ -169,10 +169,16 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   k->format.symmetric = symmetric != 0 || k->format.ternary;
   const std::string bad = check_format(k->format);
   if (!bad.empty()) return fail(api, k->where() + bad);
-  if (layout != kLayoutName) {
-    // ABI 2's "tile32" stored 4-bit codes as bit-planes, which this library's 4-bit
-    // kernels would misread: refused like every other layout, and said so.
-    const std::string old = layout == "tile32" ? " (LutMatMul ABI 2; 4-bit codes were bit-planes)" : "";
+  // ABI 3's layout differs from this one only at 3 bits (pack.h): its other widths read
+  // as they are.
+  const bool abi3_as_is = layout == kAbi3LayoutName && !(k->format.bits == 3 && !k->format.ternary);
+  if (layout != kLayoutName && !abi3_as_is) {
+    // ABI 2's "tile32" stored 4-bit codes as bit-planes, ABI 3's "tile32-nibble4" 3-bit
+    // codes, which this library's dot kernels would misread: refused, and said so.
+    const std::string old =
+        layout == "tile32"           ? " (LutMatMul ABI 2; 4-bit codes were bit-planes)"
+        : layout == kAbi3LayoutName ? " (LutMatMul ABI 3; 3-bit codes were bit-planes)"
+                                    : "";
     return fail(api, k->where() + "layout '" + layout + "'" + old +
                          " is not known to this library (it reads '" + kLayoutName + "', ABI " +
                          std::to_string(EDGEPET_OP_ABI_VERSION) +
