@@ -5,9 +5,9 @@ tiny, subnormal and huge activations, and all-zero and constant weight groups, a
 fuzz test mixes them over random shapes and formats. The error model checked is the
 documented one: per output, ``|y - x @ dequantize().T|`` is at most
 ``sum_groups s * (2^b - 1) * sum_blocks step * quads`` (``step`` = the block's largest
-quad magnitude / 127) plus float rounding for the LUT path (1-3 bits, ternary), and
-``sum_groups s * 15 * sum_blocks step_a * inputs`` (``step_a`` = the block's largest
-activation magnitude / 127) for the 4-bit dot path; a row holding a NaN or an infinity
+quad magnitude / 127) plus float rounding for the LUT path (1-2 bits, ternary), and
+``sum_groups s * (2^b - 1) * sum_blocks step_a * inputs`` (``step_a`` = the block's largest
+activation magnitude / 127) for the 3- and 4-bit dot path; a row holding a NaN or an infinity
 gives NaN in every output, and every other row is unaffected.
 """
 
@@ -43,9 +43,9 @@ def lut_error_bound(x: np.ndarray, qt) -> np.ndarray:
     quad_mags = np.abs(padded).reshape(m, -1, 4).sum(axis=2)  # [M, quads]
     block = table_block(k, qt.group_size)
     levels = (1 << qt.storage_bits) - 1
-    if qt.storage_bits == 4 and qt.bits != "ternary":
+    if qt.storage_bits in (3, 4) and qt.bits != "ternary":
         # The dot path: every quad stands for 4 inputs of its block's activation step, so
-        # the loop below sums s * 15 * step_a * inputs.
+        # the loop below sums s * (2^b - 1) * step_a * inputs.
         for b0 in range(0, k8, block):
             top = np.abs(padded[:, b0:b0 + block]).max(axis=1, keepdims=True)
             quad_mags[:, b0 // 4:(b0 + block) // 4] = 4 * top
@@ -218,3 +218,21 @@ def test_every_kernel_gives_the_same_result_on_unusual_inputs(bits, symmetric):
         assert np.isnan(y[2]).all()
         np.testing.assert_allclose(y[row], ref[row], rtol=1e-5,
                                    atol=1e-5 * float(np.abs(ref[row]).max()))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group", [32, 64, 128, "per-row"])
+@pytest.mark.parametrize("m", [1, 32])
+def test_3bit_dot_path_matches_exact_product_and_reference_on_every_kernel(m, group, symmetric):
+    """3-bit codes (quartets of pair values, op ABI 4): K odd, below a quad, a quad pair
+    short of a quartet, not a multiple of the group; every kernel within the dot path's
+    error model and with the reference to float rounding."""
+    rng = np.random.default_rng(hash((m, str(group), symmetric)) % 2**32)
+    for k in (1, 7, 24, 129, 200):
+        qt = quantize(_weights(rng, 45, k), 3, group, symmetric)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        ref = kernels.lut_matmul(x, qt, kernel="reference")
+        for kernel in KERNELS:
+            y = kernels.lut_matmul(x, qt, kernel=kernel)
+            check_against_model(y, x, qt, f"3-bit {kernel} m={m} k={k} group={group}")
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

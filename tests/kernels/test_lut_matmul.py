@@ -128,6 +128,12 @@ def test_packed_size_is_half_a_byte_per_plane_per_weight_in_whole_tiles():
     assert kernels.pack(qt).shape == (2 * 4 * 16 * 3,)
 
 
+def test_3bit_codes_pack_in_quartets_of_192_bytes_per_tile():
+    """3 bits, op ABI 4: K padded to 16, three 64-byte vectors per tile and 16 inputs."""
+    qt = quantize(np.ones((33, 20), np.float32), 3, "per-row")
+    assert kernels.pack(qt).shape == (2 * 2 * 192,)
+
+
 def test_wrong_input_width_is_a_clear_error():
     qt = quantize(np.ones((8, 64), np.float32), 2, 32)
     with pytest.raises(ValueError, match="last dimension must be K=64"):

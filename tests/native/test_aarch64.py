@@ -51,10 +51,11 @@ def test_neon_kernel_and_op_library_on_aarch64(tmp_path, aarch64_tools, ort_head
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_neon_dot_product_build_of_the_4bit_kernel_on_aarch64(tmp_path, aarch64_tools,
-                                                              ort_headers, aarch64_run):
-    """Built for a CPU with the dot-product extension (sdot, e.g. Cortex-A76), the 4-bit
-    kernel takes vdotq_s32 instead of widening multiplies; qemu runs both."""
+def test_neon_dot_product_build_of_the_3_and_4bit_kernel_on_aarch64(tmp_path, aarch64_tools,
+                                                                    ort_headers, aarch64_run):
+    """Built for a CPU with the dot-product extension (sdot, e.g. Cortex-A76), the 3- and
+    4-bit kernel takes vdotq_s32 instead of widening multiplies; qemu runs both (the C++
+    tests cover both widths' shapes against the reference)."""
     build = tmp_path / "build"
     _cross_build(build, ort_headers, "-DCMAKE_CXX_FLAGS=-march=armv8.2-a+dotprod",
                  target="test_kernels")

@@ -72,6 +72,26 @@ def test_damaged_bundle_is_a_clear_error(bundle_copy, damage, expected):
         Bundle.open(bundle_copy)
 
 
+def _as_abi3(manifest):
+    manifest["operator"].update(abi_version=3, layout="tile32-nibble4")
+
+
+def test_abi3_bundle_without_3bit_weights_still_loads_and_runs(bundle_copy):
+    """ABI 4 changed the 3-bit layout alone: a 4-bit bundle of ABI 3 loads and runs."""
+    _edit_manifest(bundle_copy, _as_abi3)
+    bundle = Bundle.open(bundle_copy)
+    assert all(r.ok for r in bundle.verify())
+
+
+def test_abi3_bundle_with_3bit_weights_is_refused_naming_layers(bundles, tmp_path):
+    copy = tmp_path / "bundle3"
+    shutil.copytree(bundles.example("mlp", 3).path, copy)
+    _edit_manifest(copy, _as_abi3)
+    with pytest.raises(BundleError, match=r"made for LutMatMul ABI 3, whose 3-bit weights "
+                                          r"\(fc1, .*another layout — export the model again"):
+        Bundle.open(copy)
+
+
 def test_large_models_keep_weights_as_external_data(tmp_path):
     bundle = export("example:mlp", tmp_path / "b", target="x86-avx2",
                     external_data_threshold=0)
