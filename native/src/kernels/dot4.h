@@ -44,9 +44,7 @@ namespace edgepet {
 
 // Bytes of one tile's 4-bit codes for one quad of 4 inputs.
 constexpr int kDot4QuadBytes = 64;
-// 3 bits: quads per quartet and bytes of one tile's codes for one quartet.
-constexpr int kDot3Quads = 4;
-constexpr int kDot3QuartetBytes = 192;
+// 3 bits: kDot3Quads per quartet, kDot3QuartetBytes per tile and quartet (kernel.h).
 // Activation rows one tile call reads against the same codes (prefill shares the
 // unpacked codes between them).
 constexpr int kDot4MaxRows = 4;

@@ -1,8 +1,11 @@
 // 3- and 4-bit dot kernel, AVX-512 VNNI (dot4.h): a 64-byte vector is a quad of 4 inputs
 // for all 32 rows; the low fields (rows 0..15) and the whole pair values each meet the 4
 // activations broadcast to every lane in one vpdpbusd, and the high fields' sums (rows
-// 16..31) follow from the difference. Up to 4 activation rows share each code vector
-// (prefill). Sums, steps and the epilogue stay in 16-lane vectors throughout.
+// 16..31) follow from the difference. Two activation rows share each code vector
+// (prefill): with four, the driver's accumulators spilled, and M=32 576 x 576 took
+// 0.0837 ms at 4 bits and 0.105 ms at 3 bits against 0.0714 and 0.0818 with two
+// (native/bench_kernels, docs/operator.md). Sums, steps and the epilogue stay in 16-lane
+// vectors throughout.
 #include <immintrin.h>
 
 #include <cstring>
@@ -80,7 +83,7 @@ __attribute__((always_inline)) inline void quad(const uint8_t* c, const int8_t* 
 
 // 4 bits: one load is a quad of all 32 rows.
 struct Nibbles {
-  static constexpr int kRows = 4;
+  static constexpr int kRows = 2;  // activation rows per pass (top of file)
   static int64_t code_offset(int64_t q0) { return dot4::nibble4_offset(q0); }
 
   template <int Rows>
@@ -118,7 +121,7 @@ struct Nibbles {
 // low 6 bits of V0..V2; quad 3's pair values are gathered from their top 2 bits into bits
 // 2..7 of one vector (two shifts, two bit-selects), i.e. 4 x the pair value, summed apart.
 struct Triples {
-  static constexpr int kRows = 4;
+  static constexpr int kRows = 2;  // activation rows per pass (top of file)
   static int64_t code_offset(int64_t q0) { return dot4::dot3_offset(q0); }
 
   template <int Rows>

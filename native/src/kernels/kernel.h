@@ -80,9 +80,13 @@ struct BlockPlan {
 };
 // Bytes of one tile's codes for one pair of quads: 32 rows x 8 inputs x bits / 8.
 constexpr int64_t pair_stride(int bits) { return 32 * bits; }
+// 3 bits (op ABI 4): quartets of 4 quads, 16 inputs and 192 bytes per tile (dot4.h).
+constexpr int kDot3Quads = 4;
+constexpr int kDot3QuartetBytes = 192;
 inline int64_t packed_bytes(const WeightFormat& f) {
-  // 3 bits (op ABI 4): quartets of 4 quads, 192 bytes per tile (dot4.h), K padded to 16.
-  if (f.bits == 3 && !f.ternary) return num_tiles(f.n) * ceil_div(f.k, 16) * 192;
+  if (f.bits == 3 && !f.ternary) {
+    return num_tiles(f.n) * ceil_div(f.k, kDot3Quads * kQuad) * kDot3QuartetBytes;
+  }
   return num_tiles(f.n) * num_quads(f.k) / 2 * pair_stride(f.bits);
 }
 // Scales and zero points are tile-major, [tiles][groups][32] (rows past N are zero): one
