@@ -12,6 +12,7 @@
 #include "kernels/dot4.h"
 #include "kernels/gemm.h"
 #include "kernels/pack.h"
+#include "thread_pool.h"
 
 using namespace edgepet;
 
@@ -104,7 +105,8 @@ Problem make(const Case& c, std::mt19937& rng) {
   return p;
 }
 
-std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m) {
+std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m,
+                       const Parallel& parallel = Serial()) {
   std::vector<float> y(m * p.f.n);
   GemmArgs args;
   args.format = p.f;
@@ -115,7 +117,7 @@ std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m) {
   args.zero_points = p.zeros.empty() ? nullptr : p.half_zeros.data();
   args.bias = p.bias.data();
   args.y = y.data();
-  lut_gemm(kernel, args, Serial());
+  lut_gemm(kernel, args, parallel);
   return y;
 }
 
@@ -474,6 +476,39 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
   return checked;
 }
 
+// Products large enough for threads (estimated_ns >= kParallelMinNs) give the same bits on
+// 1 to 4 pool threads as on the calling thread alone: M = 1 (tables built in chunks by
+// whichever threads come first), M = 3 and 32; K with a short last group and quad pair,
+// groups of 32 (several per table chunk) to K; N with a short last tile; 4-bit included.
+int check_threads_identical(std::mt19937& rng) {
+  int checked = 0;
+  const int64_t shapes[][3] = {{1, 333, 1000}, {1, 70, 4104}, {3, 333, 1000}, {32, 96, 520}};
+  for (auto& s : shapes)
+    for (int bits = 1; bits <= 4; ++bits)
+      for (int variant = 0; variant < 3; ++variant) {
+        if (variant == 2 && bits != 2) continue;  // ternary
+        for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, s[2]}) {
+          Case c{s[0], s[1], s[2], bits, variant == 2, variant != 1, group};
+          const Problem p = make(c, rng);
+          if (estimated_ns(p.f, c.m) < kParallelMinNs) {
+            ++failures;
+            std::printf("FAIL threads test shape too small for the pool: n=%lld k=%lld\n",
+                        (long long)c.n, (long long)c.k);
+          }
+          for (const Kernel* kernel : available_kernels()) {
+            const auto serial = run(*kernel, p, c.m);
+            for (int threads = 1; threads <= 4; ++threads) {
+              const bool same = run(*kernel, p, c.m, ThreadPool::shared(threads)) == serial;
+              expect(same, (std::string(kernel->name) + ": threads " + std::to_string(threads) +
+                            " vs the calling thread").c_str(), c, same ? 0.0 : 1.0);
+              ++checked;
+            }
+          }
+        }
+      }
+  return checked;
+}
+
 }  // namespace
 
 int main() {
@@ -517,6 +552,7 @@ int main() {
   cases += check_dot4_layout(rng);
   cases += check_dot4_quantization_identical(rng);
   cases += check_dot4_shapes(vector_kernels, rng);
+  cases += check_threads_identical(rng);
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

@@ -57,6 +57,18 @@ struct Operands {
 // wrong, naming the operand: the one check both callers use.
 std::string check_operands(const WeightFormat& f, const Operands& operands);
 
+// Single-thread nanoseconds a product of this format and row count is expected to take:
+// per 1000 weights and activation row, as measured on one Zen 4 core at M = 1 (tables or
+// activation quantization included; docs/operator.md "Per-call cost and threads").
+double estimated_ns(const WeightFormat& f, int64_t m);
+
+// Below this estimate a product runs on the calling thread whatever Parallel it is given:
+// waking a pool worker and waiting for it at the end costs ~0.7 us through ONNX Runtime's
+// pool, more than the second core saves on less work (docs/operator.md).
+constexpr double kParallelMinNs = 2000.0;
+
+// Y = A . dequant(W)^T (+ bias); 4-bit non-ternary formats go to dot4_gemm. The output
+// does not depend on the Parallel given or on how many threads it runs.
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 
 // Per-call working memory of the product drivers (lut_gemm, dot4_gemm): kept per calling

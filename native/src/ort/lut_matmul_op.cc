@@ -24,12 +24,6 @@ enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
 // refuses such a model instead (edgepet/runtime/bundle.py, docs/operator.md).
 constexpr int kOpVersion = 1;
 
-// Below this many weight bits a product is a few microseconds of work, less than
-// handing it to ORT's thread pool and waiting costs. Measured at 2 threads on a 2-core
-// Zen 4 (docs/operator.md "Threads"): 576 x 192 at 2 bits (221k) lost 10 % in the pool,
-// 576 x 576 (663k) gained 9 % and 576 x 1536 (1.8M) 35 %.
-constexpr int64_t kParallelMinWeightBits = int64_t{1} << 19;
-
 struct LutMatMulKernel {
   const OrtApi* api;
   std::string node;
@@ -245,14 +239,8 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   args.zero_points = f.symmetric ? nullptr : static_cast<const Half*>(in[kZeroPoints].data);
   args.bias = in[kBias].present ? static_cast<const float*>(in[kBias].data) : nullptr;
   args.y = y;
-  // In floating point: M * N * K * bits may exceed int64 for a large batch.
-  const double weight_bits = static_cast<double>(args.m) * static_cast<double>(f.n) *
-                             static_cast<double>(f.k) * f.bits;
-  if (weight_bits < static_cast<double>(kParallelMinWeightBits)) {
-    lut_gemm(*k.kernel, args, Serial());
-  } else {
-    lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
-  }
+  // A product too small for two threads runs on this one (lut_gemm decides by work size).
+  lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
   return nullptr;
 }
 
