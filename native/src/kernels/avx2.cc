@@ -95,17 +95,19 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
 
 // Sums of one block (an even number of quads, at most 16) for the tile's 32 rows
 // against Rows activation rows, as int16: acc_a[m] holds rows 0..15, acc_b[m] 16..31.
-// The codes are loaded and unpacked once for all activation rows.
+// The codes are loaded and unpacked once for all activation rows. 1 to 3 bits: at most
+// one pair stream (planes 0 and 1), then the single-plane stream of odd widths.
 template <int Bits, int Rows>
 __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
                                                         const int8_t* const* tables_in,
                                                         int quads, __m256i* acc_a,
                                                         __m256i* acc_b) {
+  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
   constexpr int kTop = Bits - 1;
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i pair_weights[2] = {_mm256_set1_epi16(0x0201), _mm256_set1_epi16(0x0804)};
+  const __m256i pair_weights = _mm256_set1_epi16(0x0201);  // planes 0 and 1
   const __m256i single_weights = _mm256_set1_epi8(static_cast<char>(1 << kTop));
   const __m256i odd_bytes = _mm256_set1_epi16(static_cast<int16_t>(0xFF00));
   const int8_t* tables[Rows];
@@ -123,18 +125,18 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
         table[p][m] = _mm256_broadcastsi128_si256(_mm_loadu_si128(
             reinterpret_cast<const __m128i*>(tables[m] + (q + p) * kTableSize)));
       }
-      for (int s = 0; s < kPairs; ++s) {
+      if (kPairs == 1) {
         const __m256i x = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(codes + pair_stream_offset(Bits, p, s)));
+            reinterpret_cast<const __m256i*>(codes + pair_stream_offset(Bits, p, 0)));
         const __m256i lo = _mm256_and_si256(x, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
         for (int m = 0; m < Rows; ++m) {
           acc_a[m] = _mm256_add_epi16(
               acc_a[m],
-              _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p][m], lo)));
+              _mm256_maddubs_epi16(pair_weights, _mm256_shuffle_epi8(table[p][m], lo)));
           acc_b[m] = _mm256_add_epi16(
               acc_b[m],
-              _mm256_maddubs_epi16(pair_weights[s], _mm256_shuffle_epi8(table[p][m], hi)));
+              _mm256_maddubs_epi16(pair_weights, _mm256_shuffle_epi8(table[p][m], hi)));
         }
       }
     }

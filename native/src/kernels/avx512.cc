@@ -1,8 +1,9 @@
 // AVX-512 kernel (AVX512F + AVX512BW; GFNI where the CPU has it): the AVX2 method on
 // 64-byte vectors. The tile32 layout puts a quad pair's streams next to each other, so
-// one 64-byte load covers two quads of a 2-bit tile (or both pair streams of a 4-bit
-// quad); each 128-bit lane looks up in its own quad's table. Tables are the AVX2
-// kernel's (bit-identical to the reference); the float epilogue is shared (x86_tile.h).
+// one 64-byte load covers two quads of a 2-bit tile; each 128-bit lane looks up in its
+// own quad's table. Tables are the AVX2 kernel's (bit-identical to the reference); the
+// float epilogue is shared (x86_tile.h). 1 to 3 bits and ternary: 4-bit formats use the
+// dot kernels (dot4.h).
 #include <immintrin.h>
 
 #include "kernels/kernel.h"
@@ -47,15 +48,13 @@ inline __m512i join(const uint8_t* lo, const uint8_t* hi) {
 // and accumulators at every width).
 template <int Bits, int Rows, bool Gfni>
 struct Block512 {
+  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
   static constexpr int kPairs = Bits / 2;
   static constexpr bool kSingle = Bits & 1;
   static constexpr int kTop = Bits - 1;
   static constexpr int kStride = static_cast<int>(pair_stride(Bits));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
-  // 2-bit and 3-bit: [1, 2] everywhere; 4-bit: planes (0,1) in lanes 0-1, (2,3) in 2-3.
-  const __m512i pair_weights =
-      kPairs == 2 ? _mm512_inserti64x4(_mm512_set1_epi16(0x0201), _mm256_set1_epi16(0x0804), 1)
-                  : _mm512_set1_epi16(0x0201);
+  const __m512i pair_weights = _mm512_set1_epi16(0x0201);  // planes 0 and 1
   const __m512i single_weights = _mm512_set1_epi8(static_cast<char>(1 << kTop));
   static constexpr __mmask64 kOddBytes = 0xAAAAAAAAAAAAAAAAull;
   __m512i acc_a[Rows];
@@ -100,14 +99,6 @@ struct Block512 {
             _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t[m]))));
       }
       add_pairs(load(c + pair_stream_offset(Bits, 0, 0)), table);
-    } else if (kPairs == 2) {
-      for (int p = 0; p < 2; ++p) {
-        for (int m = 0; m < Rows; ++m) {
-          table[m] = _mm512_broadcast_i32x4(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t[m] + p * kTableSize)));
-        }
-        add_pairs(load(c + pair_stream_offset(Bits, p, 0)), table);
-      }
     }
   }
 

@@ -42,20 +42,20 @@ namespace {
 // kernel's only gain over AVX2 is fewer instructions, and that does not pay at every
 // width: measured on a 2-core AMD EPYC Zen 4 (native/bench_kernels and
 // benchmarks/kernels.py, 4096 x 4096, docs/operator.md), AVX2 is faster for 1-bit and
-// 3-bit GEMV and AVX-512 for 2-bit, 4-bit and ternary, and for every width once two
+// 3-bit GEMV and AVX-512 for 2-bit and ternary, and for every width once two
 // activation rows share the unpacked codes (prefill). Both read the same tables and
-// give the same sums, so the choice is per call. Slot 0 is ternary.
+// give the same sums, so the choice is per call. Slot 0 is ternary; 4-bit formats never
+// reach a LUT kernel (lut_gemm hands them to dot4_gemm).
 struct PerBits {
-  const Kernel* one_row[5];
-  const Kernel* two_rows[5];
+  const Kernel* one_row[4];
+  const Kernel* two_rows[4];
 };
 
 const PerBits& zen4_choice() {
   static const PerBits choice = [] {
     const Kernel* avx2 = avx2_kernel();
     const Kernel* avx512 = avx512_kernel();
-    return PerBits{{avx512, avx2, avx512, avx2, avx512},
-                   {avx512, avx512, avx512, avx512, avx512}};
+    return PerBits{{avx512, avx2, avx512, avx2}, {avx512, avx512, avx512, avx512}};
   }();
   return choice;
 }

@@ -17,7 +17,7 @@ constexpr int kTileRows = 32;      // output rows per packed tile
 constexpr int kQuad = 4;           // activations per table
 constexpr int kTableSize = 16;     // entries per table (2^kQuad)
 // Inputs sharing one table scale: 64, or 32 where groups are 32 wide (blocks
-// must nest in groups). 16 quads of 4-bit sums still fit int16 (16 * 15 * 127).
+// must nest in groups). 16 quads of 3-bit sums fit int16 with room (16 * 7 * 127).
 constexpr int kMaxBlockK = 64;
 constexpr int kMinBlockK = 32;
 constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;

@@ -74,6 +74,7 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
 template <int Bits>
 inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
                          int16x8_t acc[2][4]) {
+  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
   constexpr int kSingleClass = (Bits - 1) / 2;
@@ -182,12 +183,12 @@ void tile_dot_bits(const TileJob& job) {
   for (int m = 0; m < job.rows; ++m) tile_dot_one<Bits>(job, job.tables[m], job.out[m]);
 }
 
+// 1 to 3 bits and ternary: lut_gemm hands 4-bit formats to dot4_gemm (dot4.h).
 void tile_dot(const TileJob& job) {
   switch (job.format.bits) {
     case 1: return tile_dot_bits<1>(job);
     case 2: return tile_dot_bits<2>(job);
-    case 3: return tile_dot_bits<3>(job);
-    default: return tile_dot_bits<4>(job);
+    default: return tile_dot_bits<3>(job);
   }
 }
 

@@ -128,13 +128,13 @@ void tile_dot_bits(const TileJob& job) {
   }
 }
 
+// 1 to 3 bits and ternary: lut_gemm hands 4-bit formats to dot4_gemm (dot4.h).
 template <class Sums>
 void tile_dot_any(const TileJob& job) {
   switch (job.format.bits) {
     case 1: return tile_dot_bits<Sums, 1>(job);
     case 2: return tile_dot_bits<Sums, 2>(job);
-    case 3: return tile_dot_bits<Sums, 3>(job);
-    default: return tile_dot_bits<Sums, 4>(job);
+    default: return tile_dot_bits<Sums, 3>(job);
   }
 }
 
