@@ -209,6 +209,22 @@ def test_products_large_enough_for_threads_equal_the_native_module(threads):
                                    rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("bits,symmetric", [(1, True), (2, False), (3, True), (4, False),
+                                            ("ternary", True)])
+def test_thread_count_does_not_change_the_session_result(bits, symmetric):
+    # M=1: the pool's threads build the tables in chunks; M=32: rows, then tiles. K=1000
+    # ends with a short group of 32, N=333 with a short tile.
+    rng = np.random.default_rng(11)
+    qt = quantize(rng.standard_normal((333, 1000), dtype=np.float32), bits, 32, symmetric)
+    model = linear_model(qt)
+    xs = [rng.standard_normal((m, 1000), dtype=np.float32) for m in (1, 32)]
+    got = {threads: [runtime.InferenceSession(model, threads=threads).run(None, {"x": x})[0]
+                     for x in xs] for threads in (1, 2, 4)}
+    for threads in (2, 4):
+        for one, many in zip(got[1], got[threads], strict=True):
+            np.testing.assert_array_equal(one, many)
+
+
 def test_unsupported_bits_names_node():
     msg = _error(_broken(lambda node, *_: _set_attr(node, "bits", 5)), X)
     assert "'layers.3.mlp.up'" in msg and "bits=5 is not supported" in msg
