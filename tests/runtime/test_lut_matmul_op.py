@@ -213,9 +213,10 @@ def test_products_large_enough_for_threads_equal_the_native_module(threads):
                                             ("ternary", True)])
 def test_thread_count_does_not_change_the_session_result(bits, symmetric):
     # M=1: the pool's threads build the tables in chunks; M=32: rows, then tiles. K=1000
-    # ends with a short group of 32, N=333 with a short tile.
+    # ends with a short group of 32, N=400 with a short tile; every width is large enough
+    # for the pool (gemm.h, estimated_ns).
     rng = np.random.default_rng(11)
-    qt = quantize(rng.standard_normal((333, 1000), dtype=np.float32), bits, 32, symmetric)
+    qt = quantize(rng.standard_normal((400, 1000), dtype=np.float32), bits, 32, symmetric)
     model = linear_model(qt)
     xs = [rng.standard_normal((m, 1000), dtype=np.float32) for m in (1, 32)]
     got = {threads: [runtime.InferenceSession(model, threads=threads).run(None, {"x": x})[0]

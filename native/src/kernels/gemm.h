@@ -64,8 +64,8 @@ double estimated_ns(const WeightFormat& f, int64_t m);
 
 // Below this estimate a product runs on the calling thread whatever Parallel it is given:
 // waking a pool worker and waiting for it at the end costs ~0.7 us through ONNX Runtime's
-// pool, more than the second core saves on less work (docs/operator.md).
-constexpr double kParallelMinNs = 2000.0;
+// pool, as much as the second core saves on this much work (docs/operator.md).
+constexpr double kParallelMinNs = 2500.0;
 
 // Y = A . dequant(W)^T (+ bias); 4-bit non-ternary formats go to dot4_gemm. The output
 // does not depend on the Parallel given or on how many threads it runs.
