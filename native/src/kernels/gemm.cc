@@ -240,15 +240,16 @@ void run_tile_one_row(void* ctx, int64_t tile) {
 }  // namespace
 
 double estimated_ns(const WeightFormat& f, int64_t m) {
-  // bench_kernels 1 576 1536 64 (avx512+avx2) on a 2-core AMD EPYC Zen 4: 6.1, 7.7, 11.5,
-  // 8.5 and 8.8 us for 1, 2, 3, 4 bits and ternary (885 k weights), rounded up.
+  // bench_kernels 1 576 1536 64 (avx512+avx2) on a 2-core AMD EPYC Zen 4: 6.1, 7.7, 8.5
+  // and 8.8 us for 1, 2, 4 bits and ternary (885 k weights), rounded up; 3 bits on the dot
+  // path (tile32-dot3) 9.3-9.8 us.
   double per_k_weights = 7.0;
   if (f.ternary) {
     per_k_weights = 10.0;
   } else if (f.bits == 2) {
     per_k_weights = 9.0;
   } else if (f.bits == 3) {
-    per_k_weights = 13.0;
+    per_k_weights = 11.0;
   } else if (f.bits == 4) {
     per_k_weights = 10.0;
   }
