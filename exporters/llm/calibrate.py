@@ -208,13 +208,16 @@ def _attention(qkv: np.ndarray, lengths: Sequence[int], ck: Checkpoint, cos: np.
 
 
 def forward(ck: Checkpoint, windows: Sequence[Sequence[int]], weight_for: WeightFor,
-            progress: Callable[[int], None] | None = None) -> np.ndarray:
+            progress: Callable[[int], None] | None = None,
+            residual: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
     """Run the decoder on ``windows`` (each from an empty cache) and return the final
     normed hidden states ``[tokens, hidden]`` (the head's input; the head is
     ``weight_for("lm_head", h)``, its logits are not computed).
 
     Every projection's input is handed to ``weight_for`` before the projection runs, in
-    graph order; the weight it returns is the one applied. ``progress(i)`` after layer i.
+    graph order; the weight it returns is the one applied. ``progress(i)`` after layer i;
+    ``residual(block, x)`` with the residual stream ``x`` right after each block added its
+    output (``block``: ``layers.i.attn`` or ``layers.i.mlp``).
     """
     c = ck.config
     lengths = [len(w) for w in windows]
@@ -231,10 +234,14 @@ def forward(ck: Checkpoint, windows: Sequence[Sequence[int]], weight_for: Weight
         h = _rms_norm(x, ck.layer(i, "input_layernorm"), eps)
         att = _attention(project(f"{p}.attn.qkv", h), lengths, ck, cos, sin)
         x = x + project(f"{p}.attn.o", att)
+        if residual is not None:
+            residual(f"{p}.attn", x)
         h = _rms_norm(x, ck.layer(i, "post_attention_layernorm"), eps)
         gate, up = np.split(project(f"{p}.mlp.gate_up", h), 2, axis=-1)
         act = (gate / (1.0 + np.exp(-gate)) * up).astype(np.float32)
         x = x + project(f"{p}.mlp.down", act)
+        if residual is not None:
+            residual(f"{p}.mlp", x)
         if progress is not None:
             progress(i)
     h = _rms_norm(x, ck.weights["model.norm.weight"], eps)

@@ -37,6 +37,7 @@ from edgepet.exporters.llm import adapter as llm_adapter
 from edgepet.exporters.llm import calibrate
 from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
+from edgepet.exporters.llm import plan as llm_plan
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
 from edgepet.exporters.rewrite import dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
@@ -105,6 +106,7 @@ def export_decoder(
     adapters: Mapping[str, Any] | None = None,
     tied_head: str = DEFAULT_TIED_HEAD,
     max_context: int | None = None,
+    max_size: int | None = None,
     overwrite: bool = False,
     op_library: str | os.PathLike[str] | None = None,
     require_native: bool = False,
@@ -144,6 +146,11 @@ def export_decoder(
             codes: the matrix stored once). Untied models refuse "shared".
         max_context: longest prompt + generation the bundle serves (default: the model's
             context length, at most 8192).
+        max_size: bytes the bundle's weights (``sizes.weight_bytes``) may take: each
+            projection gets 2, 3 or 4 bits (at most ``bits``), the least sensitive going
+            down first (:mod:`.plan`); the plan goes into the manifest
+            (``quantization.plan``). BadInputError naming the smallest possible size when
+            it cannot be met. Not with ``layer_bits``.
         overwrite: replace an existing bundle at ``out``.
         op_library, require_native: as for :func:`edgepet.exporters.pipeline.export`: the
             op library and ``edgepet-run`` built for the target's platform travel in the
@@ -164,8 +171,10 @@ def export_decoder(
     policy = _policy(profile, DEFAULT_BITS if bits is None else bits,
                      DEFAULT_GROUP_SIZE if group_size is None else group_size,
                      DEFAULT_SYMMETRIC if symmetric is None else symmetric, keep)
-    quantizer = auto_quantizer(quantizer, policy.bits, calibration, calibration_tokens,
-                               len(adapters or {}))
+    widths = _check_max_size(max_size, bits, layer_bits)
+    requested = quantizer
+    quantizer = auto_quantizer(quantizer, widths[0] if widths else policy.bits, calibration,
+                               calibration_tokens, len(adapters or {}))
     quantize_fn = None if quantizer == "gptq" else _quantizer(quantizer)[1]
     if quantize_fn is None:
         calibrate.check_options(calibration, calibration_tokens)
@@ -182,7 +191,7 @@ def export_decoder(
     with bundle_writer.staged_output(out, overwrite) as stage:
         say(f"reading {source}")
         ck = ckpt.load_checkpoint(source)
-        if layer_bits is None:
+        if layer_bits is None and max_size is None:
             overrides = _with_end_layers(overrides, policy.bits, ck.config.num_layers)
         head = _head_choice(tied_head, ck, table_bits, policy, overrides)
         tasks, adapter_record = llm_adapter.task_checkpoints(ck, adapters)
@@ -197,11 +206,25 @@ def export_decoder(
         tokenizer = _tokenizer(ck)
         names = None if head == "separate" else [
             p.name for p in llm_graph.projections(ck.config) if p.name != "lm_head"]
+        plan = None
+        if max_size is not None:
+            planned = [p.name for p in llm_graph.projections(ck.config)
+                       if (names is None or p.name in names)
+                       and choose_bits(p, policy.bits, policy.keep, {}) is not None]
+            plan = llm_plan.plan_decoder(ck, planned, max_size, widths, policy.group_size,
+                                         policy.symmetric, tokenizer, calibration, context,
+                                         table_dtype, table_bits, head, say)
+            overrides = dict(plan.bits)
+            if requested == "auto" and quantizer == "gptq" and calibration is None \
+                    and calibration_tokens is None and min(overrides.values(), default=4) \
+                    > GPTQ_AUTO_MAX_BITS:
+                quantizer, quantize_fn = "rtn", _quantizer("rtn")[1]  # all 4-bit: rtn
         calibrated = None
         if quantize_fn is None:
             calibrated = _calibrate(ck, policy, overrides, tokenizer, calibration,
                                     calibration_tokens, say, names)
-        say(f"quantizing {ck.config.num_layers} layers to {policy.bits} bits ({quantizer})")
+        widths_said = "the planned widths" if plan else f"{policy.bits} bits"
+        say(f"quantizing {ck.config.num_layers} layers to {widths_said} ({quantizer})")
         weights, records, quantized = _quantize(
             ck, policy, overrides, quantize_fn, say, names,
             prepared=None if calibrated is None else calibrated.tensors)
@@ -235,6 +258,15 @@ def export_decoder(
                              adapter_entries, head)
         if calibrated is not None:
             manifest["quantization"]["calibration"] = calibrated.record
+        if plan is not None:
+            manifest["quantization"]["plan"] = plan.to_manifest()
+            manifest["reference"]["tolerance"]["vs_pytorch"] = TOLERANCE_VS_FP32[
+                min(plan.bits.values(), default=4)]  # the narrowest planned width's
+            if manifest["sizes"]["weight_bytes"] > max_size:
+                raise RuntimeError(
+                    f"the planned weights take {manifest['sizes']['weight_bytes']} bytes, "
+                    f"over --max-size {max_size} (the plan counted {plan.weight_bytes}) — "
+                    "an edgepet bug; please report it with the model")
         say("verifying the bundle against its dequantized graph")
         # The files were just written and hashed into the file table: verify the
         # in-memory bundle instead of reading and hashing them all again.
@@ -255,7 +287,7 @@ def export_decoder(
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
 _DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
                     "adapters", "overwrite", "progress", "op_library", "require_native",
-                    "tied_head", "calibration", "calibration_tokens")
+                    "tied_head", "calibration", "calibration_tokens", "max_size")
 #: Options that mean nothing for a decoder and are ignored.
 _IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
 #: Flag names of options whose key does not spell the flag.
@@ -287,6 +319,11 @@ def _export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLik
                             ) -> bundle_io.Bundle:
     given = [_FLAGS.get(key, "--" + key.replace("_", "-")) for key, value in options.items()
              if key not in _DECODER_OPTIONS and key not in _IGNORED_OPTIONS and value]
+    if options.get("budget_error") is not None:
+        raise BadInputError("--budget-error does not plan decoders: their per-projection "
+                            "estimate ranks projections but is no output error a budget "
+                            "could be set in — use --max-size SIZE (e.g. 105MB) for a "
+                            "per-projection plan under a size bound")
     if given:
         raise BadInputError(f"decoder checkpoints (GGUF / Hugging Face folder) take no "
                             f"{', '.join(given)}")
@@ -325,6 +362,19 @@ def _quantize_embedding(model: onnx.ModelProto, bits: int | None, say: Progress
         say(f"  embedding table [{t.rows}, {t.dim}] -> {t.bits}-bit codes, "
             f"{t.stored_bytes / 1e6:.1f} MB (float32: {t.float_bytes / 1e6:.1f} MB)")
     return tables
+
+
+def _check_max_size(max_size: int | None, bits: Bits | None,
+                    layer_bits: Mapping[str, Bits] | None) -> tuple[int, ...]:
+    """The widths a ``max_size`` plan chooses among (empty without a plan)."""
+    if max_size is None:
+        return ()
+    if isinstance(max_size, bool) or int(max_size) <= 0:
+        raise BadInputError(f"--max-size {max_size} must be a positive size, e.g. 105MB")
+    if layer_bits is not None:
+        raise BadInputError("max_size chooses every projection's width — give layer_bits "
+                            "or max_size, not both")
+    return llm_plan.widths_up_to(DEFAULT_BITS if bits is None else bits)
 
 
 def _check_layer_bits(layer_bits: Mapping[str, Any]) -> dict[str, Bits]:
