@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,7 @@ def gptq_checkpoint(
     damp: float = DEFAULT_DAMP,
     clip_search: bool = DEFAULT_CLIP_SEARCH,
     progress: Progress | None = None,
+    fixed: Mapping[str, QuantizedTensor] | None = None,
 ) -> CalibratedWeights:
     """GPTQ codes for every projection ``choose`` does not keep in float (or the rounded
     codes, where their calibration error is no larger).
@@ -295,6 +296,8 @@ def gptq_checkpoint(
     ``sequential``: layer after layer on the outputs of the quantized layers before it
     (the default); False: one pass of the float model collects every H first.
     ``clip_search``: group scales from the clipping search (:func:`gptq_quantize`).
+    ``fixed``: projections whose codes are made already (another adapter's calibration):
+    the forward runs their dequantized values and leaves them as they are.
     """
     start = time.perf_counter()
     by_name = {p.name: p for p in llm_graph.projections(ck.config)}
@@ -329,9 +332,13 @@ def gptq_checkpoint(
         return q
 
     def sequential_step(name: str, x: np.ndarray) -> np.ndarray:
+        if fixed is not None and name in fixed:
+            return fixed[name].dequantize()
         return quantize_one(name, hessian(x))
 
     def collect(name: str, x: np.ndarray) -> np.ndarray:
+        if fixed is not None and name in fixed:
+            return fixed[name].dequantize()
         if choose(by_name[name]).bits is not None:
             hessians[name] = hessian(x)
         return by_name[name].weight(ck)

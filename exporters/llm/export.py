@@ -235,8 +235,9 @@ def export_decoder(
         switching = llm_adapter.switchable_projections(tasks)
         if switching:
             say(f"{len(switching)} projections differ between the adapters: switchable")
-        task_weights = _task_weights(tasks, switching, weights, policy, overrides,
-                                     quantize_fn, say)
+        task_weights, task_calibration = _task_weights(
+            tasks, switching, weights, policy, overrides, quantize_fn, say, calibrated,
+            tokenizer, calibration, calibration_tokens, names)
         say("building the decoder graph")
         model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head)
         tables = _quantize_embedding(model, table_bits, say)
@@ -258,6 +259,9 @@ def export_decoder(
                              adapter_entries, head)
         if calibrated is not None:
             manifest["quantization"]["calibration"] = calibrated.record
+            if task_calibration:  # the switchable projections' calibration, per adapter
+                calibrated.record["shared_projections_under"] = next(iter(tasks))
+                calibrated.record["adapters"] = task_calibration
         if plan is not None:
             manifest["quantization"]["plan"] = plan.to_manifest()
             manifest["reference"]["tolerance"]["vs_pytorch"] = TOLERANCE_VS_FP32[
@@ -420,18 +424,13 @@ def auto_quantizer(quantizer: str, bits: Bits, calibration: Any = None,
                    calibration_tokens: int | None = None, adapters: int = 0) -> str:
     """The quantizer a decoder export uses: ``auto`` is gptq at <= 3 bits (ternary and 1
     bit included) or when calibration is given, rtn otherwise; calibration options with rtn
-    or search are refused (they would be ignored), and so is gptq with several adapters
-    (auto: rtn) — their switchable projections would need a calibration of their own."""
+    or search are refused (they would be ignored). Several adapters change nothing: each
+    one's switchable projections are calibrated with its own forward (``adapters`` is
+    kept for callers that pass it)."""
     calibrating = calibration is not None or calibration_tokens is not None
     if quantizer not in ("auto", "rtn", "search", "gptq"):
         raise BadInputError(f"--quantizer {quantizer!r} is unknown — use auto, rtn, search "
                             "or gptq")
-    if quantizer == "gptq" and adapters > 1:
-        raise BadInputError("--quantizer gptq takes one adapter (merged) — the switchable "
-                            "projections of several adapters are not calibrated yet; use "
-                            "--quantizer rtn or export one bundle per adapter")
-    if quantizer == "auto" and adapters > 1:
-        return "rtn"
     if quantizer == "auto":
         low = bits == "ternary" or int(bits) <= GPTQ_AUTO_MAX_BITS
         return "gptq" if low or calibrating else "rtn"
@@ -725,22 +724,70 @@ def _head_manifest(c: ckpt.LlamaConfig, head: str) -> dict[str, Any]:
 def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[str],
                   weights: Mapping[str, llm_graph.Weight], policy: Any,
                   overrides: Mapping[str, Bits],
-                  quantize_fn: Callable[..., QuantizedTensor], say: Progress
-                  ) -> dict[str, dict[str, llm_graph.Weight]]:
+                  quantize_fn: Callable[..., QuantizedTensor] | None, say: Progress,
+                  calibrated: calibrate.CalibratedWeights | None = None,
+                  tokenizer: Any = None, calibration: Any = None,
+                  calibration_tokens: int | None = None,
+                  names: Collection[str] | None = None,
+                  ) -> tuple[dict[str, dict[str, llm_graph.Weight]], dict[str, dict[str, Any]]]:
     """Adapter -> its weights of the switchable projections (the first adapter's are the
-    graph's own; the others are quantized here the same way)."""
+    graph's own; the others are quantized here the same way), and with GPTQ, adapter -> the
+    record of what calibrated its switchable projections.
+
+    GPTQ: the shared projections were calibrated once, under the first adapter — the graph's
+    default, what runs when no adapter is set. Each other adapter's switchable projections
+    are calibrated with that adapter's forward, sequentially as the first's were, on the
+    same text, the shared projections' codes in place (the bundle runs those).
+    """
     if not switching:
-        return {}
+        return {}, {}
     out: dict[str, dict[str, llm_graph.Weight]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    data = None
     for index, (task, task_ck) in enumerate(tasks.items()):
         if index == 0:
             out[task] = {name: weights[name] for name in switching}
+            if calibrated is not None:
+                records[task] = _task_record(calibrated, switching, calibrated.seconds)
             continue
-        say(f"quantizing adapter {task!r}'s {len(switching)} switchable projections")
-        own, _, _ = _quantize(task_ck, policy, overrides, quantize_fn, lambda _: None,
-                              switching)
+        if quantize_fn is not None:
+            say(f"quantizing adapter {task!r}'s {len(switching)} switchable projections")
+            own, _, _ = _quantize(task_ck, policy, overrides, quantize_fn, lambda _: None,
+                                  switching)
+            out[task] = own
+            continue
+        assert calibrated is not None
+        if data is None:
+            data = calibrate.calibration_windows(tokenizer, calibration, calibration_tokens)
+        say(f"calibrating adapter {task!r}'s {len(switching)} switchable projections "
+            "(GPTQ, its own forward)")
+        shared = {n: qt for n, qt in calibrated.tensors.items() if n not in switching}
+
+        def choose(proj: llm_graph.Projection) -> calibrate.Choice:
+            wanted = proj.name in switching and (names is None or proj.name in names)
+            bits = choose_bits(proj, policy.bits, policy.keep, overrides) if wanted else None
+            return calibrate.Choice(bits, policy.group_size, policy.symmetric)
+
+        result = calibrate.gptq_checkpoint(task_ck, choose, data, fixed=shared)
+        own: dict[str, llm_graph.Weight] = {}
+        for proj in llm_graph.projections(task_ck.config):
+            if proj.name in switching:
+                own[proj.name] = result.tensors.get(proj.name, proj.weight(task_ck))
         out[task] = own
-    return out
+        records[task] = _task_record(result, switching, result.seconds)
+        say(f"  adapter {task!r}: {len(result.tensors)} projections calibrated in "
+            f"{result.seconds:.0f} s")
+    return out, records
+
+
+def _task_record(result: calibrate.CalibratedWeights, switching: Collection[str],
+                 seconds: float) -> dict[str, Any]:
+    """An adapter's ``calibration`` entry: its switchable projections' errors."""
+    return {"method": "gptq",
+            "errors": {n: round(result.errors[n], 6) for n in switching if n in result.errors},
+            "rtn_errors": {n: round(result.rtn_errors[n], 6) for n in switching
+                           if n in result.rtn_errors},
+            "seconds": round(seconds, 1)}
 
 
 def _mark_switchable(model: onnx.ModelProto, records: list[dict[str, Any]],

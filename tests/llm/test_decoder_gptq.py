@@ -82,9 +82,7 @@ def test_auto_is_gptq_below_4_bits_and_calibration_needs_gptq():
     assert auto_quantizer("auto", 4, calibration="x.txt") == "gptq"
     with pytest.raises(BadInputError, match="feed --quantizer gptq"):
         auto_quantizer("rtn", 2, calibration_tokens=512)
-    assert auto_quantizer("auto", 2, adapters=2) == "rtn"  # switchable: not calibrated
-    with pytest.raises(BadInputError, match="one adapter"):
-        auto_quantizer("gptq", 2, adapters=2)
+    assert auto_quantizer("auto", 2, adapters=2) == "gptq"  # each adapter calibrated
 
 
 def test_a_shared_head_is_not_calibrated(tmp_path, tiny_gguf):
