@@ -211,10 +211,12 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="mixed precision by measurement: quantize each linear layer alone, "
                         "measure the output error it adds (1 - cosine for embeddings, "
                         "relative L2 otherwise), and give the most sensitive layers group 32 "
-                        "asymmetric or float until the estimate is within X (e.g. 0.01)")
+                        "asymmetric or float until the estimate is within X (e.g. 0.01); "
+                        "not for decoders (use --max-size)")
     p.add_argument("--max-size", metavar="SIZE",
                    help="mixed precision under a size bound for all weights, e.g. 20MB: "
-                        "least sensitive layers go down to 3 and 2 bits first")
+                        "least sensitive layers go down to 3 and 2 bits first (decoders: "
+                        "per projection, measured on calibration text; docs/llm.md)")
     p.add_argument("--embedding-bits", choices=("4", "8", "float"),
                    help="store large embedding tables as 4- or 8-bit codes "
                         "(com.microsoft.GatherBlockQuantized) or float (default: 4 for "

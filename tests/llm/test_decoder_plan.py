@@ -181,3 +181,20 @@ def test_kept_projections_stay_float_and_count_outside_the_plan(tmp_path, tiny_g
     assert next(r for r in m["layers"] if r["name"] == "lm_head")["bits"] is None
     assert m["sizes"]["weight_bytes"] <= bound
     assert np.isfinite(m["quantization"]["plan"]["estimated_error"])
+
+
+def test_a_plan_serves_several_adapters_with_the_same_widths(tmp_path, tiny_hf, tiny_ck,
+                                                             sizes):
+    from test_decoder_adapter import _lora_parts, _peft_folder
+
+    folders = {t: _peft_folder(tmp_path / t, _lora_parts(tiny_ck, seed=seed))
+               for t, seed in (("a", 1), ("b", 2))}
+    bound = (sizes[2] + sizes[4]) // 2
+    bundle = export_decoder(tiny_hf, tmp_path / "ab", max_size=bound, adapters=folders,
+                            quantizer="rtn")
+    m = bundle.manifest
+    assert m["sizes"]["weight_bytes"] <= bound  # adapter files are not the graph's weights
+    plan = m["quantization"]["plan"]["layers"]
+    assert all(r["bits"] == plan[r["name"]]["bits"] for r in m["layers"])
+    assert [a["name"] for a in m["adapters"]] == ["a", "b"]
+    assert all(r["ok"] for r in m["reference"]["measured"].values())
