@@ -1,7 +1,7 @@
 """``edgepet export MODEL.gguf|HF_FOLDER``: a Llama-family checkpoint to a decoder bundle.
 
 Steps: read the checkpoint (:mod:`.checkpoint`) -> choose bits per projection (``--bits``,
-``--keep``, per-pattern overrides) -> quantize -> build the decoder graph (:mod:`.graph`)
+``--keep``, per-pattern overrides, or a plan under ``--max-size``: :mod:`.plan`) -> quantize -> build the decoder graph (:mod:`.graph`)
 -> write the tokenizer, the generation settings and reference data (a fixed prompt through
 the fp32 graph and through the dequantized twin) -> check the bundle against its twin in
 the staging folder, and only then move it into place.
@@ -13,7 +13,7 @@ nearest at 4 bits); the embedding table is 4-bit ``GatherBlockQuantized`` codes 
 reads one row per token, so its bits cost file size, not decode time); a head tied to the
 embeddings can read the table's codes instead (``tied_head="shared"``: stored once). One
 adapter merges into the projections before quantization; several stay switchable
-(:mod:`.adapter`).
+(:mod:`.adapter`), each one's switchable projections calibrated with its own forward.
 """
 
 from __future__ import annotations
