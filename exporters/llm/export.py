@@ -1,10 +1,11 @@
 """``edgepet export MODEL.gguf|HF_FOLDER``: a Llama-family checkpoint to a decoder bundle.
 
 Steps: read the checkpoint (:mod:`.checkpoint`) -> choose bits per projection (``--bits``,
-``--keep``, per-pattern overrides, or a plan under ``--max-size``: :mod:`.plan`) -> quantize -> build the decoder graph (:mod:`.graph`)
--> write the tokenizer, the generation settings and reference data (a fixed prompt through
-the fp32 graph and through the dequantized twin) -> check the bundle against its twin in
-the staging folder, and only then move it into place.
+``--keep``, per-pattern overrides, or a plan under ``--max-size``: :mod:`.plan`) -> quantize
+-> build the decoder graph (:mod:`.graph`) -> write the tokenizer, the generation settings
+and reference data (a fixed prompt through the fp32 graph and through the dequantized
+twin) -> check the bundle against its twin in the staging folder, and only then move it
+into place.
 
 Defaults (see docs/llm.md for the table they come from): every projection including the
 tied output head is a ``LutMatMul`` (4-bit, group 32, asymmetric; at 2 and 3 bits only
@@ -323,7 +324,7 @@ def _export_decoder_options(model: str | os.PathLike[str], out: str | os.PathLik
                             ) -> bundle_io.Bundle:
     given = [_FLAGS.get(key, "--" + key.replace("_", "-")) for key, value in options.items()
              if key not in _DECODER_OPTIONS and key not in _IGNORED_OPTIONS and value]
-    if options.get("budget_error") is not None:
+    if given == ["--budget-error"]:
         raise BadInputError("--budget-error does not plan decoders: their per-projection "
                             "estimate ranks projections but is no output error a budget "
                             "could be set in — use --max-size SIZE (e.g. 105MB) for a "
