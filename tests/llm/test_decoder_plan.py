@@ -198,3 +198,12 @@ def test_a_plan_serves_several_adapters_with_the_same_widths(tmp_path, tiny_hf, 
     assert all(r["bits"] == plan[r["name"]]["bits"] for r in m["layers"])
     assert [a["name"] for a in m["adapters"]] == ["a", "b"]
     assert all(r["ok"] for r in m["reference"]["measured"].values())
+
+
+def test_a_shared_head_is_not_planned_and_its_table_counts_outside(tmp_path, tiny_gguf):
+    bundle = export_decoder(tiny_gguf, tmp_path / "b", tied_head="shared", max_size=60_000,
+                            calibration_tokens=256)
+    m = bundle.manifest
+    assert "lm_head" not in m["quantization"]["plan"]["layers"]
+    assert m["decoder"]["head"]["storage"] == "shared"
+    assert m["sizes"]["weight_bytes"] == m["quantization"]["plan"]["weight_bytes"] <= 60_000
