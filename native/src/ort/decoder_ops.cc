@@ -16,41 +16,6 @@ namespace {
 
 constexpr int kOpVersion = 1;  // ai.edgepet op-set version (see lut_matmul_op.cc)
 
-// ONNX Runtime's intra-op pool as a Parallel (the op's threads are the session's).
-class OrtPool final : public Parallel {
- public:
-  OrtPool(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
-  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
-    Call call{fn, ctx};
-    OrtStatus* status = total > 1 ? api_->KernelContext_ParallelFor(
-                                        ctx_, &OrtPool::trampoline, static_cast<size_t>(total),
-                                        0, &call)
-                                  : nullptr;
-    if (total <= 1 || status) {  // one task, or no pool: run here
-      if (status) api_->ReleaseStatus(status);
-      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
-    }
-  }
-
- private:
-  struct Call {
-    void (*fn)(void*, int64_t);
-    void* ctx;
-  };
-  static void trampoline(void* data, size_t i) {
-    auto* call = static_cast<Call*>(data);
-    call->fn(call->ctx, static_cast<int64_t>(i));
-  }
-  const OrtApi* api_;
-  OrtKernelContext* ctx_;
-};
-
-std::string dims(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 bool is_float(const TensorView& t) { return t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
 // Shape inference helper: a fresh symbolic name for an unknown dimension (see
@@ -145,7 +110,7 @@ struct AttentionKernel {
 std::string check_tables(const TensorView& cos, const TensorView& sin) {
   if (!is_float(cos) || !is_float(sin)) return "cos_cache and sin_cache must be float32";
   if (cos.shape.size() != 2 || cos.shape != sin.shape) {
-    return "cos_cache " + dims(cos.shape) + " and sin_cache " + dims(sin.shape) +
+    return "cos_cache " + shape_str(cos.shape) + " and sin_cache " + shape_str(sin.shape) +
            " must both be [positions, head_size / 2]";
   }
   return {};
@@ -211,7 +176,7 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   const int64_t half = in[kCos].shape[1], d = 2 * half;
   const int64_t width = (k.heads + 2 * k.kv_heads) * d;
   if (qkv.shape.size() != 3 || qkv.shape[2] != width) {
-    return fail(api, k.where() + "qkv has shape " + dims(qkv.shape) +
+    return fail(api, k.where() + "qkv has shape " + shape_str(qkv.shape) +
                          ", expected [batch, seq, " + std::to_string(width) + "] ((num_heads " +
                          std::to_string(k.heads) + " + 2 x kv_num_heads " +
                          std::to_string(k.kv_heads) + ") x head size " + std::to_string(d) +
@@ -219,8 +184,8 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   }
   if (pk.shape.size() != 4 || pk.shape != pv.shape || pk.shape[0] != qkv.shape[0] ||
       pk.shape[1] != k.kv_heads || pk.shape[3] != d) {
-    return fail(api, k.where() + "past_key " + dims(pk.shape) + " and past_value " +
-                         dims(pv.shape) + " must both be [batch " + std::to_string(qkv.shape[0]) +
+    return fail(api, k.where() + "past_key " + shape_str(pk.shape) + " and past_value " +
+                         shape_str(pv.shape) + " must both be [batch " + std::to_string(qkv.shape[0]) +
                          ", kv_num_heads " + std::to_string(k.kv_heads) + ", past, head size " +
                          std::to_string(d) + "]");
   }
@@ -247,7 +212,7 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   const std::vector<int64_t> cache{s.batch, s.kv_heads, s.past + s.seq, d};
   if (OrtStatus* st = output_float(api, ctx, 1, cache, &args.present_key)) return st;
   if (OrtStatus* st = output_float(api, ctx, 2, cache, &args.present_value)) return st;
-  decoder_attention(*k.ops, args, OrtPool(api, ctx));
+  decoder_attention(*k.ops, args, OrtParallel(api, ctx));
   return nullptr;
 }
 
@@ -324,7 +289,7 @@ OrtStatus* compute_swiglu(void* op_kernel, OrtKernelContext* ctx) {
   if (OrtStatus* s = view_input(api, ctx, 0, &x)) return s;
   if (!is_float(x)) return fail(api, k.where() + "gate_up must be float32");
   if (x.shape.empty() || x.shape.back() % 2 != 0) {
-    return fail(api, k.where() + "gate_up has shape " + dims(x.shape) +
+    return fail(api, k.where() + "gate_up has shape " + shape_str(x.shape) +
                          ", its last dimension must be even (gate, then up)");
   }
   std::vector<int64_t> shape = x.shape;
@@ -333,7 +298,7 @@ OrtStatus* compute_swiglu(void* op_kernel, OrtKernelContext* ctx) {
   float* y = nullptr;
   if (OrtStatus* s = output_float(api, ctx, 0, shape, &y)) return s;
   const int64_t rows = inner ? x.elements / (2 * inner) : 0;
-  swiglu(*k.ops, static_cast<const float*>(x.data), y, rows, inner, OrtPool(api, ctx));
+  swiglu(*k.ops, static_cast<const float*>(x.data), y, rows, inner, OrtParallel(api, ctx));
   return nullptr;
 }
 

@@ -38,42 +38,6 @@ struct LutMatMulKernel {
   std::string where() const { return "LutMatMul '" + node + "': "; }
 };
 
-class OrtParallel final : public Parallel {
- public:
-  OrtParallel(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
-  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
-    if (total <= 1) {
-      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
-      return;
-    }
-    Call call{fn, ctx};
-    OrtStatus* status = api_->KernelContext_ParallelFor(
-        ctx_, &OrtParallel::trampoline, static_cast<size_t>(total), 0, &call);
-    if (status) {  // no pool: run here
-      api_->ReleaseStatus(status);
-      for (int64_t i = 0; i < total; ++i) fn(ctx, i);
-    }
-  }
-
- private:
-  struct Call {
-    void (*fn)(void*, int64_t);
-    void* ctx;
-  };
-  static void trampoline(void* data, size_t i) {
-    auto* call = static_cast<Call*>(data);
-    call->fn(call->ctx, static_cast<int64_t>(i));
-  }
-  const OrtApi* api_;
-  OrtKernelContext* ctx_;
-};
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 const char* type_name(ONNXTensorElementDataType t) {
   switch (t) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";

@@ -176,4 +176,38 @@ OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int
   return s;
 }
 
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+namespace {
+
+struct ParallelCall {
+  void (*fn)(void*, int64_t);
+  void* ctx;
+};
+
+void parallel_trampoline(void* data, size_t i) {
+  auto* call = static_cast<ParallelCall*>(data);
+  call->fn(call->ctx, static_cast<int64_t>(i));
+}
+
+}  // namespace
+
+void OrtParallel::run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const {
+  if (total <= 1) {
+    for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+    return;
+  }
+  ParallelCall call{fn, ctx};
+  OrtStatus* status = api_->KernelContext_ParallelFor(ctx_, &parallel_trampoline,
+                                                      static_cast<size_t>(total), 0, &call);
+  if (status) {  // no pool: run here
+    api_->ReleaseStatus(status);
+    for (int64_t i = 0; i < total; ++i) fn(ctx, i);
+  }
+}
+
 }  // namespace edgepet

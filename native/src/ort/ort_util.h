@@ -7,6 +7,8 @@
 
 #include <onnxruntime_c_api.h>
 
+#include "kernels/gemm.h"
+
 namespace edgepet {
 
 // The API table obtained at registration.
@@ -39,6 +41,21 @@ OrtStatus* constant_input(const OrtApi* api, const OrtKernelInfo* info, size_t i
                           TensorView* out);
 OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
                         const std::vector<int64_t>& shape, float** data);
+
+// "[2, 3, 4]": a shape for error messages.
+std::string shape_str(const std::vector<int64_t>& shape);
+
+// ONNX Runtime's intra-op pool as a Parallel (an op's threads are the session's); runs the
+// tasks on the calling thread when there is one task or no pool.
+class OrtParallel final : public Parallel {
+ public:
+  OrtParallel(const OrtApi* api, OrtKernelContext* ctx) : api_(api), ctx_(ctx) {}
+  void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override;
+
+ private:
+  const OrtApi* api_;
+  OrtKernelContext* ctx_;
+};
 
 // Shape inference: output 0 is input 0's shape with the last dimension set to n.
 OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int64_t n);
