@@ -102,7 +102,7 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
                                                         const int8_t* const* tables_in,
                                                         int quads, __m256i* acc_a,
                                                         __m256i* acc_b) {
-  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
+  static_assert(Bits >= 1 && Bits <= 2, "3- and 4-bit formats use the dot kernels (dot4.h)");
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
   constexpr int kTop = Bits - 1;

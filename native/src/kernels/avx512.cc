@@ -48,7 +48,7 @@ inline __m512i join(const uint8_t* lo, const uint8_t* hi) {
 // and accumulators at every width).
 template <int Bits, int Rows, bool Gfni>
 struct Block512 {
-  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
+  static_assert(Bits >= 1 && Bits <= 2, "3- and 4-bit formats use the dot kernels (dot4.h)");
   static constexpr int kPairs = Bits / 2;
   static constexpr bool kSingle = Bits & 1;
   static constexpr int kTop = Bits - 1;

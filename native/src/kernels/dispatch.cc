@@ -41,21 +41,21 @@ namespace {
 // Where the CPU runs a 512-bit vector as two 256-bit halves (AMD Zen 4), the AVX-512
 // kernel's only gain over AVX2 is fewer instructions, and that does not pay at every
 // width: measured on a 2-core AMD EPYC Zen 4 (native/bench_kernels and
-// benchmarks/kernels.py, 4096 x 4096, docs/operator.md), AVX2 is faster for 1-bit and
-// 3-bit GEMV and AVX-512 for 2-bit and ternary, and for every width once two
-// activation rows share the unpacked codes (prefill). Both read the same tables and
-// give the same sums, so the choice is per call. Slot 0 is ternary; 4-bit formats never
-// reach a LUT kernel (lut_gemm hands them to dot4_gemm).
+// benchmarks/kernels.py, 4096 x 4096, docs/operator.md), AVX2 is faster for 1-bit GEMV
+// and AVX-512 for 2-bit and ternary, and for every width once two activation rows share
+// the unpacked codes (prefill). Both read the same tables and give the same sums, so the
+// choice is per call. Slot 0 is ternary; 3- and 4-bit formats never reach a LUT kernel
+// (lut_gemm hands them to dot4_gemm).
 struct PerBits {
-  const Kernel* one_row[4];
-  const Kernel* two_rows[4];
+  const Kernel* one_row[3];
+  const Kernel* two_rows[3];
 };
 
 const PerBits& zen4_choice() {
   static const PerBits choice = [] {
     const Kernel* avx2 = avx2_kernel();
     const Kernel* avx512 = avx512_kernel();
-    return PerBits{{avx512, avx2, avx512, avx2}, {avx512, avx512, avx512, avx512}};
+    return PerBits{{avx512, avx2, avx512}, {avx512, avx512, avx512}};
   }();
   return choice;
 }

@@ -74,7 +74,7 @@ void build_tables(const float* a, int64_t k, int block, int8_t* entries, float* 
 template <int Bits>
 inline void block_sums16(const uint8_t* codes, const int8_t* tables, int quads,
                          int16x8_t acc[2][4]) {
-  static_assert(Bits >= 1 && Bits <= 3, "4-bit formats use the dot kernels (dot4.h)");
+  static_assert(Bits >= 1 && Bits <= 2, "3- and 4-bit formats use the dot kernels (dot4.h)");
   constexpr int kPairs = Bits / 2;
   constexpr bool kSingle = Bits & 1;
   constexpr int kSingleClass = (Bits - 1) / 2;
@@ -183,13 +183,9 @@ void tile_dot_bits(const TileJob& job) {
   for (int m = 0; m < job.rows; ++m) tile_dot_one<Bits>(job, job.tables[m], job.out[m]);
 }
 
-// 1 to 3 bits and ternary: lut_gemm hands 4-bit formats to dot4_gemm (dot4.h).
+// 1 and 2 bits and ternary: lut_gemm hands 3- and 4-bit formats to dot4_gemm (dot4.h).
 void tile_dot(const TileJob& job) {
-  switch (job.format.bits) {
-    case 1: return tile_dot_bits<1>(job);
-    case 2: return tile_dot_bits<2>(job);
-    default: return tile_dot_bits<3>(job);
-  }
+  return job.format.bits == 1 ? tile_dot_bits<1>(job) : tile_dot_bits<2>(job);
 }
 
 }  // namespace

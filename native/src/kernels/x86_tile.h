@@ -128,14 +128,10 @@ void tile_dot_bits(const TileJob& job) {
   }
 }
 
-// 1 to 3 bits and ternary: lut_gemm hands 4-bit formats to dot4_gemm (dot4.h).
+// 1 and 2 bits and ternary: lut_gemm hands 3- and 4-bit formats to dot4_gemm (dot4.h).
 template <class Sums>
 void tile_dot_any(const TileJob& job) {
-  switch (job.format.bits) {
-    case 1: return tile_dot_bits<Sums, 1>(job);
-    case 2: return tile_dot_bits<Sums, 2>(job);
-    default: return tile_dot_bits<Sums, 3>(job);
-  }
+  return job.format.bits == 1 ? tile_dot_bits<Sums, 1>(job) : tile_dot_bits<Sums, 2>(job);
 }
 
 }  // namespace x86
