@@ -14,8 +14,6 @@
 namespace edgepet {
 namespace {
 
-constexpr int kOpVersion = 1;  // ai.edgepet op-set version (see lut_matmul_op.cc)
-
 bool is_float(const TensorView& t) { return t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
 // Shape inference helper: a fresh symbolic name for an unknown dimension (see
@@ -74,20 +72,11 @@ OrtStatus* read_int_attr(const OrtApi* api, OrtShapeInferContext* ctx, const cha
 template <typename Derived>
 struct FloatOp : OrtCustomOp {
   FloatOp() : OrtCustomOp{} {
-    version = ORT_API_VERSION;
-    GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+    init_cpu_op(this);
     GetInputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
     GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
     GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
-    GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
     KernelDestroy = [](void* k) { delete static_cast<typename Derived::Kernel*>(k); };
-    GetStartVersion = [](const OrtCustomOp*) { return kOpVersion; };
-    GetEndVersion = [](const OrtCustomOp*) { return kOpVersion; };
   }
 };
 

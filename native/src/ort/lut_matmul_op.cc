@@ -17,12 +17,6 @@ namespace {
 
 enum Input { kA = 0, kW, kScales, kZeroPoints, kBias, kInputCount };
 
-// The op-set version of ai.edgepet this library implements. ONNX Runtime (1.32) gives a
-// custom domain one schema per op name, since the first op's start version, and never
-// compares a model's op-set import with the end version: a model importing version 2
-// reaches this kernel unrefused, and the kernel is not told the import. The bundle reader
-// refuses such a model instead (edgepet/runtime/bundle.py, docs/operator.md).
-constexpr int kOpVersion = 1;
 
 struct LutMatMulKernel {
   const OrtApi* api;
@@ -221,9 +215,8 @@ OrtStatus* infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) {
 
 struct LutMatMulOp : OrtCustomOp {
   LutMatMulOp() : OrtCustomOp{} {
-    version = ORT_API_VERSION;
+    init_cpu_op(this);
     GetName = [](const OrtCustomOp*) { return "LutMatMul"; };
-    GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
     GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kInputCount; };
     // Scales and zero points accept any type here, so that an ABI-1 model (float32)
     // gets our "re-export" message rather than a bare type error.
@@ -237,18 +230,10 @@ struct LutMatMulOp : OrtCustomOp {
     GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
       return i >= kZeroPoints ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
     };
-    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
-    GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
     CreateKernelV2 = create_kernel;
     KernelComputeV2 = compute;
     KernelDestroy = [](void* k) { delete static_cast<LutMatMulKernel*>(k); };
     InferOutputShapeFn = infer_shape;
-    GetStartVersion = [](const OrtCustomOp*) { return kOpVersion; };
-    GetEndVersion = [](const OrtCustomOp*) { return kOpVersion; };
   }
 };
 

@@ -210,4 +210,19 @@ void OrtParallel::run(int64_t total, void (*fn)(void*, int64_t), void* ctx) cons
   }
 }
 
+void init_cpu_op(OrtCustomOp* op) {
+  op->version = ORT_API_VERSION;
+  op->GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+  op->GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+  op->GetOutputCharacteristic = [](const OrtCustomOp*, size_t) {
+    return INPUT_OUTPUT_REQUIRED;
+  };
+  op->GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+  op->GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  op->GetStartVersion = [](const OrtCustomOp*) { return kOpVersion; };
+  op->GetEndVersion = [](const OrtCustomOp*) { return kOpVersion; };
+}
+
 }  // namespace edgepet

@@ -60,6 +60,19 @@ class OrtParallel final : public Parallel {
 // Shape inference: output 0 is input 0's shape with the last dimension set to n.
 OrtStatus* set_output_last_dim(const OrtApi* api, OrtShapeInferContext* ctx, int64_t n);
 
+// The op-set version of ai.edgepet this library implements, for every op (start = end).
+// ONNX Runtime (1.32) gives a custom domain one schema per op name, since the first op's
+// start version, and never compares a model's op-set import with the end version: a model
+// importing version 2 reaches a kernel unrefused, and the kernel is not told the import.
+// The bundle reader refuses such a model instead (edgepet/runtime/bundle.py,
+// docs/operator.md).
+constexpr int kOpVersion = 1;
+
+// The OrtCustomOp fields every op of the library shares: the API version it was built
+// against, the CPU provider, inputs in default memory, required outputs, variadic arity 1
+// (unused), and op-set version kOpVersion. Ops set their names, types and functions after.
+void init_cpu_op(OrtCustomOp* op);
+
 const OrtCustomOp* lut_matmul_op();
 
 }  // namespace edgepet
