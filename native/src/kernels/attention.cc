@@ -95,7 +95,10 @@ void attend_chunk(void* data, int64_t task) {
   const int64_t row = (s.heads + 2 * s.kv_heads) * d;
   const float* keys = a.present_key + (b * s.kv_heads + kvh) * total * d;
   const float* values = a.present_value + (b * s.kv_heads + kvh) * total * d;
-  std::vector<float> q(static_cast<size_t>(d)), scores(static_cast<size_t>(total));
+  // Per-thread scratch, grown as the cache grows: no allocation per head and step.
+  thread_local std::vector<float> q, scores;
+  q.resize(static_cast<size_t>(d));
+  scores.resize(std::max(scores.size(), static_cast<size_t>(total)));
   const int64_t t_end = std::min(s.seq, (chunk + 1) * kQueriesPerTask);
   for (int64_t t = chunk * kQueriesPerTask; t < t_end; ++t) {
     const int64_t pos = s.past + t, seen = pos + 1;
