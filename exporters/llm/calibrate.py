@@ -123,16 +123,22 @@ def check_options(calibration: str | os.PathLike[str] | None, tokens: int | None
                             f"{MIN_TOKENS} (default {DEFAULT_TOKENS})")
 
 
-def calibration_windows(tokenizer: Any, calibration: str | os.PathLike[str] | None = None,
-                        tokens: int | None = None, ctx: int = DEFAULT_CTX) -> Calibration:
-    """``tokens`` calibration tokens in windows of ``ctx``, evenly spaced over the text of
-    ``calibration`` (a text file) or :func:`default_text`; BadInputError when the text is
-    shorter than asked.
+@dataclass
+class CalibrationText:
+    """A calibration text, tokenized: its token ids, what it is (``source``, ``file``, or
+    the default's modules) and its SHA-256, for the manifest."""
 
-    ``tokenizer``: a ``tokenizers.Tokenizer`` (the checkpoint's).
-    """
-    check_options(calibration, tokens)
-    wanted = DEFAULT_TOKENS if tokens is None else int(tokens)
+    ids: list[int]
+    record: dict[str, Any]
+    where: str  # for messages: "the default calibration text" or the file
+
+
+def calibration_text(tokenizer: Any, calibration: str | os.PathLike[str] | None = None
+                     ) -> CalibrationText:
+    """The text of ``calibration`` (a UTF-8 text file) or :func:`default_text`, tokenized by
+    ``tokenizer`` (a ``tokenizers.Tokenizer``, the checkpoint's); read once per export and
+    cut into windows by :func:`windows_of` for every use."""
+    check_options(calibration, None)
     if calibration is None:
         text = default_text()
         record: dict[str, Any] = {"source": DEFAULT_SOURCE, "modules": list(DEFAULT_MODULES),
@@ -145,9 +151,20 @@ def calibration_windows(tokenizer: Any, calibration: str | os.PathLike[str] | No
                                 f"({error})") from None
         record = {"source": "file", "file": Path(calibration).name}
     ids = tokenizer.encode(text, add_special_tokens=False).ids
+    record["sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    where = "the default calibration text" if calibration is None else str(calibration)
+    return CalibrationText(ids, record, where)
+
+
+def windows_of(text: CalibrationText, tokens: int | None = None,
+               ctx: int = DEFAULT_CTX) -> Calibration:
+    """``tokens`` calibration tokens of ``text`` in windows of ``ctx``, evenly spaced over
+    it; BadInputError when the text is shorter than asked."""
+    check_options(None, tokens)
+    wanted = DEFAULT_TOKENS if tokens is None else int(tokens)
+    ids = text.ids
     if len(ids) < wanted:
-        where = "the default calibration text" if calibration is None else str(calibration)
-        raise BadInputError(f"{where} has {len(ids)} tokens, fewer than the {wanted} "
+        raise BadInputError(f"{text.where} has {len(ids)} tokens, fewer than the {wanted} "
                             f"calibration tokens asked for — give a longer text or a smaller "
                             f"--calibration-tokens (at least {MIN_TOKENS})")
     count = -(-wanted // ctx)
@@ -155,10 +172,16 @@ def calibration_windows(tokenizer: Any, calibration: str | os.PathLike[str] | No
     # Evenly spaced windows: the text's sections all speak, not only its beginning.
     starts = np.linspace(0, len(ids) - ctx if len(ids) >= ctx else 0, count).astype(int)
     windows = [ids[s:s + n] for s, n in zip(starts, spans, strict=True)]
-    record.update(sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                  text_tokens=len(ids), tokens=sum(len(w) for w in windows),
+    record = dict(text.record, text_tokens=len(ids), tokens=sum(len(w) for w in windows),
                   windows=len(windows), ctx=ctx)
     return Calibration(windows, record)
+
+
+def calibration_windows(tokenizer: Any, calibration: str | os.PathLike[str] | None = None,
+                        tokens: int | None = None, ctx: int = DEFAULT_CTX) -> Calibration:
+    """:func:`windows_of` the :func:`calibration_text` of ``calibration``."""
+    check_options(calibration, tokens)
+    return windows_of(calibration_text(tokenizer, calibration), tokens, ctx)
 
 
 # --- the float forward, one projection input at a time ------------------------------------
@@ -371,5 +394,6 @@ def gptq_checkpoint(
 
 
 __all__ = ["DEFAULT_MODULES", "DEFAULT_TOKENS", "MIN_TOKENS", "CalibratedWeights",
-           "Calibration", "Choice", "calibration_windows", "check_options", "default_text",
-           "forward", "gptq_checkpoint"]
+           "Calibration", "CalibrationText", "Choice", "calibration_text",
+           "calibration_windows", "check_options", "default_text", "forward",
+           "gptq_checkpoint", "windows_of"]

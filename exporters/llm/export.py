@@ -20,6 +20,7 @@ adapter merges into the projections before quantization; several stay switchable
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -205,6 +206,9 @@ def export_decoder(
             raise BadInputError(f"--max-context {max_context} exceeds the model's context "
                                 f"length {ck.config.max_position_embeddings}")
         tokenizer = _tokenizer(ck)
+        # Read and tokenized at most once: the size plan, GPTQ and each other adapter's
+        # GPTQ cut their windows from it.
+        text = functools.cache(lambda: calibrate.calibration_text(tokenizer, calibration))
         names = None if head == "separate" else [
             p.name for p in llm_graph.projections(ck.config) if p.name != "lm_head"]
         plan = None
@@ -213,7 +217,7 @@ def export_decoder(
                        if (names is None or p.name in names)
                        and choose_bits(p, policy.bits, policy.keep, {}) is not None]
             plan = llm_plan.plan_decoder(ck, planned, max_size, widths, policy.group_size,
-                                         policy.symmetric, tokenizer, calibration, context,
+                                         policy.symmetric, text, context,
                                          table_dtype, table_bits, head, say)
             overrides = dict(plan.bits)
             if requested == "auto" and quantizer == "gptq" and calibration is None \
@@ -222,8 +226,8 @@ def export_decoder(
                 quantizer, quantize_fn = "rtn", _quantizer("rtn")[1]  # all 4-bit: rtn
         calibrated = None
         if quantize_fn is None:
-            calibrated = _calibrate(ck, policy, overrides, tokenizer, calibration,
-                                    calibration_tokens, say, names)
+            calibrated = _calibrate(ck, policy, overrides, text, calibration_tokens, say,
+                                    names)
         widths_said = "the planned widths" if plan else f"{policy.bits} bits"
         say(f"quantizing {ck.config.num_layers} layers to {widths_said} ({quantizer})")
         weights, records, quantized = _quantize(
@@ -238,7 +242,7 @@ def export_decoder(
             say(f"{len(switching)} projections differ between the adapters: switchable")
         task_weights, task_calibration = _task_weights(
             tasks, switching, weights, policy, overrides, quantize_fn, say, calibrated,
-            tokenizer, calibration, calibration_tokens, names)
+            text, calibration_tokens, names)
         say("building the decoder graph")
         model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head)
         tables = _quantize_embedding(model, table_bits, say)
@@ -441,12 +445,12 @@ def auto_quantizer(quantizer: str, bits: Bits, calibration: Any = None,
     return quantizer
 
 
-def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits], tokenizer: Any,
-               calibration: Any, calibration_tokens: int | None, say: Progress,
-               names: Collection[str] | None = None):
+def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
+               text: Callable[[], calibrate.CalibrationText], calibration_tokens: int | None,
+               say: Progress, names: Collection[str] | None = None):
     """GPTQ codes for every quantized projection (of ``names``; None: all), with the
-    manifest's calibration record."""
-    data = calibrate.calibration_windows(tokenizer, calibration, calibration_tokens)
+    manifest's calibration record; ``text`` gives the tokenized calibration text."""
+    data = calibrate.windows_of(text(), calibration_tokens)
     say(f"calibrating on {data.tokens} tokens ({data.record['source']}, "
         f"{len(data.windows)} windows of <= {data.record['ctx']}): GPTQ layer by layer")
 
@@ -727,7 +731,7 @@ def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[st
                   overrides: Mapping[str, Bits],
                   quantize_fn: Callable[..., QuantizedTensor] | None, say: Progress,
                   calibrated: calibrate.CalibratedWeights | None = None,
-                  tokenizer: Any = None, calibration: Any = None,
+                  text: Callable[[], calibrate.CalibrationText] | None = None,
                   calibration_tokens: int | None = None,
                   names: Collection[str] | None = None,
                   ) -> tuple[dict[str, dict[str, llm_graph.Weight]], dict[str, dict[str, Any]]]:
@@ -759,7 +763,7 @@ def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[st
             continue
         assert calibrated is not None
         if data is None:
-            data = calibrate.calibration_windows(tokenizer, calibration, calibration_tokens)
+            data = calibrate.windows_of(text(), calibration_tokens)
         say(f"calibrating adapter {task!r}'s {len(switching)} switchable projections "
             "(GPTQ, its own forward)")
         shared = {n: qt for n, qt in calibrated.tensors.items() if n not in switching}

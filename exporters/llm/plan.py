@@ -252,11 +252,13 @@ def choose(errors: Mapping[str, Mapping[int, float]], costs: Mapping[str, Mappin
 
 
 def plan_decoder(ck: Checkpoint, names: Collection[str], max_size: int,
-                 widths: Sequence[int], group_size: Any, symmetric: bool, tokenizer: Any,
-                 calibration: Any, context: int, table_dtype: type, table_bits: int | None,
-                 head: str, say: Progress) -> DecoderPlan:
+                 widths: Sequence[int], group_size: Any, symmetric: bool,
+                 text: Callable[[], calibrate.CalibrationText], context: int,
+                 table_dtype: type, table_bits: int | None, head: str,
+                 say: Progress) -> DecoderPlan:
     """The plan for ``names`` (the projections a width is chosen for) under ``max_size``
-    weight bytes; BadInputError naming the smallest possible size when it cannot fit."""
+    weight bytes; BadInputError naming the smallest possible size when it cannot fit.
+    ``text`` gives the tokenized calibration text (read only when there is a choice)."""
     start = time.perf_counter()
     size = bundle_io.size_text
     costs = projection_costs(ck, names, widths, group_size, symmetric)
@@ -277,7 +279,7 @@ def plan_decoder(ck: Checkpoint, names: Collection[str], max_size: int,
         tokens = 0
         say(f"  every projection fits at {widths[-1]} bits: nothing to plan")
     else:
-        data = calibrate.calibration_windows(tokenizer, calibration, None)
+        data = calibrate.windows_of(text())
         every = max(1, len(data.windows) * calibrate.DEFAULT_CTX // PLAN_TOKENS)
         windows = data.windows[::every][:max(1, PLAN_TOKENS // calibrate.DEFAULT_CTX)]
         tokens = sum(len(w) for w in windows)
