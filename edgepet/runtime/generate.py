@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ import numpy as np
 from edgepet.runtime.bundle import Bundle, BundleSession
 from edgepet.runtime.errors import BadInputError
 from edgepet.runtime.tokenizer import StreamDecoder, Tokenizer
+
+#: The graph input that marks a shared-buffer cache (op ABI 5; exporters/llm/graph.py).
+PAST_LENGTH = "past_length"
 
 
 @dataclass
@@ -126,12 +130,66 @@ class Sampling:
 
 
 class KVCache(list):
-    """The cache ``forward`` returns: ORT values per ``past`` input, and the adapter whose
-    weights computed them (a cache is valid only under that adapter)."""
+    """The cache ``forward`` returns: ORT values per ``past`` input, how many positions
+    they hold (``length``), and the adapter whose weights computed them (a cache is valid
+    only under that adapter).
 
-    def __init__(self, values: Sequence[Any], adapter: str | None) -> None:
+    A bundle of op ABI 5 or later keeps its cache in fixed-capacity buffers that each
+    forward call extends in place (``_CacheBuffers``): the values are those buffers, of
+    which the first ``length`` positions are filled. A cache stays usable after a longer
+    one was made from it: ``forward`` then copies its positions to new buffers first.
+    """
+
+    def __init__(self, values: Sequence[Any], adapter: str | None, length: int,
+                 buffers: _CacheBuffers | None = None) -> None:
         super().__init__(values)
         self.adapter = adapter
+        self.length = length
+        self.buffers = buffers
+        self.version = buffers.version if buffers is not None else 0
+
+
+class _CacheBuffers:
+    """The key/value buffers of a shared-buffer cache, one per ``past`` input, each
+    ``[1, kv_heads, capacity, head_dim]``, as numpy arrays and ORT values over the same
+    memory. ``version`` counts the calls that wrote them (the newest cache is the one of
+    the current version: only it may write in place); a fresh prompt reuses them only when
+    no live cache refers to them (``in_use``)."""
+
+    def __init__(self, ort: Any, count: int, kv_heads: int, head_dim: int,
+                 capacity: int) -> None:
+        self._ort = ort
+        self.arrays = [np.zeros((1, kv_heads, capacity, head_dim), np.float32)
+                       for _ in range(count)]
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
+        self.capacity = capacity
+        self.version = 0
+        self._caches: list[weakref.ref[KVCache]] = []
+
+    def add_cache(self, cache: KVCache) -> None:
+        """Remember ``cache`` (weakly) as one that refers to these buffers."""
+        self._caches = [ref for ref in self._caches if ref() is not None]
+        self._caches.append(weakref.ref(cache))
+
+    @property
+    def in_use(self) -> bool:
+        """Whether a live cache refers to these buffers."""
+        return any(ref() is not None for ref in self._caches)
+
+    def copy(self, length: int, capacity: int) -> _CacheBuffers:
+        """New buffers of ``capacity`` positions holding these ones' first ``length``."""
+        first = self.arrays[0]
+        new = _CacheBuffers(self._ort, len(self.arrays), first.shape[1], first.shape[3],
+                            capacity)
+        for mine, theirs in zip(self.arrays, new.arrays, strict=True):
+            theirs[:, :, :length] = mine[:, :, :length]
+        return new
+
+    def grow(self, length: int, capacity: int) -> None:
+        """Replace the buffers by ones of ``capacity`` positions, keeping the first
+        ``length`` (the caches of these buffers see the new ones)."""
+        new = self.copy(length, capacity)
+        self.arrays, self.values, self.capacity = new.arrays, new.values, capacity
 
 
 class DecoderSession(BundleSession):
@@ -156,6 +214,12 @@ class DecoderSession(BundleSession):
         self._empty = np.zeros((1, int(self.config["num_kv_heads"]), 0,
                                 int(self.config["head_dim"])), np.float32)
         self._empty_value = self._ort.OrtValue.ortvalue_from_numpy(self._empty)
+        # Bundles of op ABI 5+: a cache of fixed-capacity buffers written in place, bound
+        # once to both the past inputs and the present outputs (no copy per token).
+        self._shared = PAST_LENGTH in self._inputs
+        self._buffers: _CacheBuffers | None = None  # reused by fresh prompts when free
+        self._binding: Any = None
+        self._binding_key: tuple[Any, ...] | None = None
         # Adapter -> its tensors as ORT values (read once; the first adapter's are the
         # graph's defaults and are never bound); forward() feeds them as inputs.
         self._adapter_values: dict[str, dict[str, Any]] = {}
@@ -208,6 +272,8 @@ class DecoderSession(BundleSession):
                 f"this KV cache was built under adapter {made_with!r}, but the active adapter "
                 f"is {self._active!r} — its keys and values come from the other adapter's "
                 "weights; start from an empty cache (cache=None) after set_adapter")
+        if self._shared:
+            return self._forward_shared(ids, cache, num_logits)
         # One call with every input as an ORT value: binding ~120 names through an
         # IOBinding each token cost 2-6 % of a SmolLM2-135M decode step (docs/llm.md).
         value = self._ort.OrtValue.ortvalue_from_numpy
@@ -222,7 +288,95 @@ class DecoderSession(BundleSession):
             outputs = self._session.run_with_ort_values(self._outputs, feeds, self._run_options)
         except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
             raise BadInputError(f"the decoder could not run: {error}") from None
-        return outputs[0].numpy()[0], KVCache(outputs[1:], self._active)
+        length = int(outputs[1].shape()[2])
+        return outputs[0].numpy()[0], KVCache(outputs[1:], self._active, length)
+
+    def reserve(self, positions: int) -> None:
+        """Make the cache buffers of the next fresh prompt hold ``positions`` (at most the
+        context), so that a generation of known length never grows them."""
+        positions = min(max(positions, 1), self.max_context)
+        if not self._shared:
+            return
+        buffers = self._buffers
+        if buffers is None or buffers.in_use or buffers.capacity < positions:
+            self._buffers = self._new_buffers(positions)
+
+    def _new_buffers(self, capacity: int) -> _CacheBuffers:
+        return _CacheBuffers(self._ort, len(self._past), int(self.config["num_kv_heads"]),
+                             int(self.config["head_dim"]), capacity)
+
+    def _capacity_for(self, positions: int, current: int = 0) -> int:
+        """Buffer capacity for ``positions``: at least double ``current`` (amortized
+        growth), rounded up to 64 positions, at most the context."""
+        want = max(positions, 2 * current)
+        return min(-(-want // 64) * 64, self.max_context)
+
+    def _forward_shared(self, ids: Sequence[int], cache: KVCache | None,
+                        num_logits: int) -> tuple[np.ndarray, KVCache]:
+        """``forward`` with the shared-buffer cache: the new positions are written into
+        the buffers in place, bound once to the past inputs and present outputs."""
+        start = 0 if cache is None else cache.length
+        needed = start + len(ids)
+        if not ids:
+            raise BadInputError("no token ids to run")
+        if needed > self.max_context:
+            raise BadInputError(f"{start} cached + {len(ids)} new tokens exceed this bundle's "
+                                f"context of {self.max_context} — export again with a larger "
+                                "--max-context, or start from an empty cache")
+        if cache is None:
+            buffers = self._buffers
+            if buffers is None or buffers.in_use:  # a cache still refers to them: keep it
+                buffers = self._buffers = self._new_buffers(self._capacity_for(needed))
+        elif cache.buffers is None:
+            raise BadInputError("this KV cache is not one of this session's forward calls")
+        elif cache.version != cache.buffers.version:
+            # A longer cache was made from this one since: its positions are intact, copy
+            # them and go on in new buffers (the longer cache keeps the old ones).
+            buffers = cache.buffers.copy(start, self._capacity_for(needed))
+        else:
+            buffers = cache.buffers
+        if needed > buffers.capacity:
+            buffers.grow(start, self._capacity_for(needed, buffers.capacity))
+        ort = self._ort
+        binding = self._bind(buffers)
+        count = len(ids) if num_logits <= 0 else min(num_logits, len(ids))
+        logits = np.empty((1, count, int(self.config["vocab_size"])), np.float32)
+        # The ORT values refer to numpy memory: they are kept alive until the run is done.
+        values = [ort.OrtValue.ortvalue_from_numpy(np.asarray([list(ids)], np.int64)),
+                  ort.OrtValue.ortvalue_from_numpy(np.asarray([num_logits], np.int64)),
+                  ort.OrtValue.ortvalue_from_numpy(np.asarray([start], np.int64)),
+                  ort.OrtValue.ortvalue_from_numpy(logits)]
+        binding.bind_ortvalue_input("input_ids", values[0])
+        binding.bind_ortvalue_input("num_logits", values[1])
+        binding.bind_ortvalue_input(PAST_LENGTH, values[2])
+        binding.bind_ortvalue_output("logits", values[3])
+        try:
+            self._session.run_with_iobinding(binding, self._run_options)
+        except Exception as error:  # noqa: BLE001 — ORT's errors are its own types
+            self._binding_key = None  # rebind everything next time
+            raise BadInputError(f"the decoder could not run: {error}") from None
+        buffers.version += 1
+        new = KVCache(buffers.values, self._active, needed, buffers)
+        buffers.add_cache(new)
+        return logits[0], new
+
+    def _bind(self, buffers: _CacheBuffers) -> Any:
+        """The session's I/O binding with ``buffers`` bound to every past input and present
+        output and the active adapter's tensors to their inputs (bound again only when
+        one of these changed)."""
+        key = (self._session, buffers, buffers.values[0])
+        old = self._binding_key
+        if (old is None or any(a is not b for a, b in zip(key, old[:3], strict=True))
+                or old[3] != self._active):
+            binding = self._session.io_binding()
+            for name, value in self._bound.items():
+                binding.bind_ortvalue_input(name, value)
+            for past, present, value in zip(self._past, self._present, buffers.values,
+                                            strict=True):
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            self._binding, self._binding_key = binding, (*key, self._active)
+        return self._binding
 
     # --- generation ---------------------------------------------------------------------
 
@@ -262,6 +416,7 @@ class DecoderSession(BundleSession):
             return
         choose = (sampling or Sampling()).chooser()
         eos = set() if ignore_eos else set(self.tokenizer.eos_token_ids)
+        self.reserve(len(ids) + max_new_tokens)
         start = time.perf_counter()
         logits, cache = self.forward(ids)
         timing["prefill_seconds"] = time.perf_counter() - start
@@ -359,7 +514,7 @@ class DecoderSession(BundleSession):
             raise BadInputError("the text has fewer than 2 tokens — nothing to score")
         nll, scored = 0.0, 0
         for index, window in enumerate(windows):
-            logits, _ = self.forward(window, None, num_logits=0)
+            logits = self.forward(window, None, num_logits=0)[0]  # the cache is not kept
             nll += window_nll(logits[:-1], window[1:])
             scored += len(window) - 1
             if progress is not None:

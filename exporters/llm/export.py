@@ -646,7 +646,8 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "layer_bits": {k: v for k, v in overrides.items()},
             "head": _head_manifest(c, head),
             "cache": {"past": "past.{i}.key|value", "present": "present.{i}.key|value",
-                      "layout": "batch, kv_heads, positions, head_dim"},
+                      "layout": "batch, kv_heads, capacity, head_dim",
+                      "past_length": llm_graph.PAST_LENGTH},
         },
         "sizes": {
             "float_weight_bytes": float_bytes,

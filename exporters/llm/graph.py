@@ -3,14 +3,23 @@
 One graph serves prefill and decode. Inputs:
 
 * ``input_ids`` int64 ``[batch, seq]`` — the new tokens;
-* ``past.{i}.key`` / ``past.{i}.value`` float ``[batch, kv_heads, past, head_dim]`` — the
-  cache (``past = 0`` for a fresh prompt);
+* ``past.{i}.key`` / ``past.{i}.value`` float ``[batch, kv_heads, capacity, head_dim]`` —
+  the cache buffers;
+* ``past_length`` int64 ``[1]`` — how many positions of the buffers are filled (0 for a
+  fresh prompt);
 * ``num_logits`` int64 ``[1]`` — logits for the last N positions (0: every position;
   generation asks for 1, perplexity for all).
 
-Outputs: ``logits`` ``[batch, n, vocab]`` and ``present.{i}.key`` / ``.value`` (the cache
-with the new positions appended). Positions follow from the cache length; attention is
-causal over cache + new tokens.
+Outputs: ``logits`` ``[batch, n, vocab]`` and ``present.{i}.key`` / ``.value``: the
+buffers again, with the new positions written at ``past_length ..`` (capacity must hold
+them). A caller binds each ``present`` output to its ``past`` input's buffer (ONNX
+Runtime I/O binding), so nothing is copied: the cache stays in place and grows by the new
+tokens (ONNX Runtime GenAI's "past-present share buffer"). Positions start at
+``past_length``; attention is causal over the cache and the new tokens.
+
+The standard-op graph (``fused=False``, below) keeps the appending cache of bundles before
+op ABI 5 instead: no ``past_length``, the past ``[batch, kv_heads, past, head_dim]``
+holds exactly the filled positions, and present has ``past + seq`` of them.
 
 By default edgepet's fused ops carry attention and the MLP activation:
 ``ai.edgepet.GroupQueryRotaryAttention`` (split of the fused ``qkv``, rotate-half RoPE, the
@@ -55,6 +64,8 @@ OPSET = 23
 #: Its GroupQueryAttention (RoPE inside) was measured and is slower here: see docs/llm.md.
 CONTRIB = "com.microsoft"
 IR_VERSION = 10
+#: The fused graph's input: filled positions of the cache buffers.
+PAST_LENGTH = "past_length"
 
 
 def past_names(i: int) -> tuple[str, str]:
@@ -67,14 +78,36 @@ def present_names(i: int) -> tuple[str, str]:
     return f"present.{i}.key", f"present.{i}.value"
 
 
-def prefill_feeds(config: LlamaConfig, ids: Sequence[int], num_logits: int = 0
-                  ) -> dict[str, np.ndarray]:
+def prefill_feeds(config: LlamaConfig, ids: Sequence[int], num_logits: int = 0,
+                  capacity: int | None = None, fused: bool = True) -> dict[str, np.ndarray]:
     """Inputs of one forward of ``ids`` from an empty cache (``num_logits`` 0: every
-    position's logits)."""
-    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
+    position's logits) for a graph of :func:`build_decoder` with ``fused``: cache buffers
+    of ``capacity`` positions (None: ``len(ids)``; more leaves room to decode after) with
+    ``past_length`` 0, or empty appending caches for the standard-op graph."""
+    size = (len(ids) if capacity is None else capacity) if fused else 0
+    if size < (len(ids) if fused else 0):
+        raise ValueError(f"capacity {capacity} cannot hold the {len(ids)} tokens")
+    empty = np.zeros((1, config.num_kv_heads, size, config.head_dim), np.float32)
     feeds = {"input_ids": np.array([list(ids)], np.int64),
              "num_logits": np.array([num_logits], np.int64)}
+    if fused:
+        feeds["past_length"] = np.zeros(1, np.int64)
     feeds.update({name: empty for i in range(config.num_layers) for name in past_names(i)})
+    return feeds
+
+
+def step_feeds(config: LlamaConfig, ids: Sequence[int], past: Sequence[np.ndarray],
+               past_length: int, num_logits: int = 1, fused: bool = True
+               ) -> dict[str, np.ndarray]:
+    """Inputs of one forward of ``ids`` after a cache: ``past`` are the previous call's
+    present outputs (in input order), ``past_length`` the positions they hold (the fused
+    graph's buffers may hold more; the standard-op graph's hold exactly that many)."""
+    feeds = {"input_ids": np.array([list(ids)], np.int64),
+             "num_logits": np.array([num_logits], np.int64)}
+    if fused:
+        feeds[PAST_LENGTH] = np.array([past_length], np.int64)
+    names = [name for i in range(config.num_layers) for name in past_names(i)]
+    feeds.update(zip(names, past, strict=True))
     return feeds
 
 
@@ -221,10 +254,12 @@ Rope = tuple[str, str]
 
 def _fused_attention(b: _Builder, c: LlamaConfig, i: int, qkv: str, rope: Rope) -> str:
     """Layer ``i``'s attention as one ``GroupQueryRotaryAttention``: split, RoPE at the
-    positions after the cache, the cache append and causal attention."""
+    positions after the cache, the cache write (in the shared buffer, at ``past_length``)
+    and causal attention."""
     out = f"layers.{i}.attn.out"
     b.nodes.append(helper.make_node(
-        "GroupQueryRotaryAttention", [qkv, *past_names(i), *rope], [out, *present_names(i)],
+        "GroupQueryRotaryAttention", [qkv, *past_names(i), *rope, PAST_LENGTH],
+        [out, *present_names(i)],
         name=f"layers.{i}.attn", domain=DOMAIN, num_heads=c.num_heads,
         kv_num_heads=c.num_kv_heads, scale=float(1.0 / np.sqrt(c.head_dim))))
     return out
@@ -308,9 +343,9 @@ def build_decoder(
             read from the table's 4-bit codes (:func:`shared_head_tensors`), which
             ``exporters.rewrite.quantize_embeddings`` must then make (block 32).
         fused: attention and the MLP activation as edgepet's fused ops
-            (``GroupQueryRotaryAttention``, ``SwiGLU``; the default, and faster), or as
-            standard ONNX and contrib ops (the graph of bundles before them; tests compare
-            the two).
+            (``GroupQueryRotaryAttention``, ``SwiGLU``; the default, and faster) with the
+            shared-buffer cache, or as standard ONNX and contrib ops with the appending
+            cache (the graph of bundles before them; tests compare the two).
     """
     if head not in HEAD_CHOICES:
         raise ValueError(f"head {head!r} must be one of {', '.join(HEAD_CHOICES)}")
@@ -323,8 +358,10 @@ def build_decoder(
               helper.make_tensor_value_info("num_logits", TensorProto.INT64, [1])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
                                              ["batch", "logits_seq", c.vocab_size])]
-    cache_shape = ["batch", c.num_kv_heads, "past", c.head_dim]
-    present_shape = ["batch", c.num_kv_heads, "total", c.head_dim]
+    if fused:
+        inputs.append(helper.make_tensor_value_info(PAST_LENGTH, TensorProto.INT64, [1]))
+    cache_shape = ["batch", c.num_kv_heads, "capacity" if fused else "past", c.head_dim]
+    present_shape = ["batch", c.num_kv_heads, "capacity" if fused else "total", c.head_dim]
     for i in range(c.num_layers):
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape)
                    for n in past_names(i)]
@@ -418,6 +455,7 @@ class LayerChoice:
 __all__ = [
     "HEAD_CHOICES",
     "OPSET",
+    "PAST_LENGTH",
     "TABLE",
     "LayerChoice",
     "Projection",
@@ -432,4 +470,5 @@ __all__ = [
     "projections",
     "rope_tables",
     "shared_head_tensors",
+    "step_feeds",
 ]

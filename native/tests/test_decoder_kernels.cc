@@ -146,6 +146,44 @@ void direct_attention(const AttentionArgs& a, std::vector<double>& out,
       }
 }
 
+// The same call with the cache in buffers of a larger capacity, written in place (present
+// = past): the same outputs bit for bit, the new rows after the past ones, and the
+// positions after them untouched.
+void test_shared_buffer(const VectorOps& ops, AttentionArgs a, const std::vector<float>& out,
+                        const std::vector<float>& key, const std::vector<float>& value,
+                        const Parallel& parallel, const std::string& name) {
+  AttentionShape& s = a.shape;
+  const int64_t d = s.head_dim, total = s.past + s.seq, capacity = total + 3;
+  constexpr float kUntouched = 7.0f;
+  std::vector<float> keys(s.batch * s.kv_heads * capacity * d, kUntouched), values(keys);
+  for (int64_t c = 0; c < s.batch * s.kv_heads; ++c) {
+    for (int64_t i = 0; i < s.past * d; ++i) {
+      keys[c * capacity * d + i] = a.past_key[c * s.past * d + i];
+      values[c * capacity * d + i] = a.past_value[c * s.past * d + i];
+    }
+  }
+  std::vector<float> buffer_out(out.size());
+  s.past_rows = s.cache_rows = capacity;
+  a.past_key = a.present_key = keys.data();
+  a.past_value = a.present_value = values.data();
+  a.out = buffer_out.data();
+  decoder_attention(ops, a, parallel);
+  const int before = failures;
+  for (size_t i = 0; i < out.size() && failures - before < 5; ++i) {
+    expect_close(name + " shared buffer out", buffer_out[i], out[i], 0.0);
+  }
+  for (int64_t c = 0; c < s.batch * s.kv_heads && failures - before < 5; ++c) {
+    for (int64_t i = 0; i < capacity * d; ++i) {
+      const size_t at = static_cast<size_t>(c * capacity * d + i);
+      const bool filled = i < total * d;
+      const float want_key = filled ? key[c * total * d + i] : kUntouched;
+      const float want_value = filled ? value[c * total * d + i] : kUntouched;
+      expect_close(name + " shared buffer key", keys[at], want_key, 0.0);
+      expect_close(name + " shared buffer value", values[at], want_value, 0.0);
+    }
+  }
+}
+
 void test_attention(const VectorOps& ops, AttentionShape s, const Parallel& parallel) {
   std::mt19937 rng(static_cast<unsigned>(s.seq * 131 + s.past * 7 + s.heads));
   const int64_t d = s.head_dim, half = d / 2, total = s.past + s.seq;
@@ -186,6 +224,7 @@ void test_attention(const VectorOps& ops, AttentionShape s, const Parallel& para
     expect_close(name + " present_key", key[i], want_key[i], 1e-6);
     expect_close(name + " present_value", value[i], want_value[i], 0.0);
   }
+  test_shared_buffer(ops, a, out, key, value, parallel, name);
 }
 
 void test_checks() {
@@ -201,12 +240,14 @@ void test_checks() {
     AttentionShape s;
     const char* says;
   };
-  AttentionShape long_ctx = s, odd = s, groups = s;
+  AttentionShape long_ctx = s, odd = s, groups = s, full = s;
   long_ctx.rope_positions = 6;
   odd.head_dim = 7;
   groups.kv_heads = 3;
+  full.past_rows = full.cache_rows = 6;  // 5 filled + 2 new in 6 positions
   for (const Bad& bad : {Bad{long_ctx, "beyond the RoPE tables"}, Bad{odd, "even"},
-                         Bad{groups, "multiple of kv_num_heads"}}) {
+                         Bad{groups, "multiple of kv_num_heads"},
+                         Bad{full, "do not fit a cache of 6 positions"}}) {
     ++checks;
     const std::string msg = check_attention(bad.s);
     if (msg.find(bad.says) == std::string::npos) {

@@ -21,15 +21,6 @@ pytest.importorskip("gguf")
 pytest.importorskip("tokenizers")
 
 
-def _feeds(config, ids, past=None):
-    feeds = {"input_ids": np.array([ids], np.int64), "num_logits": np.array([0], np.int64)}
-    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
-    for i in range(config.num_layers):
-        for j, name in enumerate(llm_graph.past_names(i)):
-            feeds[name] = empty if past is None else past[2 * i + j]
-    return feeds
-
-
 # --- import -------------------------------------------------------------------------------
 
 
@@ -59,13 +50,14 @@ def test_fp32_graph_matches_pytorch_for_prefill_and_cached_decode(tiny_ck):
     session = edgepet.runtime.InferenceSession(model)
     ids = [5, 70, 33, 100, 7, 8, 9, 250]
     ref = torch_logits(tiny_ck, ids)
-    full = session.run(None, _feeds(TINY, ids))
+    full = session.run(None, llm_graph.prefill_feeds(TINY, ids))
     np.testing.assert_allclose(full[0][0], ref, atol=1e-4, rtol=1e-4)
-    out = session.run(None, _feeds(TINY, ids[:5]))
-    for token in ids[5:]:
-        feeds = _feeds(TINY, [token], out[1:])
-        feeds["num_logits"] = np.array([1], np.int64)
-        out = session.run(None, feeds)
+    # Cache buffers of 16 positions, 5 filled by the prompt, then one token a call (the
+    # buffers are fed back unbound: the op copies them to its output and writes there).
+    out = session.run(None, llm_graph.prefill_feeds(TINY, ids[:5], capacity=16))
+    for length, token in enumerate(ids[5:], start=5):
+        out = session.run(None, llm_graph.step_feeds(TINY, [token], out[1:], length))
+        assert out[1].shape == (1, TINY.num_kv_heads, 16, TINY.head_dim)
     np.testing.assert_allclose(out[0][0, -1], ref[-1], atol=1e-4, rtol=1e-4)
 
 

@@ -36,12 +36,28 @@ def _sessions(ck: Checkpoint, weights, context: int = 96):
             for fused in (True, False)]
 
 
-def _run(session, config, ids, past=None, num_logits=0):
-    feeds = llm_graph.prefill_feeds(config, ids, num_logits)
-    if past is not None:
-        names = [n for i in range(config.num_layers) for n in llm_graph.past_names(i)]
-        feeds.update(dict(zip(names, past, strict=True)))
+#: Positions of the fused graph's cache buffers in these tests.
+CAPACITY = 64
+
+
+def _run(session, config, ids, past=None, length=0, num_logits=0):
+    """One forward after ``past`` (``length`` positions filled; None: empty). The fused
+    graph's caches are buffers of CAPACITY positions; the standard-op graph's append."""
+    fused = llm_graph.PAST_LENGTH in {i.name for i in session.get_inputs()}
+    if past is None:
+        feeds = llm_graph.prefill_feeds(config, ids, num_logits, CAPACITY, fused)
+    else:
+        feeds = llm_graph.step_feeds(config, ids, past, length, num_logits, fused)
     return session.run(None, feeds)
+
+
+def _assert_same(fused_out, standard_out, length):
+    """Logits equal, and the fused buffers' first ``length`` positions equal the
+    standard-op graph's caches."""
+    np.testing.assert_allclose(fused_out[0], standard_out[0], rtol=2e-4, atol=2e-4)
+    for buffer, cache in zip(fused_out[1:], standard_out[1:], strict=True):
+        assert buffer.shape[2] == CAPACITY and cache.shape[2] == length
+        np.testing.assert_allclose(buffer[:, :, :length], cache, rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize("config", [TINY, MHA, GQA3], ids=["gqa2", "mha", "gqa3"])
@@ -51,16 +67,11 @@ def test_fused_graph_matches_standard_ops_for_prefill_and_decode(config):
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, config.vocab_size, 37).tolist()  # > 16: several query chunks
     outs = [_run(s, config, prompt) for s in (fused, standard)]
-    for got, want in zip(*outs, strict=True):
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
-    for token in rng.integers(0, config.vocab_size, 6).tolist():
-        outs = [_run(s, config, [token], out[1:], num_logits=1)
+    _assert_same(*outs, 37)
+    for length, token in enumerate(rng.integers(0, config.vocab_size, 6).tolist(), 37):
+        outs = [_run(s, config, [token], out[1:], length, num_logits=1)
                 for s, out in zip((fused, standard), outs, strict=True)]
-        assert outs[0][1].shape == (1, config.num_kv_heads, outs[0][1].shape[2],
-                                    config.head_dim)
-        for got, want in zip(*outs, strict=True):
-            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
-    assert outs[0][1].shape[2] == 37 + 6
+        _assert_same(*outs, length + 1)
 
 
 def test_fused_graph_matches_standard_ops_with_lut_projections_and_a_chunked_prompt():
@@ -70,10 +81,9 @@ def test_fused_graph_matches_standard_ops_with_lut_projections_and_a_chunked_pro
     fused, standard = _sessions(ck, weights)
     ids = list(range(3, 60, 2))
     outs = [_run(s, TINY, ids[:11]) for s in (fused, standard)]
-    outs = [_run(s, TINY, ids[11:], out[1:]) for s, out in zip((fused, standard), outs,
-                                                                strict=True)]
-    for got, want in zip(*outs, strict=True):
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    outs = [_run(s, TINY, ids[11:], out[1:], 11) for s, out in zip((fused, standard), outs,
+                                                                    strict=True)]
+    _assert_same(*outs, len(ids))
 
 
 def test_fused_graph_has_no_mask_or_split_subgraph():
@@ -95,7 +105,7 @@ def test_a_context_past_the_rope_tables_is_a_clear_error():
         llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 16, np.float32))
     out = _run(session, TINY, list(range(10)))
     with pytest.raises(Exception, match="beyond the RoPE tables' 16 positions"):
-        _run(session, TINY, list(range(7)), out[1:])
+        _run(session, TINY, list(range(7)), out[1:], 10)
 
 
 def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
@@ -105,13 +115,20 @@ def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
 
     bundle = Bundle.open(tiny_2bit_bundle)
     abi, layout = installed_operator()
-    assert abi == 4 and bundle.manifest["operator"]["abi_version"] == 4
+    assert abi == 5 and bundle.manifest["operator"]["abi_version"] == 5
     # ABI 4 added operators (and changed 3-bit storage only): a bundle of ABI 3 without
     # 3-bit weights (a standard-op decoder graph) still runs.
     bundle.manifest["operator"].update(abi_version=3, layout="tile32-nibble4")
     bundle.check_operator((4, layout))
+    bundle.check_operator((5, layout))
     bundle.manifest["operator"]["layout"] = layout
-    # A bundle using the fused ops, opened with a library of ABI 3 (which lacks them).
+    # ABI 5 changed no layout: an ABI-4 bundle (appending cache) runs on this library.
     bundle.manifest["operator"]["abi_version"] = 4
+    bundle.check_operator((5, layout))
+    # A bundle using the fused ops, opened with a library of ABI 3 (which lacks them).
     with pytest.raises(BundleError, match="speaks ABI 3 and lacks operators the model uses"):
         bundle.check_operator((3, layout), "old/libedgepet_ort.so")
+    # This bundle's shared cache buffer on an ABI-4 library (whose attention lacks it).
+    bundle.manifest["operator"]["abi_version"] = 5
+    with pytest.raises(BundleError, match="speaks ABI 4 and lacks operators the model uses"):
+        bundle.check_operator((4, layout), "old/libedgepet_ort.so")

@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 
 from edgepet.cli import main
 from edgepet.exporters.llm import export_decoder
+from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.llm.graph import dequantize_table, shared_head_tensors
 from edgepet.runtime import InferenceSession
 from edgepet.runtime.errors import BadInputError
@@ -47,10 +48,7 @@ def test_the_shared_head_computes_the_table_rows_within_int8_activation_rounding
     model, table = _head_inputs_and_table(heads["shared"])
     session = InferenceSession(model, threads=1)
     c = TINY
-    feeds = {"input_ids": np.array([IDS], np.int64), "num_logits": np.array([0], np.int64)}
-    for i in range(c.num_layers):
-        for kv in ("key", "value"):
-            feeds[f"past.{i}.{kv}"] = np.zeros((1, c.num_kv_heads, 0, c.head_dim), np.float32)
+    feeds = llm_graph.prefill_feeds(c, IDS)
     names = [o.name for o in session.get_outputs()]
     out = dict(zip(names, session.run(None, feeds), strict=True))
     x, got, exact = out[names[-2]][0], out["logits"][0], out["float_logits"][0]

@@ -38,13 +38,11 @@ def fp32_session(smol):
 
 def _greedy_onnx(session, ck, ids: list[int], n: int) -> list[int]:
     c = ck.config
-    feeds = llm_graph.prefill_feeds(c, ids, num_logits=1)
+    feeds = llm_graph.prefill_feeds(c, ids, num_logits=1, capacity=len(ids) + n)
     out, tokens = session.run(None, feeds), []
     for _ in range(n):
         tokens.append(int(np.argmax(out[0][0, -1])))
-        feeds = {"input_ids": np.array([[tokens[-1]]]), "num_logits": np.array([1])}
-        names = [name for i in range(c.num_layers) for name in llm_graph.past_names(i)]
-        feeds.update(dict(zip(names, out[1:], strict=True)))
+        feeds = llm_graph.step_feeds(c, tokens[-1:], out[1:], len(ids) + len(tokens) - 1)
         out = session.run(None, feeds)
     return tokens
 

@@ -16,19 +16,24 @@ def _tables(positions, d, theta=10000.0):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _attention_model(heads, kv_heads, d, positions=64, scale=None, tables=None, **attrs):
+def _attention_model(heads, kv_heads, d, positions=64, scale=None, tables=None,
+                     shared=False, **attrs):
+    """One attention node; ``shared``: with the past_length input (cache buffers)."""
     cos, sin = tables if tables is not None else _tables(positions, d)
     attrs = {"num_heads": heads, "kv_num_heads": kv_heads,
              "scale": float(scale if scale is not None else d ** -0.5), **attrs}
     attrs = {k: v for k, v in attrs.items() if v is not None}
-    node = helper.make_node("GroupQueryRotaryAttention", ["qkv", "pk", "pv", "cos", "sin"],
+    inputs = ["qkv", "pk", "pv", "cos", "sin"] + (["past_length"] if shared else [])
+    node = helper.make_node("GroupQueryRotaryAttention", inputs,
                             ["out", "k", "v"], name="layers.0.attn", domain=DOMAIN, **attrs)
     width = (heads + 2 * kv_heads) * d
     graph = helper.make_graph(
         [node], "g",
         [helper.make_tensor_value_info("qkv", TensorProto.FLOAT, ["B", "S", width]),
          helper.make_tensor_value_info("pk", TensorProto.FLOAT, ["B", kv_heads, "P", d]),
-         helper.make_tensor_value_info("pv", TensorProto.FLOAT, ["B", kv_heads, "P", d])],
+         helper.make_tensor_value_info("pv", TensorProto.FLOAT, ["B", kv_heads, "P", d])]
+        + ([helper.make_tensor_value_info("past_length", TensorProto.INT64, [1])]
+           if shared else []),
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out", "k", "v")],
         initializer=[numpy_helper.from_array(cos, "cos"), numpy_helper.from_array(sin, "sin")])
     return _model(graph)
@@ -89,6 +94,79 @@ def test_attention_equals_direct_computation_for_prefill_and_decode(heads, kv_he
         for g, w in zip(got, want, strict=True):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_shared_buffer_cache_gives_the_appending_cache_numbers(threads):
+    """past_length = L: the first L rows of the buffers are the cache, the new rows are
+    written at L.., the rest is passed through; out equals the appending op's."""
+    heads, kv_heads, d, capacity = 9, 3, 64, 160
+    rng = np.random.default_rng(7)
+    cos, sin = _tables(200, d)
+    shared = runtime.InferenceSession(
+        _attention_model(heads, kv_heads, d, tables=(cos, sin), shared=True), threads=threads)
+    for batch, seq, past in [(1, 5, 0), (1, 150, 0), (1, 1, 37), (2, 1, 9), (1, 7, 20)]:
+        qkv = rng.standard_normal((batch, seq, (heads + 2 * kv_heads) * d), dtype=np.float32)
+        pk, pv = (rng.standard_normal((batch, kv_heads, capacity, d), dtype=np.float32)
+                  for _ in range(2))
+        out, k, v = shared.run(None, {"qkv": qkv, "pk": pk, "pv": pv,
+                                      "past_length": np.array([past], np.int64)})
+        want = _direct(qkv, pk[:, :, :past], pv[:, :, :past], heads, kv_heads, cos, sin,
+                       d ** -0.5)
+        np.testing.assert_allclose(out, want[0], rtol=1e-4, atol=1e-5)
+        for got, buffer, filled in ((k, pk, want[1]), (v, pv, want[2])):
+            assert got.shape == buffer.shape
+            np.testing.assert_allclose(got[:, :, :past + seq], filled, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(got[:, :, past + seq:], buffer[:, :, past + seq:])
+
+
+def test_a_shared_buffer_bound_as_input_and_output_is_written_in_place():
+    import onnxruntime as ort
+
+    heads, kv_heads, d = 4, 2, 16
+    cos, sin = _tables(64, d)
+    session = runtime.InferenceSession(
+        _attention_model(heads, kv_heads, d, tables=(cos, sin), shared=True))
+    rng = np.random.default_rng(3)
+    keys, values = (np.zeros((1, kv_heads, 32, d), np.float32) for _ in range(2))
+    binding = session.io_binding()
+    for name, out, array in (("pk", "k", keys), ("pv", "v", values)):
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(out, value)
+    qkvs = [rng.standard_normal((1, n, (heads + 2 * kv_heads) * d), dtype=np.float32)
+            for n in (6, 1, 1)]
+    length = 0
+    for qkv in qkvs:
+        binding.bind_cpu_input("qkv", qkv)
+        binding.bind_cpu_input("past_length", np.array([length], np.int64))
+        binding.bind_output("out")  # ORT's own buffer, of this call's shape
+        session.run_with_iobinding(binding)
+        length += qkv.shape[1]
+    # The numpy arrays are the cache: the three calls' rows, as one appending call makes.
+    want = _direct(np.concatenate(qkvs, 1), keys[:, :, :0], values[:, :, :0], heads,
+                   kv_heads, cos, sin, d ** -0.5)
+    np.testing.assert_allclose(keys[:, :, :length], want[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(values[:, :, :length], want[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(binding.get_outputs()[-1].numpy(), want[0][:, -1:],  # out
+                               rtol=1e-4, atol=1e-5)
+    assert not keys[:, :, length:].any()
+
+
+@pytest.mark.parametrize("length,message", [
+    (np.array([-1], np.int64), "past_length -1 \\+ 2 new tokens do not fit the cache "
+                               "buffers' 8 positions"),
+    (np.array([7], np.int64), "past_length 7 \\+ 2 new tokens do not fit"),
+    (np.array([1, 2], np.int64), r"past_length must be one int64 .*got \[2\]"),
+])
+def test_a_past_length_outside_the_buffers_is_an_error(length, message):
+    model = _attention_model(4, 2, 16, shared=True)
+    for value in model.graph.input:
+        value.type.tensor_type.ClearField("shape")
+    feeds = {"qkv": np.zeros((1, 2, 128), np.float32), "past_length": length,
+             "pk": np.zeros((1, 2, 8, 16), np.float32), "pv": np.zeros((1, 2, 8, 16), np.float32)}
+    with pytest.raises(Exception, match="GroupQueryRotaryAttention 'layers.0.attn': " + message):
+        runtime.InferenceSession(model).run(None, feeds)
 
 
 def _run_attention(model, batch=1, seq=1, past=0, heads=4, kv_heads=2, d=16, **shapes):

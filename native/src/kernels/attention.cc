@@ -48,7 +48,15 @@ std::string check_attention(const AttentionShape& s) {
   if (s.head_dim <= 0 || s.head_dim % 2 != 0) {
     return "head size " + num(s.head_dim) + " must be positive and even (rotate-half RoPE)";
   }
-  if (s.batch < 0 || s.seq < 0 || s.past < 0) return "negative dimension";
+  if (s.batch < 0 || s.seq < 0 || s.past < 0 || s.past_rows < 0 || s.cache_rows < 0) {
+    return "negative dimension";
+  }
+  if (s.past > s.past_stride() || s.past_stride() > s.cache_stride() ||
+      s.past + s.seq > s.cache_stride()) {
+    return "past length " + num(s.past) + " + " + num(s.seq) + " new tokens do not fit a cache "
+           "of " + num(s.cache_stride()) + " positions (past buffer " + num(s.past_stride()) +
+           ")";
+  }
   if (s.seq > 0 && s.past + s.seq > s.rope_positions) {
     return "position " + num(s.past + s.seq - 1) + " (past " + num(s.past) + " + " +
            num(s.seq) + " new tokens) is beyond the RoPE tables' " + num(s.rope_positions) +
@@ -89,16 +97,16 @@ void attend_chunk(void* data, int64_t task) {
   const AttentionArgs& a = *job.args;
   const AttentionShape& s = a.shape;
   const VectorOps& ops = *job.ops;
-  const int64_t d = s.head_dim, half = d / 2, total = s.past + s.seq;
+  const int64_t d = s.head_dim, half = d / 2, stride = s.cache_stride();
   const int64_t chunk = task % job.chunks, bh = task / job.chunks;
   const int64_t b = bh / s.heads, h = bh % s.heads, kvh = h / (s.heads / s.kv_heads);
   const int64_t row = (s.heads + 2 * s.kv_heads) * d;
-  const float* keys = a.present_key + (b * s.kv_heads + kvh) * total * d;
-  const float* values = a.present_value + (b * s.kv_heads + kvh) * total * d;
+  const float* keys = a.present_key + (b * s.kv_heads + kvh) * stride * d;
+  const float* values = a.present_value + (b * s.kv_heads + kvh) * stride * d;
   // Per-thread scratch, grown as the cache grows: no allocation per head and step.
   thread_local std::vector<float> q, scores;
   q.resize(static_cast<size_t>(d));
-  scores.resize(std::max(scores.size(), static_cast<size_t>(total)));
+  scores.resize(std::max(scores.size(), static_cast<size_t>(s.past + s.seq)));
   const int64_t t_end = std::min(s.seq, (chunk + 1) * kQueriesPerTask);
   for (int64_t t = chunk * kQueriesPerTask; t < t_end; ++t) {
     const int64_t pos = s.past + t, seen = pos + 1;
@@ -117,18 +125,22 @@ void attend_chunk(void* data, int64_t task) {
 
 void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Parallel& parallel) {
   const AttentionShape& s = a.shape;
-  const int64_t d = s.head_dim, half = d / 2, total = s.past + s.seq;
+  const int64_t d = s.head_dim, half = d / 2;
+  const int64_t past_stride = s.past_stride(), stride = s.cache_stride();
   const int64_t row = (s.heads + 2 * s.kv_heads) * d;
-  const size_t past_bytes = static_cast<size_t>(s.past * d) * sizeof(float);
-  // The cache: the past rows, then the new keys (rotated) and values.
+  const size_t past_bytes = static_cast<size_t>(past_stride * d) * sizeof(float);
+  // The cache: the past rows (unless present is past's own buffer), then the new keys
+  // (rotated) and values.
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t g = 0; g < s.kv_heads; ++g) {
       const int64_t cache = (b * s.kv_heads + g);
-      float* key = a.present_key + cache * total * d;
-      float* value = a.present_value + cache * total * d;
-      if (past_bytes) {
-        std::memcpy(key, a.past_key + cache * s.past * d, past_bytes);
-        std::memcpy(value, a.past_value + cache * s.past * d, past_bytes);
+      float* key = a.present_key + cache * stride * d;
+      float* value = a.present_value + cache * stride * d;
+      if (past_bytes && a.present_key != a.past_key) {
+        std::memcpy(key, a.past_key + cache * past_stride * d, past_bytes);
+      }
+      if (past_bytes && a.present_value != a.past_value) {
+        std::memcpy(value, a.past_value + cache * past_stride * d, past_bytes);
       }
       for (int64_t t = 0; t < s.seq; ++t) {
         const int64_t pos = s.past + t;

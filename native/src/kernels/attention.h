@@ -38,10 +38,22 @@ const VectorOps& vector_ops();
 
 // Sizes of one attention call. The fused projection holds, per token, the queries of
 // all heads, then the keys, then the values: (heads + 2 * kv_heads) * head_dim floats.
+//
+// The cache is kept in one of two ways. Appending (past_rows = cache_rows = 0): the past
+// buffers hold exactly `past` rows per (batch, kv head) and the present ones `past + seq`.
+// A fixed-capacity buffer (ONNX Runtime GenAI's "past-present share buffer"): past and
+// present both hold `cache_rows` rows per (batch, kv head), of which the first `past` are
+// valid; the new rows are written at past .. past + seq - 1 and the rest is left as it is.
+// When present and past are the same memory nothing is copied.
 struct AttentionShape {
   int64_t batch = 0, seq = 0, past = 0;
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
   int64_t rope_positions = 0;  // rows of the cos/sin tables ([positions, head_dim / 2])
+  int64_t past_rows = 0;       // rows per cache head of past_key/value (0: past)
+  int64_t cache_rows = 0;      // rows per cache head of present_key/value (0: past + seq)
+
+  int64_t past_stride() const { return past_rows > 0 ? past_rows : past; }
+  int64_t cache_stride() const { return cache_rows > 0 ? cache_rows : past + seq; }
 };
 
 // What is wrong with the sizes (heads not a multiple of kv_heads, an odd head_dim, a
@@ -51,18 +63,18 @@ std::string check_attention(const AttentionShape& s);
 struct AttentionArgs {
   AttentionShape shape;
   const float* qkv = nullptr;         // [batch, seq, (heads + 2 kv_heads) head_dim]
-  const float* past_key = nullptr;    // [batch, kv_heads, past, head_dim]
+  const float* past_key = nullptr;    // [batch, kv_heads, past_stride(), head_dim]
   const float* past_value = nullptr;  // same
   const float* cos = nullptr;         // [rope_positions, head_dim / 2]
   const float* sin = nullptr;         // same
   float scale = 1.0f;                 // applied to q . k before the softmax
   float* out = nullptr;               // [batch, seq, heads head_dim]
-  float* present_key = nullptr;       // [batch, kv_heads, past + seq, head_dim]
-  float* present_value = nullptr;     // same
+  float* present_key = nullptr;       // [batch, kv_heads, cache_stride(), head_dim]; may
+  float* present_value = nullptr;     // be past_key / past_value (a shared buffer)
 };
 
 // Splits qkv, rotates q and k (rotate-half RoPE at positions past .. past + seq - 1),
-// writes the cache with the new positions appended, and attends causally: query t sees
+// writes the cache with the new positions after the past ones, and attends causally: query t sees
 // the cache and new tokens 0..t. Query head h reads kv head h / (heads / kv_heads).
 // check_attention(args.shape) must be empty.
 void decoder_attention(const VectorOps& ops, const AttentionArgs& args,

@@ -82,7 +82,9 @@ struct FloatOp : OrtCustomOp {
 
 // ---------------------------------------------------------------- attention
 
-enum AttentionInput { kQkv = 0, kPastKey, kPastValue, kCos, kSin, kAttentionInputs };
+// past_length (optional, int64 [1]) selects the shared-buffer cache: past and present are
+// buffers of a fixed capacity, past_length of whose rows are valid (attention.h).
+enum AttentionInput { kQkv = 0, kPastKey, kPastValue, kCos, kSin, kPastLength, kAttentionInputs };
 
 struct AttentionKernel {
   const OrtApi* api;
@@ -92,6 +94,7 @@ struct AttentionKernel {
   const VectorOps* ops = nullptr;
   TensorView tables[2];  // cos, sin when initializers (checked once)
   bool constant_tables = false;
+  bool shared_buffer = false;  // the node has a past_length input
 
   std::string where() const { return "GroupQueryRotaryAttention '" + node + "': "; }
 };
@@ -132,6 +135,9 @@ OrtStatus* create_attention(const OrtCustomOp*, const OrtApi* api, const OrtKern
                          " must be a positive finite number");
   }
   k->ops = &vector_ops();
+  size_t inputs = 0;
+  if (OrtStatus* s = api->KernelInfo_GetInputCount(info, &inputs)) return s;
+  k->shared_buffer = inputs > kPastLength;
   if (OrtStatus* s = constant_input(api, info, kCos, &k->tables[0])) return s;
   if (OrtStatus* s = constant_input(api, info, kSin, &k->tables[1])) return s;
   k->constant_tables = k->tables[0].present && k->tables[1].present;
@@ -147,7 +153,8 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   const auto& k = *static_cast<AttentionKernel*>(op_kernel);
   const OrtApi* api = k.api;
   TensorView in[kAttentionInputs];
-  for (size_t i = 0; i < kAttentionInputs; ++i) {
+  const size_t inputs = k.shared_buffer ? kAttentionInputs : kPastLength;
+  for (size_t i = 0; i < inputs; ++i) {
     if (k.constant_tables && (i == kCos || i == kSin)) {
       in[i] = k.tables[i - kCos];
     } else if (OrtStatus* s = view_input(api, ctx, i, &in[i])) {
@@ -183,6 +190,22 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   s.batch = qkv.shape[0];
   s.seq = qkv.shape[1];
   s.past = pk.shape[2];
+  if (k.shared_buffer) {
+    const TensorView& length = in[kPastLength];
+    if (!length.present || length.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ||
+        length.elements != 1) {
+      return fail(api, k.where() + "past_length must be one int64 (the valid rows of the "
+                                   "cache buffers), got " +
+                           (length.present ? shape_str(length.shape) : std::string("nothing")));
+    }
+    s.past = *static_cast<const int64_t*>(length.data);
+    s.past_rows = s.cache_rows = pk.shape[2];
+    if (s.past < 0 || s.past + s.seq > s.cache_rows) {
+      return fail(api, k.where() + "past_length " + std::to_string(s.past) + " + " +
+                           std::to_string(s.seq) + " new tokens do not fit the cache buffers' " +
+                           std::to_string(s.cache_rows) + " positions");
+    }
+  }
   s.heads = k.heads;
   s.kv_heads = k.kv_heads;
   s.head_dim = d;
@@ -198,14 +221,15 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   if (OrtStatus* st = output_float(api, ctx, 0, {s.batch, s.seq, s.heads * d}, &args.out)) {
     return st;
   }
-  const std::vector<int64_t> cache{s.batch, s.kv_heads, s.past + s.seq, d};
+  const std::vector<int64_t> cache{s.batch, s.kv_heads, s.cache_stride(), d};
   if (OrtStatus* st = output_float(api, ctx, 1, cache, &args.present_key)) return st;
   if (OrtStatus* st = output_float(api, ctx, 2, cache, &args.present_value)) return st;
   decoder_attention(*k.ops, args, OrtParallel(api, ctx));
   return nullptr;
 }
 
-// out: [batch, seq, num_heads * head size]; present: [batch, kv_heads, past + seq, head size].
+// out: [batch, seq, num_heads * head size]; present: [batch, kv_heads, past + seq, head size],
+// or past's shape with a past_length input (a shared buffer).
 OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   const OrtApi* api = ort_api();
   int64_t heads = 0, kv_heads = 0;
@@ -226,13 +250,17 @@ OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   const bool sane = heads > 0 && heads <= (int64_t{1} << 20) && d >= 0 && d <= (int64_t{1} << 30);
   out.values[2] = sane ? heads * d : -1;
   out.symbols[2] = fresh_dim("attention_width");
+  size_t inputs = 0;
+  if (OrtStatus* s = api->ShapeInferContext_GetInputCount(ctx, &inputs)) return s;
   Dims present = past;
   present.values[0] = qkv.values[0];
   present.symbols[0] = qkv.symbols[0];
   present.values[1] = kv_heads;
-  present.values[2] = past.values[2] >= 0 && qkv.values[1] >= 0
-                          ? past.values[2] + qkv.values[1] : -1;
-  present.symbols[2] = fresh_dim("total");
+  if (inputs <= kPastLength) {
+    present.values[2] = past.values[2] >= 0 && qkv.values[1] >= 0
+                            ? past.values[2] + qkv.values[1] : -1;
+    present.symbols[2] = fresh_dim("total");
+  }
   present.values[3] = d;
   present.symbols[3] = fresh_dim("head_size");
   if (OrtStatus* s = set_output(api, ctx, 0, out)) return s;
@@ -245,6 +273,13 @@ struct AttentionOp : FloatOp<AttentionOp> {
   AttentionOp() {
     GetName = [](const OrtCustomOp*) { return "GroupQueryRotaryAttention"; };
     GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kAttentionInputs; };
+    GetInputType = [](const OrtCustomOp*, size_t i) {
+      return i == kPastLength ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
+                              : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    };
+    GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+      return i == kPastLength ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    };
     GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 3; };
     CreateKernelV2 = create_attention;
     KernelComputeV2 = compute_attention;

@@ -1,0 +1,78 @@
+"""DecoderSession's cache of fixed-capacity buffers (op ABI 5): written in place call after
+call, grown when full, and still a value — an earlier cache can be extended again, a
+fresh prompt never overwrites a cache someone holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgepet.runtime.errors import BadInputError
+from edgepet.runtime.generate import open_decoder
+
+pytest.importorskip("gguf")
+pytest.importorskip("tokenizers")
+
+IDS = [5, 70, 33, 100, 7, 8, 9, 250, 17, 44, 3, 91]
+
+
+@pytest.fixture
+def session(tiny_fp32_bundle):
+    return open_decoder(tiny_fp32_bundle)
+
+
+def _full(session, ids):
+    """Logits of the last position, from one call over all ``ids``."""
+    return session.forward(ids, None)[0][-1]
+
+
+def test_one_token_at_a_time_writes_the_same_buffers_and_matches_one_call(session):
+    assert session._shared  # this version's bundles use the shared-buffer cache
+    logits, cache = session.forward(IDS[:4])
+    buffers, first = cache.buffers, cache[0]
+    for n, token in enumerate(IDS[4:], start=5):
+        logits, cache = session.forward([token], cache)
+        assert cache.length == n and cache.buffers is buffers and cache[0] is first
+    np.testing.assert_allclose(logits[-1], _full(session, IDS), rtol=1e-5, atol=1e-5)
+
+
+def test_an_earlier_cache_extended_again_is_copied_and_both_stay_right(session):
+    _, five = session.forward(IDS[:5])
+    _, six = session.forward([IDS[5]], five)
+    other, six_b = session.forward([99], five)  # five is older than six: a copy
+    assert six_b.buffers is not six.buffers
+    np.testing.assert_allclose(other[-1], _full(session, IDS[:5] + [99]), rtol=1e-5,
+                               atol=1e-5)
+    on, _ = session.forward([IDS[6]], six)  # six was not disturbed
+    np.testing.assert_allclose(on[-1], _full(session, IDS[:7]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_fresh_prompt_leaves_a_held_cache_alone_and_reuses_free_buffers(session):
+    _, held = session.forward(IDS[:6])
+    free = session.forward([1, 2, 3], None)[1].buffers  # while `held` is alive: new ones
+    assert free is not held.buffers
+    logits = session.forward([IDS[6]], held)[0]
+    np.testing.assert_allclose(logits[-1], _full(session, IDS[:7]), rtol=1e-5, atol=1e-5)
+    _, again = session.forward(IDS[:3], None)  # no cache of `free` is alive: reused
+    assert again.buffers is free
+
+
+def test_buffers_grow_when_full_and_keep_their_positions(session):
+    session.reserve(3)
+    _, cache = session.forward(IDS[:3])
+    capacity = cache.buffers.capacity
+    assert capacity < session.max_context
+    ids = list(IDS[:3])
+    while cache.length <= capacity:  # past the first capacity
+        token = (7 * cache.length) % 200 + 3
+        logits, cache = session.forward([token], cache)
+        ids.append(token)
+    assert cache.buffers.capacity > capacity
+    np.testing.assert_allclose(logits[-1], _full(session, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_past_the_context_is_a_clear_error(session):
+    _, cache = session.forward(IDS)
+    with pytest.raises(BadInputError, match=r"12 cached \+ 300 new tokens exceed this "
+                                            r"bundle's context of 256"):
+        session.forward([1] * 300, cache)
