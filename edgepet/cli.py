@@ -226,6 +226,10 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                         "(default) stores the head as a LutMatMul of its own; shared reads "
                         "the 4-bit embedding codes (com.microsoft.MatMulNBits): a smaller "
                         "file, a higher perplexity (docs/llm.md)")
+    p.add_argument("--kv-cache", choices=("float16", "float32"), default=None,
+                   help="decoders: the KV cache's storage, float16 (default: half the bytes "
+                        "a decode step reads per cached position, as llama.cpp's f16 cache) "
+                        "or float32 (exact)")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
                    help="leave layers matching this name pattern in float (fnmatch, e.g. "
                         "lm_head or 'layers.0.*'); repeatable")
@@ -409,6 +413,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         budget_error=args.budget_error, max_size=_size(args.max_size),
         embedding_bits=args.embedding_bits or "auto", with_tflite=args.with_tflite,
         require_native=args.require_native, tied_head=args.tied_head,
+        kv_cache=args.kv_cache,
     )
     print(summary(bundle))
     return EXIT_OK
@@ -440,6 +445,12 @@ def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
                      "Face Llama folder) — leave it out for this model")
     if tied_head is not None:
         options["tied_head"] = tied_head
+    kv_cache = options.pop("kv_cache", None)
+    if kv_cache is not None and not decoder:
+        raise _Usage("--kv-cache applies to decoder checkpoints (a GGUF file or a Hugging "
+                     "Face Llama folder) — leave it out for this model")
+    if kv_cache is not None:
+        options["kv_cache"] = kv_cache
     run = export_decoder_options if decoder else export
     if run is export:
         if options.pop("calibration_tokens", None) is not None:

@@ -395,7 +395,7 @@ class Bundle:
                 f"speaks ABI {abi}"
                 + (" and lacks operators the model uses (ABI 4 added the decoder ops "
                    "GroupQueryRotaryAttention and SwiGLU, ABI 5 the attention's shared "
-                   "cache buffer) — install the edgepet version that "
+                   "float16 cache buffer) — install the edgepet version that "
                    f"made the bundle ({self.manifest['edgepet_version']}) or newer, or "
                    "export the model again with this edgepet" if newer else
                    " — export the model again with this edgepet, or install the edgepet "

@@ -157,9 +157,9 @@ class _CacheBuffers:
     no live cache refers to them (``in_use``)."""
 
     def __init__(self, ort: Any, count: int, kv_heads: int, head_dim: int,
-                 capacity: int) -> None:
+                 capacity: int, dtype: Any) -> None:
         self._ort = ort
-        self.arrays = [np.zeros((1, kv_heads, capacity, head_dim), np.float32)
+        self.arrays = [np.zeros((1, kv_heads, capacity, head_dim), dtype)
                        for _ in range(count)]
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.arrays]
         self.capacity = capacity
@@ -180,7 +180,7 @@ class _CacheBuffers:
         """New buffers of ``capacity`` positions holding these ones' first ``length``."""
         first = self.arrays[0]
         new = _CacheBuffers(self._ort, len(self.arrays), first.shape[1], first.shape[3],
-                            capacity)
+                            capacity, first.dtype)
         for mine, theirs in zip(self.arrays, new.arrays, strict=True):
             theirs[:, :, :length] = mine[:, :, :length]
         return new
@@ -217,6 +217,8 @@ class DecoderSession(BundleSession):
         # Bundles of op ABI 5+: a cache of fixed-capacity buffers written in place, bound
         # once to both the past inputs and the present outputs (no copy per token).
         self._shared = PAST_LENGTH in self._inputs
+        self._cache_dtype = np.float16 if self._inputs[self._past[0]].type == \
+            "tensor(float16)" else np.float32
         self._buffers: _CacheBuffers | None = None  # reused by fresh prompts when free
         self._binding: Any = None
         self._binding_key: tuple[Any, ...] | None = None
@@ -303,7 +305,7 @@ class DecoderSession(BundleSession):
 
     def _new_buffers(self, capacity: int) -> _CacheBuffers:
         return _CacheBuffers(self._ort, len(self._past), int(self.config["num_kv_heads"]),
-                             int(self.config["head_dim"]), capacity)
+                             int(self.config["head_dim"]), capacity, self._cache_dtype)
 
     def _capacity_for(self, positions: int, current: int = 0) -> int:
         """Buffer capacity for ``positions``: at least double ``current`` (amortized

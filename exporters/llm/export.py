@@ -76,6 +76,10 @@ DEFAULT_EMBEDDING: str | int = 4
 #: table's 4-bit codes ("shared": 17.7 MB smaller for SmolLM2-135M, but perplexity 16.33
 #: against 15.59, more resident memory and slower decoding; the figures in docs/llm.md).
 DEFAULT_TIED_HEAD = "separate"
+#: Storage of the KV cache (``--kv-cache``): float16 halves the bytes a decode step reads per
+#: cached position (llama.cpp's default f16 cache); float32 is exact.
+KV_CACHE_DTYPES: dict[str, type] = {"float16": np.float16, "float32": np.float32}
+DEFAULT_KV_CACHE = "float16"
 #: Projections kept at 4 bits by default when the bundle is 2 or 3 bits wide: SmolLM2-135M's
 #: attention and down projections and its head lose the model at 3 bits already, while
 #: gate/up (half the weights) tolerate 3 bits (the table in docs/llm.md).
@@ -109,6 +113,7 @@ def export_decoder(
     tied_head: str = DEFAULT_TIED_HEAD,
     max_context: int | None = None,
     max_size: int | None = None,
+    kv_cache: str = DEFAULT_KV_CACHE,
     overwrite: bool = False,
     op_library: str | os.PathLike[str] | None = None,
     require_native: bool = False,
@@ -153,6 +158,8 @@ def export_decoder(
             down first (:mod:`.plan`); the plan goes into the manifest
             (``quantization.plan``). BadInputError naming the smallest possible size when
             it cannot be met. Not with ``layer_bits``.
+        kv_cache: the KV cache's storage, "float16" (default: half the bytes per cached
+            position, as llama.cpp's default f16 cache) or "float32" (exact).
         overwrite: replace an existing bundle at ``out``.
         op_library, require_native: as for :func:`edgepet.exporters.pipeline.export`: the
             op library and ``edgepet-run`` built for the target's platform travel in the
@@ -188,6 +195,10 @@ def export_decoder(
     if tied_head not in llm_graph.HEAD_CHOICES:
         raise BadInputError(f"--tied-head {tied_head!r} is unknown — use "
                             f"{' or '.join(llm_graph.HEAD_CHOICES)}")
+    if kv_cache not in KV_CACHE_DTYPES:
+        raise BadInputError(f"--kv-cache {kv_cache!r} is unknown — use "
+                            f"{' or '.join(KV_CACHE_DTYPES)}")
+    kv_dtype = KV_CACHE_DTYPES[kv_cache]
     native = native_files_for(profile, op_library, require_native)
     out = Path(out)
     with bundle_writer.staged_output(out, overwrite) as stage:
@@ -244,7 +255,8 @@ def export_decoder(
             tasks, switching, weights, policy, overrides, quantize_fn, say, calibrated,
             text, calibration_tokens, names)
         say("building the decoder graph")
-        model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head)
+        model = llm_graph.build_decoder(ck, weights, context, table_dtype, head=head,
+                                        kv_dtype=kv_dtype)
         tables = _quantize_embedding(model, table_bits, say)
         if head == "shared":
             records.append(_shared_head_record(ck, tables))
@@ -253,9 +265,10 @@ def export_decoder(
         (stage / TOKENIZER_FILE).write_text(json.dumps(ck.tokenizer_json))
         say("writing reference data (fp32 graph and dequantized twin)")
         reference = _write_reference(stage, ck, model, quantized, tokenizer, context,
-                                     table_dtype)
+                                     table_dtype, kv_dtype)
         adapter_entries = _write_adapters(stage, tasks, task_weights, adapter_files, model,
-                                          quantized, tokenizer, context, table_dtype, say)
+                                          quantized, tokenizer, context, table_dtype,
+                                          kv_dtype, say)
         _save(stage, model)  # last: saving moves the weights out of ``model``
         native_entries = ship_native(stage, native, say)
         manifest = _manifest(stage, ck, profile, policy, quantizer, model, records, reference,
@@ -296,7 +309,7 @@ def export_decoder(
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
 _DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
                     "adapters", "overwrite", "progress", "op_library", "require_native",
-                    "tied_head", "calibration", "calibration_tokens", "max_size")
+                    "tied_head", "calibration", "calibration_tokens", "max_size", "kv_cache")
 #: Options that mean nothing for a decoder and are ignored.
 _IGNORED_OPTIONS = ("trust", "arch_kwargs", "allow_inaccurate")
 #: Flag names of options whose key does not spell the flag.
@@ -521,12 +534,13 @@ def _tokenizer(ck: ckpt.Checkpoint):
         raise BadInputError(f"{ck.source}: the tokenizer cannot be read ({error})") from None
 
 
-def _reference_feeds(ck: ckpt.Checkpoint, tokenizer: Any) -> dict[str, np.ndarray]:
+def _reference_feeds(ck: ckpt.Checkpoint, tokenizer: Any, kv_dtype: type
+                     ) -> dict[str, np.ndarray]:
     ids = tokenizer.encode(REFERENCE_PROMPT, add_special_tokens=False).ids
     if ck.add_bos_token and ck.bos_token_id is not None:
         ids = [ck.bos_token_id, *ids]
     ids = [i for i in ids if i < ck.config.vocab_size][:32] or [0]
-    return llm_graph.prefill_feeds(ck.config, ids)
+    return llm_graph.prefill_feeds(ck.config, ids, kv_dtype=kv_dtype)
 
 
 def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -544,16 +558,18 @@ def _run_plain(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
 
 def _write_reference(stage: Path, ck: ckpt.Checkpoint, model: onnx.ModelProto,
                      quantized: Mapping[str, Any], tokenizer: Any, context: int,
-                     embedding_dtype: type, task: str | None = None) -> dict[str, str]:
+                     embedding_dtype: type, kv_dtype: type, task: str | None = None
+                     ) -> dict[str, str]:
     """Reference data: the fp32 graph's and the dequantized twin's logits on a fixed
     prompt; ``task`` (an adapter other than the first) names files of its own."""
     folder = stage / bundle_io.REFERENCE_DIR
     folder.mkdir(exist_ok=True)
-    feeds = _reference_feeds(ck, tokenizer)
+    feeds = _reference_feeds(ck, tokenizer, kv_dtype)
     suffix = "" if task is None else f".{task}"
     if task is None:
         np.savez(folder / "inputs.npz", **feeds)
-    fp32 = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), context, embedding_dtype)
+    fp32 = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), context, embedding_dtype,
+                                   kv_dtype=kv_dtype)
     np.savez(folder / f"outputs{suffix}.npz", **_run_plain(fp32, feeds))
     del fp32
     twin = dequantized_twin(model, quantized)
@@ -647,6 +663,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
             "head": _head_manifest(c, head),
             "cache": {"past": "past.{i}.key|value", "present": "present.{i}.key|value",
                       "layout": "batch, kv_heads, capacity, head_dim",
+                      "dtype": _cache_dtype(model),
                       "past_length": llm_graph.PAST_LENGTH},
         },
         "sizes": {
@@ -717,6 +734,13 @@ def _shared_head_record(ck: ckpt.Checkpoint, tables: list[Any]) -> dict[str, Any
             "symmetric": False, "bias": False, "float_bytes": c.vocab_size * c.hidden_size * 4,
             "stored_bytes": tables[0].stored_bytes, "switchable": False,
             "shared_with": llm_graph.TABLE}
+
+
+def _cache_dtype(model: onnx.ModelProto) -> str:
+    """The KV cache's element type in ``model`` ("float16" or "float32")."""
+    first = llm_graph.past_names(0)[0]
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name == first)
+    return onnx.helper.tensor_dtype_to_np_dtype(elem).name
 
 
 def _head_manifest(c: ckpt.LlamaConfig, head: str) -> dict[str, Any]:
@@ -813,7 +837,8 @@ def _write_adapters(stage: Path, tasks: Mapping[str, ckpt.Checkpoint],
                     task_weights: Mapping[str, Mapping[str, llm_graph.Weight]],
                     adapter_files: Mapping[str, Mapping[str, np.ndarray]],
                     model: onnx.ModelProto, quantized: Mapping[str, Any], tokenizer: Any,
-                    context: int, table_dtype: type, say: Progress) -> list[dict[str, Any]]:
+                    context: int, table_dtype: type, kv_dtype: type, say: Progress
+                    ) -> list[dict[str, Any]]:
     """``adapters/NAME.onnx_adapter`` per adapter and its reference data (the first
     adapter's reference is the bundle's own)."""
     from edgepet.exporters.adapters import TaskAdapter, write_adapters
@@ -835,7 +860,7 @@ def _write_adapters(stage: Path, tasks: Mapping[str, ckpt.Checkpoint],
                              for w in task_weights[task].values()) \
             else _with_tensors(model, adapter_files[task])  # a kept (float) one switches
         files = _write_reference(stage, tasks[task], graph, own, tokenizer, context,
-                                 table_dtype, task)
+                                 table_dtype, kv_dtype, task)
         entry.update(reference_outputs=files["outputs"],
                      quantized_outputs=files["quantized_outputs"])
     return entries

@@ -3,8 +3,8 @@
 One graph serves prefill and decode. Inputs:
 
 * ``input_ids`` int64 ``[batch, seq]`` — the new tokens;
-* ``past.{i}.key`` / ``past.{i}.value`` float ``[batch, kv_heads, capacity, head_dim]`` —
-  the cache buffers;
+* ``past.{i}.key`` / ``past.{i}.value`` float16 (or float) ``[batch, kv_heads, capacity,
+  head_dim]`` — the cache buffers;
 * ``past_length`` int64 ``[1]`` — how many positions of the buffers are filled (0 for a
   fresh prompt);
 * ``num_logits`` int64 ``[1]`` — logits for the last N positions (0: every position;
@@ -79,15 +79,18 @@ def present_names(i: int) -> tuple[str, str]:
 
 
 def prefill_feeds(config: LlamaConfig, ids: Sequence[int], num_logits: int = 0,
-                  capacity: int | None = None, fused: bool = True) -> dict[str, np.ndarray]:
+                  capacity: int | None = None, fused: bool = True,
+                  kv_dtype: type = np.float16) -> dict[str, np.ndarray]:
     """Inputs of one forward of ``ids`` from an empty cache (``num_logits`` 0: every
-    position's logits) for a graph of :func:`build_decoder` with ``fused``: cache buffers
-    of ``capacity`` positions (None: ``len(ids)``; more leaves room to decode after) with
-    ``past_length`` 0, or empty appending caches for the standard-op graph."""
+    position's logits) for a graph of :func:`build_decoder` with ``fused`` and
+    ``kv_dtype``: cache buffers of ``capacity`` positions (None: ``len(ids)``; more leaves
+    room to decode after) with ``past_length`` 0, or empty float appending caches for the
+    standard-op graph."""
     size = (len(ids) if capacity is None else capacity) if fused else 0
     if size < (len(ids) if fused else 0):
         raise ValueError(f"capacity {capacity} cannot hold the {len(ids)} tokens")
-    empty = np.zeros((1, config.num_kv_heads, size, config.head_dim), np.float32)
+    empty = np.zeros((1, config.num_kv_heads, size, config.head_dim),
+                     kv_dtype if fused else np.float32)
     feeds = {"input_ids": np.array([list(ids)], np.int64),
              "num_logits": np.array([num_logits], np.int64)}
     if fused:
@@ -331,6 +334,7 @@ def build_decoder(
     name: str = "edgepet_decoder",
     head: str = "separate",
     fused: bool = True,
+    kv_dtype: type = np.float16,
 ) -> onnx.ModelProto:
     """The decoder graph for ``ck`` with projection weights ``weights`` (by projection name).
 
@@ -346,6 +350,9 @@ def build_decoder(
             (``GroupQueryRotaryAttention``, ``SwiGLU``; the default, and faster) with the
             shared-buffer cache, or as standard ONNX and contrib ops with the appending
             cache (the graph of bundles before them; tests compare the two).
+        kv_dtype: the fused graph's cache: float16 (the default: half the bytes a decode
+            step reads, as llama.cpp's f16 cache) or float32. The standard-op graph's is
+            float32.
     """
     if head not in HEAD_CHOICES:
         raise ValueError(f"head {head!r} must be one of {', '.join(HEAD_CHOICES)}")
@@ -362,10 +369,13 @@ def build_decoder(
         inputs.append(helper.make_tensor_value_info(PAST_LENGTH, TensorProto.INT64, [1]))
     cache_shape = ["batch", c.num_kv_heads, "capacity" if fused else "past", c.head_dim]
     present_shape = ["batch", c.num_kv_heads, "capacity" if fused else "total", c.head_dim]
+    if np.dtype(kv_dtype) not in (np.float16, np.float32):
+        raise ValueError(f"kv_dtype {np.dtype(kv_dtype)} must be float16 or float32")
+    cache_type = helper.np_dtype_to_tensor_dtype(np.dtype(kv_dtype if fused else np.float32))
     for i in range(c.num_layers):
-        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, cache_shape)
+        inputs += [helper.make_tensor_value_info(n, cache_type, cache_shape)
                    for n in past_names(i)]
-        outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, present_shape)
+        outputs += [helper.make_tensor_value_info(n, cache_type, present_shape)
                     for n in present_names(i)]
 
     cos, sin = rope_tables(c, max_context)

@@ -56,6 +56,32 @@ void test_primitives(const VectorOps& ops) {
       expect_close(name + " weighted_sum d=" + std::to_string(n), combined[i], want, 1e-6);
     }
 
+    // The same over an fp16 copy of the rows: the products of the rows' fp16 values.
+    std::vector<Half> half_rows(rows.size());
+    ops.to_half(rows.data(), half_rows.data(), 5 * n);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ++checks;
+      if (half_rows[i] != float_to_half(rows[i])) {
+        ++failures;
+        std::printf("FAIL %s to_half(%.9g) = %04x, want %04x\n", name.c_str(), rows[i],
+                    half_rows[i], float_to_half(rows[i]));
+        break;
+      }
+    }
+    ops.dots_half(a.data(), half_rows.data(), 5, n, got.data());
+    for (int j = 0; j < 5; ++j) {
+      double want = 0.0;
+      for (int64_t i = 0; i < n; ++i) want += double(a[i]) * half_to_float(half_rows[j * n + i]);
+      expect_close(name + " dots_half d=" + std::to_string(n), got[j], want,
+                   1e-5 * std::sqrt(double(n) + 1));
+    }
+    ops.weighted_sum_half(p, half_rows.data(), 5, n, combined.data());
+    for (int64_t i = 0; i < n; ++i) {
+      double want = 0.0;
+      for (int j = 0; j < 5; ++j) want += double(p[j]) * half_to_float(half_rows[j * n + i]);
+      expect_close(name + " weighted_sum_half d=" + std::to_string(n), combined[i], want, 1e-6);
+    }
+
     std::vector<float> e = b;  // includes values far below the shift: exp underflows
     const float sum = ops.exp_shifted(e.data(), n, 3.0f);
     double want_sum = 0.0;
@@ -112,8 +138,10 @@ void direct_attention(const AttentionArgs& a, std::vector<double>& out,
       const int64_t c = b * s.kv_heads + g;
       for (int64_t p = 0; p < s.past; ++p)
         for (int64_t i = 0; i < d; ++i) {
-          present_key[(c * total + p) * d + i] = a.past_key[(c * s.past + p) * d + i];
-          present_value[(c * total + p) * d + i] = a.past_value[(c * s.past + p) * d + i];
+          present_key[(c * total + p) * d + i] =
+              static_cast<const float*>(a.past_key)[(c * s.past + p) * d + i];
+          present_value[(c * total + p) * d + i] =
+              static_cast<const float*>(a.past_value)[(c * s.past + p) * d + i];
         }
       for (int64_t t = 0; t < s.seq; ++t) {
         const float* src = a.qkv + (b * s.seq + t) * row + (s.heads + g) * d;
@@ -158,8 +186,8 @@ void test_shared_buffer(const VectorOps& ops, AttentionArgs a, const std::vector
   std::vector<float> keys(s.batch * s.kv_heads * capacity * d, kUntouched), values(keys);
   for (int64_t c = 0; c < s.batch * s.kv_heads; ++c) {
     for (int64_t i = 0; i < s.past * d; ++i) {
-      keys[c * capacity * d + i] = a.past_key[c * s.past * d + i];
-      values[c * capacity * d + i] = a.past_value[c * s.past * d + i];
+      keys[c * capacity * d + i] = static_cast<const float*>(a.past_key)[c * s.past * d + i];
+      values[c * capacity * d + i] = static_cast<const float*>(a.past_value)[c * s.past * d + i];
     }
   }
   std::vector<float> buffer_out(out.size());
@@ -181,6 +209,41 @@ void test_shared_buffer(const VectorOps& ops, AttentionArgs a, const std::vector
       expect_close(name + " shared buffer key", keys[at], want_key, 0.0);
       expect_close(name + " shared buffer value", values[at], want_value, 0.0);
     }
+  }
+}
+
+// The same call over an fp16 cache: the cache is the float call's rounded to fp16 (the
+// same rounding, bit for bit), the output within fp16's rounding of the float call's.
+void test_half_cache(const VectorOps& ops, AttentionArgs a, const std::vector<float>& out,
+                     const std::vector<float>& key, const std::vector<float>& value,
+                     const Parallel& parallel, const std::string& name) {
+  const AttentionShape& s = a.shape;
+  const size_t past = static_cast<size_t>(s.batch * s.kv_heads * s.past * s.head_dim);
+  std::vector<Half> pk(past), pv(past);
+  for (size_t i = 0; i < past; ++i) {
+    pk[i] = float_to_half(static_cast<const float*>(a.past_key)[i]);
+    pv[i] = float_to_half(static_cast<const float*>(a.past_value)[i]);
+  }
+  std::vector<Half> keys(key.size()), values(key.size());
+  std::vector<float> half_out(out.size());
+  a.half_cache = true;
+  a.past_key = pk.data();
+  a.past_value = pv.data();
+  a.present_key = keys.data();
+  a.present_value = values.data();
+  a.out = half_out.data();
+  decoder_attention(ops, a, parallel);
+  const int before = failures;
+  for (size_t i = 0; i < key.size() && failures - before < 5; ++i) {
+    ++checks;
+    if (keys[i] != float_to_half(key[i]) || values[i] != float_to_half(value[i])) {
+      ++failures;
+      std::printf("FAIL %s fp16 cache [%zu]: %04x %04x, want %04x %04x\n", name.c_str(), i,
+                  keys[i], values[i], float_to_half(key[i]), float_to_half(value[i]));
+    }
+  }
+  for (size_t i = 0; i < out.size() && failures - before < 5; ++i) {
+    expect_close(name + " fp16 cache out", half_out[i], out[i], 4e-3);
   }
 }
 
@@ -225,6 +288,48 @@ void test_attention(const VectorOps& ops, AttentionShape s, const Parallel& para
     expect_close(name + " present_value", value[i], want_value[i], 0.0);
   }
   test_shared_buffer(ops, a, out, key, value, parallel, name);
+  test_half_cache(ops, a, out, key, value, parallel, name);
+}
+
+// float_to_half against known roundings: ties to even, subnormals, overflow, NaN.
+void test_float_to_half() {
+  struct Case {
+    float f;
+    Half h;
+  };
+  const Case cases[] = {{0.0f, 0x0000}, {-0.0f, 0x8000}, {1.0f, 0x3C00}, {-2.5f, 0xC100},
+                        {65504.0f, 0x7BFF}, {65519.0f, 0x7BFF}, {65520.0f, 0x7C00},
+                        {1e9f, 0x7C00}, {INFINITY, 0x7C00}, {-INFINITY, 0xFC00},
+                        {1.0f + 1.0f / 2048, 0x3C00},                 // tie: to even (down)
+                        {1.0f + 3.0f / 2048, 0x3C02},                 // tie: to even (up)
+                        {6.103515625e-05f, 0x0400},                   // smallest normal
+                        {5.9604644775390625e-08f, 0x0001},            // smallest subnormal
+                        {2.98023223876953125e-08f, 0x0000},           // its half: to even, 0
+                        {4.4703483581542969e-08f, 0x0001},            // 0.75 of it: up
+                        {6.0975551605224609e-05f, 0x03FF}};           // largest subnormal
+  for (const Case& c : cases) {
+    ++checks;
+    if (float_to_half(c.f) != c.h) {
+      ++failures;
+      std::printf("FAIL float_to_half(%.9g) = %04x, want %04x\n", c.f, float_to_half(c.f), c.h);
+    }
+  }
+  ++checks;
+  const Half nan = float_to_half(NAN);
+  if ((nan & 0x7C00) != 0x7C00 || (nan & 0x3FF) == 0) {
+    ++failures;
+    std::printf("FAIL float_to_half(NaN) = %04x is not a NaN\n", nan);
+  }
+  // Every fp16 value converts back to itself.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF)) continue;  // NaNs
+    ++checks;
+    if (float_to_half(half_to_float(static_cast<Half>(h))) != h) {
+      ++failures;
+      std::printf("FAIL float_to_half(half_to_float(%04x)) is not %04x\n", h, h);
+      break;
+    }
+  }
 }
 
 void test_checks() {
@@ -278,6 +383,7 @@ int main() {
     test_attention(*ops, AttentionShape{1, 150, 20, 4, 2, 64, 256}, pool);
   }
   test_checks();
+  test_float_to_half();
   std::printf("%d passed, %d failed (vector ops: %s)\n", checks - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

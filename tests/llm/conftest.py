@@ -28,7 +28,7 @@ def tiny_fp32_bundle(tmp_path_factory, tiny_gguf):
     from edgepet.exporters.llm import export_decoder
 
     out = tmp_path_factory.mktemp("bundles") / "fp32"
-    export_decoder(tiny_gguf, out, bits=4, keep=["*"], embedding="float32")
+    export_decoder(tiny_gguf, out, bits=4, keep=["*"], embedding="float32", kv_cache="float32")
     return out
 
 

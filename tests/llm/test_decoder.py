@@ -46,15 +46,17 @@ def test_gguf_and_hf_folder_load_to_the_same_checkpoint(tiny_ck, tiny_gguf, tiny
 
 
 def test_fp32_graph_matches_pytorch_for_prefill_and_cached_decode(tiny_ck):
-    model = llm_graph.build_decoder(tiny_ck, llm_graph.float_weights(tiny_ck), 64, np.float32)
+    model = llm_graph.build_decoder(tiny_ck, llm_graph.float_weights(tiny_ck), 64, np.float32,
+                                    kv_dtype=np.float32)
     session = edgepet.runtime.InferenceSession(model)
     ids = [5, 70, 33, 100, 7, 8, 9, 250]
     ref = torch_logits(tiny_ck, ids)
-    full = session.run(None, llm_graph.prefill_feeds(TINY, ids))
+    full = session.run(None, llm_graph.prefill_feeds(TINY, ids, kv_dtype=np.float32))
     np.testing.assert_allclose(full[0][0], ref, atol=1e-4, rtol=1e-4)
     # Cache buffers of 16 positions, 5 filled by the prompt, then one token a call (the
     # buffers are fed back unbound: the op copies them to its output and writes there).
-    out = session.run(None, llm_graph.prefill_feeds(TINY, ids[:5], capacity=16))
+    out = session.run(None, llm_graph.prefill_feeds(TINY, ids[:5], capacity=16,
+                                                    kv_dtype=np.float32))
     for length, token in enumerate(ids[5:], start=5):
         out = session.run(None, llm_graph.step_feeds(TINY, [token], out[1:], length))
         assert out[1].shape == (1, TINY.num_kv_heads, 16, TINY.head_dim)

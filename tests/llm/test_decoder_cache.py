@@ -76,3 +76,25 @@ def test_a_cache_past_the_context_is_a_clear_error(session):
     with pytest.raises(BadInputError, match=r"12 cached \+ 300 new tokens exceed this "
                                             r"bundle's context of 256"):
         session.forward([1] * 300, cache)
+
+
+def test_the_default_cache_is_float16_and_stepping_matches_one_call(tiny_2bit_bundle):
+    session = open_decoder(tiny_2bit_bundle)
+    assert session.bundle.manifest["decoder"]["cache"]["dtype"] == "float16"
+    logits, cache = session.forward(IDS[:4])
+    assert cache.buffers.arrays[0].dtype == np.float16
+    for token in IDS[4:]:
+        logits, cache = session.forward([token], cache)
+    # Every cached position is rounded to fp16 the same way in both: only the order of
+    # the sums differs.
+    np.testing.assert_allclose(logits[-1], _full(session, IDS), rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_kv_cache_storage_is_refused_before_anything_is_written(tmp_path,
+                                                                         tiny_gguf):
+    from edgepet.exporters.llm import export_decoder
+
+    with pytest.raises(BadInputError, match="--kv-cache 'int8' is unknown — use float16 or "
+                                            "float32"):
+        export_decoder(tiny_gguf, tmp_path / "b", kv_cache="int8")
+    assert not (tmp_path / "b").exists()

@@ -23,9 +23,11 @@ pytest.importorskip("tokenizers")
 
 def graph_logits(ck, ids):
     """Logits of the fp32 ONNX decoder graph for one window ``ids``."""
-    model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32)
+    model = llm_graph.build_decoder(ck, llm_graph.float_weights(ck), 64, np.float32,
+                                    kv_dtype=np.float32)
     session = InferenceSession(model)
-    return session.run(["logits"], llm_graph.prefill_feeds(ck.config, ids))[0][0]
+    return session.run(["logits"], llm_graph.prefill_feeds(ck.config, ids,
+                                                          kv_dtype=np.float32))[0][0]
 
 
 def test_the_calibration_forward_matches_the_fp32_graph(tiny_ck):

@@ -32,13 +32,15 @@ def tokenizer(smol):
 
 @pytest.fixture(scope="module")
 def fp32_session(smol):
-    model = llm_graph.build_decoder(smol, llm_graph.float_weights(smol), 256, np.float32)
+    model = llm_graph.build_decoder(smol, llm_graph.float_weights(smol), 256, np.float32,
+                                    kv_dtype=np.float32)
     return InferenceSession(model)
 
 
 def _greedy_onnx(session, ck, ids: list[int], n: int) -> list[int]:
     c = ck.config
-    feeds = llm_graph.prefill_feeds(c, ids, num_logits=1, capacity=len(ids) + n)
+    feeds = llm_graph.prefill_feeds(c, ids, num_logits=1, capacity=len(ids) + n,
+                                    kv_dtype=np.float32)
     out, tokens = session.run(None, feeds), []
     for _ in range(n):
         tokens.append(int(np.argmax(out[0][0, -1])))

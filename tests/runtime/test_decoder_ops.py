@@ -120,6 +120,33 @@ def test_a_shared_buffer_cache_gives_the_appending_cache_numbers(threads):
             np.testing.assert_array_equal(got[:, :, past + seq:], buffer[:, :, past + seq:])
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_float16_cache_is_written_rounded_and_read_as_floats(shared):
+    heads, kv_heads, d, past, seq = 9, 3, 64, 5, 3
+    model = _attention_model(heads, kv_heads, d, shared=shared)
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name in ("pk", "pv", "k", "v"):
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((1, seq, (heads + 2 * kv_heads) * d), dtype=np.float32)
+    rows = past + (3 if shared else 0)  # a buffer holds more than the filled positions
+    pk, pv = (rng.standard_normal((1, kv_heads, rows, d)).astype(np.float16) for _ in range(2))
+    feeds = {"qkv": qkv, "pk": pk, "pv": pv}
+    if shared:
+        feeds["past_length"] = np.array([past], np.int64)
+    out, k, v = runtime.InferenceSession(model).run(None, feeds)
+    cos, sin = _tables(64, d)
+    want = _direct(qkv, pk[:, :, :past].astype(np.float32), pv[:, :, :past].astype(np.float32),
+                   heads, kv_heads, cos, sin, d ** -0.5)
+    assert k.dtype == v.dtype == np.float16 and out.dtype == np.float32
+    # The new rows are the float ones rounded to fp16 (within an fp16 step: the op rotates
+    # in float32, the direct computation in float64); attention reads the rounded ones.
+    for got, filled in ((k, want[1]), (v, want[2])):
+        np.testing.assert_allclose(got[:, :, :past + seq].astype(np.float64), filled,
+                                   rtol=2.0 ** -10, atol=2.0 ** -24)
+    np.testing.assert_allclose(out, want[0], rtol=2e-3, atol=2e-3)
+
+
 def test_a_shared_buffer_bound_as_input_and_output_is_written_in_place():
     import onnxruntime as ort
 

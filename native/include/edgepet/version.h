@@ -11,7 +11,7 @@
       ABI 3 without 3-bit weights is still read. The decoder ops GroupQueryRotaryAttention
       and SwiGLU added (an ABI-3 library lacks them).
    5: GroupQueryRotaryAttention's optional past_length input (a fixed-capacity cache
-      buffer shared by past and present); every layout as in 4, so bundles of ABI 4 (and
+      buffer shared by past and present) and its float16 cache; every layout as in 4, so bundles of ABI 4 (and
       of ABI 3 without 3-bit weights) are still read. */
 #define EDGEPET_OP_ABI_VERSION 5
 

@@ -101,8 +101,7 @@ void attend_chunk(void* data, int64_t task) {
   const int64_t chunk = task % job.chunks, bh = task / job.chunks;
   const int64_t b = bh / s.heads, h = bh % s.heads, kvh = h / (s.heads / s.kv_heads);
   const int64_t row = (s.heads + 2 * s.kv_heads) * d;
-  const float* keys = a.present_key + (b * s.kv_heads + kvh) * stride * d;
-  const float* values = a.present_value + (b * s.kv_heads + kvh) * stride * d;
+  const int64_t cache = (b * s.kv_heads + kvh) * stride * d;  // elements before this head
   // Per-thread scratch, grown as the cache grows: no allocation per head and step.
   thread_local std::vector<float> q, scores;
   q.resize(static_cast<size_t>(d));
@@ -112,12 +111,25 @@ void attend_chunk(void* data, int64_t task) {
     const int64_t pos = s.past + t, seen = pos + 1;
     rotate(a.qkv + (b * s.seq + t) * row + h * d, a.cos + pos * half, a.sin + pos * half,
            half, a.scale, q.data());
-    ops.dots(q.data(), keys, seen, d, scores.data());
+    if (a.half_cache) {
+      ops.dots_half(q.data(), static_cast<const Half*>(a.present_key) + cache, seen, d,
+                    scores.data());
+    } else {
+      ops.dots(q.data(), static_cast<const float*>(a.present_key) + cache, seen, d,
+               scores.data());
+    }
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < seen; ++j) top = std::max(top, scores[j]);
     const float inv = 1.0f / ops.exp_shifted(scores.data(), seen, top);
     for (int64_t j = 0; j < seen; ++j) scores[j] *= inv;
-    ops.weighted_sum(scores.data(), values, seen, d, a.out + (b * s.seq + t) * s.heads * d + h * d);
+    float* out = a.out + (b * s.seq + t) * s.heads * d + h * d;
+    if (a.half_cache) {
+      ops.weighted_sum_half(scores.data(), static_cast<const Half*>(a.present_value) + cache,
+                            seen, d, out);
+    } else {
+      ops.weighted_sum(scores.data(), static_cast<const float*>(a.present_value) + cache, seen,
+                       d, out);
+    }
   }
 }
 
@@ -128,25 +140,38 @@ void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Paral
   const int64_t d = s.head_dim, half = d / 2;
   const int64_t past_stride = s.past_stride(), stride = s.cache_stride();
   const int64_t row = (s.heads + 2 * s.kv_heads) * d;
-  const size_t past_bytes = static_cast<size_t>(past_stride * d) * sizeof(float);
+  const size_t element = a.half_cache ? sizeof(Half) : sizeof(float);
+  const size_t past_bytes = static_cast<size_t>(past_stride * d) * element;
+  const size_t row_bytes = static_cast<size_t>(d) * element;
+  std::vector<float> rotated(a.half_cache ? static_cast<size_t>(d) : 0);
   // The cache: the past rows (unless present is past's own buffer), then the new keys
-  // (rotated) and values.
+  // (rotated) and values, rounded to fp16 in a half cache.
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t g = 0; g < s.kv_heads; ++g) {
       const int64_t cache = (b * s.kv_heads + g);
-      float* key = a.present_key + cache * stride * d;
-      float* value = a.present_value + cache * stride * d;
+      char* key = static_cast<char*>(a.present_key) + cache * stride * row_bytes;
+      char* value = static_cast<char*>(a.present_value) + cache * stride * row_bytes;
       if (past_bytes && a.present_key != a.past_key) {
-        std::memcpy(key, a.past_key + cache * past_stride * d, past_bytes);
+        std::memcpy(key, static_cast<const char*>(a.past_key) + cache * past_bytes, past_bytes);
       }
       if (past_bytes && a.present_value != a.past_value) {
-        std::memcpy(value, a.past_value + cache * past_stride * d, past_bytes);
+        std::memcpy(value, static_cast<const char*>(a.past_value) + cache * past_bytes,
+                    past_bytes);
       }
       for (int64_t t = 0; t < s.seq; ++t) {
         const int64_t pos = s.past + t;
         const float* src = a.qkv + (b * s.seq + t) * row + (s.heads + g) * d;
-        rotate(src, a.cos + pos * half, a.sin + pos * half, half, 1.0f, key + pos * d);
-        std::memcpy(value + pos * d, src + s.kv_heads * d, static_cast<size_t>(d) * sizeof(float));
+        char* key_row = key + pos * row_bytes;
+        char* value_row = value + pos * row_bytes;
+        if (a.half_cache) {
+          rotate(src, a.cos + pos * half, a.sin + pos * half, half, 1.0f, rotated.data());
+          ops.to_half(rotated.data(), reinterpret_cast<Half*>(key_row), d);
+          ops.to_half(src + s.kv_heads * d, reinterpret_cast<Half*>(value_row), d);
+        } else {
+          rotate(src, a.cos + pos * half, a.sin + pos * half, half, 1.0f,
+                 reinterpret_cast<float*>(key_row));
+          std::memcpy(value_row, src + s.kv_heads * d, row_bytes);
+        }
       }
     }
   }

@@ -26,6 +26,12 @@ struct VectorOps {
   float (*exp_shifted)(float* x, int64_t n, float shift);
   // out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
   void (*silu_mul)(const float* gate, const float* up, float* out, int64_t n);
+  // dots and weighted_sum over an fp16 cache (keys, values as IEEE half bits).
+  void (*dots_half)(const float* q, const Half* keys, int64_t n, int64_t d, float* out);
+  void (*weighted_sum_half)(const float* p, const Half* values, int64_t n, int64_t d,
+                            float* out);
+  // out[i] = x[i] as fp16, rounded to nearest even (float_to_half).
+  void (*to_half)(const float* x, Half* out, int64_t n);
 };
 
 const VectorOps& reference_vector_ops();
@@ -60,17 +66,21 @@ struct AttentionShape {
 // position past the RoPE tables, ...); empty when they are right.
 std::string check_attention(const AttentionShape& s);
 
+// The cache's keys and values are floats, or fp16 (half_cache): half the bytes a decode
+// step reads, as llama.cpp's default f16 cache; the new rows are rounded to fp16 when
+// written, and attention reads them back as floats.
 struct AttentionArgs {
   AttentionShape shape;
+  bool half_cache = false;            // past and present hold Half, not float
   const float* qkv = nullptr;         // [batch, seq, (heads + 2 kv_heads) head_dim]
-  const float* past_key = nullptr;    // [batch, kv_heads, past_stride(), head_dim]
-  const float* past_value = nullptr;  // same
+  const void* past_key = nullptr;     // [batch, kv_heads, past_stride(), head_dim]
+  const void* past_value = nullptr;   // same
   const float* cos = nullptr;         // [rope_positions, head_dim / 2]
   const float* sin = nullptr;         // same
   float scale = 1.0f;                 // applied to q . k before the softmax
   float* out = nullptr;               // [batch, seq, heads head_dim]
-  float* present_key = nullptr;       // [batch, kv_heads, cache_stride(), head_dim]; may
-  float* present_value = nullptr;     // be past_key / past_value (a shared buffer)
+  void* present_key = nullptr;        // [batch, kv_heads, cache_stride(), head_dim]; may
+  void* present_value = nullptr;      // be past_key / past_value (a shared buffer)
 };
 
 // Splits qkv, rotates q and k (rotate-half RoPE at positions past .. past + seq - 1),

@@ -8,42 +8,50 @@
 namespace edgepet {
 namespace {
 
-float dot(const float* a, const float* b, int64_t n) {
+// Four cache elements as floats: stored as float, or as fp16 (fcvtl).
+float32x4_t load4(const float* p) { return vld1q_f32(p); }
+float32x4_t load4(const Half* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+float value(float x) { return x; }
+float value(Half h) { return half_to_float(h); }
+
+template <typename T>
+float dot(const float* a, const T* b, int64_t n) {
   float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-    s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    s0 = vfmaq_f32(s0, vld1q_f32(a + i), load4(b + i));
+    s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), load4(b + i + 4));
   }
-  for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+  for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), load4(b + i));
   float sum = vaddvq_f32(vaddq_f32(s0, s1));
-  for (; i < n; ++i) sum += a[i] * b[i];
+  for (; i < n; ++i) sum += a[i] * value(b[i]);
   return sum;
 }
 
 // Four keys at a time (independent accumulator chains), summed across lanes together.
-void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+template <typename T>
+void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
   const int64_t d4 = d - d % 4;
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
-    const float* k0 = keys + j * d;
-    const float *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
+    const T* k0 = keys + j * d;
+    const T *k1 = k0 + d, *k2 = k1 + d, *k3 = k2 + d;
     float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t i = 0; i < d4; i += 4) {
       const float32x4_t qv = vld1q_f32(q + i);
-      a0 = vfmaq_f32(a0, qv, vld1q_f32(k0 + i));
-      a1 = vfmaq_f32(a1, qv, vld1q_f32(k1 + i));
-      a2 = vfmaq_f32(a2, qv, vld1q_f32(k2 + i));
-      a3 = vfmaq_f32(a3, qv, vld1q_f32(k3 + i));
+      a0 = vfmaq_f32(a0, qv, load4(k0 + i));
+      a1 = vfmaq_f32(a1, qv, load4(k1 + i));
+      a2 = vfmaq_f32(a2, qv, load4(k2 + i));
+      a3 = vfmaq_f32(a3, qv, load4(k3 + i));
     }
     float32x4_t sums = vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3));
     if (d4 < d) {
       float tail[4] = {0, 0, 0, 0};
       for (int64_t i = d4; i < d; ++i) {
-        tail[0] += q[i] * k0[i];
-        tail[1] += q[i] * k1[i];
-        tail[2] += q[i] * k2[i];
-        tail[3] += q[i] * k3[i];
+        tail[0] += q[i] * value(k0[i]);
+        tail[1] += q[i] * value(k1[i]);
+        tail[2] += q[i] * value(k2[i]);
+        tail[3] += q[i] * value(k3[i]);
       }
       sums = vaddq_f32(sums, vld1q_f32(tail));
     }
@@ -53,27 +61,35 @@ void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
 }
 
 // Up to 64 columns at a time stay in sixteen registers while the rows stream by.
-void weighted_sum(const float* p, const float* values, int64_t n, int64_t d, float* out) {
+template <typename T>
+void weighted_sum(const float* p, const T* values, int64_t n, int64_t d, float* out) {
   int64_t c = 0;
   for (; c + 64 <= d; c += 64) {
     float32x4_t acc[16];
     for (auto& a : acc) a = vdupq_n_f32(0.0f);
     for (int64_t j = 0; j < n; ++j) {
-      const float* v = values + j * d + c;
-      for (int r = 0; r < 16; ++r) acc[r] = vfmaq_n_f32(acc[r], vld1q_f32(v + 4 * r), p[j]);
+      const T* v = values + j * d + c;
+      for (int r = 0; r < 16; ++r) acc[r] = vfmaq_n_f32(acc[r], load4(v + 4 * r), p[j]);
     }
     for (int r = 0; r < 16; ++r) vst1q_f32(out + c + 4 * r, acc[r]);
   }
   for (; c + 4 <= d; c += 4) {
     float32x4_t acc = vdupq_n_f32(0.0f);
-    for (int64_t j = 0; j < n; ++j) acc = vfmaq_n_f32(acc, vld1q_f32(values + j * d + c), p[j]);
+    for (int64_t j = 0; j < n; ++j) acc = vfmaq_n_f32(acc, load4(values + j * d + c), p[j]);
     vst1q_f32(out + c, acc);
   }
   for (; c < d; ++c) {
     float acc = 0.0f;
-    for (int64_t j = 0; j < n; ++j) acc += p[j] * values[j * d + c];
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * value(values[j * d + c]);
     out[c] = acc;
   }
+}
+
+// fp32 -> fp16, rounded to nearest even (fcvtn, in the default rounding mode).
+void to_half(const float* x, Half* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1_u16(out + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+  for (; i < n; ++i) out[i] = float_to_half(x[i]);
 }
 
 // exp(x) as in attention_avx2.cc (Cephes' expf polynomial, clamped, NaN kept).
@@ -128,7 +144,8 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
 }  // namespace
 
 const VectorOps* neon_vector_ops() {
-  static const VectorOps ops{"neon", dots, weighted_sum, exp_shifted, silu_mul};
+  static const VectorOps ops{"neon",   dots<float>, weighted_sum<float>, exp_shifted,
+                             silu_mul, dots<Half>,  weighted_sum<Half>,  to_half};
   return &ops;
 }
 

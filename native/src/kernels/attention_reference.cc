@@ -7,18 +7,28 @@
 namespace edgepet {
 namespace {
 
-void dots(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+// A cache element as a float: stored as float, or as fp16.
+float value(float x) { return x; }
+float value(Half h) { return half_to_float(h); }
+
+template <typename T>
+void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
   for (int64_t j = 0; j < n; ++j) {
     float sum = 0.0f;
-    for (int64_t i = 0; i < d; ++i) sum += q[i] * keys[j * d + i];
+    for (int64_t i = 0; i < d; ++i) sum += q[i] * value(keys[j * d + i]);
     out[j] = sum;
   }
 }
 
-void weighted_sum(const float* p, const float* values, int64_t n, int64_t d, float* out) {
+template <typename T>
+void weighted_sum(const float* p, const T* values, int64_t n, int64_t d, float* out) {
   for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * values[j * d + i];
+    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * value(values[j * d + i]);
+}
+
+void to_half(const float* x, Half* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = float_to_half(x[i]);
 }
 
 float exp_shifted(float* x, int64_t n, float shift) {
@@ -37,7 +47,8 @@ void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
 }  // namespace
 
 const VectorOps& reference_vector_ops() {
-  static const VectorOps ops{"reference", dots, weighted_sum, exp_shifted, silu_mul};
+  static const VectorOps ops{"reference", dots<float>, weighted_sum<float>, exp_shifted,
+                             silu_mul,    dots<Half>,  weighted_sum<Half>,  to_half};
   return ops;
 }
 

@@ -144,6 +144,37 @@ inline float half_to_float(Half h) {
   return f;
 }
 
+// fp32 -> fp16, rounded to nearest even (overflow to inf, NaN kept a NaN, subnormals
+// rounded too): the portable form of F16C's vcvtps2ph and NEON's fcvtn, for the decoder's
+// fp16 KV cache.
+inline Half float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, sizeof(x));
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t magnitude = x & 0x7FFFFFFFu;
+  if (magnitude >= 0x7F800000u) {  // inf or NaN (quiet, with the top mantissa bits)
+    return static_cast<Half>(sign | 0x7C00u |
+                             (magnitude > 0x7F800000u ? 0x200u | ((magnitude >> 13) & 0x3FFu)
+                                                      : 0u));
+  }
+  if (magnitude >= 0x477FF000u) return static_cast<Half>(sign | 0x7C00u);  // rounds past 65504
+  if (magnitude < 0x38800000u) {  // below the smallest normal half: a subnormal or zero
+    if (magnitude < 0x33000000u) return static_cast<Half>(sign);  // below half the smallest
+    const uint32_t shift = 126u - (magnitude >> 23);  // 14..24
+    const uint32_t mantissa = (magnitude & 0x7FFFFFu) | 0x800000u;
+    uint32_t h = mantissa >> shift;
+    const uint32_t rest = mantissa & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+    if (rest > halfway || (rest == halfway && (h & 1u))) ++h;
+    return static_cast<Half>(sign | h);
+  }
+  // Normal: rebias the exponent, keep 10 mantissa bits, round to nearest even (a carry into
+  // the exponent is right, up to inf).
+  uint32_t h = ((magnitude >> 13) - (112u << 10));
+  const uint32_t rest = magnitude & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<Half>(sign | h);
+}
+
 // One tile (32 rows) of the weight, read against 1..kMaxRowsPerCall activation rows.
 struct TileJob {
   WeightFormat format;

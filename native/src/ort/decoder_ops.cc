@@ -45,13 +45,14 @@ OrtStatus* input_dims(const OrtApi* api, OrtShapeInferContext* ctx, size_t i, Di
   return nullptr;
 }
 
-OrtStatus* set_output(const OrtApi* api, OrtShapeInferContext* ctx, size_t i, const Dims& d) {
+OrtStatus* set_output(const OrtApi* api, OrtShapeInferContext* ctx, size_t i, const Dims& d,
+                      ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
   const size_t rank = d.values.size();
   std::vector<const char*> symbols(rank);
   for (size_t j = 0; j < rank; ++j) symbols[j] = d.values[j] >= 0 ? "" : d.symbols[j].c_str();
   OrtTensorTypeAndShapeInfo* out = nullptr;
   OrtStatus* s = api->CreateTensorTypeAndShapeInfo(&out);
-  if (!s) s = api->SetTensorElementType(out, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!s) s = api->SetTensorElementType(out, type);
   if (!s) s = api->SetDimensions(out, d.values.data(), rank);
   if (!s) s = api->SetSymbolicDimensions(out, symbols.data(), rank);
   if (!s) s = api->ShapeInferContext_SetOutputTypeShape(ctx, i, out);
@@ -83,7 +84,8 @@ struct FloatOp : OrtCustomOp {
 // ---------------------------------------------------------------- attention
 
 // past_length (optional, int64 [1]) selects the shared-buffer cache: past and present are
-// buffers of a fixed capacity, past_length of whose rows are valid (attention.h).
+// buffers of a fixed capacity, past_length of whose rows are valid (attention.h). The cache
+// (past and present) is float or float16: one registration of the op for each.
 enum AttentionInput { kQkv = 0, kPastKey, kPastValue, kCos, kSin, kPastLength, kAttentionInputs };
 
 struct AttentionKernel {
@@ -166,8 +168,10 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
     if (!bad.empty()) return fail(api, k.where() + bad);
   }
   const TensorView &qkv = in[kQkv], &pk = in[kPastKey], &pv = in[kPastValue];
-  if (!is_float(qkv) || !is_float(pk) || !is_float(pv)) {
-    return fail(api, k.where() + "qkv, past_key and past_value must be float32");
+  const bool half_cache = pk.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  if (!is_float(qkv) || (!is_float(pk) && !half_cache) || pv.type != pk.type) {
+    return fail(api, k.where() + "qkv must be float32, and past_key and past_value both "
+                                 "float32 or both float16");
   }
   const int64_t half = in[kCos].shape[1], d = 2 * half;
   const int64_t width = (k.heads + 2 * k.kv_heads) * d;
@@ -213,8 +217,9 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
   const std::string bad = check_attention(s);
   if (!bad.empty()) return fail(api, k.where() + bad);
   args.qkv = static_cast<const float*>(qkv.data);
-  args.past_key = static_cast<const float*>(pk.data);
-  args.past_value = static_cast<const float*>(pv.data);
+  args.half_cache = half_cache;
+  args.past_key = pk.data;
+  args.past_value = pv.data;
   args.cos = static_cast<const float*>(in[kCos].data);
   args.sin = static_cast<const float*>(in[kSin].data);
   args.scale = k.scale;
@@ -222,8 +227,8 @@ OrtStatus* compute_attention(void* op_kernel, OrtKernelContext* ctx) {
     return st;
   }
   const std::vector<int64_t> cache{s.batch, s.kv_heads, s.cache_stride(), d};
-  if (OrtStatus* st = output_float(api, ctx, 1, cache, &args.present_key)) return st;
-  if (OrtStatus* st = output_float(api, ctx, 2, cache, &args.present_value)) return st;
+  if (OrtStatus* st = output_data(api, ctx, 1, cache, &args.present_key)) return st;
+  if (OrtStatus* st = output_data(api, ctx, 2, cache, &args.present_value)) return st;
   decoder_attention(*k.ops, args, OrtParallel(api, ctx));
   return nullptr;
 }
@@ -236,6 +241,10 @@ OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   if (OrtStatus* s = read_int_attr(api, ctx, "num_heads", &heads)) return s;
   if (OrtStatus* s = read_int_attr(api, ctx, "kv_num_heads", &kv_heads)) return s;
   Dims qkv, past, cos;
+  OrtTensorTypeAndShapeInfo* past_info = nullptr;  // owned by the context
+  ONNXTensorElementDataType cache_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  if (OrtStatus* s = api->ShapeInferContext_GetInputTypeShape(ctx, kPastKey, &past_info)) return s;
+  if (OrtStatus* s = api->GetTensorElementType(past_info, &cache_type)) return s;
   if (OrtStatus* s = input_dims(api, ctx, kQkv, &qkv)) return s;
   if (OrtStatus* s = input_dims(api, ctx, kPastKey, &past)) return s;
   if (OrtStatus* s = input_dims(api, ctx, kCos, &cos)) return s;
@@ -264,18 +273,28 @@ OrtStatus* infer_attention(const OrtCustomOp*, OrtShapeInferContext* ctx) {
   present.values[3] = d;
   present.symbols[3] = fresh_dim("head_size");
   if (OrtStatus* s = set_output(api, ctx, 0, out)) return s;
-  if (OrtStatus* s = set_output(api, ctx, 1, present)) return s;
-  return set_output(api, ctx, 2, present);
+  if (OrtStatus* s = set_output(api, ctx, 1, present, cache_type)) return s;
+  return set_output(api, ctx, 2, present, cache_type);
 }
 
 struct AttentionOp : FloatOp<AttentionOp> {
   using Kernel = AttentionKernel;
-  AttentionOp() {
+  ONNXTensorElementDataType cache;  // of past_key/value and present_key/value
+
+  static ONNXTensorElementDataType cache_type(const OrtCustomOp* op) {
+    return static_cast<const AttentionOp*>(op)->cache;
+  }
+
+  explicit AttentionOp(ONNXTensorElementDataType cache_type_) : cache(cache_type_) {
     GetName = [](const OrtCustomOp*) { return "GroupQueryRotaryAttention"; };
     GetInputTypeCount = [](const OrtCustomOp*) -> size_t { return kAttentionInputs; };
-    GetInputType = [](const OrtCustomOp*, size_t i) {
+    GetInputType = [](const OrtCustomOp* op, size_t i) {
+      if (i == kPastKey || i == kPastValue) return cache_type(op);
       return i == kPastLength ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64
                               : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    };
+    GetOutputType = [](const OrtCustomOp* op, size_t i) {
+      return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : cache_type(op);
     };
     GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
       return i == kPastLength ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
@@ -356,7 +375,12 @@ struct SwigluOp : FloatOp<SwigluOp> {
 }  // namespace
 
 const OrtCustomOp* group_query_rotary_attention_op() {
-  static const AttentionOp op;
+  static const AttentionOp op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  return &op;
+}
+
+const OrtCustomOp* group_query_rotary_attention_half_op() {
+  static const AttentionOp op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
   return &op;
 }
 

@@ -5,7 +5,10 @@
 
 namespace edgepet {
 
+// GroupQueryRotaryAttention with a float cache, and with a float16 cache (one op name,
+// two registrations: ONNX Runtime picks the kernel by the cache's type).
 const OrtCustomOp* group_query_rotary_attention_op();
+const OrtCustomOp* group_query_rotary_attention_half_op();
 const OrtCustomOp* swiglu_op();
 
 }  // namespace edgepet

@@ -129,14 +129,19 @@ OrtStatus* constant_input(const OrtApi* api, const OrtKernelInfo* info, size_t i
   return view_value(api, value, out);
 }
 
-OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
-                        const std::vector<int64_t>& shape, float** data) {
+OrtStatus* output_data(const OrtApi* api, OrtKernelContext* ctx, size_t i,
+                       const std::vector<int64_t>& shape, void** data) {
   OrtValue* value = nullptr;
   if (OrtStatus* s = api->KernelContext_GetOutput(ctx, i, shape.data(), shape.size(), &value)) {
     return s;
   }
+  return api->GetTensorMutableData(value, data);
+}
+
+OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
+                        const std::vector<int64_t>& shape, float** data) {
   void* raw = nullptr;
-  if (OrtStatus* s = api->GetTensorMutableData(value, &raw)) return s;
+  if (OrtStatus* s = output_data(api, ctx, i, shape, &raw)) return s;
   *data = static_cast<float*>(raw);
   return nullptr;
 }

@@ -39,6 +39,9 @@ OrtStatus* view_input(const OrtApi* api, OrtKernelContext* ctx, size_t i, Tensor
 // is not, or absent.
 OrtStatus* constant_input(const OrtApi* api, const OrtKernelInfo* info, size_t i,
                           TensorView* out);
+// Output i of `shape` (of the type the op declares for it): its data.
+OrtStatus* output_data(const OrtApi* api, OrtKernelContext* ctx, size_t i,
+                       const std::vector<int64_t>& shape, void** data);
 OrtStatus* output_float(const OrtApi* api, OrtKernelContext* ctx, size_t i,
                         const std::vector<int64_t>& shape, float** data);
 

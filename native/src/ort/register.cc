@@ -30,6 +30,7 @@ EDGEPET_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* opti
     if (OrtStatus* s = api->CreateCustomOpDomain("ai.edgepet", &domain)) return s;
     for (const OrtCustomOp* op : {edgepet::lut_matmul_op(),
                                   edgepet::group_query_rotary_attention_op(),
+                                  edgepet::group_query_rotary_attention_half_op(),
                                   edgepet::swiglu_op()}) {
       if (OrtStatus* s = api->CustomOpDomain_Add(domain, const_cast<OrtCustomOp*>(op))) return s;
     }
