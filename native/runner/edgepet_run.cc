@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -202,7 +203,18 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
 
+// This process's peak resident memory. On Linux from /proc/self/status's VmHWM, the high
+// water mark of this program's own address space: getrusage's ru_maxrss keeps the peak
+// from before exec, i.e. that of the process that forked us (a Python process of some GB
+// launching the runner would be reported instead).
 long peak_rss_bytes() {
+#ifndef __APPLE__
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10) * 1024L;
+  }
+#endif
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
 #ifdef __APPLE__
