@@ -81,10 +81,12 @@ void rotate(const float* x, const float* cos, const float* sin, int64_t half, fl
 // Queries per parallel task in prefill: enough to amortize a task, few enough that the
 // causal triangle's unequal rows still spread over the threads.
 constexpr int64_t kQueriesPerTask = 16;
-// Below this many multiply-adds (q.k and p.v together) a call runs on the calling thread:
-// a decode step of a small model (9 heads x ~100 positions x 64) is a few microseconds,
-// less than a hand-off to the pool costs.
-constexpr double kParallelMinWork = double(1 << 20);
+// Below this many multiply-adds (q.k and p.v together) a call runs on the calling thread.
+// A decode step reads every cached key and value of the layer from L3 or memory (the
+// layer's weights passed through L2 since), so it is bound by memory latency, not
+// arithmetic: from about 60 cached positions of SmolLM2 (9 heads x 64) two threads
+// fetching apart pay for the hand-off (docs/llm.md).
+constexpr double kParallelMinWork = double(1 << 16);
 
 struct Job {
   const VectorOps* ops;
