@@ -4,6 +4,8 @@ fresh prompt never overwrites a cache someone holds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,49 @@ def test_an_unknown_kv_cache_storage_is_refused_before_anything_is_written(tmp_p
                                             "float32"):
         export_decoder(tiny_gguf, tmp_path / "b", kv_cache="int8")
     assert not (tmp_path / "b").exists()
+
+
+def _as_abi_4(bundle: Path, out: Path) -> Path:
+    """``bundle`` (float cache) rewritten as op ABI 4 wrote decoders: the appending cache,
+    no past_length."""
+    import hashlib
+    import json
+    import shutil
+
+    import onnx
+
+    shutil.copytree(bundle, out)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    graph = model.graph
+    kept = [i for i in graph.input if i.name != "past_length"]
+    del graph.input[:]
+    graph.input.extend(kept)
+    for node in graph.node:
+        if node.op_type == "GroupQueryRotaryAttention":
+            del node.input[5:]
+    for value in [*graph.input, *graph.output]:
+        if value.name.startswith(("past.", "present.")):
+            value.type.tensor_type.shape.dim[2].dim_param = \
+                "past" if value.name.startswith("past.") else "total"
+    onnx.save(model, str(out / "model.onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = (out / "model.onnx").read_bytes()
+    manifest["files"]["model.onnx"] = {"bytes": len(data),
+                                       "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["operator"]["abi_version"] = 4
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_an_abi_4_bundle_decodes_with_its_appending_cache(tmp_path, tiny_fp32_bundle):
+    old = open_decoder(_as_abi_4(tiny_fp32_bundle, tmp_path / "abi4"))
+    new = open_decoder(tiny_fp32_bundle)
+    assert not old._shared and new._shared
+    logits, cache = old.forward(IDS[:5])
+    assert cache.length == 5 and cache[0].shape()[2] == 5
+    for token in IDS[5:]:
+        logits, cache = old.forward([token], cache)
+    assert cache.length == len(IDS)
+    np.testing.assert_allclose(logits[-1], _full(new, IDS), rtol=1e-5, atol=1e-5)
+    assert old.generate("the cat", max_new_tokens=8).tokens == \
+        new.generate("the cat", max_new_tokens=8).tokens
