@@ -81,6 +81,7 @@ struct Nibbles {
       for (int q = q0; q < q_end; ++q) {
         const uint8_t* c = codes + q * kDot4QuadBytes;
         _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(c) + kDotL2PrefetchBytes, _MM_HINT_T2);
         const __m256i act = _mm256_set1_epi32(four_activations(x[0] + q * kQuad));
         for (int h = 0; h < 2; ++h) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * h));
@@ -114,6 +115,8 @@ struct Triples {
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
       for (int l = 0; l < 3; ++l) {
         _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
+                     _MM_HINT_T2);
       }
       __m256i act[4];
       for (int j = 0; j < 4; ++j) act[j] = _mm256_set1_epi32(four_activations(x[0] + (q + j) * kQuad));

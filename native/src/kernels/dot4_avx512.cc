@@ -101,6 +101,8 @@ struct Nibbles {
     for (int q = 0; q < quads; q += 2, codes += 2 * kDot4QuadBytes) {
       _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes, _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64, _MM_HINT_T2);
       for (int u = 0; u < 2; ++u) {
         quad<Rows>(codes + u * kDot4QuadBytes, x, lo[u % kChains], all[u % kChains]);
         for (int m = 0; m < Rows; ++m) x[m] += kQuad;
@@ -143,6 +145,8 @@ struct Triples {
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
       for (int l = 0; l < 3; ++l) {
         _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
+                     _MM_HINT_T2);
       }
       __m512i v[3];
       for (int j = 0; j < 3; ++j) v[j] = _mm512_loadu_si512(codes + 64 * j);
