@@ -80,7 +80,6 @@ struct Nibbles {
 #pragma GCC unroll 2
       for (int q = q0; q < q_end; ++q) {
         const uint8_t* c = codes + q * kDot4QuadBytes;
-        _mm_prefetch(reinterpret_cast<const char*>(c) + kPrefetchBytes, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c) + kDotL2PrefetchBytes, _MM_HINT_T2);
         const __m256i act = _mm256_set1_epi32(four_activations(x[0] + q * kQuad));
         for (int h = 0; h < 2; ++h) {
@@ -114,7 +113,6 @@ struct Triples {
     for (auto& v : sums) v = _mm256_setzero_si256();
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
       for (int l = 0; l < 3; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
                      _MM_HINT_T2);
       }

@@ -99,8 +99,6 @@ struct Nibbles {
       for (int u = 0; u < kChains; ++u) lo[u][m] = all[u][m] = _mm512_setzero_si512();
     }
     for (int q = 0; q < quads; q += 2, codes += 2 * kDot4QuadBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes, _MM_HINT_T2);
       _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64, _MM_HINT_T2);
       for (int u = 0; u < 2; ++u) {
@@ -144,7 +142,6 @@ struct Triples {
     // against zero activations (K padded to 16).
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
       for (int l = 0; l < 3; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes) + kPrefetchBytes + 64 * l, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
                      _MM_HINT_T2);
       }

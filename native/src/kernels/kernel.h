@@ -21,18 +21,15 @@ constexpr int kTableSize = 16;     // entries per table (2^kQuad)
 constexpr int kMaxBlockK = 64;
 constexpr int kMinBlockK = 32;
 constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
-// How far ahead of the codes being read the 4-bit dot kernels ask for the next ones (the
-// LUT kernels prefetch further, into L2: x86_tile.h, kLutPrefetchBytes). A
-// tile's codes are contiguous and the next tile's follow, so this is one stream; the
-// hardware prefetcher alone left a single-thread GEMV at under half the read bandwidth
-// once the weights no longer fit in cache.
-constexpr int kPrefetchBytes = 1024;
-// ... and, as the LUT kernels do, kDotL2PrefetchBytes ahead into L2: a decode step streams
-// every projection's weights from memory (a model of ~100 MB does not stay in L3), where
-// the 1 KB alone left the int8 dot kernels waiting. SmolLM2-135M 4-bit decode, one thread,
-// Zen 4: 148 -> 167 tok/s (AVX-512), 137 -> 160 (AVX2 kernel), `--bits 3` 161 -> 191; two
-// threads 200 -> 235 (medians of three interleaved runs of the two libraries); 4 KB ahead
-// gave 146, 16 KB 162. With the weights in cache a product is ~3 % slower.
+// How far ahead of the codes being read the int8 dot kernels (3 and 4 bits) ask for the
+// next ones, into L2 (prefetcht2), as the LUT kernels do (x86_tile.h, kLutPrefetchBytes): a
+// tile's codes are contiguous and the next tile's follow, so this is one stream, and a
+// decode step streams every projection's weights from memory (a model of ~100 MB does not
+// stay in L3). They used to ask 1 KB ahead into L1, which left them waiting there.
+// SmolLM2-135M 4-bit decode, one thread, Zen 4, medians of interleaved runs of the
+// libraries: 134 -> 154 tok/s; with the 1 KB into L1 kept as well 156, but the 4096 x 4096
+// product with its weights in L3 14 % slower (0.164 -> 0.187 ms) where this costs nothing
+// (0.160). 4 KB ahead gave 146 tok/s and 16 KB 162 against 165 (another run).
 constexpr int kDotL2PrefetchBytes = 8192;
 
 // What a weight's codes mean; mirrors the LutMatMul attributes.

@@ -23,7 +23,7 @@ inline __m256 high_rows(__m256i acc) {
 // A tile's codes are contiguous and the next tile's follow, so this is one stream.
 // Measured on the Llama-3.2-1B stack of benchmarks/kernels.py (2-bit, one thread, Zen 4):
 // 8 KB into L2 ran it 1.18-1.35x faster than 2 KB into L1, which ran 1.15x faster than
-// 1 KB (interleaved runs; docs/operator.md). The 4-bit dot kernels keep kPrefetchBytes.
+// 1 KB (interleaved runs; docs/operator.md). The int8 dot kernels do the same (kernel.h).
 constexpr int kLutPrefetchBytes = 8192;
 
 // Asks for the cache lines kLutPrefetchBytes past [codes, codes + bytes) into L2: far
