@@ -432,6 +432,10 @@ def _size(text: str | None) -> int | None:
     return int(float(match.group(1)) * scale)
 
 
+#: ``edgepet export`` options only decoders take (None when not given).
+_DECODER_ONLY = ("tied_head", "kv_cache")
+
+
 def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
     from edgepet.exporters.llm.export import export_decoder_options, is_decoder_source
     from edgepet.exporters.pipeline import export
@@ -439,18 +443,13 @@ def _export(model: str, out: str, args: argparse.Namespace, **options: Any):
     # decoders (GGUF / HF Llama) take --adapter and --embedding-bits their own way; both
     # are the boundary that turns a step's ValueError into BadInputError (exit 2)
     decoder = is_decoder_source(model)
-    tied_head = options.pop("tied_head", None)
-    if tied_head is not None and not decoder:
-        raise _Usage("--tied-head applies to decoder checkpoints (a GGUF file or a Hugging "
-                     "Face Llama folder) — leave it out for this model")
-    if tied_head is not None:
-        options["tied_head"] = tied_head
-    kv_cache = options.pop("kv_cache", None)
-    if kv_cache is not None and not decoder:
-        raise _Usage("--kv-cache applies to decoder checkpoints (a GGUF file or a Hugging "
-                     "Face Llama folder) — leave it out for this model")
-    if kv_cache is not None:
-        options["kv_cache"] = kv_cache
+    for key in _DECODER_ONLY:  # given: passed on for decoders, refused for other models
+        value = options.pop(key, None)
+        if value is not None and not decoder:
+            raise _Usage(f"--{key.replace('_', '-')} applies to decoder checkpoints (a GGUF "
+                         "file or a Hugging Face Llama folder) — leave it out for this model")
+        if value is not None:
+            options[key] = value
     run = export_decoder_options if decoder else export
     if run is export:
         if options.pop("calibration_tokens", None) is not None:

@@ -146,3 +146,17 @@ def test_an_abi_4_bundle_decodes_with_its_appending_cache(tmp_path, tiny_fp32_bu
     np.testing.assert_allclose(logits[-1], _full(new, IDS), rtol=1e-5, atol=1e-5)
     assert old.generate("the cat", max_new_tokens=8).tokens == \
         new.generate("the cat", max_new_tokens=8).tokens
+
+
+def test_cli_kv_cache_choice_for_decoders_only(tmp_path, tiny_hf, capsys):
+    from edgepet.cli import main
+
+    out = tmp_path / "f32"
+    assert main(["export", str(tiny_hf), "--kv-cache", "float32", "-o", str(out),
+                 "--quiet"]) == 0
+    assert open_decoder(out)._cache_dtype == np.float32
+    capsys.readouterr()
+    assert main(["export", "--example", "mlp", "--kv-cache", "float16", "-o",
+                 str(tmp_path / "mlp"), "--quiet"]) == 2
+    assert "--kv-cache applies to decoder checkpoints" in capsys.readouterr().err
+    assert not (tmp_path / "mlp").exists()
