@@ -404,11 +404,16 @@ int check_dot4_quantization_identical(std::mt19937& rng) {
           if (special != 0.0f) a[n / 2] = special;
           std::vector<int8_t> x_ref(n), x_vec(n);
           float step_ref, step_vec, sum_ref, sum_vec;
+          int32_t codes_ref, codes_vec;
           dot4::quantize_block(reference_dot4_kernel(), a.data(), n, x_ref.data(), &step_ref,
-                               &sum_ref);
-          dot4::quantize_block(*kernel, a.data(), n, x_vec.data(), &step_vec, &sum_vec);
+                               &sum_ref, &codes_ref);
+          dot4::quantize_block(*kernel, a.data(), n, x_vec.data(), &step_vec, &sum_vec,
+                               &codes_vec);
+          int32_t codes_sum = 0;
+          for (int8_t v : x_ref) codes_sum += v;
           const auto same = [](float p, float q) { return std::memcmp(&p, &q, sizeof(p)) == 0; };
-          if (x_ref != x_vec || !same(step_ref, step_vec) || !same(sum_ref, sum_vec)) {
+          if (x_ref != x_vec || !same(step_ref, step_vec) || !same(sum_ref, sum_vec) ||
+              codes_ref != codes_sum || codes_vec != codes_sum) {
             ++failures;
             std::printf("FAIL 4-bit activations differ: kernel=%s magnitude=%g special=%g n=%d\n",
                         kernel->name, magnitude, special, n);

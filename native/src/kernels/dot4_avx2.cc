@@ -41,16 +41,26 @@ struct V8 {
   static F blend(Mask m, F if_false, F if_true) { return _mm256_blendv_ps(if_false, if_true, m); }
 };
 
-void round_block(const float* a, int n, float inv, int8_t* x) {
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
   const __m256 scale = _mm256_set1_ps(inv);
+  __m256i sums = _mm256_setzero_si256();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint does.
     const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + i), scale));
+    sums = _mm256_add_epi32(sums, v);
     const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(x + i), _mm_packs_epi16(w, w));
   }
-  for (; i < n; ++i) x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  int32_t sum = _mm_cvtsi128_si32(s);
+  for (; i < n; ++i) {
+    x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
+    sum += x[i];
+  }
+  return sum;
 }
 
 // maddubs sums of 32 codes (unsigned, < 16) times 32 int8 activations in int16 pairs,

@@ -13,22 +13,31 @@
 #include "kernels/dot4.h"
 
 // GCC 12's AVX-512 intrinsics pass _mm*_undefined_*() as the merge source of
-// unmasked forms, which -Wmaybe-uninitialized reports once inlined here.
+// unmasked forms, which -Wmaybe-uninitialized (and, for the extracts and reductions,
+// -Wuninitialized) reports once inlined here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace edgepet {
 namespace {
 
-void round_block(const float* a, int n, float inv, int8_t* x) {
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
   const __m512 scale = _mm512_set1_ps(inv);
+  __m512i sums = _mm512_setzero_si512();
   int i = 0;
   for (; i + 16 <= n; i += 16) {
     // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint does; every
     // value is within [-127, 127], so the saturating narrowing is exact.
     const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + i), scale));
+    sums = _mm512_add_epi32(sums, v);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(x + i), _mm512_cvtsepi32_epi8(v));
   }
-  for (; i < n; ++i) x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
+  int32_t sum = _mm512_reduce_add_epi32(sums);
+  for (; i < n; ++i) {
+    x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
+    sum += x[i];
+  }
+  return sum;
 }
 
 inline __m512i four_activations(const int8_t* x) {

@@ -65,11 +65,8 @@ void quantize_row(void* ctx, int64_t m) {
     const int n = static_cast<int>(std::min<int64_t>(f.k - first, block));
     // The last block's zeros run to the end of the padded row.
     const int64_t padded = b + 1 == plan.blocks ? call.width - first : block;
-    dot4::quantize_block(*call.kernel, a + first, n, x + first, steps + b, sums + b);
+    dot4::quantize_block(*call.kernel, a + first, n, x + first, steps + b, sums + b, x_sums + b);
     std::fill(x + first + n, x + first + padded, int8_t{0});
-    int32_t s = 0;
-    for (int i = 0; i < n; ++i) s += x[first + i];
-    x_sums[b] = s;
   }
   for (int64_t g = 0; g < plan.groups; ++g) {
     float s = 0.0f, acc = 0.0f;

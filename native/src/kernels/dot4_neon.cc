@@ -13,15 +13,22 @@
 namespace edgepet {
 namespace {
 
-void round_block(const float* a, int n, float inv, int8_t* x) {
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
+  int32x4_t sums = vdupq_n_s32(0);
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     // vcvtnq rounds to nearest even, as nearbyint does; values lie in [-127, 127].
     const int32x4_t lo = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + i), inv));
     const int32x4_t hi = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(a + i + 4), inv));
+    sums = vaddq_s32(sums, vaddq_s32(lo, hi));
     vst1_s8(x + i, vqmovn_s16(vcombine_s16(vqmovn_s32(lo), vqmovn_s32(hi))));
   }
-  for (; i < n; ++i) x[i] = static_cast<int8_t>(std::nearbyint(a[i] * inv));
+  int32_t sum = vaddvq_s32(sums);
+  for (; i < n; ++i) {
+    x[i] = static_cast<int8_t>(std::nearbyint(a[i] * inv));
+    sum += x[i];
+  }
+  return sum;
 }
 
 // acc += the dot products of 4 rows' 4 codes (each 32-bit lane one row) with the same 4

@@ -9,8 +9,13 @@
 namespace edgepet {
 namespace {
 
-void round_block(const float* a, int n, float inv, int8_t* x) {
-  for (int i = 0; i < n; ++i) x[i] = static_cast<int8_t>(std::nearbyint(a[i] * inv));
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
+  int32_t sum = 0;
+  for (int i = 0; i < n; ++i) {
+    x[i] = static_cast<int8_t>(std::nearbyint(a[i] * inv));
+    sum += x[i];
+  }
+  return sum;
 }
 
 // One lane: every "vector" is a single row.
