@@ -75,10 +75,16 @@ struct Avx2TableOps {
   Half half_table(const float* a4) const { return edgepet::half_table(a4, m0, m1, m2); }
   float entry0(Half h) const { return _mm256_cvtss_f32(h); }
   float largest(const Half* h, int n) const {
+    // Four running maxima (exact in any order): one would chain every vmaxps.
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 top = _mm256_setzero_ps();
-    for (int i = 0; i < n; ++i) top = _mm256_max_ps(top, _mm256_and_ps(h[i], abs_mask));
-    return horizontal_max(top);
+    __m256 top[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (int j = 0; j < 4; ++j) top[j] = _mm256_max_ps(top[j], _mm256_and_ps(h[i + j], abs_mask));
+    }
+    for (; i < n; ++i) top[0] = _mm256_max_ps(top[0], _mm256_and_ps(h[i], abs_mask));
+    return horizontal_max(_mm256_max_ps(_mm256_max_ps(top[0], top[1]), _mm256_max_ps(top[2], top[3])));
   }
   void store(Half h, float inv, int8_t* out) const {
     store_table(h, _mm256_set1_ps(inv), out);
