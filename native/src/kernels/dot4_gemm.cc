@@ -31,7 +31,8 @@ struct Dot4Call {
         x_sums(grown(s.x_sums, a.m * plan.blocks)),
         block_sums(grown(s.block_sums, a.m * plan.blocks)),
         group_sums(grown(s.group_sums, a.m * plan.groups)),
-        base_acc(grown(s.base_acc, a.m * plan.groups)) {}
+        base_acc(grown(s.base_acc, a.m * plan.groups)),
+        row0(plan.groups, a.format.group_size) {}
 
   Dot4Activations row(int64_t m) const {
     return {x + m * width, steps + m * plan.blocks, group_sums + m * plan.groups, base_acc + m * plan.groups};
@@ -47,10 +48,13 @@ struct Dot4Call {
   float* block_sums;
   float* group_sums;
   float* base_acc;
+  ChunkedPrep row0;  // row 0's activations at M = 1, quantized in the tile region
 };
 
-void quantize_row(void* ctx, int64_t m) {
-  const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+// Activations of groups [g0, g1) of row m quantized, with their blocks' steps and sums
+// and the groups' sums and base accumulators. Blocks nest in groups, so a range of whole
+// groups writes the same bytes as the whole row does.
+void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
   const WeightFormat& f = call.args->format;
   const BlockPlan& plan = call.plan;
   const float* a = call.args->a + m * f.k;
@@ -60,7 +64,7 @@ void quantize_row(void* ctx, int64_t m) {
   float* steps = call.steps + m * plan.blocks;
   const int block = table_block(f);
   const int top = (1 << f.bits) - 1;  // the plane sum's offset per code (dot4.h)
-  for (int64_t b = 0; b < plan.blocks; ++b) {
+  for (int64_t b = plan.first_block(g0); b < plan.end_block(g1 - 1); ++b) {
     const int64_t first = b * block;
     const int n = static_cast<int>(std::min<int64_t>(f.k - first, block));
     // The last block's zeros run to the end of the padded row.
@@ -68,7 +72,7 @@ void quantize_row(void* ctx, int64_t m) {
     dot4::quantize_block(*call.kernel, a + first, n, x + first, steps + b, sums + b, x_sums + b);
     std::fill(x + first + n, x + first + padded, int8_t{0});
   }
-  for (int64_t g = 0; g < plan.groups; ++g) {
+  for (int64_t g = g0; g < g1; ++g) {
     float s = 0.0f, acc = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       s += sums[b];
@@ -77,6 +81,11 @@ void quantize_row(void* ctx, int64_t m) {
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;
   }
+}
+
+void quantize_row(void* ctx, int64_t m) {
+  const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+  quantize_groups(call, m, 0, call.plan.groups);
 }
 
 void run_tile(void* ctx, int64_t tile) {
@@ -106,6 +115,15 @@ void run_tile(void* ctx, int64_t tile) {
   }
 }
 
+// A tile of row 0 once its activations are quantized (M = 1).
+void run_tile_one_row(void* ctx, int64_t tile) {
+  Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+  if (!call.row0.done()) {
+    call.row0.help([&call](int64_t g0, int64_t g1) { quantize_groups(call, 0, g0, g1); });
+  }
+  run_tile(ctx, tile);
+}
+
 }  // namespace
 
 void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& parallel) {
@@ -113,10 +131,11 @@ void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& p
   thread_local Dot4Scratch scratch;
   Dot4Call call(kernel, args, scratch);
   if (args.m == 1) {
-    quantize_row(&call, 0);  // not worth a hand-off to the pool
-  } else {
-    parallel.run(args.m, quantize_row, &call);
+    // One region: its threads quantize the activations, then take tiles.
+    parallel.run(num_tiles(args.format.n), run_tile_one_row, &call);
+    return;
   }
+  parallel.run(args.m, quantize_row, &call);
   parallel.run(num_tiles(args.format.n), run_tile, &call);
 }
 

@@ -1,9 +1,7 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <thread>
 #include <vector>
 
 #include "kernels/dot4.h"
@@ -89,10 +87,6 @@ struct Scratch {
   std::vector<float> base_acc;        // [m][groups]
 };
 
-// Groups of one table chunk: at M = 1 the tables are built in chunks of about this
-// many inputs inside the tile region, by whichever threads arrive first (help_tables).
-constexpr int64_t kTableChunkInputs = 256;
-
 struct Job {
   Job(const Kernel& k, const GemmArgs& a, Scratch& s)
       : kernel(&k),
@@ -103,8 +97,7 @@ struct Job {
         block_sums(grown(s.block_sums, a.m * plan.blocks)),
         group_sums(grown(s.group_sums, a.m * plan.groups)),
         base_acc(grown(s.base_acc, a.m * plan.groups)),
-        chunk_groups(std::max<int64_t>(1, kTableChunkInputs / a.format.group_size)),
-        chunks(ceil_div(plan.groups, chunk_groups)) {}
+        row0(plan.groups, a.format.group_size) {}
 
   const Kernel* kernel;
   const GemmArgs* args;
@@ -114,12 +107,7 @@ struct Job {
   float* block_sums;
   float* group_sums;
   float* base_acc;
-  // Row 0's tables in chunks of whole groups (M = 1): the next one to claim, and how
-  // many are built.
-  int64_t chunk_groups;
-  int64_t chunks;
-  std::atomic<int64_t> next_chunk{0};
-  std::atomic<int64_t> chunks_done{0};
+  ChunkedPrep row0;  // row 0's tables at M = 1, built in the tile region
 };
 
 // Tables of groups [g0, g1) of one activation row: the entries, block scales and sums
@@ -165,36 +153,6 @@ void build_row(void* ctx, int64_t row) {
   build_groups(job, row, 0, job.plan.groups);
 }
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
-
-// Row 0's tables, built by the threads of the tile region before their first tile: a
-// worker that wakes while the caller is still building takes chunks too, instead of
-// the caller building them all before it hands out a tile. A thread waits only for
-// chunks another thread has claimed and is building, so some thread always progresses.
-void help_tables(Job& job) {
-  for (int64_t c = job.next_chunk.fetch_add(1, std::memory_order_relaxed); c < job.chunks;
-       c = job.next_chunk.fetch_add(1, std::memory_order_relaxed)) {
-    build_groups(job, 0, c * job.chunk_groups,
-                 std::min(job.plan.groups, (c + 1) * job.chunk_groups));
-    job.chunks_done.fetch_add(1, std::memory_order_release);
-  }
-  for (int spins = 0; job.chunks_done.load(std::memory_order_acquire) < job.chunks; ++spins) {
-    // A chunk takes well under a microsecond; a builder that lost its core does not, so
-    // after 4096 pauses (0.7 ms on the Zen 4 VM measured, ~165 ns each) this yields.
-    if (spins < 4096) {
-      cpu_relax();
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
-
 void run_tile(void* ctx, int64_t tile) {
   Job& job = *static_cast<Job*>(ctx);
   const GemmArgs& args = *job.args;
@@ -233,7 +191,9 @@ void run_tile(void* ctx, int64_t tile) {
 // A tile of row 0 once its tables are built (M = 1).
 void run_tile_one_row(void* ctx, int64_t tile) {
   Job& job = *static_cast<Job*>(ctx);
-  if (job.chunks_done.load(std::memory_order_acquire) < job.chunks) help_tables(job);
+  if (!job.row0.done()) {
+    job.row0.help([&job](int64_t g0, int64_t g1) { build_groups(job, 0, g0, g1); });
+  }
   run_tile(ctx, tile);
 }
 
