@@ -62,8 +62,9 @@ struct HasStorePair<Ops, std::void_t<decltype(std::declval<const Ops&>().store_p
 
 // Rounds n quads' tables with one scale, top = their largest |entry| (finite).
 template <class Ops>
-void store_block(const Ops& ops, const typename Ops::Half* half, int n, float top,
-                 int8_t* entries) {
+__attribute__((always_inline)) inline void store_block(const Ops& ops,
+                                                       const typename Ops::Half* half, int n,
+                                                       float top, int8_t* entries) {
   const float inv = top > 0.0f ? 127.0f / top : 0.0f;
   int i = 0;
   if constexpr (HasStorePair<Ops>::value) {
