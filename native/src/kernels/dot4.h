@@ -240,7 +240,7 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
 // sum_blocks dot_b * 2 step_b per row. Scales and zero points are converted once for all
 // Rows activation rows.
 template <class V, int Rows>
-inline void add_group(const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
+__attribute__((always_inline)) inline void add_group(const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
                       typename V::F (*y)[kTileRows / V::kLanes]) {
   using F = typename V::F;
   const WeightFormat& f = job.format;
