@@ -40,9 +40,14 @@ inline __m256 load_halves(const Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
+// The epilogue's rule (kernel.h, group_affine) as a template parameter: each instance's
+// group loop holds only its own format's values. With the format tested per group, the
+// 1-bit AVX2 loop kept its output accumulators on the stack (a store and reload per group).
+enum class Affine { kSymmetric, kTernary, kAsymmetric };
+
 // Sums::block<Bits, Rows>(codes, tables, quads, acc_a, acc_b) fills int16 sums of
 // one block for the tile's 32 rows: acc_a[m] rows 0..15, acc_b[m] rows 16..31.
-template <class Sums, int Bits, int Rows>
+template <class Sums, int Bits, int Rows, Affine kAffine>
 void tile_dot(const TileJob& job) {
   const WeightFormat& f = job.format;
   const BlockPlan plan(f);
@@ -85,10 +90,11 @@ void tile_dot(const TileJob& job) {
         const auto is_base = [&] {
           return _mm256_cmp_ps(acc[m][i], _mm256_set1_ps(job.tables[m].base_acc[g]), _CMP_EQ_OQ);
         };
-        if (f.ternary) {  // off = sc; the base code is the zero weight, which adds 0
+        if constexpr (kAffine == Affine::kTernary) {
+          // off = sc; the base code is the zero weight, which adds 0
           const __m256 rule = _mm256_andnot_ps(is_base(), _mm256_add_ps(acc[m][i], group_sum));
           y[m][i] = _mm256_fmadd_ps(sc, rule, y[m][i]);
-        } else if (f.symmetric) {
+        } else if constexpr (kAffine == Affine::kSymmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
         } else {
           const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
@@ -111,20 +117,27 @@ void tile_dot(const TileJob& job) {
     for (int i = 0; i < 4; ++i) _mm256_storeu_ps(job.out[m] + 8 * i, y[m][i]);
 }
 
+template <class Sums, int Bits, int Rows>
+void tile_dot_affine(const TileJob& job) {
+  if (job.format.ternary) return tile_dot<Sums, Bits, Rows, Affine::kTernary>(job);
+  if (job.format.symmetric) return tile_dot<Sums, Bits, Rows, Affine::kSymmetric>(job);
+  return tile_dot<Sums, Bits, Rows, Affine::kAsymmetric>(job);
+}
+
 // Two activation rows share the unpacked codes where Sums says that measured faster;
 // otherwise the rows are taken one at a time.
 template <class Sums, int Bits>
 void tile_dot_bits(const TileJob& job) {
   static_assert(kMaxRowsPerCall == 2, "tile_dot_bits handles 1 or 2 activation rows");
   if constexpr (Sums::template shares_rows<Bits>()) {
-    if (job.rows == 2) return tile_dot<Sums, Bits, 2>(job);
+    if (job.rows == 2) return tile_dot_affine<Sums, Bits, 2>(job);
   }
   for (int m = 0; m < job.rows; ++m) {
     TileJob one = job;
     one.rows = 1;
     one.tables[0] = job.tables[m];
     one.out[0] = job.out[m];
-    tile_dot<Sums, Bits, 1>(one);
+    tile_dot_affine<Sums, Bits, 1>(one);
   }
 }
 
