@@ -238,10 +238,13 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
 
 // y[m] (32 rows each) += the group's value for activation row m: acc[m] holds
 // sum_blocks dot_b * 2 step_b per row. Scales and zero points are converted once for all
-// Rows activation rows.
+// Rows activation rows. Always inlined: as a call per group it passed the accumulators
+// through the stack (a 64-byte store and reload per group), which made 4-bit products
+// 7-9 % slower on a Zen 4 core.
 template <class V, int Rows>
-__attribute__((always_inline)) inline void add_group(const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
-                      typename V::F (*y)[kTileRows / V::kLanes]) {
+__attribute__((always_inline)) inline void add_group(
+    const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
+    typename V::F (*y)[kTileRows / V::kLanes]) {
   using F = typename V::F;
   const WeightFormat& f = job.format;
   const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
