@@ -593,36 +593,40 @@ def synthetic_model(folder: Path, bits: Any, group_size: int, symmetric: bool) -
 def synthetic_speed(folder: Path, config: Any, threads: int, prompt_tokens: int,
                     new_tokens: int, runs: int) -> dict[str, float]:
     """Prefill and decode tok/s of the synthetic model (tokens chosen at random)."""
+    import onnxruntime as ort
+
+    from edgepet.exporters.llm import graph as llm_graph
     from edgepet.runtime import InferenceSession
 
     session = InferenceSession(str(folder / "model.onnx"), threads=threads)
     names = [f"past.{i}.{kv}" for i in range(config.num_layers) for kv in ("key", "value")]
-    outputs = ["logits"] + [n.replace("past", "present") for n in names]
-    empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), np.float32)
+    # The cache as DecoderSession keeps it: buffers of the graph's dtype holding the whole
+    # run, bound once to the past inputs and the present outputs (written in place).
+    types = {i.name: i.type for i in session.get_inputs()}
+    dtype = np.float16 if types[names[0]] == "tensor(float16)" else np.float32
+    shape = (1, config.num_kv_heads, prompt_tokens + new_tokens, config.head_dim)
+    buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype)) for _ in names]
+    binding = session.io_binding()
+    for name, buffer in zip(names, buffers, strict=True):
+        binding.bind_ortvalue_input(name, buffer)
+        binding.bind_ortvalue_output(name.replace("past", "present"), buffer)
 
-    def step(ids, cache):
-        binding = session.io_binding()
+    def step(ids, past_length):
         binding.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
         binding.bind_cpu_input("num_logits", np.asarray([1], np.int64))
-        for i, name in enumerate(names):
-            if cache is None:
-                binding.bind_cpu_input(name, empty)
-            else:
-                binding.bind_ortvalue_input(name, cache[i])
-        for name in outputs:
-            binding.bind_output(name, "cpu")
+        binding.bind_cpu_input(llm_graph.PAST_LENGTH, np.asarray([past_length], np.int64))
+        binding.bind_output("logits", "cpu")
         session.run_with_iobinding(binding)
-        out = binding.get_outputs()
-        return int(np.argmax(out[0].numpy()[0, -1])), out[1:]
+        return int(np.argmax(binding.get_outputs()[-1].numpy()[0, -1]))
 
     prefill, decode = [], []
-    ids = list(range(1000, 1000 + prompt_tokens))
+    ids = [(1000 + i) % config.vocab_size for i in range(prompt_tokens)]
     for run in range(runs + 1):
         start = time.perf_counter()
-        token, cache = step(ids, None)
+        token = step(ids, 0)
         mid = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            token, cache = step([token], cache)
+        for position in range(prompt_tokens, prompt_tokens + new_tokens - 1):
+            token = step([token], position)
         end = time.perf_counter()
         if run:
             prefill.append(prompt_tokens / (mid - start))

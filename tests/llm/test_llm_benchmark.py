@@ -45,3 +45,25 @@ def test_profile_splits_decode_time_by_op(tiny_2bit_bundle):
     assert {"LutMatMul (body)", "LutMatMul (head)", "attention", "everything else",
             "between nodes (ORT)"} == set(result["groups_ms_per_token"])
     assert sum(r["share_of_nodes"] for r in result["rows"]) == pytest.approx(1, abs=0.01)
+
+
+def test_synthetic_speed_decodes_with_the_cache_in_place(tmp_path, tiny_ck):
+    """The 1B-shape benchmark's loop, on the tiny model: it binds the graph's own cache
+    buffers (float16, written in place at past_length) and decodes."""
+    import importlib.util
+
+    import numpy as np
+    import onnx
+
+    from edgepet.exporters.llm import graph as llm_graph
+    from edgepet.quant import quantize
+
+    spec = importlib.util.spec_from_file_location("llm_bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    weights = {name: quantize(w, 4, 32) for name, w in llm_graph.float_weights(tiny_ck).items()}
+    onnx.save_model(llm_graph.build_decoder(tiny_ck, weights, 64, np.float16),
+                    str(tmp_path / "model.onnx"))
+    result = bench.synthetic_speed(tmp_path, tiny_ck.config, threads=1, prompt_tokens=6,
+                                   new_tokens=5, runs=1)
+    assert result["prefill_tok_s"] > 0 and result["decode_tok_s"] > 0
