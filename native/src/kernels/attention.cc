@@ -145,7 +145,8 @@ void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Paral
   const size_t element = a.half_cache ? sizeof(Half) : sizeof(float);
   const size_t past_bytes = static_cast<size_t>(past_stride * d) * element;
   const size_t row_bytes = static_cast<size_t>(d) * element;
-  std::vector<float> rotated(a.half_cache ? static_cast<size_t>(d) : 0);
+  thread_local std::vector<float> rotated;  // a rotated key before its fp16 rounding
+  rotated.resize(static_cast<size_t>(d));
   // The cache: the past rows (unless present is past's own buffer), then the new keys
   // (rotated) and values, rounded to fp16 in a half cache.
   for (int64_t b = 0; b < s.batch; ++b) {

@@ -124,7 +124,7 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
   }
 #pragma GCC unroll 2
   for (int q = 0; q < quads; q += 2, codes += pair_stride(Bits)) {
-    x86::prefetch_codes(codes, pair_stride(Bits));
+    prefetch_codes(codes, pair_stride(Bits));
     __m256i table[2][Rows];
     for (int p = 0; p < 2; ++p) {
       for (int m = 0; m < Rows; ++m) {

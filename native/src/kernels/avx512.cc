@@ -157,7 +157,7 @@ struct Avx512Sums {
     for (int m = 0; m < Rows; ++m) t[m] = tables[m];
     int q = 0;
     for (; q + 4 <= quads; q += 4, codes += 2 * pair_stride(Bits)) {
-      x86::prefetch_codes(codes, 2 * pair_stride(Bits));
+      prefetch_codes(codes, 2 * pair_stride(Bits));
       sums.four_quads(codes, t);
       for (int m = 0; m < Rows; ++m) t[m] += 4 * kTableSize;
     }

@@ -90,7 +90,7 @@ struct Nibbles {
 #pragma GCC unroll 2
       for (int q = q0; q < q_end; ++q) {
         const uint8_t* c = codes + q * kDot4QuadBytes;
-        _mm_prefetch(reinterpret_cast<const char*>(c) + kDotL2PrefetchBytes, _MM_HINT_T2);
+        prefetch_codes(c, kDot4QuadBytes);
         const __m256i act = _mm256_set1_epi32(four_activations(x[0] + q * kQuad));
         for (int h = 0; h < 2; ++h) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * h));
@@ -122,10 +122,7 @@ struct Triples {
     __m256i sums[4];
     for (auto& v : sums) v = _mm256_setzero_si256();
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
-      for (int l = 0; l < 3; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
-                     _MM_HINT_T2);
-      }
+      prefetch_codes(codes, kDot3QuartetBytes);
       __m256i act[4];
       for (int j = 0; j < 4; ++j) act[j] = _mm256_set1_epi32(four_activations(x[0] + (q + j) * kQuad));
       for (int h = 0; h < 2; ++h) {

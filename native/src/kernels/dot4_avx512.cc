@@ -108,8 +108,7 @@ struct Nibbles {
       for (int u = 0; u < kChains; ++u) lo[u][m] = all[u][m] = _mm512_setzero_si512();
     }
     for (int q = 0; q < quads; q += 2, codes += 2 * kDot4QuadBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes, _MM_HINT_T2);
-      _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64, _MM_HINT_T2);
+      prefetch_codes(codes, 2 * kDot4QuadBytes);
       for (int u = 0; u < 2; ++u) {
         quad<Rows>(codes + u * kDot4QuadBytes, x, lo[u % kChains], all[u % kChains]);
         for (int m = 0; m < Rows; ++m) x[m] += kQuad;
@@ -150,10 +149,7 @@ struct Triples {
     // quads is even; a block's last quartet may hold 2 quads, whose other 2 are zero codes
     // against zero activations (K padded to 16).
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
-      for (int l = 0; l < 3; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes) + kDotL2PrefetchBytes + 64 * l,
-                     _MM_HINT_T2);
-      }
+      prefetch_codes(codes, kDot3QuartetBytes);
       __m512i v[3];
       for (int j = 0; j < 3; ++j) v[j] = _mm512_loadu_si512(codes + 64 * j);
       for (int j = 0; j < 3; ++j) {

@@ -21,16 +21,28 @@ constexpr int kTableSize = 16;     // entries per table (2^kQuad)
 constexpr int kMaxBlockK = 64;
 constexpr int kMinBlockK = 32;
 constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
-// How far ahead of the codes being read the int8 dot kernels (3 and 4 bits) ask for the
-// next ones, into L2 (prefetcht2), as the LUT kernels do (x86_tile.h, kLutPrefetchBytes): a
-// tile's codes are contiguous and the next tile's follow, so this is one stream, and a
-// decode step streams every projection's weights from memory (a model of ~100 MB does not
-// stay in L3). They used to ask 1 KB ahead into L1, which left them waiting there.
-// SmolLM2-135M 4-bit decode, one thread, Zen 4, medians of interleaved runs of the
-// libraries: 134 -> 154 tok/s; with the 1 KB into L1 kept as well 156, but the 4096 x 4096
-// product with its weights in L3 14 % slower (0.164 -> 0.187 ms) where this costs nothing
-// (0.160). 4 KB ahead gave 146 tok/s and 16 KB 162 against 165 (another run).
-constexpr int kDotL2PrefetchBytes = 8192;
+// How far ahead of the codes being read every x86 kernel (the LUT kernels and the int8 dot
+// kernels of 3 and 4 bits) asks for the next ones, into L2. A tile's codes are contiguous
+// and the next tile's follow, so this is one stream, and a decode step streams every
+// projection's weights from memory (a model of ~100 MB does not stay in L3).
+// - LUT kernels, Llama-3.2-1B stack of benchmarks/kernels.py (2-bit, one thread, Zen 4):
+//   8 KB into L2 ran 1.18-1.35x faster than 2 KB into L1, which ran 1.15x faster than 1 KB
+//   (interleaved runs; docs/operator.md).
+// - Dot kernels, which used to ask 1 KB ahead into L1: SmolLM2-135M 4-bit decode, one
+//   thread, medians of interleaved runs of the libraries: 134 -> 154 tok/s; keeping the
+//   1 KB into L1 as well gave 156, but made the 4096 x 4096 product with its weights in L3
+//   14 % slower (0.164 -> 0.187 ms), where L2 alone costs nothing (0.160). 4 KB ahead gave
+//   146 tok/s and 16 KB 162 against 165 (another run).
+constexpr int kPrefetchBytes = 8192;
+
+// Asks for the cache lines kPrefetchBytes past [codes, codes + bytes) into L2: far enough
+// ahead to cover memory latency, and L2 rather than L1, which a stream that far ahead
+// would crowd (locality 1: prefetcht2 on x86, which current cores fill into L2).
+inline void prefetch_codes(const uint8_t* codes, int bytes) {
+  for (int line = 0; line < bytes; line += 64) {
+    __builtin_prefetch(codes + kPrefetchBytes + line, 0, 1);
+  }
+}
 
 // What a weight's codes mean; mirrors the LutMatMul attributes.
 struct WeightFormat {

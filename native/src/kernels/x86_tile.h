@@ -19,22 +19,6 @@ inline __m256 high_rows(__m256i acc) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
 }
 
-// How far ahead of the codes being read the LUT kernels ask for the next ones, into L2.
-// A tile's codes are contiguous and the next tile's follow, so this is one stream.
-// Measured on the Llama-3.2-1B stack of benchmarks/kernels.py (2-bit, one thread, Zen 4):
-// 8 KB into L2 ran it 1.18-1.35x faster than 2 KB into L1, which ran 1.15x faster than
-// 1 KB (interleaved runs; docs/operator.md). The int8 dot kernels do the same (kernel.h).
-constexpr int kLutPrefetchBytes = 8192;
-
-// Asks for the cache lines kLutPrefetchBytes past [codes, codes + bytes) into L2: far
-// enough ahead to cover memory latency, and L2 rather than L1, which a stream that far
-// ahead would crowd (prefetcht2, which current x86 cores fill into L2, not L1).
-inline void prefetch_codes(const uint8_t* codes, int bytes) {
-  for (int line = 0; line < bytes; line += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(codes) + kLutPrefetchBytes + line, _MM_HINT_T2);
-  }
-}
-
 // Eight fp16 scales or zero points as floats (F16C).
 inline __m256 load_halves(const Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
