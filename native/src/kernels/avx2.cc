@@ -132,8 +132,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
             reinterpret_cast<const __m128i*>(tables[m] + (q + p) * kTableSize)));
       }
       if (kPairs == 1) {
-        const __m256i x = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(codes + pair_stream_offset(Bits, p, 0)));
+        const __m256i x = in_register(_mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(codes + pair_stream_offset(Bits, p, 0))));
         const __m256i lo = _mm256_and_si256(x, low4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
         for (int m = 0; m < Rows; ++m) {
@@ -147,8 +147,8 @@ __attribute__((always_inline)) inline void block_sums16(const uint8_t* codes,
       }
     }
     if (kSingle) {
-      const __m256i x =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + single_stream_offset(Bits)));
+      const __m256i x = in_register(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + single_stream_offset(Bits))));
       const __m256i lo = _mm256_and_si256(x, low4);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
       for (int m = 0; m < Rows; ++m) {

@@ -10,8 +10,10 @@
 #include "kernels/pack.h"
 
 // GCC 12's AVX-512 intrinsics pass _mm*_undefined_*() as the merge source of
-// unmasked forms, which -Wmaybe-uninitialized reports once inlined here.
+// unmasked forms, which -Wmaybe-uninitialized (and, where in_register pins a vector that
+// holds one, -Wuninitialized) reports once inlined here.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "kernels/x86_tile.h"
 
 namespace edgepet {
@@ -36,11 +38,11 @@ inline __m512i high_nibbles(__m512i x) {
   }
 }
 
-inline __m512i load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i load(const uint8_t* p) { return in_register(_mm512_loadu_si512(p)); }
 inline __m512i join(const uint8_t* lo, const uint8_t* hi) {
-  return _mm512_inserti64x4(
+  return in_register(_mm512_inserti64x4(
       _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo))),
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1);
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi)), 1));
 }
 
 // Sums of one block for Rows activation rows: the codes are loaded and unpacked once
@@ -132,8 +134,8 @@ struct Block512 {
         lo[m] = table_lanes<0, 2>(four);
         hi[m] = table_lanes<1, 3>(four);
       }
-      const __m512i x = _mm512_zextsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + single_stream_offset(Bits))));
+      const __m512i x = in_register(_mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + single_stream_offset(Bits)))));
       add_single(x, lo, hi);
     }
   }

@@ -93,7 +93,7 @@ struct Nibbles {
         prefetch_codes(c, kDot4QuadBytes);
         const __m256i act = _mm256_set1_epi32(four_activations(x[0] + q * kQuad));
         for (int h = 0; h < 2; ++h) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * h));
+          const __m256i v = in_register(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * h)));
           const __m256i lo = _mm256_and_si256(v, low4);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
           sums[h] = _mm256_add_epi16(sums[h], _mm256_maddubs_epi16(lo, act));
@@ -128,7 +128,7 @@ struct Triples {
       for (int h = 0; h < 2; ++h) {
         __m256i v[3];
         for (int j = 0; j < 3; ++j) {
-          v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * j + 32 * h));
+          v[j] = in_register(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * j + 32 * h)));
           const __m256i lo = _mm256_and_si256(v[j], low3);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v[j], 3), low3);
           sums[h] = _mm256_add_epi16(sums[h], _mm256_maddubs_epi16(lo, act[j]));

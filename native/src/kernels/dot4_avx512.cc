@@ -81,7 +81,7 @@ __attribute__((always_inline)) inline void split(__m512i lo, __m512i all, __m512
 template <int Rows>
 __attribute__((always_inline)) inline void quad(const uint8_t* c, const int8_t* const* x,
                                                 __m512i* lo, __m512i* all) {
-  const __m512i v = _mm512_loadu_si512(c);
+  const __m512i v = in_register(_mm512_loadu_si512(c));
   const __m512i low = _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
   for (int m = 0; m < Rows; ++m) {
     const __m512i act = four_activations(x[m]);
@@ -151,7 +151,7 @@ struct Triples {
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
       prefetch_codes(codes, kDot3QuartetBytes);
       __m512i v[3];
-      for (int j = 0; j < 3; ++j) v[j] = _mm512_loadu_si512(codes + 64 * j);
+      for (int j = 0; j < 3; ++j) v[j] = in_register(_mm512_loadu_si512(codes + 64 * j));
       for (int j = 0; j < 3; ++j) {
         const __m512i p = _mm512_and_si512(v[j], pair), c = _mm512_and_si512(v[j], low3);
         for (int m = 0; m < Rows; ++m) {
