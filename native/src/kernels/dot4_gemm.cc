@@ -88,8 +88,9 @@ void quantize_row(void* ctx, int64_t m) {
   quantize_groups(call, m, 0, call.plan.groups);
 }
 
-void run_tile(void* ctx, int64_t tile) {
-  const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
+// Tile `tile` of activation rows [r0, r1) (r0 a multiple of kDot4MaxRows, so that rows
+// pass together the same way whatever the split).
+void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
   const GemmArgs& args = *call.args;
   const WeightFormat& f = args.format;
   const int64_t n0 = tile * kTileRows;
@@ -101,8 +102,8 @@ void run_tile(void* ctx, int64_t tile) {
   job.scales = args.scales + tile_scales;
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
   alignas(64) float out[kDot4MaxRows][kTileRows];
-  for (int64_t m0 = 0; m0 < args.m; m0 += kDot4MaxRows) {
-    job.rows = static_cast<int>(std::min<int64_t>(kDot4MaxRows, args.m - m0));
+  for (int64_t m0 = r0; m0 < r1; m0 += kDot4MaxRows) {
+    job.rows = static_cast<int>(std::min<int64_t>(kDot4MaxRows, r1 - m0));
     for (int i = 0; i < job.rows; ++i) {
       job.acts[i] = call.row(m0 + i);
       job.out[i] = out[i];
@@ -113,6 +114,21 @@ void run_tile(void* ctx, int64_t tile) {
       for (int r = 0; r < rows; ++r) y[r] = out[i][r] + (args.bias ? args.bias[n0 + r] : 0.0f);
     }
   }
+}
+
+void run_tile(void* ctx, int64_t tile) {
+  const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
+  tile_rows(call, tile, 0, call.args->m);
+}
+
+static_assert(kRowBlock % kDot4MaxRows == 0, "row blocks must pass rows as the whole does");
+
+// Rows [kRowBlock * block, ...): their activations quantized, then every tile for them.
+void run_row_block(void* ctx, int64_t block) {
+  const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
+  const int64_t r0 = block * kRowBlock, r1 = std::min(call.args->m, r0 + kRowBlock);
+  for (int64_t m = r0; m < r1; ++m) quantize_groups(call, m, 0, call.plan.groups);
+  for (int64_t tile = 0; tile < num_tiles(call.args->format.n); ++tile) tile_rows(call, tile, r0, r1);
 }
 
 // A tile of row 0 once its activations are quantized (M = 1).
@@ -133,6 +149,10 @@ void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& p
   if (args.m == 1) {
     // One region: its threads quantize the activations, then take tiles.
     parallel.run(num_tiles(args.format.n), run_tile_one_row, &call);
+    return;
+  }
+  if (uses_row_blocks(args.format, args.m)) {
+    parallel.run(ceil_div(args.m, kRowBlock), run_row_block, &call);
     return;
   }
   parallel.run(args.m, quantize_row, &call);

@@ -153,8 +153,9 @@ void build_row(void* ctx, int64_t row) {
   build_groups(job, row, 0, job.plan.groups);
 }
 
-void run_tile(void* ctx, int64_t tile) {
-  Job& job = *static_cast<Job*>(ctx);
+// Tile `tile` of activation rows [r0, r1) (r0 a multiple of kMaxRowsPerCall, so that rows
+// pair up the same way whatever the split).
+void tile_rows(const Job& job, int64_t tile, int64_t r0, int64_t r1) {
   const GemmArgs& args = *job.args;
   const WeightFormat& f = args.format;
   const int64_t n0 = tile * kTileRows;
@@ -167,8 +168,8 @@ void run_tile(void* ctx, int64_t tile) {
   t.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
   // A full tile writes its 32 outputs in place; the last, short one goes through a copy.
   alignas(32) float out[kMaxRowsPerCall][kTileRows];
-  for (int64_t m0 = 0; m0 < args.m; m0 += kMaxRowsPerCall) {
-    t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, args.m - m0));
+  for (int64_t m0 = r0; m0 < r1; m0 += kMaxRowsPerCall) {
+    t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, r1 - m0));
     for (int i = 0; i < t.rows; ++i) {
       const int64_t m = m0 + i;
       t.tables[i].entries = job.entries + m * job.plan.quads * kTableSize;
@@ -186,6 +187,21 @@ void run_tile(void* ctx, int64_t tile) {
       }
     }
   }
+}
+
+void run_tile(void* ctx, int64_t tile) {
+  const Job& job = *static_cast<const Job*>(ctx);
+  tile_rows(job, tile, 0, job.args->m);
+}
+
+static_assert(kRowBlock % kMaxRowsPerCall == 0, "row blocks must pair rows as the whole does");
+
+// Rows [kRowBlock * block, ...): their tables, then every tile for them.
+void run_row_block(void* ctx, int64_t block) {
+  const Job& job = *static_cast<const Job*>(ctx);
+  const int64_t r0 = block * kRowBlock, r1 = std::min(job.args->m, r0 + kRowBlock);
+  for (int64_t row = r0; row < r1; ++row) build_groups(job, row, 0, job.plan.groups);
+  for (int64_t tile = 0; tile < num_tiles(job.args->format.n); ++tile) tile_rows(job, tile, r0, r1);
 }
 
 // A tile of row 0 once its tables are built (M = 1).
@@ -229,6 +245,10 @@ void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& pool) 
   if (args.m == 1) {
     // One region: its threads build the tables, then take tiles.
     parallel.run(num_tiles(f.n), run_tile_one_row, &job);
+    return;
+  }
+  if (uses_row_blocks(f, args.m)) {
+    parallel.run(ceil_div(args.m, kRowBlock), run_row_block, &job);
     return;
   }
   parallel.run(args.m, build_row, &job);
