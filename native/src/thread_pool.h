@@ -33,10 +33,11 @@ class ThreadPool final : public Parallel {
   std::vector<std::thread> workers_;
   mutable std::mutex mutex_;
   mutable std::condition_variable wake_, done_;
-  mutable uint64_t generation_ = 0;
-  mutable int busy_ = 0;
+  // Written under mutex_; atomic so that a thread can poll them before it sleeps.
+  mutable std::atomic<uint64_t> generation_{0};
+  mutable std::atomic<int> busy_{0};
   mutable std::mutex run_mutex_;  // one parallel region at a time
-  bool stop_ = false;
+  std::atomic<bool> stop_{false};
   mutable void (*fn_)(void*, int64_t) = nullptr;
   mutable void* ctx_ = nullptr;
   mutable int64_t total_ = 0;
