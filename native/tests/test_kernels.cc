@@ -483,12 +483,15 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
 
 // Products large enough for threads (estimated_ns >= kParallelMinNs) give the same bits on
 // 1 to 4 pool threads as on the calling thread alone: M = 1 (tables, and the 3- and 4-bit
-// int8 activations, built in chunks by whichever threads come first), M = 3 and 32; K with
+// int8 activations, built in chunks by whichever threads come first), M = 3, 18 and 32; K with
 // a short last group and quad pair, groups of 32 (several per chunk) to K; N with a short
 // last tile; 3- and 4-bit included.
 int check_threads_identical(std::mt19937& rng) {
   int checked = 0;
-  const int64_t shapes[][3] = {{1, 400, 1000}, {1, 96, 4104}, {3, 333, 1000}, {32, 96, 520}};
+  // M = 18 and 32 split their rows among the threads (uses_row_blocks: 18 ends with a
+  // block of 2 rows); M = 3 its tiles.
+  const int64_t shapes[][3] = {{1, 400, 1000}, {1, 96, 4104}, {3, 333, 1000}, {18, 96, 520},
+                               {32, 96, 520}};
   for (auto& s : shapes)
     for (int bits = 1; bits <= 4; ++bits)
       for (int variant = 0; variant < 3; ++variant) {
