@@ -76,7 +76,8 @@ constexpr double kParallelMinNs = 2500.0;
 // both drivers' rows per kernel call, so rows pair up the same way either way.
 constexpr int64_t kRowBlock = 4;
 // Whether a product splits its rows among the threads instead of its tiles: from 4 blocks
-// of rows (M = 12, 3 blocks on two threads, ran 1.11x slower than split by tiles), for
+// of rows (M = 12, 3 blocks on two threads, ran 1.11x slower than split by tiles in one
+// run, inside this VM's +-10 % noise; fewer blocks than threads would idle some), for
 // weights of at most 1 MB (L2-sized; every item reads all of them). Split by
 // tiles, each tile read every row's tables, half of them built on the other core: M = 32
 // on SmolLM2-135M's projections, two threads, took 0.52-0.94x the time split by rows
