@@ -126,9 +126,9 @@ static_assert(kRowBlock % kDot4MaxRows == 0, "row blocks must pass rows as the w
 // Rows [kRowBlock * block, ...): their activations quantized, then every tile for them.
 void run_row_block(void* ctx, int64_t block) {
   const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
-  const int64_t r0 = block * kRowBlock, r1 = std::min(call.args->m, r0 + kRowBlock);
-  for (int64_t m = r0; m < r1; ++m) quantize_groups(call, m, 0, call.plan.groups);
-  for (int64_t tile = 0; tile < num_tiles(call.args->format.n); ++tile) tile_rows(call, tile, r0, r1);
+  run_rows(call.args->m, num_tiles(call.args->format.n), block,
+           [&call](int64_t m) { quantize_groups(call, m, 0, call.plan.groups); },
+           [&call](int64_t t, int64_t r0, int64_t r1) { tile_rows(call, t, r0, r1); });
 }
 
 // A tile of row 0 once its activations are quantized (M = 1).

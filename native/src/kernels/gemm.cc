@@ -199,9 +199,9 @@ static_assert(kRowBlock % kMaxRowsPerCall == 0, "row blocks must pair rows as th
 // Rows [kRowBlock * block, ...): their tables, then every tile for them.
 void run_row_block(void* ctx, int64_t block) {
   const Job& job = *static_cast<const Job*>(ctx);
-  const int64_t r0 = block * kRowBlock, r1 = std::min(job.args->m, r0 + kRowBlock);
-  for (int64_t row = r0; row < r1; ++row) build_groups(job, row, 0, job.plan.groups);
-  for (int64_t tile = 0; tile < num_tiles(job.args->format.n); ++tile) tile_rows(job, tile, r0, r1);
+  run_rows(job.args->m, num_tiles(job.args->format.n), block,
+           [&job](int64_t row) { build_groups(job, row, 0, job.plan.groups); },
+           [&job](int64_t t, int64_t r0, int64_t r1) { tile_rows(job, t, r0, r1); });
 }
 
 // A tile of row 0 once its tables are built (M = 1).

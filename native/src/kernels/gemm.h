@@ -88,6 +88,15 @@ inline bool uses_row_blocks(const WeightFormat& f, int64_t m) {
   return m >= 4 * kRowBlock && packed_bytes(f) <= (int64_t{1} << 20);
 }
 
+// Block `block` of a product split by rows, for both drivers: prepare(row) builds a row's
+// tables (or int8 activations), then tile(t, r0, r1) runs every tile t for rows [r0, r1).
+template <class Prepare, class Tile>
+void run_rows(int64_t m, int64_t tiles, int64_t block, const Prepare& prepare, const Tile& tile) {
+  const int64_t r0 = block * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
+  for (int64_t row = r0; row < r1; ++row) prepare(row);
+  for (int64_t t = 0; t < tiles; ++t) tile(t, r0, r1);
+}
+
 // Y = A . dequant(W)^T (+ bias); 4-bit non-ternary formats go to dot4_gemm. The output
 // does not depend on the Parallel given or on how many threads it runs.
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
