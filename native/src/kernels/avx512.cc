@@ -1,4 +1,4 @@
-// AVX-512 kernel (AVX512F + AVX512BW; GFNI where the CPU has it): the AVX2 method on
+// AVX-512 kernel (AVX512F + AVX512BW + AVX512VL; GFNI where the CPU has it): the AVX2 method on
 // 64-byte vectors. The tile32 layout puts a quad pair's streams next to each other, so
 // one 64-byte load covers two quads of a 2-bit tile; each 128-bit lane looks up in its
 // own quad's table. Tables are the AVX2 kernel's (bit-identical to the reference); the
@@ -175,7 +175,7 @@ struct Avx512Sums {
 
 const Kernel* avx512_kernel() {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-      !avx2_kernel()) {
+      !__builtin_cpu_supports("avx512vl") || !avx2_kernel()) {
     return nullptr;
   }
   // The same sums either way; GFNI (Ice Lake, Zen 4 and later) only splits nibbles faster.

@@ -228,7 +228,7 @@ struct Kernel {
 const Kernel& reference_kernel();
 // Null where the CPU or the build lacks AVX2, FMA or F16C.
 const Kernel* avx2_kernel();
-// Null where the CPU or the build lacks AVX512F + AVX512BW.
+// Null where the CPU or the build lacks AVX512F + AVX512BW + AVX512VL.
 const Kernel* avx512_kernel();
 // Null except in aarch64 builds (every aarch64 CPU has NEON).
 const Kernel* neon_kernel();
