@@ -78,10 +78,10 @@ constexpr int64_t kRowBlock = 4;
 // Whether a product splits its rows among the threads instead of its tiles: from 4 blocks
 // of rows, for weights of at most 1 MB (L2-sized; every item reads all of them). Split by
 // tiles, each tile read every row's tables, half of them built on the other core: M = 32
-// on SmolLM2-135M's projections, two threads, took 0.52-0.94x the time split by rows
-// (576 -> 576 ternary 0.105 -> 0.055 ms, 576 -> 192 2-bit 0.036 -> 0.024 ms), and one
-// thread 0.73-0.99x (better locality); 4096 x 4096 (4 MB at 2 bits) split by rows took
-// 0.97-1.10x, so large weights stay split by tiles. M = 12 (3 blocks on two threads) ran
+// on SmolLM2-135M's projections, two threads, split by rows took 0.79-0.98x the time
+// (576 -> 192 2-bit 0.0301 -> 0.0239 ms; alternating A B B A runs, quiet machine), one
+// thread 1.00x; 4096 x 4096 (4 MB at 2 bits) split by rows took 0.97-1.10x, so large
+// weights stay split by tiles. M = 12 (3 blocks on two threads) ran
 // 1.11x slower than split by tiles in one run, inside this VM's +-10 % noise; fewer blocks
 // than threads would leave some idle (docs/operator.md).
 inline bool uses_row_blocks(const WeightFormat& f, int64_t m) {
