@@ -48,7 +48,7 @@ inline void prefetch_codes(const uint8_t* codes, int bytes) {
 // Otherwise GCC folds a load into every instruction that uses the value (vpandd, vpsrlw,
 // vgf2p8affineqb with a memory operand), and the x86 kernels read each 64 bytes of codes
 // two or three times: load slots, not arithmetic, then bound a product whose weights stream
-// from L3 (4-bit 4096 x 4096 GEMV on a Zen 4 core: 0.139 -> 0.128 ms, docs/operator.md).
+// from L3 (4-bit 4096 x 4096 GEMV on a Zen 4 core: 0.141 -> 0.130 ms, docs/operator.md).
 template <class Vector>
 inline Vector in_register(Vector v) {
 #if defined(__x86_64__) || defined(__i386__)
