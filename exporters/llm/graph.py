@@ -94,7 +94,7 @@ def prefill_feeds(config: LlamaConfig, ids: Sequence[int], num_logits: int = 0,
     feeds = {"input_ids": np.array([list(ids)], np.int64),
              "num_logits": np.array([num_logits], np.int64)}
     if fused:
-        feeds["past_length"] = np.zeros(1, np.int64)
+        feeds[PAST_LENGTH] = np.zeros(1, np.int64)
     feeds.update({name: empty for i in range(config.num_layers) for name in past_names(i)})
     return feeds
 

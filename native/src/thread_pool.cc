@@ -39,11 +39,7 @@ bool poll(const Ready& ready) {
     if (i % 32 == 0) {
       std::this_thread::yield();
     } else {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#elif defined(__aarch64__)
-      asm volatile("yield");
-#endif
+      cpu_relax();
     }
   }
   return ready();

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 namespace edgepet {
 
@@ -154,12 +155,9 @@ void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Paral
       const int64_t cache = (b * s.kv_heads + g);
       char* key = static_cast<char*>(a.present_key) + cache * stride * row_bytes;
       char* value = static_cast<char*>(a.present_value) + cache * stride * row_bytes;
-      if (past_bytes && a.present_key != a.past_key) {
-        std::memcpy(key, static_cast<const char*>(a.past_key) + cache * past_bytes, past_bytes);
-      }
-      if (past_bytes && a.present_value != a.past_value) {
-        std::memcpy(value, static_cast<const char*>(a.past_value) + cache * past_bytes,
-                    past_bytes);
+      for (const auto& [to, from] : {std::pair{key, a.past_key}, std::pair{value, a.past_value}}) {
+        const char* past = static_cast<const char*>(from) + cache * past_bytes;
+        if (past_bytes && to != past) std::memcpy(to, past, past_bytes);
       }
       for (int64_t t = 0; t < s.seq; ++t) {
         const int64_t pos = s.past + t;

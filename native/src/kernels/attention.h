@@ -34,6 +34,11 @@ struct VectorOps {
   void (*to_half)(const float* x, Half* out, int64_t n);
 };
 
+// A cache element as a float, stored as float or as fp16: the scalar form every ISA's
+// dots and weighted_sum use for the elements past their last full vector.
+inline float cache_value(float x) { return x; }
+inline float cache_value(Half h) { return half_to_float(h); }
+
 const VectorOps& reference_vector_ops();
 const VectorOps* avx2_vector_ops();  // null where not built or the CPU lacks AVX2 + FMA
 const VectorOps* neon_vector_ops();  // null where not built

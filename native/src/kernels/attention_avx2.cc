@@ -21,8 +21,6 @@ __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 __m256 load8(const Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-float value(float x) { return x; }
-float value(Half h) { return half_to_float(h); }
 
 template <typename T>
 float dot(const float* a, const T* b, int64_t n) {
@@ -36,7 +34,7 @@ float dot(const float* a, const T* b, int64_t n) {
     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), s0);
   }
   float sum = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) sum += a[i] * value(b[i]);
+  for (; i < n; ++i) sum += a[i] * cache_value(b[i]);
   return sum;
 }
 
@@ -62,10 +60,10 @@ void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
     if (d8 < d) {
       alignas(16) float tail[4] = {0, 0, 0, 0};
       for (int64_t i = d8; i < d; ++i) {
-        tail[0] += q[i] * value(k0[i]);
-        tail[1] += q[i] * value(k1[i]);
-        tail[2] += q[i] * value(k2[i]);
-        tail[3] += q[i] * value(k3[i]);
+        tail[0] += q[i] * cache_value(k0[i]);
+        tail[1] += q[i] * cache_value(k1[i]);
+        tail[2] += q[i] * cache_value(k2[i]);
+        tail[3] += q[i] * cache_value(k3[i]);
       }
       sums = _mm_add_ps(sums, _mm_load_ps(tail));
     }
@@ -98,11 +96,10 @@ void weighted_sum(const float* p, const T* values, int64_t n, int64_t d, float* 
   }
   for (; c < d; ++c) {
     float acc = 0.0f;
-    for (int64_t j = 0; j < n; ++j) acc += p[j] * value(values[j * d + c]);
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * cache_value(values[j * d + c]);
     out[c] = acc;
   }
 }
-
 
 // fp32 -> fp16, rounded to nearest even (F16C).
 void to_half(const float* x, Half* out, int64_t n) {

@@ -11,8 +11,6 @@ namespace {
 // Four cache elements as floats: stored as float, or as fp16 (fcvtl).
 float32x4_t load4(const float* p) { return vld1q_f32(p); }
 float32x4_t load4(const Half* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-float value(float x) { return x; }
-float value(Half h) { return half_to_float(h); }
 
 template <typename T>
 float dot(const float* a, const T* b, int64_t n) {
@@ -24,7 +22,7 @@ float dot(const float* a, const T* b, int64_t n) {
   }
   for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(a + i), load4(b + i));
   float sum = vaddvq_f32(vaddq_f32(s0, s1));
-  for (; i < n; ++i) sum += a[i] * value(b[i]);
+  for (; i < n; ++i) sum += a[i] * cache_value(b[i]);
   return sum;
 }
 
@@ -48,10 +46,10 @@ void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
     if (d4 < d) {
       float tail[4] = {0, 0, 0, 0};
       for (int64_t i = d4; i < d; ++i) {
-        tail[0] += q[i] * value(k0[i]);
-        tail[1] += q[i] * value(k1[i]);
-        tail[2] += q[i] * value(k2[i]);
-        tail[3] += q[i] * value(k3[i]);
+        tail[0] += q[i] * cache_value(k0[i]);
+        tail[1] += q[i] * cache_value(k1[i]);
+        tail[2] += q[i] * cache_value(k2[i]);
+        tail[3] += q[i] * cache_value(k3[i]);
       }
       sums = vaddq_f32(sums, vld1q_f32(tail));
     }
@@ -80,7 +78,7 @@ void weighted_sum(const float* p, const T* values, int64_t n, int64_t d, float* 
   }
   for (; c < d; ++c) {
     float acc = 0.0f;
-    for (int64_t j = 0; j < n; ++j) acc += p[j] * value(values[j * d + c]);
+    for (int64_t j = 0; j < n; ++j) acc += p[j] * cache_value(values[j * d + c]);
     out[c] = acc;
   }
 }

@@ -7,15 +7,12 @@
 namespace edgepet {
 namespace {
 
-// A cache element as a float: stored as float, or as fp16.
-float value(float x) { return x; }
-float value(Half h) { return half_to_float(h); }
 
 template <typename T>
 void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
   for (int64_t j = 0; j < n; ++j) {
     float sum = 0.0f;
-    for (int64_t i = 0; i < d; ++i) sum += q[i] * value(keys[j * d + i]);
+    for (int64_t i = 0; i < d; ++i) sum += q[i] * cache_value(keys[j * d + i]);
     out[j] = sum;
   }
 }
@@ -24,7 +21,7 @@ template <typename T>
 void weighted_sum(const float* p, const T* values, int64_t n, int64_t d, float* out) {
   for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * value(values[j * d + i]);
+    for (int64_t i = 0; i < d; ++i) out[i] += p[j] * cache_value(values[j * d + i]);
 }
 
 void to_half(const float* x, Half* out, int64_t n) {

@@ -31,8 +31,11 @@ constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
 // - Dot kernels, which used to ask 1 KB ahead into L1: SmolLM2-135M 4-bit decode, one
 //   thread, medians of interleaved runs of the libraries: 134 -> 154 tok/s; keeping the
 //   1 KB into L1 as well gave 156, but made the 4096 x 4096 product with its weights in L3
-//   14 % slower (0.164 -> 0.187 ms), where L2 alone costs nothing (0.160). 4 KB ahead gave
-//   146 tok/s and 16 KB 162 against 165 (another run).
+//   14 % slower (0.164 -> 0.187 ms), where L2 alone cost no more than the 1 KB did (0.160).
+//   4 KB ahead gave 146 tok/s and 16 KB 162 against 165 (another run).
+// - No prefetch at all is faster only while the weights stay in cache: 4-bit 4096 x 4096
+//   from L3 0.128 -> 0.114 ms without it, N = 65536 from memory 8.5 -> 9.9 ms
+//   (docs/operator.md, point 5).
 constexpr int kPrefetchBytes = 8192;
 
 // Asks for the cache lines kPrefetchBytes past [codes, codes + bytes) into L2: far enough
