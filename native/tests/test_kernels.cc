@@ -203,7 +203,11 @@ std::vector<Case> edge_formats(int64_t m, int64_t n, int64_t k, int64_t group) {
 int check_non_finite(const Kernel& kernel, std::mt19937& rng) {
   int checked = 0;
   const float specials[] = {std::nanf(""), INFINITY, -INFINITY};
-  for (const Case& c : edge_formats(3, 40, 200, 64)) {
+  std::vector<Case> cases = edge_formats(3, 40, 200, 64);
+  for (const Case& c : edge_formats(kDotPrefillRows, 40, 200, 64)) {  // 2-bit prefill
+    if (c.bits == 2) cases.push_back(c);
+  }
+  for (const Case& c : cases) {
     Problem p = make(c, rng);
     const std::vector<float> clean = run(kernel, p, c.m);
     for (float special : specials)
@@ -252,12 +256,15 @@ int check_scaled_activations(const Kernel& kernel, std::mt19937& rng) {
 // A group whose codes are all the base code gives its exact value, not the rounding of
 // the offset term: all-zero asymmetric weights (codes 0, zero point 0) and ternary zeros
 // (codes 1) give exactly 0; a constant asymmetric group (codes 0, zero point -+1) gives
-// the constant times the sum of the activations to float rounding.
+// the constant times the sum of the activations to float rounding. M = 3, and M = 17 for
+// 2 bits and ternary (their prefill runs on the dot path, uses_dot_prefill).
 int check_constant_groups(const Kernel& kernel, std::mt19937& rng) {
   int checked = 0;
-  for (int bits : {1, 2, 3, 4, 0}) {  // 0: ternary
+  for (int bits : {1, 2, 3, 4, 0})  // 0: ternary
+  for (int64_t m : {int64_t{3}, kDotPrefillRows + 1}) {
+    if (m > 3 && bits > 0 && bits != 2) continue;
     for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{200}}) {
-      Case c{3, 40, 200, bits ? bits : 2, bits == 0, bits == 0, group};
+      Case c{m, 40, 200, bits ? bits : 2, bits == 0, bits == 0, group};
       Problem p = make(c, rng);
       std::fill(p.bias.begin(), p.bias.end(), 0.0f);
       std::fill(p.codes.begin(), p.codes.end(), static_cast<uint8_t>(bits == 0 ? 1 : 0));
@@ -481,6 +488,92 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
   return checked;
 }
 
+// unpack2 of every dot kernel that has one, and the generic form, turn a tile's 2-bit planes (pack.h) into exactly the nibble
+// codes pack_codes writes for the same codes at 4 bits (dot4.h).
+int check_unpack2(std::mt19937& rng) {
+  int checked = 0;
+  const Dot4Kernel* kernels[] = {&reference_dot4_kernel(), avx2_dot4_kernel(),
+                                 avx512_vnni_dot4_kernel(), neon_dot4_kernel()};
+  std::uniform_int_distribution<int> code(0, 3);
+  for (int64_t n : {1, 33, 64})
+    for (int64_t k : {1, 8, 9, 64, 70, 200}) {
+      std::vector<uint8_t> codes(n * k);
+      for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
+      const WeightFormat f2{n, k, 2, false, true, k}, f4{n, k, 4, false, true, k};
+      std::vector<uint8_t> planes(packed_bytes(f2)), nibbles(packed_bytes(f4));
+      pack_codes(codes.data(), n, k, 2, planes.data());
+      pack_codes(codes.data(), n, k, 4, nibbles.data());
+      const int64_t quads = num_quads(k), tile_bytes = dot_tile_bytes(f4);
+      const auto check = [&](const char* name, void (*unpack2)(const uint8_t*, int64_t, uint8_t*)) {
+        std::vector<uint8_t> got(nibbles.size(), 0xAB);
+        for (int64_t t = 0; t < num_tiles(n); ++t) {
+          unpack2(planes.data() + t * quads / 2 * pair_stride(2), quads, got.data() + t * tile_bytes);
+        }
+        if (got != nibbles) {
+          ++failures;
+          std::printf("FAIL %s unpack2: n=%lld k=%lld\n", name, (long long)n, (long long)k);
+        }
+        ++checked;
+      };
+      check("generic vectors", dot4::unpack2_vectors);
+      for (const Dot4Kernel* kernel : kernels) {
+        if (kernel && kernel->unpack2) check(kernel->name, kernel->unpack2);
+      }
+    }
+  return checked;
+}
+
+// The reference kernel's LUT path for all m rows: calls of fewer than kDotPrefillRows.
+std::vector<float> run_lut_rows(const Problem& p, int64_t m) {
+  std::vector<float> y;
+  Problem rows = p;
+  for (int64_t r0 = 0; r0 < m; r0 += kDotPrefillRows - 1) {
+    const int64_t count = std::min(m - r0, kDotPrefillRows - 1);
+    rows.a.assign(p.a.begin() + r0 * p.f.k, p.a.begin() + (r0 + count) * p.f.k);
+    const std::vector<float> part = run(reference_kernel(), rows, count);
+    y.insert(y.end(), part.begin(), part.end());
+  }
+  return y;
+}
+
+// 2-bit and ternary prefill (uses_dot_prefill: M >= kDotPrefillRows) runs on the dot path:
+// within its error bound of the exact product (the reference), every kernel within float
+// rounding of the reference (of its LUT path for a kernel that keeps prefill there). N with
+// a short last tile, K odd and past a group, groups of 32, 64 and per row, symmetric,
+// asymmetric and ternary, M with a pass of 1 row at the end; weights split by rows
+// (uses_row_blocks: each thread unpacks every tile) and, at 2080 x 2056 (over 1 MB), by
+// tiles (each tile unpacked where it runs).
+int check_dot_prefill_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt19937& rng) {
+  int checked = 0;
+  std::vector<Case> cases;
+  for (int64_t m : {kDotPrefillRows, kDotPrefillRows + 3})
+    for (int64_t n : {31, 65})
+      for (int64_t k : {9, 65, 200})
+        for (int64_t group : {int64_t{32}, int64_t{64}, k})
+          for (int variant = 0; variant < 3; ++variant) {
+            cases.push_back({m, n, k, 2, variant == 2, variant != 1, group});
+          }
+  cases.push_back({kDotPrefillRows, 2080, 2056, 2, true, true, 64});
+  for (const Case& c : cases) {
+    const WeightFormat f{c.n, c.k, 2, c.ternary, c.symmetric, c.group_size};
+    if (!check_format(f).empty()) continue;
+    const Problem p = make(c, rng);
+    const auto ref = run(reference_kernel(), p, c.m);
+    const double over = dot4_excess_error(p, ref, c);
+    expect(over <= 0.0, "2-bit prefill reference vs exact, beyond the error bound", c, over);
+    ++checked;
+    for (const Kernel* kernel : vector_kernels) {
+      // A kernel whose dot kernel has no unpack2 keeps prefill on the LUT path: its
+      // oracle is the reference's LUT path, rows in calls below kDotPrefillRows.
+      const bool dot = uses_dot_prefill(p.f, c.m, dot4_kernel_for(*kernel));
+      const double e_vec = rel_err(run(*kernel, p, c.m), dot ? ref : run_lut_rows(p, c.m));
+      expect(e_vec < 1e-5, (std::string(kernel->name) + ": 2-bit prefill").c_str(), c, e_vec);
+      ++checked;
+    }
+  }
+  return checked;
+}
+
 // Products large enough for threads (estimated_ns >= kParallelMinNs) give the same bits on
 // 1 to 4 pool threads as on the calling thread alone: M = 1 (tables, and the 3- and 4-bit
 // int8 activations, built in chunks by whichever threads come first), M = 3, 18 and 32; K with
@@ -561,6 +654,8 @@ int main() {
   cases += check_dot4_layout(rng);
   cases += check_dot4_quantization_identical(rng);
   cases += check_dot4_shapes(vector_kernels, rng);
+  cases += check_unpack2(rng);
+  cases += check_dot_prefill_shapes(vector_kernels, rng);
   cases += check_threads_identical(rng);
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());

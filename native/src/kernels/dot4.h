@@ -52,6 +52,20 @@ constexpr int kDot4MaxRows = 4;
 // 3- and 4-bit non-ternary weights are computed by dot products (3-bit: since op ABI 4).
 inline bool uses_dot4(const WeightFormat& f) { return (f.bits == 4 || f.bits == 3) && !f.ternary; }
 
+// Activation rows from which a 2-bit or ternary product (stored as LUT bit-planes) is
+// computed by a dot kernel that has unpack2 instead: each tile's planes are unpacked into
+// nibble codes once per call and read by every row, where a LUT kernel makes two lookups
+// and two widenings per 128 codes and row against the dot kernel's one vpdpbusd per 64.
+// Only the AVX512-VNNI kernel (and the reference, its oracle) has unpack2: the AVX2 dot
+// kernel took twice the LUT kernel's time at M = 32, and NEON's is not measured on a
+// device yet. On a Zen 4 core (native/bench_kernels, A B B A): M = 32 0.77-0.88x the LUT
+// path's time, M = 16 0.93-1.00x, M = 8 0.98-1.17x, M = 4 1.07-1.12x (docs/operator.md).
+constexpr int64_t kDotPrefillRows = 16;
+struct Dot4Kernel;
+bool uses_dot_prefill(const WeightFormat& f, int64_t m, const Dot4Kernel& kernel);
+// Whether the dot path reads this format's codes through unpack2 (2-bit planes).
+inline bool unpacks_planes(const WeightFormat& f) { return f.bits == 2; }
+
 // Bytes of one tile's codes, and the inputs they cover (K padded with zero codes; the
 // activations are zero there too).
 inline int64_t dot_tile_bytes(const WeightFormat& f) {
@@ -69,9 +83,11 @@ struct Dot4Activations {
   const float* steps;         // [blocks]: max|a| / 127 of the block; NaN for a non-finite one
   const float* group_sums;    // [groups]: sum of the activations of each group
   const float* base_acc;      // [groups]: sum_blocks (-top sum(x)) * step (fused, in block
-                              // order): the plane sum of a row of zero codes (kernel.h,
-                              // base_code), and the part of every row's that the dot
-                              // products leave out
+                              // order): the plane sum of a row of zero codes, and the part
+                              // of every row's that the dot products leave out
+  const float* ternary_ones;  // [groups], ternary only: what the kernels accumulate for a
+                              // row of base codes (kernel.h, base_code: 1, the zero weight),
+                              // sum_blocks sum(x) * 2 step fused in block order
 };
 
 struct Dot4Job {
@@ -93,7 +109,15 @@ struct Dot4Kernel {
   int32_t (*round_block)(const float* a, int n, float inv, int8_t* x);
   void (*tile_dot)(const Dot4Job& job);   // 4-bit codes
   void (*tile_dot3)(const Dot4Job& job);  // 3-bit codes
+  // One tile's 2-bit codes as LUT bit-planes (pack.h, quads of 32 bytes) -> the nibble
+  // codes tile_dot reads (`quads` * kDot4QuadBytes bytes; quads is even). Null where 2-bit
+  // prefill stays on the LUT path (uses_dot_prefill).
+  void (*unpack2)(const uint8_t* planes, int64_t quads, uint8_t* nibbles);
 };
+
+inline bool uses_dot_prefill(const WeightFormat& f, int64_t m, const Dot4Kernel& kernel) {
+  return f.bits == 2 && m >= kDotPrefillRows && kernel.unpack2 != nullptr;
+}
 
 const Dot4Kernel& reference_dot4_kernel();
 // Null where the CPU or build lacks AVX2, FMA and F16C.
@@ -105,7 +129,8 @@ const Dot4Kernel* neon_dot4_kernel();
 
 struct GemmArgs;
 class Parallel;
-// Y = A . dequant(W)^T (+ bias) for a format uses_dot4 accepts (gemm.h's GemmArgs).
+// Y = A . dequant(W)^T (+ bias) for a format uses_dot4 accepts, or a 2-bit one whose rows
+// uses_dot_prefill sends here with this kernel (gemm.h's GemmArgs).
 void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 // The dot kernel that goes with a LUT kernel (the same ISA; dispatch.cc).
 const Dot4Kernel& dot4_kernel_for(const Kernel& lut);
@@ -251,11 +276,26 @@ __attribute__((always_inline)) inline void add_group(
   const Half* s = job.scales + g * kTileRows;
   for (int i = 0; i < kTileRows / V::kLanes; ++i) {
     const F scale = V::load_halves(s + i * V::kLanes);
-    if (f.symmetric) {
+    if (f.symmetric && !f.ternary) {
       for (int m = 0; m < Rows; ++m) {
         // The group's plane sum: the dots plus -top sum(x) step per block (top of file).
         const F plane = V::add(acc[m][i], V::set1(job.acts[m].base_acc[g]));
         y[m][i] = V::fmadd(scale, plane, y[m][i]);
+      }
+      continue;
+    }
+    if (f.ternary) {
+      // group_affine's sc = off = s / 2: the rule is s/2 (acc + base_acc + sum(a)), the
+      // last two one scalar; rows whose codes are all 1 (zero weights) add their exact
+      // value, 0 (kernel.h, base_code). Three vector operations per row where the
+      // asymmetric form below takes seven: 4096 x 4096, M = 32 on a Zen 4 core, ternary
+      // took 1.16x the 2-bit time that way, 1.12x this way.
+      const F half = V::mul(V::set1(0.5f), scale);
+      for (int m = 0; m < Rows; ++m) {
+        const Dot4Activations& a = job.acts[m];
+        const F rule = V::fmadd(half, V::add(acc[m][i], V::set1(a.base_acc[g] + a.group_sums[g])), y[m][i]);
+        const typename V::Mask base = V::eq(acc[m][i], V::set1(a.ternary_ones[g]));
+        y[m][i] = V::none(base) ? rule : V::blend(base, rule, y[m][i]);
       }
       continue;
     }
@@ -341,6 +381,35 @@ void tile_dot_rows(const Dot4Job& job) {
     while (job.rows - m >= 2) pass(std::integral_constant<int, 2>());
   }
   while (m < job.rows) pass(std::integral_constant<int, 1>());
+}
+
+// unpack2 in the compiler's generic vectors, two quads (32 bytes each) per step: the one
+// definition of how 2-bit planes become nibble codes, for AVX512-VNNI CPUs without VBMI
+// (dot4_avx512.cc has the VBMI form). Row r's two bytes of a quad (pack.h: byte
+// 2r + plane, low nibble row r, high nibble row 16 + r) are one little-endian 16-bit
+// word, a 4 x 4 bit matrix whose rows are the nibbles (plane 0 of r, of 16 + r, plane 1
+// of r, of 16 + r) and whose columns are the 4 inputs. With the middle rows swapped and
+// the matrix transposed, nibble i holds input i's bits in the order (r plane 0, r plane 1,
+// 16 + r plane 0, 16 + r plane 1): two 2-bit codes, which spread to bits 0-1 and 4-5 of
+// byte i of row r's 32-bit lane (dot4_address).
+inline void unpack2_vectors(const uint8_t* planes, int64_t quads, uint8_t* nibbles) {
+  typedef uint16_t Words __attribute__((vector_size(64)));
+  typedef uint32_t Lanes __attribute__((vector_size(128)));
+  for (int64_t q = 0; q < quads; q += 2) {
+    Words x;
+    std::memcpy(&x, planes + q * 32, sizeof(x));
+    Words t = (x ^ (x >> 4)) & 0x00F0;  // swap the middle nibbles
+    x ^= t ^ (t << 4);
+    t = (x ^ (x >> 3)) & 0x0A0A;  // transpose the 4 x 4 bits: 1 x 1 blocks
+    x ^= t ^ (t << 3);
+    t = (x ^ (x >> 6)) & 0x00CC;  // 2 x 2 blocks
+    x ^= t ^ (t << 6);
+    Lanes y = __builtin_convertvector(x, Lanes);
+    y = (y | (y << 8)) & 0x00FF00FF;
+    y = (y | (y << 4)) & 0x0F0F0F0F;
+    y = (y | (y << 2)) & 0x33333333;
+    std::memcpy(nibbles + q * kDot4QuadBytes, &y, sizeof(y));
+  }
 }
 
 // Byte offsets of quad q0 (a block's first) in a tile's 4-bit and 3-bit codes.

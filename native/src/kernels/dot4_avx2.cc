@@ -154,7 +154,8 @@ struct Triples {
 
 const Dot4Kernel* avx2_dot4_kernel() {
   static const Dot4Kernel kernel{"avx2", round_block, dot4::tile_dot_rows<V8, Nibbles>,
-                                 dot4::tile_dot_rows<V8, Triples>};
+                                 dot4::tile_dot_rows<V8, Triples>,
+                                 nullptr};  // 2-bit prefill stays on the LUT path (dot4.h)
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
     return &kernel;

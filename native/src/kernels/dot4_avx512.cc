@@ -181,15 +181,43 @@ struct Triples {
   }
 };
 
+// unpack2 with AVX512-VBMI (dot4::unpack2_vectors is the definition; this is its layout
+// arithmetic in 5 instructions per quad instead of ~17: 0.14 against 0.36 ms for the
+// tiles of a 4096 x 4096 weight on a Zen 4 core). Quad bytes 4j..4j+3 (rows 2j and
+// 2j + 1: byte 2r + plane, low nibble row r, high nibble row 16 + r) widen to 64-bit lane
+// j, which is rows 2j and 2j + 1 of the output. Output byte i of row r's 32-bit lane wants
+// bit i of each of the 4 nibbles of r: vpmultishiftqb takes the 8 bits from offset i (plane
+// 0's two bits land at 0 and 4) and from offset i + 7 (plane 1's at 1 and 5); one
+// bit-select and one and keep those four. Row 2j + 1 reads 16 bits further on.
+__attribute__((target("avx512vbmi"))) void unpack2_vbmi(const uint8_t* planes, int64_t quads,
+                                                          uint8_t* nibbles) {
+  // Control bytes per 64-bit lane: 0..3, 16..19 (plane 0); 7..10, 23..26 (plane 1).
+  const __m512i plane0 = _mm512_set1_epi64(0x1312111003020100ll);
+  const __m512i plane1 = _mm512_set1_epi64(0x1A1918170A090807ll);
+  const __m512i plane0_bits = _mm512_set1_epi8(0x11), code_bits = _mm512_set1_epi8(0x33);
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i v = _mm512_cvtepu32_epi64(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes + 32 * q)));
+    const __m512i low = _mm512_multishift_epi64_epi8(plane0, v);
+    const __m512i high = _mm512_multishift_epi64_epi8(plane1, v);
+    // 0xCA: plane0_bits ? low : high, bit by bit.
+    const __m512i codes = _mm512_ternarylogic_epi64(plane0_bits, low, high, 0xCA);
+    _mm512_storeu_si512(nibbles + kDot4QuadBytes * q, _mm512_and_si512(codes, code_bits));
+  }
+}
+
 }  // namespace
 
 const Dot4Kernel* avx512_vnni_dot4_kernel() {
   static const Dot4Kernel kernel{"avx512", round_block, dot4::tile_dot_rows<V16, Nibbles>,
-                                 dot4::tile_dot_rows<V16, Triples>};
+                                 dot4::tile_dot_rows<V16, Triples>,
+                                 dot4::unpack2_vectors};
+  static const Dot4Kernel vbmi{"avx512", round_block, dot4::tile_dot_rows<V16, Nibbles>,
+                               dot4::tile_dot_rows<V16, Triples>, unpack2_vbmi};
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
       avx2_dot4_kernel()) {
-    return &kernel;
+    return __builtin_cpu_supports("avx512vbmi") ? &vbmi : &kernel;
   }
   return nullptr;
 }

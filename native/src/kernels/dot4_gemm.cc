@@ -1,6 +1,8 @@
 // The 3- and 4-bit product driver (dot4.h): int8 activations for every row, then tiles
-// in parallel. The LUT driver (gemm.cc, lut_gemm) hands the formats of uses_dot4 here.
+// in parallel. The LUT driver (gemm.cc, lut_gemm) hands the formats of uses_dot4 here, and
+// 2-bit and ternary prefill (uses_dot_prefill), whose tiles are unpacked to nibbles first.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -18,7 +20,15 @@ struct Dot4Scratch {
   std::vector<float> block_sums;  // [m][blocks]
   std::vector<float> group_sums;  // [m][groups]
   std::vector<float> base_acc;    // [m][groups]
+  std::vector<float> ternary_ones;  // [m][groups], ternary only
 };
+
+// A 64-byte aligned buffer of `bytes` in `buffer` (grown): the kernels load 64 bytes at a
+// time, as ONNX Runtime aligns the codes of the other widths.
+uint8_t* aligned64(std::vector<uint8_t>& buffer, int64_t bytes) {
+  uint8_t* p = grown(buffer, bytes + 64);
+  return p + (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64;
+}
 
 struct Dot4Call {
   Dot4Call(const Dot4Kernel& k, const GemmArgs& a, Dot4Scratch& s)
@@ -32,10 +42,13 @@ struct Dot4Call {
         block_sums(grown(s.block_sums, a.m * plan.blocks)),
         group_sums(grown(s.group_sums, a.m * plan.groups)),
         base_acc(grown(s.base_acc, a.m * plan.groups)),
+        ternary_ones(a.format.ternary ? grown(s.ternary_ones, a.m * plan.groups) : nullptr),
         row0(plan.groups, a.format.group_size) {}
 
   Dot4Activations row(int64_t m) const {
-    return {x + m * width, steps + m * plan.blocks, group_sums + m * plan.groups, base_acc + m * plan.groups};
+    const int64_t g = m * plan.groups;
+    return {x + m * width, steps + m * plan.blocks, group_sums + g, base_acc + g,
+            ternary_ones ? ternary_ones + g : nullptr};
   }
 
   const Dot4Kernel* kernel;
@@ -48,6 +61,9 @@ struct Dot4Call {
   float* block_sums;
   float* group_sums;
   float* base_acc;
+  float* ternary_ones;  // null unless ternary
+  bool unpack_all = false;  // 2-bit codes split by rows: each thread unpacks every tile
+  uint64_t id = 0;          // this call, unlike any earlier one (for unpack_all)
   ChunkedPrep row0;  // row 0's activations at M = 1, quantized in the tile region
 };
 
@@ -73,19 +89,55 @@ void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
     std::fill(x + first + n, x + first + padded, int8_t{0});
   }
   for (int64_t g = g0; g < g1; ++g) {
-    float s = 0.0f, acc = 0.0f;
+    float s = 0.0f, acc = 0.0f, ones = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       s += sums[b];
       acc = std::fma(static_cast<float>(-top * x_sums[b]), steps[b], acc);
+      // A row of ternary zeros (code 1) dots to sum(x) per block, accumulated as the
+      // kernels do (dot4::tile_dot).
+      ones = std::fma(static_cast<float>(x_sums[b]), 2.0f * steps[b], ones);
     }
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;
+    if (f.ternary) call.ternary_ones[m * plan.groups + g] = ones;
   }
 }
 
 void quantize_row(void* ctx, int64_t m) {
   const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
   quantize_groups(call, m, 0, call.plan.groups);
+}
+
+// A tile's 2-bit planes as nibble codes (dot_tile_bytes of them) at `out`.
+void unpack_tile(const Dot4Call& call, int64_t tile, uint8_t* out) {
+  const int64_t quads = call.plan.quads;
+  call.kernel->unpack2(call.args->codes + tile * quads / 2 * pair_stride(2), quads, out);
+}
+
+// Tile `tile`'s codes as the dot kernels read them: in place, or for 2-bit planes unpacked
+// by this thread (unpack2) into its own buffer: every tile once per call where each row
+// block reads every tile (unpack_all; unpacked once for all threads, half of what a core
+// read had been written by the other core, and M = 32 on SmolLM2-135M's projections at two
+// threads gained nothing over the LUT path, against 0.77-0.98x its time this way), else
+// this tile alone.
+const uint8_t* tile_codes(const Dot4Call& call, int64_t tile) {
+  const WeightFormat& f = call.args->format;
+  const int64_t tile_bytes = dot_tile_bytes(f);
+  if (!unpacks_planes(f)) return call.args->codes + tile * tile_bytes;
+  if (call.unpack_all) {
+    thread_local std::vector<uint8_t> all;
+    thread_local uint64_t unpacked_for = 0;  // the call whose tiles `all` holds
+    uint8_t* unpacked = aligned64(all, num_tiles(f.n) * tile_bytes);
+    if (unpacked_for != call.id) {
+      for (int64_t t = 0; t < num_tiles(f.n); ++t) unpack_tile(call, t, unpacked + t * tile_bytes);
+      unpacked_for = call.id;
+    }
+    return unpacked + tile * tile_bytes;
+  }
+  thread_local std::vector<uint8_t> one;
+  uint8_t* unpacked = aligned64(one, tile_bytes);
+  unpack_tile(call, tile, unpacked);
+  return unpacked;
 }
 
 // Tile `tile` of activation rows [r0, r1) (r0 a multiple of kDot4MaxRows, so that rows
@@ -97,7 +149,7 @@ void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
   Dot4Job job;
   job.format = f;
-  job.codes = args.codes + tile * dot_tile_bytes(f);
+  job.codes = tile_codes(call, tile);
   const int64_t tile_scales = tile * call.plan.groups * kTileRows;
   job.scales = args.scales + tile_scales;
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
@@ -152,6 +204,11 @@ void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& p
     return;
   }
   if (uses_row_blocks(args.format, args.m)) {
+    if (unpacks_planes(args.format)) {
+      static std::atomic<uint64_t> calls{0};
+      call.unpack_all = true;
+      call.id = ++calls;
+    }
     parallel.run(ceil_div(args.m, kRowBlock), run_row_block, &call);
     return;
   }

@@ -126,7 +126,8 @@ struct Triples {
 
 const Dot4Kernel* neon_dot4_kernel() {
   static const Dot4Kernel kernel{"neon", round_block, dot4::tile_dot_rows<V4, Nibbles>,
-                                 dot4::tile_dot_rows<V4, Triples>};
+                                 dot4::tile_dot_rows<V4, Triples>,
+                                 nullptr};  // 2-bit prefill stays on the LUT path (dot4.h)
   return &kernel;
 }
 

@@ -3,8 +3,10 @@
 // (dot4_address, dot3_bit); the driver and epilogue are the vector kernels' own
 // (dot4::tile_dot, add_group) with one lane, so they agree to float rounding.
 #include <cmath>
+#include <cstring>
 
 #include "kernels/dot4.h"
+#include "kernels/pack.h"
 
 namespace edgepet {
 namespace {
@@ -68,12 +70,32 @@ int dot3_code(const uint8_t* codes, int row, int64_t input) {
   return code;
 }
 
+// 2-bit planes -> nibble codes a code at a time, through both layouts' one definitions
+// (pack.h's packed_index, dot4_address).
+void unpack2(const uint8_t* planes, int64_t quads, uint8_t* nibbles) {
+  std::memset(nibbles, 0, static_cast<size_t>(quads * kDot4QuadBytes));
+  for (int64_t q = 0; q < quads; ++q) {
+    const uint8_t* pair = planes + q / 2 * pair_stride(2);
+    for (int row = 0; row < kTileRows; ++row) {
+      const int parity = static_cast<int>(q % 2);
+      const int low = packed_index(pair, 2, row, 0, parity);
+      const int high = packed_index(pair, 2, row, 1, parity);
+      for (int l = 0; l < kQuad; ++l) {
+        const int code = ((low >> l) & 1) | (((high >> l) & 1) << 1);
+        const Dot4Address at = dot4_address(row, q * kQuad + l);
+        nibbles[at.byte] = static_cast<uint8_t>(nibbles[at.byte] | code << at.shift);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const Dot4Kernel& reference_dot4_kernel() {
   static const Dot4Kernel kernel{"reference", round_block,
                                  dot4::tile_dot_rows<Scalar, Codes<nibble4_code, dot4::nibble4_offset>>,
-                                 dot4::tile_dot_rows<Scalar, Codes<dot3_code, dot4::dot3_offset>>};
+                                 dot4::tile_dot_rows<Scalar, Codes<dot3_code, dot4::dot3_offset>>,
+                                 unpack2};
   return kernel;
 }
 

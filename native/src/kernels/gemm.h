@@ -97,8 +97,9 @@ void run_rows(int64_t m, int64_t tiles, int64_t block, const Prepare& prepare, c
   for (int64_t t = 0; t < tiles; ++t) tile(t, r0, r1);
 }
 
-// Y = A . dequant(W)^T (+ bias); 4-bit non-ternary formats go to dot4_gemm. The output
-// does not depend on the Parallel given or on how many threads it runs.
+// Y = A . dequant(W)^T (+ bias); 3- and 4-bit non-ternary formats, and 2-bit and ternary
+// prefill where uses_dot_prefill says so, go to dot4_gemm. The output does not depend on
+// the Parallel given or on how many threads it runs.
 void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& parallel);
 
 // One step of a wait that polls: the CPU's spin-wait hint (pause, yield), which frees the
