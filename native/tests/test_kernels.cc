@@ -488,38 +488,72 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
   return checked;
 }
 
-// unpack2 of every dot kernel that has one, and the generic form, turn a tile's 2-bit planes (pack.h) into exactly the nibble
-// codes pack_codes writes for the same codes at 4 bits (dot4.h).
+// unpack2 of every dot kernel that has one, and the generic form, turn a tile's 2-bit
+// planes (pack.h) into exactly the nibble codes pack_codes writes for the same codes at 4
+// bits (dot4.h), and report ZeroRows for ternary codes: per group, the rows whose codes are
+// all 1 at the inputs below K (some rows made so on purpose, some with one other code);
+// the generic form reports every row (it does not work them out), a superset.
 int check_unpack2(std::mt19937& rng) {
   int checked = 0;
   const Dot4Kernel* kernels[] = {&reference_dot4_kernel(), avx2_dot4_kernel(),
                                  avx512_vnni_dot4_kernel(), neon_dot4_kernel()};
   std::uniform_int_distribution<int> code(0, 3);
   for (int64_t n : {1, 33, 64})
-    for (int64_t k : {1, 8, 9, 64, 70, 200}) {
-      std::vector<uint8_t> codes(n * k);
-      for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
-      const WeightFormat f2{n, k, 2, false, true, k}, f4{n, k, 4, false, true, k};
-      std::vector<uint8_t> planes(packed_bytes(f2)), nibbles(packed_bytes(f4));
-      pack_codes(codes.data(), n, k, 2, planes.data());
-      pack_codes(codes.data(), n, k, 4, nibbles.data());
-      const int64_t quads = num_quads(k), tile_bytes = dot_tile_bytes(f4);
-      const auto check = [&](const char* name, void (*unpack2)(const uint8_t*, int64_t, uint8_t*)) {
-        std::vector<uint8_t> got(nibbles.size(), 0xAB);
-        for (int64_t t = 0; t < num_tiles(n); ++t) {
-          unpack2(planes.data() + t * quads / 2 * pair_stride(2), quads, got.data() + t * tile_bytes);
+    for (int64_t k : {1, 8, 9, 64, 70, 200})
+      for (int64_t group : {int64_t{32}, int64_t{64}, k}) {
+        const WeightFormat f2{n, k, 2, true, true, group}, f4{n, k, 4, false, true, k};
+        if (!check_format(f2).empty()) continue;
+        const int64_t groups = num_groups(f2);
+        std::vector<uint8_t> codes(n * k);
+        for (auto& v : codes) v = static_cast<uint8_t>(code(rng));
+        for (int64_t r = 0; r < n; r += 3)  // rows of zero weights, every third one spoiled
+          for (int64_t g = 0; g < groups; ++g)
+            for (int64_t i = g * group; i < std::min(k, (g + 1) * group); ++i) {
+              codes[r * k + i] = (r % 9 == 6 && i == g * group) ? 2 : 1;
+            }
+        std::vector<uint8_t> planes(packed_bytes(f2)), nibbles(packed_bytes(f4));
+        pack_codes(codes.data(), n, k, 2, planes.data());
+        pack_codes(codes.data(), n, k, 4, nibbles.data());
+        const int64_t quads = num_quads(k), tile_bytes = dot_tile_bytes(f4);
+        std::vector<uint32_t> want(num_tiles(n) * groups, 0);
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t g = 0; g < groups; ++g) {
+            bool ones = true;
+            for (int64_t i = g * group; i < std::min(k, (g + 1) * group); ++i) ones = ones && codes[r * k + i] == 1;
+            if (ones) want[r / kTileRows * groups + g] |= uint32_t{1} << (r % kTileRows);
+          }
+        const BlockPlan plan(f2);
+        const auto check = [&](const char* name, decltype(Dot4Kernel::unpack2) unpack2, bool exact) {
+          std::vector<uint8_t> got(nibbles.size(), 0xAB);
+          std::vector<uint32_t> rows(want.size(), 0x5A5A5A5A);
+          for (int64_t t = 0; t < num_tiles(n); ++t) {
+            ZeroRows zero;
+            zero.rows = rows.data() + t * groups;
+            zero.k = k;
+            zero.group_quads = plan.per_group * plan.block_quads;
+            unpack2(planes.data() + t * quads / 2 * pair_stride(2), quads, got.data() + t * tile_bytes, zero);
+          }
+          bool rows_ok = true;
+          for (size_t i = 0; i < want.size(); ++i) {
+            // Rows past N (zero codes) are never all 1; only rows < N matter.
+            const int64_t tile = static_cast<int64_t>(i) / groups;
+            const int64_t live = std::min<int64_t>(kTileRows, n - tile * kTileRows);
+            const uint32_t mask = live == 32 ? ~uint32_t{0} : (uint32_t{1} << live) - 1;
+            rows_ok = rows_ok && (exact ? (rows[i] & mask) == want[i] : (rows[i] & want[i]) == want[i]);
+          }
+          if (got != nibbles || !rows_ok) {
+            ++failures;
+            std::printf("FAIL %s unpack2: n=%lld k=%lld group=%lld (codes %s, zero rows %s)\n", name,
+                        (long long)n, (long long)k, (long long)group, got == nibbles ? "ok" : "wrong",
+                        rows_ok ? "ok" : "wrong");
+          }
+          ++checked;
+        };
+        check("generic vectors", dot4::unpack2_vectors, false);
+        for (const Dot4Kernel* kernel : kernels) {
+          if (kernel && kernel->unpack2) check(kernel->name, kernel->unpack2, true);
         }
-        if (got != nibbles) {
-          ++failures;
-          std::printf("FAIL %s unpack2: n=%lld k=%lld\n", name, (long long)n, (long long)k);
-        }
-        ++checked;
-      };
-      check("generic vectors", dot4::unpack2_vectors);
-      for (const Dot4Kernel* kernel : kernels) {
-        if (kernel && kernel->unpack2) check(kernel->name, kernel->unpack2);
       }
-    }
   return checked;
 }
 

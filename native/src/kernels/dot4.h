@@ -87,7 +87,18 @@ struct Dot4Activations {
                               // of every row's that the dot products leave out
   const float* ternary_ones;  // [groups], ternary only: what the kernels accumulate for a
                               // row of base codes (kernel.h, base_code: 1, the zero weight),
-                              // sum_blocks sum(x) * 2 step fused in block order
+                              // sum_blocks sum(x) * step fused in block order
+};
+
+// What unpack2 reports for ternary codes, where asked: per group, a word whose bit r is set
+// if row r of the tile has code 1 (the zero weight) at every input of the group (inputs
+// from k on, the padding, count as 1). add_group compares accumulators for the base-code
+// rule (kernel.h) only in groups with such a row: the comparisons made ternary prefill 12 %
+// slower than 2-bit, and a group of 64 zero weights is rare outside pruned models.
+struct ZeroRows {
+  uint32_t* rows = nullptr;  // [groups], or null: not wanted (2-bit codes)
+  int64_t k = 0;             // the inputs
+  int64_t group_quads = 0;   // quads per group (K's last group may be shorter)
 };
 
 struct Dot4Job {
@@ -95,6 +106,7 @@ struct Dot4Job {
   const uint8_t* codes;       // the tile's codes: dot_tile_bytes
   const Half* scales;         // the tile's scales: [groups][32]
   const Half* zero_points;    // same layout, or null
+  const uint32_t* zero_rows;  // ternary: [groups] from unpack2 (ZeroRows); null: check all
   int rows;                   // activation rows in this call, 1..kDot4MaxRows
   Dot4Activations acts[kDot4MaxRows];
   float* out[kDot4MaxRows];   // 32 outputs per activation row
@@ -110,9 +122,10 @@ struct Dot4Kernel {
   void (*tile_dot)(const Dot4Job& job);   // 4-bit codes
   void (*tile_dot3)(const Dot4Job& job);  // 3-bit codes
   // One tile's 2-bit codes as LUT bit-planes (pack.h, quads of 32 bytes) -> the nibble
-  // codes tile_dot reads (`quads` * kDot4QuadBytes bytes; quads is even). Null where 2-bit
-  // prefill stays on the LUT path (uses_dot_prefill).
-  void (*unpack2)(const uint8_t* planes, int64_t quads, uint8_t* nibbles);
+  // codes tile_dot reads (`quads` * kDot4QuadBytes bytes; quads is even), and for ternary
+  // codes the ZeroRows below. Null where 2-bit prefill stays on the LUT path
+  // (uses_dot_prefill).
+  void (*unpack2)(const uint8_t* planes, int64_t quads, uint8_t* nibbles, const ZeroRows& zero);
 };
 
 inline bool uses_dot_prefill(const WeightFormat& f, int64_t m, const Dot4Kernel& kernel) {
@@ -261,6 +274,50 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
 // Mask, eq, none, blend(mask, if_false, if_true). The files are built with
 // -ffp-contract=off, so each ISA rounds exactly where this code says.
 
+// add_group for ternary codes: group_affine's sc = off = s / 2, so the rule is
+// s/2 (plane + sum(a)) = s (acc + (base_acc + sum(a)) / 2), where acc is half the plane's
+// dot part (tile_dot's step_factor) and the rest one scalar per row; rows whose codes are
+// all 1 (zero weights) add their exact value, 0 (kernel.h, base_code), found by comparing
+// acc with a zero row's (ternary_ones) in the groups that have one (ZeroRows). 4096 x 4096,
+// M = 32 on a Zen 4 core: ternary took 1.16x the 2-bit time with the asymmetric form (seven
+// vector operations per row), 1.11-1.15x comparing in every group, 1.01x without.
+template <class V, int Rows>
+__attribute__((always_inline)) inline void add_ternary_group(
+    const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],
+    typename V::F (*y)[kTileRows / V::kLanes]) {
+  using F = typename V::F;
+  constexpr int kVecs = kTileRows / V::kLanes;
+  const Half* s = job.scales + g * kTileRows;
+  if (job.zero_rows && job.zero_rows[g] == 0) {  // no row of zero weights: the rule alone
+    for (int i = 0; i < kVecs; ++i) {
+      const F scale = V::load_halves(s + i * V::kLanes);
+      for (int m = 0; m < Rows; ++m) {
+        const Dot4Activations& a = job.acts[m];
+        const F rest = V::set1(0.5f * (a.base_acc[g] + a.group_sums[g]));
+        y[m][i] = V::fmadd(scale, V::add(acc[m][i], rest), y[m][i]);
+      }
+    }
+    return;
+  }
+  F kept[Rows][kVecs];
+  typename V::Mask zero_row[Rows][kVecs];
+  bool any = false;
+  for (int i = 0; i < kVecs; ++i) {
+    const F scale = V::load_halves(s + i * V::kLanes);
+    for (int m = 0; m < Rows; ++m) {
+      const Dot4Activations& a = job.acts[m];
+      kept[m][i] = y[m][i];
+      const F rest = V::set1(0.5f * (a.base_acc[g] + a.group_sums[g]));
+      y[m][i] = V::fmadd(scale, V::add(acc[m][i], rest), y[m][i]);
+      zero_row[m][i] = V::eq(acc[m][i], V::set1(a.ternary_ones[g]));
+      any = any | !V::none(zero_row[m][i]);
+    }
+  }
+  if (!any) return;
+  for (int i = 0; i < kVecs; ++i)
+    for (int m = 0; m < Rows; ++m) y[m][i] = V::blend(zero_row[m][i], y[m][i], kept[m][i]);
+}
+
 // y[m] (32 rows each) += the group's value for activation row m: acc[m] holds
 // sum_blocks dot_b * 2 step_b per row. Scales and zero points are converted once for all
 // Rows activation rows. Always inlined: as a call per group it passed the accumulators
@@ -272,30 +329,16 @@ __attribute__((always_inline)) inline void add_group(
     typename V::F (*y)[kTileRows / V::kLanes]) {
   using F = typename V::F;
   const WeightFormat& f = job.format;
+  if (f.ternary) return add_ternary_group<V, Rows>(job, g, acc, y);
   const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
   const Half* s = job.scales + g * kTileRows;
   for (int i = 0; i < kTileRows / V::kLanes; ++i) {
     const F scale = V::load_halves(s + i * V::kLanes);
-    if (f.symmetric && !f.ternary) {
+    if (f.symmetric) {
       for (int m = 0; m < Rows; ++m) {
         // The group's plane sum: the dots plus -top sum(x) step per block (top of file).
         const F plane = V::add(acc[m][i], V::set1(job.acts[m].base_acc[g]));
         y[m][i] = V::fmadd(scale, plane, y[m][i]);
-      }
-      continue;
-    }
-    if (f.ternary) {
-      // group_affine's sc = off = s / 2: the rule is s/2 (acc + base_acc + sum(a)), the
-      // last two one scalar; rows whose codes are all 1 (zero weights) add their exact
-      // value, 0 (kernel.h, base_code). Three vector operations per row where the
-      // asymmetric form below takes seven: 4096 x 4096, M = 32 on a Zen 4 core, ternary
-      // took 1.16x the 2-bit time that way, 1.12x this way.
-      const F half = V::mul(V::set1(0.5f), scale);
-      for (int m = 0; m < Rows; ++m) {
-        const Dot4Activations& a = job.acts[m];
-        const F rule = V::fmadd(half, V::add(acc[m][i], V::set1(a.base_acc[g] + a.group_sums[g])), y[m][i]);
-        const typename V::Mask base = V::eq(acc[m][i], V::set1(a.ternary_ones[g]));
-        y[m][i] = V::none(base) ? rule : V::blend(base, rule, y[m][i]);
       }
       continue;
     }
@@ -329,6 +372,8 @@ void tile_dot(const Dot4Job& job) {
   constexpr int kVecs = kTileRows / V::kLanes;
   const WeightFormat& f = job.format;
   const BlockPlan plan(f);
+  // 2 step: the plane sum (top of file); ternary accumulates half of it (add_ternary_group).
+  const float step_factor = f.ternary ? 1.0f : 2.0f;
   F y[Rows][kVecs];
   for (int m = 0; m < Rows; ++m)
     for (int i = 0; i < kVecs; ++i) y[m][i] = V::zero();
@@ -349,7 +394,7 @@ void tile_dot(const Dot4Job& job) {
         Sums::template block<Rows>(codes, x, n, dots);
       }
       for (int m = 0; m < Rows; ++m) {
-        const F two_steps = V::set1(2.0f * job.acts[m].steps[b]);
+        const F two_steps = V::set1(step_factor * job.acts[m].steps[b]);
         for (int i = 0; i < kVecs; ++i) acc[m][i] = V::fmadd(V::cvt(dots[m][i]), two_steps, acc[m][i]);
       }
     }
@@ -385,14 +430,18 @@ void tile_dot_rows(const Dot4Job& job) {
 
 // unpack2 in the compiler's generic vectors, two quads (32 bytes each) per step: the one
 // definition of how 2-bit planes become nibble codes, for AVX512-VNNI CPUs without VBMI
-// (dot4_avx512.cc has the VBMI form). Row r's two bytes of a quad (pack.h: byte
+// (dot4_avx512.cc has the VBMI form); it leaves ternary's ZeroRows all set. Row r's two bytes of a quad (pack.h: byte
 // 2r + plane, low nibble row r, high nibble row 16 + r) are one little-endian 16-bit
 // word, a 4 x 4 bit matrix whose rows are the nibbles (plane 0 of r, of 16 + r, plane 1
 // of r, of 16 + r) and whose columns are the 4 inputs. With the middle rows swapped and
 // the matrix transposed, nibble i holds input i's bits in the order (r plane 0, r plane 1,
 // 16 + r plane 0, 16 + r plane 1): two 2-bit codes, which spread to bits 0-1 and 4-5 of
 // byte i of row r's 32-bit lane (dot4_address).
-inline void unpack2_vectors(const uint8_t* planes, int64_t quads, uint8_t* nibbles) {
+inline void unpack2_vectors(const uint8_t* planes, int64_t quads, uint8_t* nibbles,
+                            const ZeroRows& zero) {
+  if (zero.rows) {  // not worked out here: every group compares (ZeroRows)
+    std::fill(zero.rows, zero.rows + ceil_div(quads, zero.group_quads), ~uint32_t{0});
+  }
   typedef uint16_t Words __attribute__((vector_size(64)));
   typedef uint32_t Lanes __attribute__((vector_size(128)));
   for (int64_t q = 0; q < quads; q += 2) {

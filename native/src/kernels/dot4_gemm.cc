@@ -94,8 +94,8 @@ void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
       s += sums[b];
       acc = std::fma(static_cast<float>(-top * x_sums[b]), steps[b], acc);
       // A row of ternary zeros (code 1) dots to sum(x) per block, accumulated as the
-      // kernels do (dot4::tile_dot).
-      ones = std::fma(static_cast<float>(x_sums[b]), 2.0f * steps[b], ones);
+      // kernels do (dot4::tile_dot, whose step_factor is 1 for ternary).
+      ones = std::fma(static_cast<float>(x_sums[b]), steps[b], ones);
     }
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;
@@ -108,36 +108,58 @@ void quantize_row(void* ctx, int64_t m) {
   quantize_groups(call, m, 0, call.plan.groups);
 }
 
-// A tile's 2-bit planes as nibble codes (dot_tile_bytes of them) at `out`.
-void unpack_tile(const Dot4Call& call, int64_t tile, uint8_t* out) {
+// A tile's 2-bit planes as nibble codes (dot_tile_bytes of them) at `out`, and for ternary
+// codes its ZeroRows at `zero_rows` ([groups]).
+void unpack_tile(const Dot4Call& call, int64_t tile, uint8_t* out, uint32_t* zero_rows) {
+  const WeightFormat& f = call.args->format;
   const int64_t quads = call.plan.quads;
-  call.kernel->unpack2(call.args->codes + tile * quads / 2 * pair_stride(2), quads, out);
+  ZeroRows zero;
+  if (f.ternary) {
+    zero.rows = zero_rows;
+    zero.k = f.k;
+    zero.group_quads = call.plan.per_group * call.plan.block_quads;
+  }
+  call.kernel->unpack2(call.args->codes + tile * quads / 2 * pair_stride(2), quads, out, zero);
 }
 
-// Tile `tile`'s codes as the dot kernels read them: in place, or for 2-bit planes unpacked
-// by this thread (unpack2) into its own buffer: every tile once per call where each row
-// block reads every tile (unpack_all; unpacked once for all threads, half of what a core
-// read had been written by the other core, and M = 32 on SmolLM2-135M's projections at two
-// threads gained nothing over the LUT path, against 0.77-0.98x its time this way), else
-// this tile alone.
-const uint8_t* tile_codes(const Dot4Call& call, int64_t tile) {
+// Where job's codes (and for ternary, its ZeroRows) come from: in place, or for 2-bit
+// planes unpacked by this thread (unpack2) into its own buffer: every tile once per call
+// where each row block reads every tile (unpack_all; unpacked once for all threads, half
+// of what a core read had been written by the other core, and M = 32 on SmolLM2-135M's
+// projections at two threads gained nothing over the LUT path, against 0.77-0.98x its time
+// this way), else this tile alone.
+void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
   const WeightFormat& f = call.args->format;
-  const int64_t tile_bytes = dot_tile_bytes(f);
-  if (!unpacks_planes(f)) return call.args->codes + tile * tile_bytes;
+  const int64_t tile_bytes = dot_tile_bytes(f), groups = call.plan.groups;
+  job.zero_rows = nullptr;
+  if (!unpacks_planes(f)) {
+    job.codes = call.args->codes + tile * tile_bytes;
+    return;
+  }
   if (call.unpack_all) {
     thread_local std::vector<uint8_t> all;
+    thread_local std::vector<uint32_t> all_zero_rows;
     thread_local uint64_t unpacked_for = 0;  // the call whose tiles `all` holds
-    uint8_t* unpacked = aligned64(all, num_tiles(f.n) * tile_bytes);
+    const int64_t tiles = num_tiles(f.n);
+    uint8_t* unpacked = aligned64(all, tiles * tile_bytes);
+    uint32_t* zero_rows = grown(all_zero_rows, tiles * groups);
     if (unpacked_for != call.id) {
-      for (int64_t t = 0; t < num_tiles(f.n); ++t) unpack_tile(call, t, unpacked + t * tile_bytes);
+      for (int64_t t = 0; t < tiles; ++t) {
+        unpack_tile(call, t, unpacked + t * tile_bytes, zero_rows + t * groups);
+      }
       unpacked_for = call.id;
     }
-    return unpacked + tile * tile_bytes;
+    job.codes = unpacked + tile * tile_bytes;
+    if (f.ternary) job.zero_rows = zero_rows + tile * groups;
+    return;
   }
   thread_local std::vector<uint8_t> one;
+  thread_local std::vector<uint32_t> one_zero_rows;
   uint8_t* unpacked = aligned64(one, tile_bytes);
-  unpack_tile(call, tile, unpacked);
-  return unpacked;
+  uint32_t* zero_rows = grown(one_zero_rows, groups);
+  unpack_tile(call, tile, unpacked, zero_rows);
+  job.codes = unpacked;
+  if (f.ternary) job.zero_rows = zero_rows;
 }
 
 // Tile `tile` of activation rows [r0, r1) (r0 a multiple of kDot4MaxRows, so that rows
@@ -149,7 +171,7 @@ void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
   const int rows = static_cast<int>(std::min<int64_t>(kTileRows, f.n - n0));
   Dot4Job job;
   job.format = f;
-  job.codes = tile_codes(call, tile);
+  set_codes(call, tile, job);
   const int64_t tile_scales = tile * call.plan.groups * kTileRows;
   job.scales = args.scales + tile_scales;
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;

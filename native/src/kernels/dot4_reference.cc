@@ -71,9 +71,10 @@ int dot3_code(const uint8_t* codes, int row, int64_t input) {
 }
 
 // 2-bit planes -> nibble codes a code at a time, through both layouts' one definitions
-// (pack.h's packed_index, dot4_address).
-void unpack2(const uint8_t* planes, int64_t quads, uint8_t* nibbles) {
+// (pack.h's packed_index, dot4_address); ZeroRows code by code too.
+void unpack2(const uint8_t* planes, int64_t quads, uint8_t* nibbles, const ZeroRows& zero) {
   std::memset(nibbles, 0, static_cast<size_t>(quads * kDot4QuadBytes));
+  if (zero.rows) std::fill(zero.rows, zero.rows + ceil_div(quads, zero.group_quads), ~uint32_t{0});
   for (int64_t q = 0; q < quads; ++q) {
     const uint8_t* pair = planes + q / 2 * pair_stride(2);
     for (int row = 0; row < kTileRows; ++row) {
@@ -84,6 +85,9 @@ void unpack2(const uint8_t* planes, int64_t quads, uint8_t* nibbles) {
         const int code = ((low >> l) & 1) | (((high >> l) & 1) << 1);
         const Dot4Address at = dot4_address(row, q * kQuad + l);
         nibbles[at.byte] = static_cast<uint8_t>(nibbles[at.byte] | code << at.shift);
+        if (zero.rows && code != 1 && q * kQuad + l < zero.k) {
+          zero.rows[q / zero.group_quads] &= ~(uint32_t{1} << row);
+        }
       }
     }
   }
