@@ -60,9 +60,8 @@ inline bool uses_dot4(const WeightFormat& f) { return (f.bits == 4 || f.bits == 
 // kernel took twice the LUT kernel's time at M = 32, and NEON's is not measured on a
 // device yet. On a Zen 4 core (native/bench_kernels, A B B A): M = 32 0.77-0.88x the LUT
 // path's time, M = 16 0.93-1.00x, M = 8 0.98-1.17x, M = 4 1.07-1.12x (docs/operator.md).
+// (uses_dot_prefill, below Dot4Kernel.)
 constexpr int64_t kDotPrefillRows = 16;
-struct Dot4Kernel;
-bool uses_dot_prefill(const WeightFormat& f, int64_t m, const Dot4Kernel& kernel);
 // Whether the dot path reads this format's codes through unpack2 (2-bit planes).
 inline bool unpacks_planes(const WeightFormat& f) { return f.bits == 2; }
 
@@ -93,8 +92,9 @@ struct Dot4Activations {
 // What unpack2 reports for ternary codes, where asked: per group, a word whose bit r is set
 // if row r of the tile has code 1 (the zero weight) at every input of the group (inputs
 // from k on, the padding, count as 1). add_group compares accumulators for the base-code
-// rule (kernel.h) only in groups with such a row: the comparisons made ternary prefill 12 %
-// slower than 2-bit, and a group of 64 zero weights is rare outside pruned models.
+// rule (kernel.h) only in groups with such a row: comparing in every group made ternary
+// prefill 1.11-1.15x the 2-bit time, and a group of zero weights is rare outside pruned
+// models.
 struct ZeroRows {
   uint32_t* rows = nullptr;  // [groups], or null: not wanted (2-bit codes)
   int64_t k = 0;             // the inputs
@@ -430,16 +430,17 @@ void tile_dot_rows(const Dot4Job& job) {
 
 // unpack2 in the compiler's generic vectors, two quads (32 bytes each) per step: the one
 // definition of how 2-bit planes become nibble codes, for AVX512-VNNI CPUs without VBMI
-// (dot4_avx512.cc has the VBMI form); it leaves ternary's ZeroRows all set. Row r's two bytes of a quad (pack.h: byte
-// 2r + plane, low nibble row r, high nibble row 16 + r) are one little-endian 16-bit
-// word, a 4 x 4 bit matrix whose rows are the nibbles (plane 0 of r, of 16 + r, plane 1
-// of r, of 16 + r) and whose columns are the 4 inputs. With the middle rows swapped and
+// (dot4_avx512.cc has the VBMI form); it leaves ternary's ZeroRows all set (every group
+// compares). Row r's two bytes of a quad (pack.h: byte 2r + plane, low nibble row r, high
+// nibble row 16 + r) are one little-endian 16-bit word, a 4 x 4 bit matrix whose rows are
+// the nibbles (plane 0 of r, of 16 + r, plane 1 of r, of 16 + r) and whose columns are
+// the 4 inputs. With the middle rows swapped and
 // the matrix transposed, nibble i holds input i's bits in the order (r plane 0, r plane 1,
 // 16 + r plane 0, 16 + r plane 1): two 2-bit codes, which spread to bits 0-1 and 4-5 of
 // byte i of row r's 32-bit lane (dot4_address).
 inline void unpack2_vectors(const uint8_t* planes, int64_t quads, uint8_t* nibbles,
                             const ZeroRows& zero) {
-  if (zero.rows) {  // not worked out here: every group compares (ZeroRows)
+  if (zero.rows) {
     std::fill(zero.rows, zero.rows + ceil_div(quads, zero.group_quads), ~uint32_t{0});
   }
   typedef uint16_t Words __attribute__((vector_size(64)));
