@@ -93,8 +93,8 @@ struct Dot4Activations {
 // if row r of the tile has code 1 (the zero weight) at every input of the group (inputs
 // from k on, the padding, count as 1). add_group compares accumulators for the base-code
 // rule (kernel.h) only in groups with such a row: comparing in every group made ternary
-// prefill 1.11-1.15x the 2-bit time, and a group of zero weights is rare outside pruned
-// models.
+// prefill 1.11-1.15x the 2-bit time (1.00-1.03x gated), and a group of zero weights is rare
+// outside pruned models.
 struct ZeroRows {
   uint32_t* rows = nullptr;  // [groups], or null: not wanted (2-bit codes)
   int64_t k = 0;             // the inputs
@@ -280,7 +280,7 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
 // all 1 (zero weights) add their exact value, 0 (kernel.h, base_code), found by comparing
 // acc with a zero row's (ternary_ones) in the groups that have one (ZeroRows). 4096 x 4096,
 // M = 32 on a Zen 4 core: ternary took 1.16x the 2-bit time with the asymmetric form (seven
-// vector operations per row), 1.11-1.15x comparing in every group, 1.01x without.
+// vector operations per row), 1.11-1.15x comparing in every group, 1.00-1.03x this way.
 template <class V, int Rows>
 __attribute__((always_inline)) inline void add_ternary_group(
     const Dot4Job& job, int64_t g, const typename V::F (*acc)[kTileRows / V::kLanes],

@@ -8,6 +8,7 @@
 // vectors throughout.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/dot4.h"
@@ -193,39 +194,46 @@ struct Triples {
 // ZeroRows from the planes: row r's 16-bit word holds code 1 at the quad's inputs with
 // mask m (4 bits) when plane 0's nibbles have m set and plane 1's have m clear, i.e. the
 // word and (m | m << 8) is m (row r), and (m << 4 | m << 12) is m << 4 (row 16 + r): two
-// ands and two compares into mask registers per quad.
+// ands and two compares into mask registers per quad (zero_rows_of), which took the
+// unpacking of a 4096 x 4096 weight from 0.15 to 0.19 ms.
+__attribute__((target("avx512vbmi"))) inline uint32_t zero_rows_of(__m256i words, int m) {
+  const __mmask16 low = _mm256_cmpeq_epi16_mask(
+      _mm256_and_si256(words, _mm256_set1_epi16(static_cast<int16_t>(m | m << 8))),
+      _mm256_set1_epi16(static_cast<int16_t>(m)));
+  const __mmask16 high = _mm256_cmpeq_epi16_mask(
+      _mm256_and_si256(words, _mm256_set1_epi16(static_cast<int16_t>(m << 4 | m << 12))),
+      _mm256_set1_epi16(static_cast<int16_t>(m << 4)));
+  return static_cast<uint32_t>(low) | static_cast<uint32_t>(high) << 16;
+}
+
 __attribute__((target("avx512vbmi"))) void unpack2_vbmi(const uint8_t* planes, int64_t quads,
                                                           uint8_t* nibbles, const ZeroRows& zero) {
   // Control bytes per 64-bit lane: 0..3, 16..19 (plane 0); 7..10, 23..26 (plane 1).
   const __m512i plane0 = _mm512_set1_epi64(0x1312111003020100ll);
   const __m512i plane1 = _mm512_set1_epi64(0x1A1918170A090807ll);
   const __m512i plane0_bits = _mm512_set1_epi8(0x11), code_bits = _mm512_set1_epi8(0x33);
-  uint32_t rows = ~uint32_t{0};  // of the group so far
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes + 32 * q));
-    if (zero.rows) {
-      const int64_t inputs = zero.k - q * kQuad;  // of this quad, before the padding
-      if (inputs > 0) {
-        const int m = inputs >= kQuad ? 0xF : (1 << inputs) - 1;
-        const __m256i low_rows = _mm256_set1_epi16(static_cast<int16_t>(m | m << 8));
-        const __m256i high_rows = _mm256_set1_epi16(static_cast<int16_t>(m << 4 | m << 12));
-        const __mmask16 low = _mm256_cmpeq_epi16_mask(_mm256_and_si256(words, low_rows),
-                                                      _mm256_set1_epi16(static_cast<int16_t>(m)));
-        const __mmask16 high = _mm256_cmpeq_epi16_mask(_mm256_and_si256(words, high_rows),
-                                                       _mm256_set1_epi16(static_cast<int16_t>(m << 4)));
-        rows &= static_cast<uint32_t>(low) | static_cast<uint32_t>(high) << 16;
+  const int64_t group_quads = zero.rows ? zero.group_quads : quads;
+  const int64_t whole = zero.k / kQuad;  // quads with 4 inputs below k
+  for (int64_t q0 = 0; q0 < quads; q0 += group_quads) {
+    const int64_t q1 = std::min(quads, q0 + group_quads);
+    uint32_t rows = ~uint32_t{0};  // of the group so far
+    for (int64_t q = q0; q < q1; ++q) {
+      const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(planes + 32 * q));
+      if (zero.rows) {
+        if (q < whole) {
+          rows &= zero_rows_of(words, 0xF);
+        } else if (q * kQuad < zero.k) {  // the last inputs; the padding counts as 1
+          rows &= zero_rows_of(words, (1 << (zero.k - q * kQuad)) - 1);
+        }
       }
-      if ((q + 1) % zero.group_quads == 0 || q + 1 == quads) {
-        zero.rows[q / zero.group_quads] = rows;
-        rows = ~uint32_t{0};
-      }
+      const __m512i v = _mm512_cvtepu32_epi64(words);
+      const __m512i low = _mm512_multishift_epi64_epi8(plane0, v);
+      const __m512i high = _mm512_multishift_epi64_epi8(plane1, v);
+      // 0xCA: plane0_bits ? low : high, bit by bit.
+      const __m512i codes = _mm512_ternarylogic_epi64(plane0_bits, low, high, 0xCA);
+      _mm512_storeu_si512(nibbles + kDot4QuadBytes * q, _mm512_and_si512(codes, code_bits));
     }
-    const __m512i v = _mm512_cvtepu32_epi64(words);
-    const __m512i low = _mm512_multishift_epi64_epi8(plane0, v);
-    const __m512i high = _mm512_multishift_epi64_epi8(plane1, v);
-    // 0xCA: plane0_bits ? low : high, bit by bit.
-    const __m512i codes = _mm512_ternarylogic_epi64(plane0_bits, low, high, 0xCA);
-    _mm512_storeu_si512(nibbles + kDot4QuadBytes * q, _mm512_and_si512(codes, code_bits));
+    if (zero.rows) zero.rows[q0 / group_quads] = rows;
   }
 }
 
