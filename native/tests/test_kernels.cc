@@ -460,6 +460,37 @@ double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Ca
   return worst;
 }
 
+// The reference kernel's LUT path for all m rows: calls of fewer than kDotPrefillRows.
+std::vector<float> run_lut_rows(const Problem& p, int64_t m) {
+  std::vector<float> y;
+  Problem rows = p;
+  for (int64_t r0 = 0; r0 < m; r0 += kDotPrefillRows - 1) {
+    const int64_t count = std::min(m - r0, kDotPrefillRows - 1);
+    rows.a.assign(p.a.begin() + r0 * p.f.k, p.a.begin() + (r0 + count) * p.f.k);
+    const std::vector<float> part = run(reference_kernel(), rows, count);
+    y.insert(y.end(), part.begin(), part.end());
+  }
+  return y;
+}
+
+// One case of the dot path: the reference within the error bound of the exact product,
+// every vector kernel within float rounding of its oracle: the reference, or, for 2-bit
+// prefill on a kernel whose dot kernel has no unpack2 (it keeps the LUT path), the
+// reference's LUT path.
+int check_dot_case(const Case& c, const std::vector<const Kernel*>& vector_kernels,
+                   const std::string& what, std::mt19937& rng) {
+  const Problem p = make(c, rng);
+  const auto ref = run(reference_kernel(), p, c.m);
+  const double over = dot4_excess_error(p, ref, c);
+  expect(over <= 0.0, (what + " reference vs exact, beyond the error bound").c_str(), c, over);
+  for (const Kernel* kernel : vector_kernels) {
+    const bool lut = c.bits == 2 && !uses_dot_prefill(p.f, c.m, dot4_kernel_for(*kernel));
+    const double e_vec = rel_err(run(*kernel, p, c.m), lut ? run_lut_rows(p, c.m) : ref);
+    expect(e_vec < 1e-5, (std::string(kernel->name) + ": " + what).c_str(), c, e_vec);
+  }
+  return 1 + static_cast<int>(vector_kernels.size());
+}
+
 // The 3- and 4-bit dot path's edges: M = 1..5 (passes of 4, 2 and 1 rows), N not a
 // multiple of 32, K odd, below a quad, a quad pair but not a quartet (3 bits), not a
 // multiple of the block, groups of 32, 64, 128 and per row; symmetric and asymmetric.
@@ -474,16 +505,7 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
           for (bool symmetric : {true, false}) {
             const Case c{m, n, k, bits, false, symmetric, group};
             if (!check_format({n, k, bits, false, symmetric, group}).empty()) continue;
-            const Problem p = make(c, rng);
-            const auto ref = run(reference_kernel(), p, c.m);
-            const double over = dot4_excess_error(p, ref, c);
-            expect(over <= 0.0, "dot reference vs exact, beyond the error bound", c, over);
-            ++checked;
-            for (const Kernel* kernel : vector_kernels) {
-              const double e_vec = rel_err(run(*kernel, p, c.m), ref);
-              expect(e_vec < 1e-5, (std::string(kernel->name) + ": dot").c_str(), c, e_vec);
-              ++checked;
-            }
+            checked += check_dot_case(c, vector_kernels, "dot", rng);
           }
   return checked;
 }
@@ -557,19 +579,6 @@ int check_unpack2(std::mt19937& rng) {
   return checked;
 }
 
-// The reference kernel's LUT path for all m rows: calls of fewer than kDotPrefillRows.
-std::vector<float> run_lut_rows(const Problem& p, int64_t m) {
-  std::vector<float> y;
-  Problem rows = p;
-  for (int64_t r0 = 0; r0 < m; r0 += kDotPrefillRows - 1) {
-    const int64_t count = std::min(m - r0, kDotPrefillRows - 1);
-    rows.a.assign(p.a.begin() + r0 * p.f.k, p.a.begin() + (r0 + count) * p.f.k);
-    const std::vector<float> part = run(reference_kernel(), rows, count);
-    y.insert(y.end(), part.begin(), part.end());
-  }
-  return y;
-}
-
 // 2-bit and ternary prefill (uses_dot_prefill: M >= kDotPrefillRows) runs on the dot path:
 // within its error bound of the exact product (the reference), every kernel within float
 // rounding of the reference (of its LUT path for a kernel that keeps prefill there). N with
@@ -589,21 +598,8 @@ int check_dot_prefill_shapes(const std::vector<const Kernel*>& vector_kernels, s
           }
   cases.push_back({kDotPrefillRows, 2080, 2056, 2, true, true, 64});
   for (const Case& c : cases) {
-    const WeightFormat f{c.n, c.k, 2, c.ternary, c.symmetric, c.group_size};
-    if (!check_format(f).empty()) continue;
-    const Problem p = make(c, rng);
-    const auto ref = run(reference_kernel(), p, c.m);
-    const double over = dot4_excess_error(p, ref, c);
-    expect(over <= 0.0, "2-bit prefill reference vs exact, beyond the error bound", c, over);
-    ++checked;
-    for (const Kernel* kernel : vector_kernels) {
-      // A kernel whose dot kernel has no unpack2 keeps prefill on the LUT path: its
-      // oracle is the reference's LUT path, rows in calls below kDotPrefillRows.
-      const bool dot = uses_dot_prefill(p.f, c.m, dot4_kernel_for(*kernel));
-      const double e_vec = rel_err(run(*kernel, p, c.m), dot ? ref : run_lut_rows(p, c.m));
-      expect(e_vec < 1e-5, (std::string(kernel->name) + ": 2-bit prefill").c_str(), c, e_vec);
-      ++checked;
-    }
+    if (!check_format({c.n, c.k, 2, c.ternary, c.symmetric, c.group_size}).empty()) continue;
+    checked += check_dot_case(c, vector_kernels, "2-bit prefill", rng);
   }
   return checked;
 }
