@@ -541,11 +541,14 @@ int check_unpack2(std::mt19937& rng) {
         for (int64_t r = 0; r < n; ++r)
           for (int64_t g = 0; g < groups; ++g) {
             bool ones = true;
-            for (int64_t i = g * group; i < std::min(k, (g + 1) * group); ++i) ones = ones && codes[r * k + i] == 1;
+            for (int64_t i = g * group; i < std::min(k, (g + 1) * group); ++i) {
+              ones = ones && codes[r * k + i] == 1;
+            }
             if (ones) want[r / kTileRows * groups + g] |= uint32_t{1} << (r % kTileRows);
           }
         const BlockPlan plan(f2);
-        const auto check = [&](const char* name, decltype(Dot4Kernel::unpack2) unpack2, bool exact) {
+        const auto check = [&](const char* name, decltype(Dot4Kernel::unpack2) unpack2,
+                               bool exact) {
           std::vector<uint8_t> got(nibbles.size(), 0xAB);
           std::vector<uint32_t> rows(want.size(), 0x5A5A5A5A);
           for (int64_t t = 0; t < num_tiles(n); ++t) {
@@ -553,7 +556,8 @@ int check_unpack2(std::mt19937& rng) {
             zero.rows = rows.data() + t * groups;
             zero.k = k;
             zero.group_quads = plan.per_group * plan.block_quads;
-            unpack2(planes.data() + t * quads / 2 * pair_stride(2), quads, got.data() + t * tile_bytes, zero);
+            unpack2(planes.data() + t * quads / 2 * pair_stride(2), quads,
+                    got.data() + t * tile_bytes, zero);
           }
           bool rows_ok = true;
           for (size_t i = 0; i < want.size(); ++i) {
@@ -561,13 +565,14 @@ int check_unpack2(std::mt19937& rng) {
             const int64_t tile = static_cast<int64_t>(i) / groups;
             const int64_t live = std::min<int64_t>(kTileRows, n - tile * kTileRows);
             const uint32_t mask = live == 32 ? ~uint32_t{0} : (uint32_t{1} << live) - 1;
-            rows_ok = rows_ok && (exact ? (rows[i] & mask) == want[i] : (rows[i] & want[i]) == want[i]);
+            const bool ok = exact ? (rows[i] & mask) == want[i] : (rows[i] & want[i]) == want[i];
+            rows_ok = rows_ok && ok;
           }
           if (got != nibbles || !rows_ok) {
             ++failures;
-            std::printf("FAIL %s unpack2: n=%lld k=%lld group=%lld (codes %s, zero rows %s)\n", name,
-                        (long long)n, (long long)k, (long long)group, got == nibbles ? "ok" : "wrong",
-                        rows_ok ? "ok" : "wrong");
+            std::printf("FAIL %s unpack2: n=%lld k=%lld group=%lld (codes %s, zero rows %s)\n",
+                        name, (long long)n, (long long)k, (long long)group,
+                        got == nibbles ? "ok" : "wrong", rows_ok ? "ok" : "wrong");
           }
           ++checked;
         };
