@@ -89,17 +89,21 @@ void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
     std::fill(x + first + n, x + first + padded, int8_t{0});
   }
   for (int64_t g = g0; g < g1; ++g) {
-    float s = 0.0f, acc = 0.0f, ones = 0.0f;
+    float s = 0.0f, acc = 0.0f;
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       s += sums[b];
       acc = std::fma(static_cast<float>(-top * x_sums[b]), steps[b], acc);
-      // A row of ternary zeros (code 1) dots to sum(x) per block, accumulated as the
-      // kernels do (dot4::tile_dot, whose step_factor is 1 for ternary).
-      ones = std::fma(static_cast<float>(x_sums[b]), steps[b], ones);
     }
     call.group_sums[m * plan.groups + g] = s;
     call.base_acc[m * plan.groups + g] = acc;
-    if (f.ternary) call.ternary_ones[m * plan.groups + g] = ones;
+    if (!f.ternary) continue;
+    // A row of ternary zeros (code 1) dots to sum(x) per block, accumulated as the kernels
+    // do (dot4::tile_dot, whose step_factor is 1 for ternary).
+    float ones = 0.0f;
+    for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
+      ones = std::fma(static_cast<float>(x_sums[b]), steps[b], ones);
+    }
+    call.ternary_ones[m * plan.groups + g] = ones;
   }
 }
 
@@ -109,7 +113,7 @@ void quantize_row(void* ctx, int64_t m) {
 }
 
 // A tile's 2-bit planes as nibble codes (dot_tile_bytes of them) at `out`, and for ternary
-// codes its ZeroRows at `zero_rows` ([groups]).
+// codes its ZeroRows at `zero_rows` ([groups]; null for 2-bit codes).
 void unpack_tile(const Dot4Call& call, int64_t tile, uint8_t* out, uint32_t* zero_rows) {
   const WeightFormat& f = call.args->format;
   const int64_t quads = call.plan.quads;
@@ -142,10 +146,10 @@ void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
     thread_local uint64_t unpacked_for = 0;  // the call whose tiles `all` holds
     const int64_t tiles = num_tiles(f.n);
     uint8_t* unpacked = aligned64(all, tiles * tile_bytes);
-    uint32_t* zero_rows = grown(all_zero_rows, tiles * groups);
+    uint32_t* zero_rows = f.ternary ? grown(all_zero_rows, tiles * groups) : nullptr;
     if (unpacked_for != call.id) {
       for (int64_t t = 0; t < tiles; ++t) {
-        unpack_tile(call, t, unpacked + t * tile_bytes, zero_rows + t * groups);
+        unpack_tile(call, t, unpacked + t * tile_bytes, f.ternary ? zero_rows + t * groups : nullptr);
       }
       unpacked_for = call.id;
     }
@@ -156,7 +160,7 @@ void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
   thread_local std::vector<uint8_t> one;
   thread_local std::vector<uint32_t> one_zero_rows;
   uint8_t* unpacked = aligned64(one, tile_bytes);
-  uint32_t* zero_rows = grown(one_zero_rows, groups);
+  uint32_t* zero_rows = f.ternary ? grown(one_zero_rows, groups) : nullptr;
   unpack_tile(call, tile, unpacked, zero_rows);
   job.codes = unpacked;
   if (f.ternary) job.zero_rows = zero_rows;

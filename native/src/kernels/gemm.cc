@@ -239,7 +239,7 @@ void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& pool) 
   static const Serial serial;
   const Parallel& parallel = estimated_ns(f, args.m) < kParallelMinNs ? serial : pool;
   if (uses_dot4(f)) return dot4_gemm(dot4_kernel_for(kernel), args, parallel);
-  if (f.bits == 2 && args.m >= kDotPrefillRows) {
+  if (f.bits == 2 && args.m >= kDotPrefillRows) {  // decode (M = 1) skips the lookup below
     const Dot4Kernel& dot = dot4_kernel_for(kernel);
     if (uses_dot_prefill(f, args.m, dot)) return dot4_gemm(dot, args, parallel);
   }
