@@ -212,9 +212,9 @@ def test_products_large_enough_for_threads_equal_the_native_module(threads):
 @pytest.mark.parametrize("bits,symmetric", [(1, True), (2, False), (3, True), (4, False),
                                             ("ternary", True)])
 def test_thread_count_does_not_change_the_session_result(bits, symmetric):
-    # M=1: the pool's threads build the tables in chunks; M=32: rows, then tiles. K=1000
-    # ends with a short group of 32, N=400 with a short tile; every width is large enough
-    # for the pool (gemm.h, estimated_ns).
+    # M=1: each of the pool's threads builds the tables itself (K <= 2048, gemm.h,
+    # uses_private_prep); M=32: rows, then tiles. K=1000 ends with a short group of 32,
+    # N=400 with a short tile; every width is large enough for the pool (estimated_ns).
     rng = np.random.default_rng(11)
     qt = quantize(rng.standard_normal((400, 1000), dtype=np.float32), bits, 32, symmetric)
     model = linear_model(qt)
@@ -224,6 +224,21 @@ def test_thread_count_does_not_change_the_session_result(bits, symmetric):
     for threads in (2, 4):
         for one, many in zip(got[1], got[threads], strict=True):
             np.testing.assert_array_equal(one, many)
+
+
+def test_alternating_sessions_on_one_thread_keep_their_own_tables():
+    # At M=1 a thread keeps the tables it built for the call it is in; two sessions of
+    # different K and format called in turn from this thread must never see each other's.
+    rng = np.random.default_rng(12)
+    cases = []
+    for k, bits in ((1000, 2), (520, 4), (1000, "ternary")):
+        qt = quantize(rng.standard_normal((400, k), dtype=np.float32), bits, 32)
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        sess = runtime.InferenceSession(linear_model(qt), threads=2)
+        cases.append((sess, x, kernels.lut_matmul(x, qt)))
+    for _ in range(3):
+        for sess, x, want in cases:
+            np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
 
 
 def test_unsupported_bits_names_node():

@@ -30,54 +30,65 @@ uint8_t* aligned64(std::vector<uint8_t>& buffer, int64_t bytes) {
   return p + (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64;
 }
 
+// Where the int8 activations of m rows and their sums live: the call's, or one thread's
+// own (M = 1 with uses_private_prep).
+struct Dot4Rows {
+  Dot4Rows() = default;
+  Dot4Rows(Dot4Scratch& s, const BlockPlan& plan, int64_t width, int64_t m, bool ternary)
+      : x(grown(s.x, m * width)),
+        steps(grown(s.steps, m * plan.blocks)),
+        x_sums(grown(s.x_sums, m * plan.blocks)),
+        block_sums(grown(s.block_sums, m * plan.blocks)),
+        group_sums(grown(s.group_sums, m * plan.groups)),
+        base_acc(grown(s.base_acc, m * plan.groups)),
+        ternary_ones(ternary ? grown(s.ternary_ones, m * plan.groups) : nullptr) {}
+
+  int8_t* x = nullptr;
+  float* steps = nullptr;
+  int32_t* x_sums = nullptr;
+  float* block_sums = nullptr;
+  float* group_sums = nullptr;
+  float* base_acc = nullptr;
+  float* ternary_ones = nullptr;  // null unless ternary
+};
+
 struct Dot4Call {
   Dot4Call(const Dot4Kernel& k, const GemmArgs& a, Dot4Scratch& s)
       : kernel(&k),
         args(&a),
         plan(a.format),
         width(dot_padded_k(a.format)),
-        x(grown(s.x, a.m * width)),
-        steps(grown(s.steps, a.m * plan.blocks)),
-        x_sums(grown(s.x_sums, a.m * plan.blocks)),
-        block_sums(grown(s.block_sums, a.m * plan.blocks)),
-        group_sums(grown(s.group_sums, a.m * plan.groups)),
-        base_acc(grown(s.base_acc, a.m * plan.groups)),
-        ternary_ones(a.format.ternary ? grown(s.ternary_ones, a.m * plan.groups) : nullptr),
+        rows(s, plan, width, a.m, a.format.ternary),
         row0(plan.groups, a.format.group_size) {}
 
-  Dot4Activations row(int64_t m) const {
+  Dot4Activations row(const Dot4Rows& r, int64_t m) const {
     const int64_t g = m * plan.groups;
-    return {x + m * width, steps + m * plan.blocks, group_sums + g, base_acc + g,
-            ternary_ones ? ternary_ones + g : nullptr};
+    return {r.x + m * width, r.steps + m * plan.blocks, r.group_sums + g, r.base_acc + g,
+            r.ternary_ones ? r.ternary_ones + g : nullptr};
   }
 
   const Dot4Kernel* kernel;
   const GemmArgs* args;
   BlockPlan plan;
   int64_t width;  // K padded as the codes are (dot_padded_k)
-  int8_t* x;
-  float* steps;
-  int32_t* x_sums;
-  float* block_sums;
-  float* group_sums;
-  float* base_acc;
-  float* ternary_ones;  // null unless ternary
+  Dot4Rows rows;
   bool unpack_all = false;  // 2-bit codes split by rows: each thread unpacks every tile
-  uint64_t id = 0;          // this call, unlike any earlier one (for unpack_all)
+  uint64_t id = 0;          // this call (for unpack_all and threads' own activations)
   ChunkedPrep row0;  // row 0's activations at M = 1, quantized in the tile region
 };
 
 // Activations of groups [g0, g1) of row m quantized, with their blocks' steps and sums
 // and the groups' sums and base accumulators. Blocks nest in groups, so a range of whole
 // groups writes the same bytes as the whole row does.
-void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
+void quantize_groups(const Dot4Call& call, const Dot4Rows& rows, int64_t m, int64_t g0,
+                     int64_t g1) {
   const WeightFormat& f = call.args->format;
   const BlockPlan& plan = call.plan;
   const float* a = call.args->a + m * f.k;
-  int8_t* x = call.x + m * call.width;
-  float* sums = call.block_sums + m * plan.blocks;
-  int32_t* x_sums = call.x_sums + m * plan.blocks;
-  float* steps = call.steps + m * plan.blocks;
+  int8_t* x = rows.x + m * call.width;
+  float* sums = rows.block_sums + m * plan.blocks;
+  int32_t* x_sums = rows.x_sums + m * plan.blocks;
+  float* steps = rows.steps + m * plan.blocks;
   const int block = table_block(f);
   const int top = (1 << f.bits) - 1;  // the plane sum's offset per code (dot4.h)
   for (int64_t b = plan.first_block(g0); b < plan.end_block(g1 - 1); ++b) {
@@ -94,8 +105,8 @@ void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
       s += sums[b];
       acc = std::fma(static_cast<float>(-top * x_sums[b]), steps[b], acc);
     }
-    call.group_sums[m * plan.groups + g] = s;
-    call.base_acc[m * plan.groups + g] = acc;
+    rows.group_sums[m * plan.groups + g] = s;
+    rows.base_acc[m * plan.groups + g] = acc;
     if (!f.ternary) continue;
     // A row of ternary zeros (code 1) dots to sum(x) per block, accumulated as the kernels
     // do (dot4::tile_dot, whose step_factor is 1 for ternary).
@@ -103,13 +114,13 @@ void quantize_groups(const Dot4Call& call, int64_t m, int64_t g0, int64_t g1) {
     for (int64_t b = plan.first_block(g); b < plan.end_block(g); ++b) {
       ones = std::fma(static_cast<float>(x_sums[b]), steps[b], ones);
     }
-    call.ternary_ones[m * plan.groups + g] = ones;
+    rows.ternary_ones[m * plan.groups + g] = ones;
   }
 }
 
 void quantize_row(void* ctx, int64_t m) {
   const Dot4Call& call = *static_cast<Dot4Call*>(ctx);
-  quantize_groups(call, m, 0, call.plan.groups);
+  quantize_groups(call, call.rows, m, 0, call.plan.groups);
 }
 
 // A tile's 2-bit planes as nibble codes (dot_tile_bytes of them) at `out`, and for ternary
@@ -168,7 +179,8 @@ void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
 
 // Tile `tile` of activation rows [r0, r1) (r0 a multiple of kDot4MaxRows, so that rows
 // pass together the same way whatever the split).
-void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
+void tile_rows(const Dot4Call& call, const Dot4Rows& acts, int64_t tile, int64_t r0,
+               int64_t r1) {
   const GemmArgs& args = *call.args;
   const WeightFormat& f = args.format;
   const int64_t n0 = tile * kTileRows;
@@ -183,7 +195,7 @@ void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
   for (int64_t m0 = r0; m0 < r1; m0 += kDot4MaxRows) {
     job.rows = static_cast<int>(std::min<int64_t>(kDot4MaxRows, r1 - m0));
     for (int i = 0; i < job.rows; ++i) {
-      job.acts[i] = call.row(m0 + i);
+      job.acts[i] = call.row(acts, m0 + i);
       job.out[i] = out[i];
     }
     (f.bits == 3 ? call.kernel->tile_dot3 : call.kernel->tile_dot)(job);
@@ -196,7 +208,7 @@ void tile_rows(const Dot4Call& call, int64_t tile, int64_t r0, int64_t r1) {
 
 void run_tile(void* ctx, int64_t tile) {
   const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
-  tile_rows(call, tile, 0, call.args->m);
+  tile_rows(call, call.rows, tile, 0, call.args->m);
 }
 
 static_assert(kRowBlock % kDot4MaxRows == 0, "row blocks must pass rows as the whole does");
@@ -205,17 +217,36 @@ static_assert(kRowBlock % kDot4MaxRows == 0, "row blocks must pass rows as the w
 void run_row_block(void* ctx, int64_t block) {
   const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
   run_rows(call.args->m, num_tiles(call.args->format.n), block,
-           [&call](int64_t m) { quantize_groups(call, m, 0, call.plan.groups); },
-           [&call](int64_t t, int64_t r0, int64_t r1) { tile_rows(call, t, r0, r1); });
+           [&call](int64_t m) { quantize_groups(call, call.rows, m, 0, call.plan.groups); },
+           [&call](int64_t t, int64_t r0, int64_t r1) { tile_rows(call, call.rows, t, r0, r1); });
 }
 
-// A tile of row 0 once its activations are quantized (M = 1).
+// A tile of row 0 once its activations are quantized (M = 1), by the threads together.
 void run_tile_one_row(void* ctx, int64_t tile) {
   Dot4Call& call = *static_cast<Dot4Call*>(ctx);
   if (!call.row0.done()) {
-    call.row0.help([&call](int64_t g0, int64_t g1) { quantize_groups(call, 0, g0, g1); });
+    call.row0.help(
+        [&call](int64_t g0, int64_t g1) { quantize_groups(call, call.rows, 0, g0, g1); });
   }
   run_tile(ctx, tile);
+}
+
+// A tile of row 0 on activations this thread quantized itself, once per call
+// (uses_private_prep).
+void run_tile_own_rows(void* ctx, int64_t tile) {
+  const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
+  struct Own {
+    Dot4Scratch scratch;
+    Dot4Rows rows;      // in scratch
+    uint64_t call = 0;  // the call whose activations they are
+  };
+  thread_local Own own;
+  if (own.call != call.id) {
+    own.rows = Dot4Rows(own.scratch, call.plan, call.width, 1, call.args->format.ternary);
+    quantize_groups(call, own.rows, 0, 0, call.plan.groups);
+    own.call = call.id;
+  }
+  tile_rows(call, own.rows, tile, 0, 1);
 }
 
 }  // namespace
@@ -226,14 +257,18 @@ void dot4_gemm(const Dot4Kernel& kernel, const GemmArgs& args, const Parallel& p
   Dot4Call call(kernel, args, scratch);
   if (args.m == 1) {
     // One region: its threads quantize the activations, then take tiles.
-    parallel.run(num_tiles(args.format.n), run_tile_one_row, &call);
+    if (uses_private_prep(args.format) && !parallel.serial()) {
+      call.id = next_call_id();
+      parallel.run(num_tiles(args.format.n), run_tile_own_rows, &call);
+    } else {
+      parallel.run(num_tiles(args.format.n), run_tile_one_row, &call);
+    }
     return;
   }
   if (uses_row_blocks(args.format, args.m)) {
     if (unpacks_planes(args.format)) {
-      static std::atomic<uint64_t> calls{0};
       call.unpack_all = true;
-      call.id = ++calls;
+      call.id = next_call_id();
     }
     parallel.run(ceil_div(args.m, kRowBlock), run_row_block, &call);
     return;

@@ -1,6 +1,7 @@
 #include "kernels/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -87,45 +88,56 @@ struct Scratch {
   std::vector<float> base_acc;        // [m][groups]
 };
 
+// Where the tables of m activation rows live: the call's, or one thread's own (M = 1
+// with uses_private_prep).
+struct RowTables {
+  RowTables() = default;
+  RowTables(Scratch& s, const BlockPlan& plan, int64_t m)
+      : entries(grown(s.entries, m * plan.quads * kTableSize)),
+        block_scales(grown(s.block_scales, m * plan.blocks)),
+        block_sums(grown(s.block_sums, m * plan.blocks)),
+        group_sums(grown(s.group_sums, m * plan.groups)),
+        base_acc(grown(s.base_acc, m * plan.groups)) {}
+
+  int8_t* entries = nullptr;
+  float* block_scales = nullptr;
+  float* block_sums = nullptr;
+  float* group_sums = nullptr;
+  float* base_acc = nullptr;
+};
+
 struct Job {
   Job(const Kernel& k, const GemmArgs& a, Scratch& s)
       : kernel(&k),
         args(&a),
         plan(a.format),
-        entries(grown(s.entries, a.m * plan.quads * kTableSize)),
-        block_scales(grown(s.block_scales, a.m * plan.blocks)),
-        block_sums(grown(s.block_sums, a.m * plan.blocks)),
-        group_sums(grown(s.group_sums, a.m * plan.groups)),
-        base_acc(grown(s.base_acc, a.m * plan.groups)),
+        tables(s, plan, a.m),
         row0(plan.groups, a.format.group_size) {}
 
   const Kernel* kernel;
   const GemmArgs* args;
   BlockPlan plan;
-  int8_t* entries;
-  float* block_scales;
-  float* block_sums;
-  float* group_sums;
-  float* base_acc;
+  RowTables tables;
   ChunkedPrep row0;  // row 0's tables at M = 1, built in the tile region
+  uint64_t id = 0;   // this call, for threads' own tables (M = 1, uses_private_prep)
 };
 
 // Tables of groups [g0, g1) of one activation row: the entries, block scales and sums
 // of their blocks, then each group's sum and base accumulator. Blocks nest in groups,
 // so a range of whole groups builds the same bytes as the whole row does.
-void build_groups(const Job& job, int64_t row, int64_t g0, int64_t g1) {
+void build_groups(const Job& job, const RowTables& tables, int64_t row, int64_t g0, int64_t g1) {
   const WeightFormat& f = job.args->format;
   const BlockPlan& plan = job.plan;
   const int block = table_block(f);
   const int64_t b0 = plan.first_block(g0);
   const int64_t k0 = b0 * block;
   const int64_t k1 = std::min(f.k, plan.end_block(g1 - 1) * block);
-  float* sums = job.block_sums + row * plan.blocks;
-  const float* steps = job.block_scales + row * plan.blocks;
-  const int8_t* entries = job.entries + row * plan.quads * kTableSize;
+  float* sums = tables.block_sums + row * plan.blocks;
+  const float* steps = tables.block_scales + row * plan.blocks;
+  const int8_t* entries = tables.entries + row * plan.quads * kTableSize;
   job.kernel->build_tables(job.args->a + row * f.k + k0, k1 - k0, block,
-                           job.entries + (row * plan.quads + plan.first_quad(b0)) * kTableSize,
-                           job.block_scales + row * plan.blocks + b0, sums + b0);
+                           tables.entries + (row * plan.quads + plan.first_quad(b0)) * kTableSize,
+                           tables.block_scales + row * plan.blocks + b0, sums + b0);
   const bool base = has_base_code(f);
   for (int64_t g = g0; g < g1; ++g) {
     float s = 0.0f;
@@ -143,19 +155,19 @@ void build_groups(const Job& job, int64_t row, int64_t g0, int64_t g1) {
       }
       acc = std::fma(static_cast<float>(base_plane_factor(f) * quad_sums), steps[b], acc);
     }
-    job.group_sums[row * plan.groups + g] = s;
-    job.base_acc[row * plan.groups + g] = acc;
+    tables.group_sums[row * plan.groups + g] = s;
+    tables.base_acc[row * plan.groups + g] = acc;
   }
 }
 
 void build_row(void* ctx, int64_t row) {
   const Job& job = *static_cast<const Job*>(ctx);
-  build_groups(job, row, 0, job.plan.groups);
+  build_groups(job, job.tables, row, 0, job.plan.groups);
 }
 
 // Tile `tile` of activation rows [r0, r1) (r0 a multiple of kMaxRowsPerCall, so that rows
 // pair up the same way whatever the split).
-void tile_rows(const Job& job, int64_t tile, int64_t r0, int64_t r1) {
+void tile_rows(const Job& job, const RowTables& tables, int64_t tile, int64_t r0, int64_t r1) {
   const GemmArgs& args = *job.args;
   const WeightFormat& f = args.format;
   const int64_t n0 = tile * kTileRows;
@@ -172,10 +184,10 @@ void tile_rows(const Job& job, int64_t tile, int64_t r0, int64_t r1) {
     t.rows = static_cast<int>(std::min<int64_t>(kMaxRowsPerCall, r1 - m0));
     for (int i = 0; i < t.rows; ++i) {
       const int64_t m = m0 + i;
-      t.tables[i].entries = job.entries + m * job.plan.quads * kTableSize;
-      t.tables[i].block_scales = job.block_scales + m * job.plan.blocks;
-      t.tables[i].group_sums = job.group_sums + m * job.plan.groups;
-      t.tables[i].base_acc = job.base_acc + m * job.plan.groups;
+      t.tables[i].entries = tables.entries + m * job.plan.quads * kTableSize;
+      t.tables[i].block_scales = tables.block_scales + m * job.plan.blocks;
+      t.tables[i].group_sums = tables.group_sums + m * job.plan.groups;
+      t.tables[i].base_acc = tables.base_acc + m * job.plan.groups;
       t.out[i] = rows == kTileRows ? args.y + m * f.n + n0 : out[i];
     }
     job.kernel->tile_dot(t);
@@ -191,7 +203,7 @@ void tile_rows(const Job& job, int64_t tile, int64_t r0, int64_t r1) {
 
 void run_tile(void* ctx, int64_t tile) {
   const Job& job = *static_cast<const Job*>(ctx);
-  tile_rows(job, tile, 0, job.args->m);
+  tile_rows(job, job.tables, tile, 0, job.args->m);
 }
 
 static_assert(kRowBlock % kMaxRowsPerCall == 0, "row blocks must pair rows as the whole does");
@@ -200,20 +212,42 @@ static_assert(kRowBlock % kMaxRowsPerCall == 0, "row blocks must pair rows as th
 void run_row_block(void* ctx, int64_t block) {
   const Job& job = *static_cast<const Job*>(ctx);
   run_rows(job.args->m, num_tiles(job.args->format.n), block,
-           [&job](int64_t row) { build_groups(job, row, 0, job.plan.groups); },
-           [&job](int64_t t, int64_t r0, int64_t r1) { tile_rows(job, t, r0, r1); });
+           [&job](int64_t row) { build_groups(job, job.tables, row, 0, job.plan.groups); },
+           [&job](int64_t t, int64_t r0, int64_t r1) { tile_rows(job, job.tables, t, r0, r1); });
 }
 
-// A tile of row 0 once its tables are built (M = 1).
+// A tile of row 0 once its tables are built (M = 1), by the threads together.
 void run_tile_one_row(void* ctx, int64_t tile) {
   Job& job = *static_cast<Job*>(ctx);
   if (!job.row0.done()) {
-    job.row0.help([&job](int64_t g0, int64_t g1) { build_groups(job, 0, g0, g1); });
+    job.row0.help([&job](int64_t g0, int64_t g1) { build_groups(job, job.tables, 0, g0, g1); });
   }
   run_tile(ctx, tile);
 }
 
+// A tile of row 0 on tables this thread built itself, once per call (uses_private_prep).
+void run_tile_own_tables(void* ctx, int64_t tile) {
+  const Job& job = *static_cast<const Job*>(ctx);
+  struct Own {
+    Scratch scratch;
+    RowTables tables;   // in scratch
+    uint64_t call = 0;  // the call whose tables they are
+  };
+  thread_local Own own;
+  if (own.call != job.id) {
+    own.tables = RowTables(own.scratch, job.plan, 1);
+    build_groups(job, own.tables, 0, 0, job.plan.groups);
+    own.call = job.id;
+  }
+  tile_rows(job, own.tables, tile, 0, 1);
+}
+
 }  // namespace
+
+uint64_t next_call_id() {
+  static std::atomic<uint64_t> calls{0};
+  return ++calls;
+}
 
 double estimated_ns(const WeightFormat& f, int64_t m) {
   // bench_kernels 1 576 1536 64 (avx512+avx2) on a 2-core AMD EPYC Zen 4: 6.1, 7.7, 8.5
@@ -248,7 +282,12 @@ void lut_gemm(const Kernel& kernel, const GemmArgs& args, const Parallel& pool) 
   Job job(kernel, args, scratch);
   if (args.m == 1) {
     // One region: its threads build the tables, then take tiles.
-    parallel.run(num_tiles(f.n), run_tile_one_row, &job);
+    if (uses_private_prep(f) && !parallel.serial()) {
+      job.id = next_call_id();
+      parallel.run(num_tiles(f.n), run_tile_own_tables, &job);
+    } else {
+      parallel.run(num_tiles(f.n), run_tile_one_row, &job);
+    }
     return;
   }
   if (uses_row_blocks(f, args.m)) {

@@ -18,6 +18,8 @@ class Parallel {
  public:
   virtual ~Parallel() = default;
   virtual void run(int64_t total, void (*fn)(void* ctx, int64_t i), void* ctx) const = 0;
+  // Whether run always runs on the calling thread alone.
+  virtual bool serial() const { return false; }
 };
 
 // Runs everything on the calling thread.
@@ -26,6 +28,7 @@ class Serial final : public Parallel {
   void run(int64_t total, void (*fn)(void*, int64_t), void* ctx) const override {
     for (int64_t i = 0; i < total; ++i) fn(ctx, i);
   }
+  bool serial() const override { return true; }
 };
 
 struct GemmArgs {
@@ -111,6 +114,21 @@ inline void cpu_relax() {
   asm volatile("yield");
 #endif
 }
+
+// Whether a product at M = 1 has each thread of its tile region prepare the activations
+// (the LUT tables, the dot path's int8 activations) itself, into its own memory, once per
+// call, instead of building them together (ChunkedPrep). Together, a thread waits for the
+// chunks the others build and reads them from the other core's cache; alone, it repeats
+// work that is short for a short K (576 inputs: ~0.4 us). Through ORT at two threads,
+// alone took 0.91-0.98x the time on SmolLM2-135M's shapes at 2, 3 and 4 bits and ternary
+// (quiet Zen 4 VM; 0.73-0.90x when the second core was slow to answer), one thread 1.00x;
+// K = 2048 0.94-1.01x. The repeated work grows with K and the thread count, which only two
+// threads here could measure, so a longer K is prepared together (docs/operator.md).
+constexpr int64_t kPrivatePrepMaxK = 2048;
+inline bool uses_private_prep(const WeightFormat& f) { return f.k <= kPrivatePrepMaxK; }
+
+// A number unlike any earlier one: marks per-thread state that belongs to one call.
+uint64_t next_call_id();
 
 // What a product at M = 1 prepares before any tile can run (the LUT path's tables, the
 // dot path's int8 activations), in chunks of whole groups that the threads of the tile
