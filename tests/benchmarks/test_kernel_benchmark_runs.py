@@ -1,5 +1,6 @@
 """The kernel benchmark still runs end to end (tiny shapes); it asserts no speed."""
 
+import importlib.util
 import json
 import runpy
 import sys
@@ -61,3 +62,44 @@ def test_an_unknown_shape_is_a_usage_error_that_names_the_choices(monkeypatch, c
         raise AssertionError("an unknown shape must stop the benchmark")
     err = capsys.readouterr().err
     assert "['smol_576'] unknown" in err and "smollm2 576->576" in err
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("kernel_benchmark",
+                                                  ROOT / "benchmarks" / "kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stack_times_the_product_winners_and_both_plain_blocks_once_each():
+    bench = _benchmark_module()
+    peers = {("2", 1): (128, True, "default"), ("2", 2): (64, False, "default"),
+             ("4", 1): (128, True, "lut")}
+    assert bench.stack_candidates(2, [1, 2], peers) == [
+        (128, True, "default"), (64, False, "default"), (128, False, "default")]
+    assert bench.stack_candidates(4, [1, 2], peers) == [
+        (128, True, "lut"), (64, False, "default"), (128, False, "default")]
+    assert bench.stack_candidates(2, [1, 2], {}) == [(64, False, "default"),
+                                                     (128, False, "default")]
+
+
+def test_stack_ratios_are_against_the_fastest_ort_configuration(capsys):
+    bench = _benchmark_module()
+
+    def row(name, ms, peer=False):
+        return {"bits": 2, "threads": 1, "contender": name, "peer": peer, "layers": 1,
+                "weight_bytes": 1e6, "bits_per_weight": 2.25, "ms_per_token": ms,
+                "tokens_per_s": 1e3 / ms, "gb_per_s": 1.0 / ms}
+
+    stack = [row("edgepet-auto", 2.0), row("ort-nbits b64/default", 4.0),
+             row("ort-nbits b128/default", 3.0, peer=True)]
+    bench.print_tables({"model": "cpu", "cores": 1, "isa": [], "load": (0.0, 0.0, 0.0)},
+                       [], [], {1: 10.0}, stack, False)
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.split()[:2] == ["2", "1"]]
+    assert len(rows) == 3
+    assert "edgepet-auto" in rows[0] and rows[0].endswith("1.50x")
+    assert "b64/default" in rows[1] and "*" not in rows[1] and rows[1].endswith("0.75x")
+    assert "b128/default *" in rows[2] and rows[2].endswith("1.00x")

@@ -212,7 +212,7 @@ def test_products_large_enough_for_threads_equal_the_native_module(threads):
 @pytest.mark.parametrize("bits,symmetric", [(1, True), (2, False), (3, True), (4, False),
                                             ("ternary", True)])
 def test_thread_count_does_not_change_the_session_result(bits, symmetric):
-    # M=1: each of the pool's threads builds the tables itself (K <= 2048, gemm.h,
+    # M=1: each of the pool's threads builds the tables itself (K <= 1536, gemm.h,
     # uses_private_prep); M=32: rows, then tiles. K=1000 ends with a short group of 32,
     # N=400 with a short tile; every width is large enough for the pool (estimated_ns).
     rng = np.random.default_rng(11)

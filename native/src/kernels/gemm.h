@@ -122,9 +122,12 @@ inline void cpu_relax() {
 // work that is short for a short K (576 inputs: ~0.4 us). Through ORT at two threads,
 // alone took 0.91-0.98x the time on SmolLM2-135M's shapes at 2, 3 and 4 bits and ternary
 // (quiet Zen 4 VM; 0.73-0.90x when the second core was slow to answer), one thread 1.00x;
-// K = 2048 0.94-1.01x. The repeated work grows with K and the thread count, which only two
-// threads here could measure, so a longer K is prepared together (docs/operator.md).
-constexpr int64_t kPrivatePrepMaxK = 2048;
+// SmolLM2 2-bit decode at two threads 201 -> 220 tok/s. At K = 2048 products alone in L3
+// gained too (0.94-0.98x) but the Llama-3.2-1B stack streaming from memory (K = 2048 and
+// 8192) lost 3-4 % at two threads, and the repeated work grows with K and with the thread
+// count (only two threads measured here): from K = 2048 they are built together
+// (docs/operator.md).
+constexpr int64_t kPrivatePrepMaxK = 1536;
 inline bool uses_private_prep(const WeightFormat& f) { return f.k <= kPrivatePrepMaxK; }
 
 // A number unlike any earlier one: marks per-thread state that belongs to one call.
