@@ -235,18 +235,14 @@ void run_tile_one_row(void* ctx, int64_t tile) {
 // (uses_private_prep).
 void run_tile_own_rows(void* ctx, int64_t tile) {
   const Dot4Call& call = *static_cast<const Dot4Call*>(ctx);
-  struct Own {
-    Dot4Scratch scratch;
-    Dot4Rows rows;      // in scratch
-    uint64_t call = 0;  // the call whose activations they are
-  };
-  thread_local Own own;
-  if (own.call != call.id) {
-    own.rows = Dot4Rows(own.scratch, call.plan, call.width, 1, call.args->format.ternary);
-    quantize_groups(call, own.rows, 0, 0, call.plan.groups);
-    own.call = call.id;
-  }
-  tile_rows(call, own.rows, tile, 0, 1);
+  thread_local OwnPrep<Dot4Scratch, Dot4Rows> own;
+  const Dot4Rows& rows = own.for_call(
+      call.id,
+      [&call](Dot4Scratch& s) {
+        return Dot4Rows(s, call.plan, call.width, 1, call.args->format.ternary);
+      },
+      [&call](const Dot4Rows& r) { quantize_groups(call, r, 0, 0, call.plan.groups); });
+  tile_rows(call, rows, tile, 0, 1);
 }
 
 }  // namespace

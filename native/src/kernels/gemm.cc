@@ -228,18 +228,11 @@ void run_tile_one_row(void* ctx, int64_t tile) {
 // A tile of row 0 on tables this thread built itself, once per call (uses_private_prep).
 void run_tile_own_tables(void* ctx, int64_t tile) {
   const Job& job = *static_cast<const Job*>(ctx);
-  struct Own {
-    Scratch scratch;
-    RowTables tables;   // in scratch
-    uint64_t call = 0;  // the call whose tables they are
-  };
-  thread_local Own own;
-  if (own.call != job.id) {
-    own.tables = RowTables(own.scratch, job.plan, 1);
-    build_groups(job, own.tables, 0, 0, job.plan.groups);
-    own.call = job.id;
-  }
-  tile_rows(job, own.tables, tile, 0, 1);
+  thread_local OwnPrep<Scratch, RowTables> own;
+  const RowTables& tables = own.for_call(
+      job.id, [&job](Scratch& s) { return RowTables(s, job.plan, 1); },
+      [&job](const RowTables& t) { build_groups(job, t, 0, 0, job.plan.groups); });
+  tile_rows(job, tables, tile, 0, 1);
 }
 
 }  // namespace

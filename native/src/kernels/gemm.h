@@ -133,6 +133,26 @@ inline bool uses_private_prep(const WeightFormat& f) { return f.k <= kPrivatePre
 // A number unlike any earlier one: marks per-thread state that belongs to one call.
 uint64_t next_call_id();
 
+// One thread's own copy of what a product at M = 1 prepares (uses_private_prep), kept in a
+// thread_local between calls: made in its scratch and built once per call id.
+template <class Scratch, class Prepared>
+struct OwnPrep {
+  Scratch scratch;
+  Prepared prepared;  // in scratch
+  uint64_t call = 0;  // the call it was built for
+
+  // make(scratch) places a Prepared in the scratch, build(prepared) fills it.
+  template <class Make, class Build>
+  const Prepared& for_call(uint64_t id, const Make& make, const Build& build) {
+    if (call != id) {
+      prepared = make(scratch);
+      build(prepared);
+      call = id;
+    }
+    return prepared;
+  }
+};
+
 // What a product at M = 1 prepares before any tile can run (the LUT path's tables, the
 // dot path's int8 activations), in chunks of whole groups that the threads of the tile
 // region build before their first tile: a worker that wakes while the caller is still
