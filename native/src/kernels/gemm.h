@@ -125,7 +125,7 @@ inline void cpu_relax() {
 // SmolLM2 2-bit decode at two threads 201 -> 220 tok/s. At K = 2048 products alone in L3
 // gained too (0.94-0.98x) but the Llama-3.2-1B stack streaming from memory (K = 2048 and
 // 8192) lost 3-4 % at two threads, and the repeated work grows with K and with the thread
-// count (only two threads measured here): from K = 2048 they are built together
+// count (only two threads measured here): beyond 1536 they are built together
 // (docs/operator.md).
 constexpr int64_t kPrivatePrepMaxK = 1536;
 inline bool uses_private_prep(const WeightFormat& f) { return f.k <= kPrivatePrepMaxK; }
