@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <utility>
+#include <tuple>
 
 namespace edgepet {
 
@@ -155,9 +155,11 @@ void decoder_attention(const VectorOps& ops, const AttentionArgs& a, const Paral
       const int64_t cache = (b * s.kv_heads + g);
       char* key = static_cast<char*>(a.present_key) + cache * stride * row_bytes;
       char* value = static_cast<char*>(a.present_value) + cache * stride * row_bytes;
-      for (const auto& [to, from] : {std::pair{key, a.past_key}, std::pair{value, a.past_value}}) {
-        const char* past = static_cast<const char*>(from) + cache * past_bytes;
-        if (past_bytes && to != past) std::memcpy(to, past, past_bytes);
+      for (const auto& [present, past, to] : {std::tuple{a.present_key, a.past_key, key},
+                                              std::tuple{a.present_value, a.past_value, value}}) {
+        if (past_bytes && present != past) {
+          std::memcpy(to, static_cast<const char*>(past) + cache * past_bytes, past_bytes);
+        }
       }
       for (int64_t t = 0; t < s.seq; ++t) {
         const int64_t pos = s.past + t;

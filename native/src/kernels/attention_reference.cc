@@ -7,7 +7,6 @@
 namespace edgepet {
 namespace {
 
-
 template <typename T>
 void dots(const float* q, const T* keys, int64_t n, int64_t d, float* out) {
   for (int64_t j = 0; j < n; ++j) {

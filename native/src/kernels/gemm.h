@@ -192,7 +192,6 @@ class ChunkedPrep {
   }
 
  private:
-
   int64_t groups_, chunk_groups_, chunks_;
   std::atomic<int64_t> next_{0};   // the next chunk to claim
   std::atomic<int64_t> built_{0};  // chunks built
