@@ -152,20 +152,30 @@ void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
     return;
   }
   if (call.unpack_all) {
-    thread_local std::vector<uint8_t> all;
-    thread_local std::vector<uint32_t> all_zero_rows;
-    thread_local uint64_t unpacked_for = 0;  // the call whose tiles `all` holds
+    struct All {
+      std::vector<uint8_t> codes;
+      std::vector<uint32_t> zero_rows;
+    };
+    struct Unpacked {
+      uint8_t* codes = nullptr;
+      uint32_t* zero_rows = nullptr;  // null unless ternary
+    };
+    thread_local OwnPrep<All, Unpacked> own;
     const int64_t tiles = num_tiles(f.n);
-    uint8_t* unpacked = aligned64(all, tiles * tile_bytes);
-    uint32_t* zero_rows = f.ternary ? grown(all_zero_rows, tiles * groups) : nullptr;
-    if (unpacked_for != call.id) {
-      for (int64_t t = 0; t < tiles; ++t) {
-        unpack_tile(call, t, unpacked + t * tile_bytes, f.ternary ? zero_rows + t * groups : nullptr);
-      }
-      unpacked_for = call.id;
-    }
-    job.codes = unpacked + tile * tile_bytes;
-    if (f.ternary) job.zero_rows = zero_rows + tile * groups;
+    const Unpacked& all = own.for_call(
+        call.id,
+        [&](All& s) {
+          return Unpacked{aligned64(s.codes, tiles * tile_bytes),
+                          f.ternary ? grown(s.zero_rows, tiles * groups) : nullptr};
+        },
+        [&](const Unpacked& u) {
+          for (int64_t t = 0; t < tiles; ++t) {
+            uint32_t* rows = u.zero_rows ? u.zero_rows + t * groups : nullptr;
+            unpack_tile(call, t, u.codes + t * tile_bytes, rows);
+          }
+        });
+    job.codes = all.codes + tile * tile_bytes;
+    if (f.ternary) job.zero_rows = all.zero_rows + tile * groups;
     return;
   }
   thread_local std::vector<uint8_t> one;

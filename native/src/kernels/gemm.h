@@ -133,8 +133,9 @@ inline bool uses_private_prep(const WeightFormat& f) { return f.k <= kPrivatePre
 // A number unlike any earlier one: marks per-thread state that belongs to one call.
 uint64_t next_call_id();
 
-// One thread's own copy of what a product at M = 1 prepares (uses_private_prep), kept in a
-// thread_local between calls: made in its scratch and built once per call id.
+// One thread's own copy of what a call prepares (M = 1 with uses_private_prep; 2-bit tiles
+// unpacked for every row block, dot4_gemm.cc), kept in a thread_local between calls: made
+// in its scratch and built once per call id.
 template <class Scratch, class Prepared>
 struct OwnPrep {
   Scratch scratch;
