@@ -563,12 +563,14 @@ def run_stack(bits_list: list[int], threads_list: list[int], kernel: str, ort_pe
     for bits in bits_list:
         progress(f"stack {bits}-bit: building models")
         ours = "edgepet-" + kernel
-        models = {ours: (edgepet_stack(bits, layers, rng), {})}
+        models = {ours: edgepet_stack(bits, layers, rng)}
+        configs: dict[str, dict[str, str]] = {ours: {}}
         for block, zp, path in stack_candidates(bits, threads_list, ort_peers):
-            config = {"mlas.use_lut_gemm": "1"} if path == "lut" else {}
-            models[_stack_name(block, zp, path)] = (ort_stack(bits, block, zp, layers, rng), config)
-        nbytes = {name: model_weight_bytes(m) for name, (m, _) in models.items()}
-        data = {name: m.SerializeToString() for name, (m, _) in models.items()}
+            name = _stack_name(block, zp, path)
+            models[name] = ort_stack(bits, block, zp, layers, rng)
+            configs[name] = {"mlas.use_lut_gemm": "1"} if path == "lut" else {}
+        nbytes = {name: model_weight_bytes(m) for name, m in models.items()}
+        data = {name: m.SerializeToString() for name, m in models.items()}
         del models  # the serialized copies are what the sessions read
         weights = sum(n * k for _, k, n in LLAMA_LAYER) * layers
         for threads in threads_list:
@@ -576,9 +578,8 @@ def run_stack(bits_list: list[int], threads_list: list[int], kernel: str, ort_pe
             for r in range(ROUNDS):
                 for name in data:
                     progress(f"stack {bits}-bit threads={threads} round {r + 1}: {name}")
-                    config = {"mlas.use_lut_gemm": "1"} if name.endswith("/lut") else {}
-                    c = Contender(name, "", str(bits), data[name], np.zeros(0), 0.0, config,
-                                  kernel if name == ours else "")
+                    c = Contender(name, "", str(bits), data[name], np.zeros(0), 0.0,
+                                  configs[name], kernel if name == ours else "")
                     sess = session(c, threads)
                     timed.setdefault(name, []).extend(
                         time_runs(sess, x, budget_s, at_least=5, at_most=50))
