@@ -392,16 +392,18 @@ int check_dot4_layout(std::mt19937& rng) {
 }
 
 // Every dot kernel quantizes activations bit for bit as the reference does, on ordinary,
-// tiny, subnormal, huge and non-finite blocks and on exact ties (x.5 after scaling).
+// zero, tiny, subnormal, huge and non-finite blocks and on exact ties (x.5 after scaling).
 int check_dot4_quantization_identical(std::mt19937& rng) {
   int checked = 0;
   std::normal_distribution<float> normal;
   const Dot4Kernel* kernels[] = {avx2_dot4_kernel(), avx512_vnni_dot4_kernel(), neon_dot4_kernel()};
   for (const Dot4Kernel* kernel : kernels) {
     if (!kernel) continue;
-    for (float magnitude : {1.0f, 1e-45f, 1e-40f, 1e-38f, 1e30f, 3e38f}) {
+    // Magnitude 0: zeros of both signs (the sum's sign of zero must agree too).
+    for (float magnitude : {1.0f, 0.0f, 1e-45f, 1e-40f, 1e-38f, 1e30f, 3e38f}) {
       for (float special : {0.0f, std::nanf(""), INFINITY}) {
-        for (int n : {64, 37, 5}) {
+        // Whole vectors of 16 and 8 and every kind of remainder.
+        for (int n : {64, 63, 37, 32, 16, 8, 5}) {
           std::vector<float> a(n);
           for (auto& v : a) v = normal(rng) * magnitude;
           if (magnitude == 1.0f) {  // ties: 127 / max = 1 makes x.5 exact
