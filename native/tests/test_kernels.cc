@@ -11,6 +11,7 @@
 
 #include "kernels/dot4.h"
 #include "kernels/gemm.h"
+#include "huge_pages.h"
 #include "kernels/pack.h"
 #include "thread_pool.h"
 
@@ -106,7 +107,7 @@ Problem make(const Case& c, std::mt19937& rng) {
 }
 
 std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m,
-                       const Parallel& parallel = Serial()) {
+                       const Parallel& parallel = Serial(), bool codes_in_huge_pages = false) {
   std::vector<float> y(m * p.f.n);
   GemmArgs args;
   args.format = p.f;
@@ -117,6 +118,7 @@ std::vector<float> run(const Kernel& kernel, const Problem& p, int64_t m,
   args.zero_points = p.zeros.empty() ? nullptr : p.half_zeros.data();
   args.bias = p.bias.data();
   args.y = y.data();
+  args.codes_in_huge_pages = codes_in_huge_pages;
   lut_gemm(kernel, args, parallel);
   return y;
 }
@@ -615,7 +617,8 @@ int check_dot_prefill_shapes(const std::vector<const Kernel*>& vector_kernels, s
 // 1 to 4 pool threads as on the calling thread alone: M = 1 (tables, and the 3- and 4-bit
 // int8 activations, built in chunks by whichever threads come first), M = 3, 18 and 32; K with
 // a short last group and quad pair, groups of 32 (several per chunk) to K; N with a short
-// last tile; 3- and 4-bit included.
+// last tile; 3- and 4-bit included. And with the codes said to lie in huge pages (no
+// prefetching) on the calling thread.
 int check_threads_identical(std::mt19937& rng) {
   int checked = 0;
   // M = 18 and 32 split their rows among the threads (uses_row_blocks: 18 ends with a
@@ -636,6 +639,10 @@ int check_threads_identical(std::mt19937& rng) {
           }
           for (const Kernel* kernel : available_kernels()) {
             const auto serial = run(*kernel, p, c.m);
+            // Codes in huge pages: the dot kernels ask for none ahead, same bits.
+            const bool same_unfetched = run(*kernel, p, c.m, Serial(), true) == serial;
+            expect(same_unfetched, (std::string(kernel->name) + ": codes in huge pages").c_str(),
+                   c, same_unfetched ? 0.0 : 1.0);
             for (int threads = 1; threads <= 4; ++threads) {
               const bool same = run(*kernel, p, c.m, ThreadPool::shared(threads)) == serial;
               expect(same, (std::string(kernel->name) + ": threads " + std::to_string(threads) +
@@ -646,6 +653,52 @@ int check_threads_identical(std::mt19937& rng) {
         }
       }
   return checked;
+}
+
+// Anonymous memory in the system's transparent huge pages, in bytes (smaps_rollup).
+long anon_huge_bytes() {
+  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+// back_with_huge_pages keeps every byte of the range and of the pages around it, and where
+// it says it succeeded the process holds that much more in huge pages. Where the system
+// offers none (THP "never", not Linux) it says false.
+int check_huge_pages() {
+  const size_t bytes = 5u << 20, around = 16u << 20, huge_page = 2u << 20;
+  std::vector<uint8_t> want(around);
+  for (size_t i = 0; i < around; ++i) want[i] = static_cast<uint8_t>(i * 2654435761u >> 13);
+  // A vector of this size is its own anonymous mapping (glibc's mmap threshold); the
+  // range starts 12345 bytes into a 2 MB page inside it, so the pages around it are too.
+  std::vector<uint8_t> buffer(want);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(buffer.data());
+  const uint8_t* start =
+      buffer.data() + ((base + huge_page - 1) / huge_page * huge_page - base) + 12345;
+  const long before = anon_huge_bytes();
+  const bool huge = back_with_huge_pages(start, bytes);
+  const long after = anon_huge_bytes();
+  int checked = 1;
+  if (buffer != want) {
+    ++failures;
+    std::printf("FAIL back_with_huge_pages changed the memory\n");
+  }
+  if (huge && after >= 0 && after - before < static_cast<long>(bytes) / 2) {
+    ++failures;
+    std::printf("FAIL back_with_huge_pages said yes, AnonHugePages %ld -> %ld\n", before, after);
+  }
+  if (back_with_huge_pages(buffer.data(), 0)) {
+    ++failures;
+    std::printf("FAIL back_with_huge_pages of no bytes said yes\n");
+  }
+  std::printf("huge pages here: %s\n", huge ? "yes" : "no");
+  return checked + 1;
 }
 
 }  // namespace
@@ -694,6 +747,7 @@ int main() {
   cases += check_unpack2(rng);
   cases += check_dot_prefill_shapes(vector_kernels, rng);
   cases += check_threads_identical(rng);
+  cases += check_huge_pages();
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

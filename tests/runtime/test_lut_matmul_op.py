@@ -1,6 +1,9 @@
 """ai.edgepet.LutMatMul inside ONNX Runtime: same numbers as the native module,
 and every malformed model is an ORT error naming the node and the mismatch."""
 
+import platform
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -239,6 +242,48 @@ def test_alternating_sessions_on_one_thread_keep_their_own_tables():
     for _ in range(3):
         for sess, x, want in cases:
             np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+
+
+def _anon_huge_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _collapse_available() -> bool:
+    """Linux 6.1+ (MADV_COLLAPSE) with transparent huge pages not switched off."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return False
+        major, minor = (int(v) for v in platform.release().split(".")[:2])
+    except (OSError, ValueError):
+        return False
+    return (major, minor) >= (6, 1)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_weights_in_huge_pages_give_the_same_products(bits, monkeypatch):
+    # The op backs an initializer's codes with huge pages at session start, and the dot
+    # kernels then stop prefetching them: the products must not change by a bit.
+    rng = np.random.default_rng(13)
+    qt = quantize(rng.standard_normal((2048, 4096), dtype=np.float32), bits, 64)
+    x = rng.standard_normal((3, 4096), dtype=np.float32)
+    model = linear_model(qt)
+    monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
+    plain = runtime.InferenceSession(model, threads=1)
+    monkeypatch.delenv("EDGEPET_HUGE_PAGES")
+    before = _anon_huge_bytes() if sys.platform == "linux" else 0
+    huge = runtime.InferenceSession(model, threads=1)
+    after = _anon_huge_bytes() if sys.platform == "linux" else 0
+    for rows in (x[:1], x):
+        np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
+                                      plain.run(None, {"x": rows})[0])
+    if sys.platform == "linux" and _collapse_available():
+        packed = 2048 * 4096 * bits // 8
+        assert after - before >= packed // 2, (before, after)
 
 
 def test_unsupported_bits_names_node():

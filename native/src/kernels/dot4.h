@@ -108,6 +108,14 @@ struct Dot4Job {
   const Half* zero_points;    // same layout, or null
   const uint32_t* zero_rows;  // ternary: [groups] from unpack2 (ZeroRows); null: check all
   int rows;                   // activation rows in this call, 1..kDot4MaxRows
+  // Whether the x86 kernels ask for the codes kPrefetchBytes ahead (prefetch_codes). Not
+  // where they lie in huge pages: there the hardware prefetchers run on unhindered
+  // across 4 KB boundaries, and the software requests only compete with them. 4-bit
+  // codes streaming from memory on a Zen 4 core: 4 KB pages 18.4 GB/s with the requests,
+  // 15.5 without; huge pages 19.1 with, 26.5-27.2 without (3-bit 21 either way;
+  // docs/operator.md, "Huge pages"). The LUT kernels keep theirs: without them a 2-bit
+  // stack in huge pages took 1.54x the time.
+  bool prefetch = true;
   Dot4Activations acts[kDot4MaxRows];
   float* out[kDot4MaxRows];   // 32 outputs per activation row
 };
@@ -382,8 +390,9 @@ __attribute__((always_inline)) inline void add_group(
 
 // One tile against Rows activation rows. Sums is the ISA's integer inner loop for one
 // width: code_offset(q0), the byte offset of quad q0 (the first of a block) in a tile's
-// codes, and block<Rows>(codes, x, quads, dots), which sets dots[m][i] to the int32 sums
-// sum_k q_k x_k of one block for the rows of vector i against activation row m.
+// codes, and block<Rows>(codes, x, quads, dots, prefetch), which sets dots[m][i] to the
+// int32 sums sum_k q_k x_k of one block for the rows of vector i against activation row m
+// (asking for codes ahead if prefetch: Dot4Job::prefetch).
 template <class V, class Sums, int Rows>
 void tile_dot(const Dot4Job& job) {
   using F = typename V::F;
@@ -407,9 +416,9 @@ void tile_dot(const Dot4Job& job) {
       for (int m = 0; m < Rows; ++m) x[m] = job.acts[m].x + q0 * kQuad;
       typename V::I dots[Rows][kVecs];
       if (n == kMaxBlockQuads) {  // a constant count for the common case
-        Sums::template block<Rows>(codes, x, kMaxBlockQuads, dots);
+        Sums::template block<Rows>(codes, x, kMaxBlockQuads, dots, job.prefetch);
       } else {
-        Sums::template block<Rows>(codes, x, n, dots);
+        Sums::template block<Rows>(codes, x, n, dots, job.prefetch);
       }
       for (int m = 0; m < Rows; ++m) {
         const F two_steps = V::set1(step_factor * job.acts[m].steps[b]);

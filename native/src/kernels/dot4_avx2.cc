@@ -115,7 +115,7 @@ struct Nibbles {
   template <int Rows>
   __attribute__((always_inline)) static void block(const uint8_t* codes,
                                                    const int8_t* const* x, int quads,
-                                                   __m256i dots[][4]) {
+                                                   __m256i dots[][4], bool prefetch) {
     static_assert(Rows == 1, "one activation row per pass");
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     for (int i = 0; i < 4; ++i) dots[0][i] = _mm256_setzero_si256();
@@ -126,7 +126,7 @@ struct Nibbles {
 #pragma GCC unroll 2
       for (int q = q0; q < q_end; ++q) {
         const uint8_t* c = codes + q * kDot4QuadBytes;
-        prefetch_codes(c, kDot4QuadBytes);
+        if (prefetch) prefetch_codes(c, kDot4QuadBytes);
         const __m256i act = _mm256_set1_epi32(four_activations(x[0] + q * kQuad));
         for (int h = 0; h < 2; ++h) {
           const __m256i v = in_register(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32 * h)));
@@ -150,7 +150,7 @@ struct Triples {
   template <int Rows>
   __attribute__((always_inline)) static void block(const uint8_t* codes,
                                                    const int8_t* const* x, int quads,
-                                                   __m256i dots[][4]) {
+                                                   __m256i dots[][4], bool prefetch) {
     static_assert(Rows == 1, "one activation row per pass");
     const __m256i low3 = _mm256_set1_epi8(0x07);
     const __m256i top2 = _mm256_set1_epi8(static_cast<char>(0xC0));
@@ -158,7 +158,7 @@ struct Triples {
     __m256i sums[4];
     for (auto& v : sums) v = _mm256_setzero_si256();
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
-      prefetch_codes(codes, kDot3QuartetBytes);
+      if (prefetch) prefetch_codes(codes, kDot3QuartetBytes);
       __m256i act[4];
       for (int j = 0; j < 4; ++j) act[j] = _mm256_set1_epi32(four_activations(x[0] + (q + j) * kQuad));
       for (int h = 0; h < 2; ++h) {

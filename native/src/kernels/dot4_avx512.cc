@@ -79,7 +79,7 @@ struct Nibbles {
 
   template <int Rows>
   __attribute__((always_inline)) static void block(const uint8_t* codes, const int8_t* const* x_in,
-                                                   int quads, __m512i dots[][2]) {
+                                                   int quads, __m512i dots[][2], bool prefetch) {
     // One row alone keeps two sets of accumulators (even and odd quads; quads is even) so
     // that vpdpbusd's latency stays hidden.
     constexpr int kChains = Rows == 1 ? 2 : 1;
@@ -90,7 +90,7 @@ struct Nibbles {
       for (int u = 0; u < kChains; ++u) lo[u][m] = all[u][m] = _mm512_setzero_si512();
     }
     for (int q = 0; q < quads; q += 2, codes += 2 * kDot4QuadBytes) {
-      prefetch_codes(codes, 2 * kDot4QuadBytes);
+      if (prefetch) prefetch_codes(codes, 2 * kDot4QuadBytes);
       for (int u = 0; u < 2; ++u) {
         quad<Rows>(codes + u * kDot4QuadBytes, x, lo[u % kChains], all[u % kChains]);
         for (int m = 0; m < Rows; ++m) x[m] += kQuad;
@@ -116,7 +116,7 @@ struct Triples {
 
   template <int Rows>
   __attribute__((always_inline)) static void block(const uint8_t* codes, const int8_t* const* x,
-                                                   int quads, __m512i dots[][2]) {
+                                                   int quads, __m512i dots[][2], bool prefetch) {
     // One row alone keeps quads 0, 1 and 2 in separate accumulators (latency).
     constexpr int kChains = Rows == 1 ? 3 : 1;
     __m512i lo[kChains][Rows], all[kChains][Rows], lo4[Rows], all4[Rows];
@@ -131,7 +131,7 @@ struct Triples {
     // quads is even; a block's last quartet may hold 2 quads, whose other 2 are zero codes
     // against zero activations (K padded to 16).
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {
-      prefetch_codes(codes, kDot3QuartetBytes);
+      if (prefetch) prefetch_codes(codes, kDot3QuartetBytes);
       __m512i v[3];
       for (int j = 0; j < 3; ++j) v[j] = in_register(_mm512_loadu_si512(codes + 64 * j));
       for (int j = 0; j < 3; ++j) {

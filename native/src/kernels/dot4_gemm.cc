@@ -200,6 +200,7 @@ void tile_rows(const Dot4Call& call, const Dot4Rows& acts, int64_t tile, int64_t
   set_codes(call, tile, job);
   const int64_t tile_scales = tile * call.plan.groups * kTileRows;
   job.scales = args.scales + tile_scales;
+  job.prefetch = !args.codes_in_huge_pages;
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
   alignas(64) float out[kDot4MaxRows][kTileRows];
   for (int64_t m0 = r0; m0 < r1; m0 += kDot4MaxRows) {

@@ -78,7 +78,8 @@ struct Nibbles {
   static int64_t code_offset(int64_t q0) { return dot4::nibble4_offset(q0); }
 
   template <int Rows>
-  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32x4_t dots[][8]) {
+  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32x4_t dots[][8],
+                    bool /*prefetch: x86 only*/) {
     for (int i = 0; i < 8; ++i) dots[0][i] = vdupq_n_s32(0);
     const uint8x16_t low4 = vdupq_n_u8(0x0F);
     for (int q = 0; q < quads; ++q, codes += kDot4QuadBytes) {
@@ -99,7 +100,8 @@ struct Triples {
   static int64_t code_offset(int64_t q0) { return dot4::dot3_offset(q0); }
 
   template <int Rows>
-  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32x4_t dots[][8]) {
+  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32x4_t dots[][8],
+                    bool /*prefetch: x86 only*/) {
     for (int i = 0; i < 8; ++i) dots[0][i] = vdupq_n_s32(0);
     const uint8x16_t low3 = vdupq_n_u8(0x07);
     for (int q = 0; q < quads; q += kDot3Quads, codes += kDot3QuartetBytes) {

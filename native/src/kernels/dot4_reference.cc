@@ -46,7 +46,8 @@ struct Codes {
   static constexpr int kRows = 1;
   static int64_t code_offset(int64_t q0) { return Offset(q0); }
   template <int Rows>
-  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32_t dots[][kTileRows]) {
+  static void block(const uint8_t* codes, const int8_t* const* x, int quads, int32_t dots[][kTileRows],
+                    bool /*prefetch*/) {
     for (int m = 0; m < Rows; ++m)
       for (int row = 0; row < kTileRows; ++row) {
         int32_t dot = 0;

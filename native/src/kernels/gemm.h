@@ -40,6 +40,9 @@ struct GemmArgs {
   const Half* zero_points = nullptr;   // fp16, same layout, or null
   const float* bias = nullptr;         // [n] or null
   float* y = nullptr;                  // [m][n]
+  // Whether the codes lie in huge pages (back_with_huge_pages): the dot kernels then do
+  // not ask for them ahead (Dot4Job::prefetch).
+  bool codes_in_huge_pages = false;
 };
 
 // Empty when the format is valid, else what is wrong (for error messages): bits, N, K

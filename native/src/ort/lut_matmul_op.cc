@@ -8,6 +8,7 @@
 
 #include "edgepet/edgepet_ort.h"
 #include "edgepet/version.h"
+#include "huge_pages.h"
 #include "kernels/gemm.h"
 #include "kernels/pack.h"
 #include "ort/ort_util.h"
@@ -28,6 +29,7 @@ struct LutMatMulKernel {
   bool constant[kInputCount] = {};
   TensorView cached[kInputCount];
   bool weights_checked = false;  // W, scales, zero points: constant and checked
+  bool codes_in_huge_pages = false;  // W, an initializer, backed by huge pages at creation
 
   std::string where() const { return "LutMatMul '" + node + "': "; }
 };
@@ -152,6 +154,14 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   if (k->weights_checked) {
     const std::string weights = check_weights(k->format, k->cached);
     if (!weights.empty()) return fail(api, k->where() + weights);
+    // Weights a decode step streams from memory read faster from huge pages (huge_pages.h);
+    // the scales, a sixteenth of the codes or less, are a second stream beside them.
+    if (huge_pages_wanted()) {
+      k->codes_in_huge_pages =
+          back_with_huge_pages(k->cached[kW].data, static_cast<size_t>(packed_bytes(k->format)));
+      back_with_huge_pages(k->cached[kScales].data,
+                           static_cast<size_t>(scale_count(k->format)) * sizeof(Half));
+    }
   }
   *out = k.release();
   return nullptr;
@@ -197,6 +207,7 @@ OrtStatus* compute(void* op_kernel, OrtKernelContext* ctx) {
   args.zero_points = f.symmetric ? nullptr : static_cast<const Half*>(in[kZeroPoints].data);
   args.bias = in[kBias].present ? static_cast<const float*>(in[kBias].data) : nullptr;
   args.y = y;
+  args.codes_in_huge_pages = k.codes_in_huge_pages;
   // A product too small for two threads runs on this one (lut_gemm decides by work size).
   lut_gemm(*k.kernel, args, OrtParallel(api, ctx));
   return nullptr;
