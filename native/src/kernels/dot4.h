@@ -122,16 +122,11 @@ struct Dot4Job {
 
 struct Dot4Kernel {
   const char* name;
-  // One block of n <= kMaxBlockK activations quantized, if it is ordinary (is_ordinary):
-  // step = max|a| / 127, x[i] = round(a[i] / step) (to nearest, ties to even, by
-  // a[i] * (127 / max|a|)), sum = block_sum(a, n) and x_sum the sum of the x[i] (the
-  // driver's base accumulator needs it). Every kernel gives the same bytes, so
-  // activations quantize bit-identically on every ISA. Returns false, writing nothing,
-  // for a block outside the ordinary range (quantize_block's other rules). One pass over
-  // the block: as a portable max and sum and then a vector rounding loop, this took
-  // 157 ns of a 576 x 192 4-bit product's ~1100 (Zen 4).
-  bool (*quantize_ordinary)(const float* a, int n, int8_t* x, float* step, float* sum,
-                            int32_t* x_sum);
+  // x[i] = round(a[i] * inv) (to nearest, ties to even) for i < n: the one rounding every
+  // kernel does the same way, so activations quantize bit-identically on every ISA.
+  // Returns the sum of the x[i] (the driver's base accumulator needs it; summed here in
+  // vector registers, it cost a sixth of a small 4-bit product as a separate loop).
+  int32_t (*round_block)(const float* a, int n, float inv, int8_t* x);
   void (*tile_dot)(const Dot4Job& job);   // 4-bit codes
   void (*tile_dot3)(const Dot4Job& job);  // 3-bit codes
   // One tile's 2-bit codes as LUT bit-planes (pack.h, quads of 32 bytes) -> the nibble
@@ -146,9 +141,6 @@ inline bool uses_dot_prefill(const WeightFormat& f, int64_t m, const Dot4Kernel&
 }
 
 const Dot4Kernel& reference_dot4_kernel();
-// The AVX2 and AVX-512 kernels' Dot4Kernel::quantize_ordinary (dot4_avx2.cc).
-bool quantize_ordinary_x86(const float* a, int n, int8_t* x, float* step, float* sum,
-                           int32_t* x_sum);
 // Null where the CPU or build lacks AVX2, FMA and F16C.
 const Dot4Kernel* avx2_dot4_kernel();
 // Null where the CPU or build lacks AVX512F/BW/VL and AVX512-VNNI.
@@ -248,33 +240,22 @@ inline float block_max(const float* a, int n) {
   return top;
 }
 
-// Whether a block whose largest magnitude is top and whose sum is total is quantized as
-// it is: finite, and 127 / top neither overflows nor underflows (tables.h).
-inline bool is_ordinary(float top, float total) {
-  return std::isfinite(total) &&
-         (top == 0.0f || (top >= tables::kOrdinaryLow && top <= tables::kOrdinaryHigh));
-}
-
-// Dot4Kernel::quantize_ordinary for kernels without a fused one: the portable max and sum,
-// then the ISA's rounding loop, round(a, n, inv, x) -> sum of the x[i].
-template <int32_t (*Round)(const float* a, int n, float inv, int8_t* x)>
-bool quantize_ordinary(const float* a, int n, int8_t* x, float* step, float* sum,
-                       int32_t* x_sum) {
-  const float top = block_max(a, n), total = block_sum(a, n);
-  if (!is_ordinary(top, total)) return false;
-  *x_sum = Round(a, n, top > 0.0f ? 127.0f / top : 0.0f, x);
-  *step = top / 127.0f;
-  *sum = total;
-  return true;
-}
-
 // One block's activations quantized, and the sum of the codes; outside the ordinary
 // range (tables.h) they are first scaled by a power of two (exact) so that max|a| lies in
 // [1, 2), and step and sum scaled back. Non-finite inputs give a NaN step and sum and zero
 // codes.
 inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8_t* x,
                            float* step, float* sum, int32_t* x_sum) {
-  if (kernel.quantize_ordinary(a, n, x, step, sum, x_sum)) return;
+  float top = block_max(a, n);
+  float total = block_sum(a, n);
+  const bool ordinary = std::isfinite(total) &&
+                        (top == 0.0f || (top >= tables::kOrdinaryLow && top <= tables::kOrdinaryHigh));
+  if (ordinary) {
+    *x_sum = kernel.round_block(a, n, top > 0.0f ? 127.0f / top : 0.0f, x);
+    *step = top / 127.0f;
+    *sum = total;
+    return;
+  }
   bool finite = true;
   for (int i = 0; i < n; ++i) finite = finite && std::isfinite(a[i]);
   if (!finite) {
@@ -284,14 +265,15 @@ inline void quantize_block(const Dot4Kernel& kernel, const float* a, int n, int8
     return;
   }
   int exponent = 0;
-  std::frexp(block_max(a, n), &exponent);  // max = m * 2^exponent, m in [0.5, 1)
+  std::frexp(top, &exponent);  // top = m * 2^exponent, m in [0.5, 1)
   const int e = std::clamp(1 - exponent, -126, 126);
   const float up = tables::power_of_two(e), down = tables::power_of_two(-e);
   float scaled[kMaxBlockK];
   for (int i = 0; i < n; ++i) scaled[i] = a[i] * up;
-  kernel.quantize_ordinary(scaled, n, x, step, sum, x_sum);  // max in [1, 2): ordinary
-  *step *= down;
-  *sum *= down;
+  top = block_max(scaled, n);
+  *x_sum = kernel.round_block(scaled, n, 127.0f / top, x);
+  *step = top / 127.0f * down;
+  *sum = block_sum(scaled, n) * down;
 }
 
 // Everything after the integer dot products, written once for every ISA. V is the ISA's

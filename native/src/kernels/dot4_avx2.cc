@@ -41,63 +41,27 @@ struct V8 {
   static F blend(Mask m, F if_false, F if_true) { return _mm256_blendv_ps(if_false, if_true, m); }
 };
 
-}  // namespace
-
-// dot4::quantize_ordinary fused into one pass for AVX2 and AVX-512 CPUs: the largest
-// magnitude and block_sum's 8 partial sums (lane l of one vector, in block_sum's order;
-// the last partial vector added under a mask) come from the same loads, then one rounding
-// loop. 576 activations: 328 -> ~?? ns (Zen 4, docs/operator.md).
-bool quantize_ordinary_x86(const float* a, int n, int8_t* x, float* step, float* sum,
-                           int32_t* x_sum) {
-  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256 lanes = _mm256_setzero_ps(), top8 = _mm256_setzero_ps();
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
+  const __m256 scale = _mm256_set1_ps(inv);
+  __m256i sums = _mm256_setzero_si256();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(a + i);
-    lanes = _mm256_add_ps(lanes, v);
-    top8 = _mm256_max_ps(top8, _mm256_and_ps(v, magnitude));
-  }
-  if (i < n) {
-    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i),
-                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const __m256 v = _mm256_maskload_ps(a + i, live);  // zeros in the other lanes
-    lanes = _mm256_blendv_ps(lanes, _mm256_add_ps(lanes, v), _mm256_castsi256_ps(live));
-    top8 = _mm256_max_ps(top8, _mm256_and_ps(v, magnitude));
-  }
-  // block_sum's tree: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
-  const __m128 pairs = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps(lanes, 1));
-  const __m128 quads = _mm_add_ps(pairs, _mm_movehl_ps(pairs, pairs));
-  const float total = _mm_cvtss_f32(_mm_add_ss(quads, _mm_shuffle_ps(quads, quads, 1)));
-  __m128 t = _mm_max_ps(_mm256_castps256_ps128(top8), _mm256_extractf128_ps(top8, 1));
-  t = _mm_max_ps(t, _mm_movehl_ps(t, t));
-  const float top = _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
-  if (!dot4::is_ordinary(top, total)) return false;
-  const float inv = top > 0.0f ? 127.0f / top : 0.0f;
-  const __m256 scale = _mm256_set1_ps(inv);
-  __m256i codes = _mm256_setzero_si256();
-  for (i = 0; i + 8 <= n; i += 8) {
-    // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint does; every
-    // value is within [-127, 127], so the saturating narrowing is exact.
+    // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint does.
     const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + i), scale));
-    codes = _mm256_add_epi32(codes, v);
+    sums = _mm256_add_epi32(sums, v);
     const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(x + i), _mm_packs_epi16(w, w));
   }
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(codes), _mm256_extracti128_si256(codes, 1));
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  int32_t code_sum = _mm_cvtsi128_si32(s);
+  int32_t sum = _mm_cvtsi128_si32(s);
   for (; i < n; ++i) {
     x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
-    code_sum += x[i];
+    sum += x[i];
   }
-  *x_sum = code_sum;
-  *step = top / 127.0f;
-  *sum = total;
-  return true;
+  return sum;
 }
-
-namespace {
 
 // maddubs sums of 32 codes (unsigned, < 16) times 32 int8 activations in int16 pairs,
 // widened to int32 per row with madd: sums[i] holds rows 8i..8i+7.
@@ -189,7 +153,7 @@ struct Triples {
 }  // namespace
 
 const Dot4Kernel* avx2_dot4_kernel() {
-  static const Dot4Kernel kernel{"avx2", quantize_ordinary_x86, dot4::tile_dot_rows<V8, Nibbles>,
+  static const Dot4Kernel kernel{"avx2", round_block, dot4::tile_dot_rows<V8, Nibbles>,
                                  dot4::tile_dot_rows<V8, Triples>,
                                  nullptr};  // 2-bit prefill stays on the LUT path (dot4.h)
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

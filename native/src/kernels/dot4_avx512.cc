@@ -22,6 +22,25 @@
 namespace edgepet {
 namespace {
 
+int32_t round_block(const float* a, int n, float inv, int8_t* x) {
+  const __m512 scale = _mm512_set1_ps(inv);
+  __m512i sums = _mm512_setzero_si512();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint does; every
+    // value is within [-127, 127], so the saturating narrowing is exact.
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + i), scale));
+    sums = _mm512_add_epi32(sums, v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(x + i), _mm512_cvtsepi32_epi8(v));
+  }
+  int32_t sum = _mm512_reduce_add_epi32(sums);
+  for (; i < n; ++i) {
+    x[i] = static_cast<int8_t>(_mm_cvtss_si32(_mm_set_ss(a[i] * inv)));
+    sum += x[i];
+  }
+  return sum;
+}
+
 inline __m512i four_activations(const int8_t* x) {
   int32_t v;
   std::memcpy(&v, x, sizeof(v));
@@ -221,10 +240,10 @@ __attribute__((target("avx512vbmi"))) void unpack2_vbmi(const uint8_t* planes, i
 }  // namespace
 
 const Dot4Kernel* avx512_vnni_dot4_kernel() {
-  static const Dot4Kernel kernel{"avx512", quantize_ordinary_x86, dot4::tile_dot_rows<V16, Nibbles>,
+  static const Dot4Kernel kernel{"avx512", round_block, dot4::tile_dot_rows<V16, Nibbles>,
                                  dot4::tile_dot_rows<V16, Triples>,
                                  dot4::unpack2_vectors};
-  static const Dot4Kernel vbmi{"avx512", quantize_ordinary_x86, dot4::tile_dot_rows<V16, Nibbles>,
+  static const Dot4Kernel vbmi{"avx512", round_block, dot4::tile_dot_rows<V16, Nibbles>,
                                dot4::tile_dot_rows<V16, Triples>, unpack2_vbmi};
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&

@@ -127,7 +127,7 @@ struct Triples {
 }  // namespace
 
 const Dot4Kernel* neon_dot4_kernel() {
-  static const Dot4Kernel kernel{"neon", dot4::quantize_ordinary<round_block>, dot4::tile_dot_rows<V4, Nibbles>,
+  static const Dot4Kernel kernel{"neon", round_block, dot4::tile_dot_rows<V4, Nibbles>,
                                  dot4::tile_dot_rows<V4, Triples>,
                                  nullptr};  // 2-bit prefill stays on the LUT path (dot4.h)
   return &kernel;

@@ -97,7 +97,7 @@ void unpack2(const uint8_t* planes, int64_t quads, uint8_t* nibbles, const ZeroR
 }  // namespace
 
 const Dot4Kernel& reference_dot4_kernel() {
-  static const Dot4Kernel kernel{"reference", dot4::quantize_ordinary<round_block>,
+  static const Dot4Kernel kernel{"reference", round_block,
                                  dot4::tile_dot_rows<Scalar, Codes<nibble4_code, dot4::nibble4_offset>>,
                                  dot4::tile_dot_rows<Scalar, Codes<dot3_code, dot4::dot3_offset>>,
                                  unpack2};
