@@ -1,7 +1,9 @@
 """ai.edgepet.LutMatMul inside ONNX Runtime: same numbers as the native module,
 and every malformed model is an ORT error naming the node and the mismatch."""
 
+import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -244,14 +246,6 @@ def test_alternating_sessions_on_one_thread_keep_their_own_tables():
             np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
 
 
-def _anon_huge_bytes() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _collapse_available() -> bool:
     """Linux 6.1+ (MADV_COLLAPSE) with transparent huge pages not switched off."""
     try:
@@ -275,15 +269,41 @@ def test_weights_in_huge_pages_give_the_same_products(bits, monkeypatch):
     monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
     plain = runtime.InferenceSession(model, threads=1)
     monkeypatch.delenv("EDGEPET_HUGE_PAGES")
-    before = _anon_huge_bytes() if sys.platform == "linux" else 0
     huge = runtime.InferenceSession(model, threads=1)
-    after = _anon_huge_bytes() if sys.platform == "linux" else 0
     for rows in (x[:1], x):
         np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
                                       plain.run(None, {"x": rows})[0])
-    if sys.platform == "linux" and _collapse_available():
-        packed = 2048 * 4096 * bits // 8
-        assert after - before >= packed // 2, (before, after)
+
+
+_GROWTH = """
+import numpy as np, sys
+from edgepet import runtime
+from edgepet.exporters.onnx import linear_model
+from edgepet.quant import quantize
+def huge():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) * 1024
+model = linear_model(quantize(np.ones((2048, 4096), np.float32), 4, 64)).SerializeToString()
+before = huge()
+session = runtime.InferenceSession(model, threads=1)
+print(huge() - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not _collapse_available(),
+                    reason="needs Linux 6.1+ with transparent huge pages")
+@pytest.mark.parametrize("setting, grows", [(None, True), ("0", False)])
+def test_session_start_puts_the_codes_in_huge_pages(setting, grows):
+    # In a fresh process (memory an earlier session freed may already be in huge pages):
+    # the 4 MB of codes must add huge pages, and EDGEPET_HUGE_PAGES=0 must add none.
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPET_HUGE_PAGES"}
+    if setting is not None:
+        env["EDGEPET_HUGE_PAGES"] = setting
+    out = subprocess.run([sys.executable, "-c", _GROWTH], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    growth = int(out.split()[-1])
+    assert (growth >= 2 << 20) == grows, growth
 
 
 def test_unsupported_bits_names_node():
