@@ -276,7 +276,7 @@ def test_weights_in_huge_pages_give_the_same_products(bits, monkeypatch):
 
 
 _GROWTH = """
-import numpy as np, sys
+import numpy as np
 from edgepet import runtime
 from edgepet.exporters.onnx import linear_model
 from edgepet.quant import quantize

@@ -155,7 +155,8 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
     const std::string weights = check_weights(k->format, k->cached);
     if (!weights.empty()) return fail(api, k->where() + weights);
     // Weights a decode step streams from memory read faster from huge pages (huge_pages.h);
-    // the scales, a sixteenth of the codes or less, are a second stream beside them.
+    // the scales (a quarter of the codes' bytes at 1 bit, a sixteenth at 4) are a second
+    // stream beside them.
     if (huge_pages_wanted()) {
       k->codes_in_huge_pages =
           back_with_huge_pages(k->cached[kW].data, static_cast<size_t>(packed_bytes(k->format)));
