@@ -1,12 +1,20 @@
 #include "huge_pages.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cinttypes>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <mutex>
+#include <string>
 
 #ifdef __linux__
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace edgepet {
@@ -29,10 +37,16 @@ uintptr_t huge_page_size() {
     std::ifstream f("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size");
     unsigned long long bytes = 0;
     if (!(f >> bytes)) return uintptr_t{0};
+    std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string modes((std::istreambuf_iterator<char>(mode)), std::istreambuf_iterator<char>());
+    if (modes.find("[never]") != std::string::npos) return uintptr_t{0};
     return static_cast<uintptr_t>(bytes);
   }();
   return size;
 }
+
+uintptr_t round_down(uintptr_t v, uintptr_t to) { return v / to * to; }
+uintptr_t round_up(uintptr_t v, uintptr_t to) { return (v + to - 1) / to * to; }
 
 // Marks and collapses the huge pages [first, end); whether all of them now are.
 bool collapse(uintptr_t first, uintptr_t end) {
@@ -41,6 +55,38 @@ bool collapse(uintptr_t first, uintptr_t end) {
   return madvise(range, end - first, MADV_HUGEPAGE) == 0 &&
          madvise(range, end - first, kMadvCollapse) == 0;
 }
+
+// Anonymous memory for copies, its start and size whole huge pages, marked MADV_HUGEPAGE
+// before anything touches it (so the first write to each huge page faults in a whole one).
+struct Chunk {
+  void* mapping = nullptr;
+  size_t mapped = 0;
+  uint8_t* start = nullptr;
+  size_t capacity = 0, used = 0;
+
+  ~Chunk() {
+    if (mapping) munmap(mapping, mapped);
+  }
+};
+
+std::shared_ptr<Chunk> new_chunk(size_t at_least, uintptr_t page) {
+  auto chunk = std::make_shared<Chunk>();
+  chunk->capacity = round_up(std::max<size_t>(at_least, 16 * page), page);
+  chunk->mapped = chunk->capacity + page;  // room to align the start to a huge page
+  void* p = mmap(nullptr, chunk->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  chunk->mapping = p;
+  chunk->start = reinterpret_cast<uint8_t*>(round_up(reinterpret_cast<uintptr_t>(p), page));
+  madvise(chunk->start, chunk->capacity, MADV_HUGEPAGE);
+  return chunk;
+}
+
+// Copies share the chunk being filled; the arena holds it weakly, so that a chunk whose
+// copies are all released is unmapped, and the next copy starts a new one.
+std::mutex arena_mutex;
+std::weak_ptr<Chunk> filling;
+std::atomic<bool> copies_fail{false};  // a copy did not land in huge pages: stop copying
 
 }  // namespace
 
@@ -52,12 +98,107 @@ bool back_with_huge_pages(const void* data, size_t bytes) {
   // one of them reaches past the mapping, the whole pages inside the range, if they hold
   // nearly all of it (ONNX Runtime places initializers back to back in one buffer, and
   // the last one may end near its end).
-  if (collapse(start / page * page, (stop + page - 1) / page * page)) return true;
-  const uintptr_t first = (start + page - 1) / page * page, end = stop / page * page;
+  if (collapse(round_down(start, page), round_up(stop, page))) return true;
+  const uintptr_t first = round_up(start, page), end = round_down(stop, page);
   return collapse(first, end) && (end - first) >= bytes / 10 * 9;
+}
+
+bool mapped_from_file(const void* data) {
+  FILE* maps = std::fopen("/proc/self/maps", "r");
+  if (!maps) return false;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+  bool file = false;
+  char line[4096];
+  while (std::fgets(line, sizeof(line), maps)) {
+    uintptr_t lo = 0, hi = 0;
+    unsigned long long inode = 0;
+    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %*s %*s %*s %llu", &lo, &hi, &inode) == 3 &&
+        at >= lo && at < hi) {
+      file = inode != 0;
+      break;
+    }
+  }
+  std::fclose(maps);
+  return file;
+}
+
+namespace {
+
+// Whether every page of [from, to) (whole base pages) that is in memory is a page of a
+// file, not one a write made private: /proc/self/pagemap, bit 63 present, bit 61 file page
+// or shared (Linux 3.5+).
+bool only_file_pages(uintptr_t from, uintptr_t to, uintptr_t small) {
+  FILE* pagemap = std::fopen("/proc/self/pagemap", "rb");
+  if (!pagemap) return false;
+  bool file = std::fseek(pagemap, static_cast<long>(from / small * 8), SEEK_SET) == 0;
+  uint64_t entries[512];
+  for (uintptr_t page = from; file && page < to;) {
+    const size_t n = std::min<size_t>(512, (to - page) / small);
+    if (std::fread(entries, 8, n, pagemap) != n) file = false;
+    for (size_t i = 0; file && i < n; ++i) {
+      const bool present = entries[i] >> 63 & 1, file_page = entries[i] >> 61 & 1;
+      file = !present || file_page;
+    }
+    page += n * small;
+  }
+  std::fclose(pagemap);
+  return file;
+}
+
+}  // namespace
+
+HugePagePlacement place_in_huge_pages(const void* data, size_t bytes) {
+  HugePagePlacement placed;
+  placed.data = data;
+  const uintptr_t page = huge_page_size();
+  if (page == 0 || bytes == 0) return placed;
+  if (!mapped_from_file(data) || copies_fail) {
+    placed.in_huge_pages = back_with_huge_pages(data, bytes);
+    return placed;
+  }
+  std::shared_ptr<Chunk> chunk;
+  uint8_t* copy = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(arena_mutex);
+    chunk = filling.lock();
+    size_t offset = chunk ? round_up(chunk->used, 64) : 0;
+    if (!chunk || offset + bytes > chunk->capacity) {
+      chunk = new_chunk(bytes, page);
+      if (!chunk) return placed;
+      filling = chunk;
+      offset = 0;
+    }
+    copy = chunk->start + offset;
+    chunk->used = offset + bytes;
+  }
+  std::memcpy(copy, data, bytes);
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(copy);
+  if (!collapse(round_down(begin, page), round_up(begin + bytes, page))) {
+    copies_fail = true;  // the chunk's space stays unused until its copies are released
+    placed.in_huge_pages = back_with_huge_pages(data, bytes);
+    return placed;
+  }
+  // Dropping a page the file holds loses nothing (a later read faults it back in); one
+  // that a write made private would lose the write, so then nothing is dropped.
+  const uintptr_t small = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t from = round_down(reinterpret_cast<uintptr_t>(data), small);
+  const uintptr_t to = round_up(reinterpret_cast<uintptr_t>(data) + bytes, small);
+  if (only_file_pages(from, to, small)) {
+    madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  }
+  placed.data = copy;
+  placed.in_huge_pages = true;
+  placed.copy = std::shared_ptr<const void>(std::move(chunk), copy);
+  return placed;
 }
 #else
 bool back_with_huge_pages(const void*, size_t) { return false; }
+bool mapped_from_file(const void*) { return false; }
+HugePagePlacement place_in_huge_pages(const void* data, size_t) {
+  HugePagePlacement placed;
+  placed.data = data;
+  return placed;
+}
 #endif
 
 }  // namespace edgepet

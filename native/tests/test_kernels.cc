@@ -15,6 +15,12 @@
 #include "kernels/pack.h"
 #include "thread_pool.h"
 
+#ifdef __linux__
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 using namespace edgepet;
 
 namespace {
@@ -707,6 +713,101 @@ int check_huge_pages() {
   return 3;
 }
 
+
+#ifdef __linux__
+// A /proc/self/status field in bytes (VmRSS, RssFile...), or -1.
+long status_bytes(const char* field) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') {
+      std::sscanf(line + n + 1, "%ld", &kb);
+      break;
+    }
+  }
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+// Weights mapped from a file, the way ONNX Runtime maps a bundle's initializers (private,
+// writable): place_in_huge_pages copies them (the same bytes) into huge pages, takes the
+// original's pages out of the process unless a write made one of them private (then the
+// write survives), and unmaps the copies' memory when the last one is released.
+int check_file_weights_copied() {
+  const size_t bytes = 5u << 20, small = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<uint8_t> want(bytes);
+  for (size_t i = 0; i < bytes; ++i) want[i] = static_cast<uint8_t>(i * 2654435761u >> 11);
+  char path[] = "/tmp/edgepet_weightsXXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0 || write(fd, want.data(), bytes) != static_cast<ssize_t>(bytes)) {
+    std::printf("SKIP check_file_weights_copied: cannot write %s\n", path);
+    if (fd >= 0) close(fd), unlink(path);
+    return 0;
+  }
+  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  close(fd);
+  unlink(path);
+  auto* file = static_cast<uint8_t*>(map);
+  auto fail = [](const char* what) {
+    ++failures;
+    std::printf("FAIL place_in_huge_pages, file-mapped weights: %s\n", what);
+  };
+  if (!mapped_from_file(file)) fail("the mapping is not seen as a file's");
+  if (mapped_from_file(want.data())) fail("a vector is seen as a file's");
+  // Native x86-64 only for the memory figures (qemu-user: see check_huge_pages).
+#if defined(__x86_64__)
+  const bool native = true;
+#else
+  const bool native = false;
+#endif
+  volatile uint8_t sink = 0;
+  for (size_t i = 0; i < bytes; i += small) sink = sink + file[i];  // fault every page in
+  const long before = status_bytes("RssFile");
+  // Two tensors in one mapping; a write makes one page of the second private.
+  const size_t first = 3u << 20;
+  file[first + 100] = static_cast<uint8_t>(want[first + 100] + 1);
+  HugePagePlacement a = place_in_huge_pages(file + 12345, first - 12345);
+  HugePagePlacement b = place_in_huge_pages(file + first, bytes - first);
+  const long after = status_bytes("RssFile");
+  if (a.copy) {
+    if (a.data == file + 12345 || !a.in_huge_pages) fail("a copy not in huge pages");
+    if (std::memcmp(a.data, want.data() + 12345, first - 12345) != 0) fail("copy differs");
+    if (native && before >= 0 && before - after < static_cast<long>(first) / 2) {
+      std::printf("  RssFile %ld -> %ld\n", before, after);
+      fail("the original's pages stayed in the process");
+    }
+  } else if (a.data != file + 12345 || a.in_huge_pages) {
+    fail("no copy, yet not the original");
+  }
+  if (b.copy && (static_cast<const uint8_t*>(b.data)[100] != file[first + 100] ||
+                 std::memcmp(b.data, want.data() + first, 100) != 0)) {
+    fail("the copy of a written page differs");
+  }
+  if (file[first + 100] != static_cast<uint8_t>(want[first + 100] + 1)) {
+    fail("a written page was dropped");
+  }
+  if (std::memcmp(file, want.data(), first) != 0) fail("the original changed");
+  // The copies share one chunk: released together, it is unmapped (madvise on memory
+  // that is not mapped fails with ENOMEM).
+  void* copy_page = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(a.data) / small * small);
+  const bool copied = a.copy != nullptr;
+  a = HugePagePlacement();
+  if (copied && madvise(copy_page, small, MADV_NORMAL) != 0) fail("unmapped too early");
+  b = HugePagePlacement();
+  if (copied && native && madvise(copy_page, small, MADV_NORMAL) == 0) {
+    fail("the copies' memory stays mapped after their release");
+  }
+  munmap(map, bytes);
+  std::printf("file-mapped weights copied into huge pages: %s\n", copied ? "yes" : "no");
+  return 6;
+}
+#else
+int check_file_weights_copied() { return 0; }
+#endif
+
 }  // namespace
 
 int main() {
@@ -754,6 +855,7 @@ int main() {
   cases += check_dot_prefill_shapes(vector_kernels, rng);
   cases += check_threads_identical(rng);
   cases += check_huge_pages();
+  cases += check_file_weights_copied();
   std::printf("%d passed, %d failed (kernels: reference%s)\n", cases - failures, failures,
               names.c_str());
   return failures ? 1 : 0;

@@ -306,6 +306,78 @@ def test_session_start_puts_the_codes_in_huge_pages(setting, grows):
     assert (growth >= 2 << 20) == grows, growth
 
 
+def _save_with_external_data(model: onnx.ModelProto, folder) -> str:
+    path = str(folder / "model.onnx")
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    return path
+
+
+@pytest.mark.parametrize("bits, group, symmetric", [(4, 64, True), (4, 32, False), (2, 64, True)])
+def test_weights_mapped_from_a_file_give_the_same_products(bits, group, symmetric, tmp_path,
+                                                           monkeypatch):
+    # A bundle's initializers are mapped from model.onnx.data: the op copies them into huge
+    # pages (and the dot kernels ask ahead or not by format): the same products.
+    rng = np.random.default_rng(14)
+    qt = quantize(rng.standard_normal((1024, 2048), dtype=np.float32), bits, group,
+                  symmetric=symmetric)
+    path = _save_with_external_data(linear_model(qt), tmp_path)
+    x = rng.standard_normal((3, 2048), dtype=np.float32)
+    monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
+    plain = runtime.InferenceSession(path, threads=1)
+    monkeypatch.delenv("EDGEPET_HUGE_PAGES")
+    huge = runtime.InferenceSession(path, threads=1)
+    for rows in (x[:1], x):
+        np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
+                                      plain.run(None, {"x": rows})[0])
+
+
+_FILE_GROWTH = """
+import sys
+import numpy as np
+from edgepet import runtime
+path = sys.argv[1]
+def memory():
+    huge = mapped = 0
+    name = ""
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's first line: range, ..., path
+            name = fields[5] if len(fields) > 5 else ""
+        elif fields[0] == "AnonHugePages:":
+            huge += int(fields[1]) * 1024
+        elif fields[0] == "Rss:" and name == path + ".data":
+            mapped += int(fields[1]) * 1024
+    return huge, mapped
+before = memory()[0]
+session = runtime.InferenceSession(path, threads=1)
+session.run(None, {"x": np.ones((1, 4096), np.float32)})
+huge, mapped = memory()
+print(huge - before, mapped)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not _collapse_available(),
+                    reason="needs Linux 6.1+ with transparent huge pages")
+@pytest.mark.parametrize("setting, copied", [(None, True), ("0", False)])
+def test_weights_mapped_from_a_file_move_to_huge_pages(setting, copied, tmp_path):
+    # ONNX Runtime maps an external-data initializer from its file, where huge pages cannot
+    # go: the op copies the 4 MB of codes into huge pages and takes the file's pages out of
+    # the process (not resident twice); EDGEPET_HUGE_PAGES=0 reads them where they lie.
+    model = linear_model(quantize(np.ones((2048, 4096), np.float32), 4, 64))
+    path = _save_with_external_data(model, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPET_HUGE_PAGES"}
+    if setting is not None:
+        env["EDGEPET_HUGE_PAGES"] = setting
+    out = subprocess.run([sys.executable, "-c", _FILE_GROWTH, path], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    growth, mapped = (int(v) for v in out.split()[-2:])
+    if copied:
+        assert growth >= 2 << 20 and mapped < 1 << 20, (growth, mapped)
+    else:
+        assert growth < 2 << 20 and mapped >= 4 << 20, (growth, mapped)
+
+
 def test_unsupported_bits_names_node():
     msg = _error(_broken(lambda node, *_: _set_attr(node, "bits", 5)), X)
     assert "'layers.3.mlp.up'" in msg and "bits=5 is not supported" in msg

@@ -109,12 +109,13 @@ struct Dot4Job {
   const uint32_t* zero_rows;  // ternary: [groups] from unpack2 (ZeroRows); null: check all
   int rows;                   // activation rows in this call, 1..kDot4MaxRows
   // Whether the x86 kernels ask for the codes kPrefetchBytes ahead (prefetch_codes). Not
-  // where they lie in huge pages: there the hardware prefetchers run on unhindered
-  // across 4 KB boundaries, and the software requests only compete with them. 4-bit
-  // codes streaming from memory on a Zen 4 core: 4 KB pages 18.4 GB/s with the requests,
-  // 15.5 without; huge pages 19.1 with, 26.5-27.2 without (3-bit 21 either way;
-  // docs/operator.md, "Huge pages"). The LUT kernels keep theirs: without them a 2-bit
-  // stack in huge pages took 1.54x the time.
+  // for symmetric 4-bit codes of groups of 64 or more that lie in huge pages (dot4_gemm.cc,
+  // ask_ahead): there the hardware prefetchers run on unhindered across 4 KB boundaries,
+  // and the software requests only compete with them. 4-bit codes streaming from memory
+  // on a Zen 4 core: 4 KB pages 18.4 GB/s with the requests, 15.5 without; huge pages
+  // 19.1 with, 26.5-27.2 without (docs/operator.md, "Huge pages"). Every other format
+  // still gains from them in huge pages. The LUT kernels keep theirs: without them a
+  // 2-bit stack in huge pages took 1.54x the time.
   bool prefetch = true;
   Dot4Activations acts[kDot4MaxRows];
   float* out[kDot4MaxRows];   // 32 outputs per activation row

@@ -187,6 +187,18 @@ void set_codes(const Dot4Call& call, int64_t tile, Dot4Job& job) {
   if (f.ternary) job.zero_rows = zero_rows;
 }
 
+// Whether the kernels ask for the codes ahead (Dot4Job::prefetch): everywhere but
+// symmetric 4-bit codes of groups of 64 or more in huge pages, which the hardware
+// prefetchers stream faster alone. Zen 4, one thread, weights streaming from memory in
+// huge pages, time with the requests over time without: symmetric 4-bit group 64 1.07
+// (SmolLM2-135M shapes) and 1.12 (Llama-3.2-1B shapes); symmetric group 32 0.94,
+// asymmetric group 64 0.97, asymmetric group 32 0.76, 3-bit 0.83 (docs/operator.md,
+// "Huge pages").
+bool ask_ahead(const GemmArgs& args) {
+  const WeightFormat& f = args.format;
+  return !(args.codes_in_huge_pages && f.bits == 4 && f.symmetric && f.group_size >= 64);
+}
+
 // Tile `tile` of activation rows [r0, r1) (r0 a multiple of kDot4MaxRows, so that rows
 // pass together the same way whatever the split).
 void tile_rows(const Dot4Call& call, const Dot4Rows& acts, int64_t tile, int64_t r0,
@@ -200,7 +212,7 @@ void tile_rows(const Dot4Call& call, const Dot4Rows& acts, int64_t tile, int64_t
   set_codes(call, tile, job);
   const int64_t tile_scales = tile * call.plan.groups * kTileRows;
   job.scales = args.scales + tile_scales;
-  job.prefetch = !args.codes_in_huge_pages;
+  job.prefetch = ask_ahead(args);
   job.zero_points = args.zero_points ? args.zero_points + tile_scales : nullptr;
   alignas(64) float out[kDot4MaxRows][kTileRows];
   for (int64_t m0 = r0; m0 < r1; m0 += kDot4MaxRows) {

@@ -40,8 +40,8 @@ struct GemmArgs {
   const Half* zero_points = nullptr;   // fp16, same layout, or null
   const float* bias = nullptr;         // [n] or null
   float* y = nullptr;                  // [m][n]
-  // Whether the codes lie in huge pages (back_with_huge_pages): the dot kernels then do
-  // not ask for them ahead (Dot4Job::prefetch).
+  // Whether the codes lie in huge pages (place_in_huge_pages): the dot kernels then ask
+  // for symmetric 4-bit codes of groups of 64 or more no longer ahead (Dot4Job::prefetch).
   bool codes_in_huge_pages = false;
 };
 

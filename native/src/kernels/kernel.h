@@ -36,8 +36,9 @@ constexpr int kMaxBlockQuads = kMaxBlockK / kQuad;
 // - No prefetch at all is faster only while the weights stay in cache: 4-bit 4096 x 4096
 //   from L3 0.128 -> 0.114 ms without it, N = 65536 from memory 8.5 -> 9.9 ms
 //   (docs/operator.md, point 5).
-// - Codes in huge pages (GemmArgs::codes_in_huge_pages): the dot kernels ask for nothing
-//   ahead (Dot4Job::prefetch, docs/operator.md point 6).
+// - Codes in huge pages (GemmArgs::codes_in_huge_pages): the dot kernels ask for
+//   symmetric 4-bit codes of groups of 64 or more nothing ahead (Dot4Job::prefetch,
+//   docs/operator.md point 6).
 constexpr int kPrefetchBytes = 8192;
 
 // Asks for the cache lines kPrefetchBytes past [codes, codes + bytes) into L2: far enough

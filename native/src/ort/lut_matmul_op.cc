@@ -29,7 +29,9 @@ struct LutMatMulKernel {
   bool constant[kInputCount] = {};
   TensorView cached[kInputCount];
   bool weights_checked = false;  // W, scales, zero points: constant and checked
-  bool codes_in_huge_pages = false;  // W, an initializer, backed by huge pages at creation
+  bool codes_in_huge_pages = false;  // W, an initializer, in huge pages since creation
+  // Initializers copied into huge pages (place_in_huge_pages): cached[i] points into them.
+  std::shared_ptr<const void> copies[kInputCount];
 
   std::string where() const { return "LutMatMul '" + node + "': "; }
 };
@@ -154,14 +156,21 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   if (k->weights_checked) {
     const std::string weights = check_weights(k->format, k->cached);
     if (!weights.empty()) return fail(api, k->where() + weights);
-    // Weights a decode step streams from memory read faster from huge pages (huge_pages.h);
-    // the scales (a quarter of the codes' bytes at 1 bit, a sixteenth at 4) are a second
-    // stream beside them.
+    // Weights a decode step streams from memory read faster from huge pages (huge_pages.h):
+    // the codes, and the scales and zero points (each a quarter of the codes' bytes at 1
+    // bit, a sixteenth at 4 with group 64) beside them. Mapped from a bundle's data file,
+    // they are copied (place_in_huge_pages).
     if (huge_pages_wanted()) {
-      k->codes_in_huge_pages =
-          back_with_huge_pages(k->cached[kW].data, static_cast<size_t>(packed_bytes(k->format)));
-      back_with_huge_pages(k->cached[kScales].data,
-                           static_cast<size_t>(scale_count(k->format)) * sizeof(Half));
+      const size_t scale_bytes = static_cast<size_t>(scale_count(k->format)) * sizeof(Half);
+      for (const auto& [input, bytes] :
+           {std::pair<Input, size_t>{kW, static_cast<size_t>(packed_bytes(k->format))},
+            {kScales, scale_bytes}, {kZeroPoints, scale_bytes}}) {
+        if (!k->constant[input]) continue;
+        HugePagePlacement placed = place_in_huge_pages(k->cached[input].data, bytes);
+        k->cached[input].data = placed.data;
+        k->copies[input] = std::move(placed.copy);
+        if (input == kW) k->codes_in_huge_pages = placed.in_huge_pages;
+      }
     }
   }
   *out = k.release();
