@@ -119,6 +119,16 @@ def load_average() -> list[float] | None:
         return None
 
 
+def transparent_hugepages() -> str | None:
+    """Linux's transparent huge page mode (always / madvise / never), or None elsewhere.
+    The op copies or collapses its weights into huge pages unless it is ``never``
+    (docs/operator.md, "Huge pages"), which makes decoding 10-15 % faster."""
+    mode = _read(Path("/sys/kernel/mm/transparent_hugepage/enabled"))
+    if not mode or "[" not in mode:
+        return None
+    return mode[mode.index("[") + 1:mode.index("]")]
+
+
 def state() -> dict[str, Any]:
     """What changes during a run: clocks, temperatures, load (taken before and after)."""
     return {"clocks": clocks(), "temperature_c": temperatures(), "load_average": load_average()}
@@ -152,10 +162,11 @@ def describe() -> dict[str, Any]:
         "arch": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "os_version": platform.version(),
+        "transparent_hugepages": transparent_hugepages(),
         "hostname": platform.node(),
         "versions": versions(),
     }
 
 
 __all__ = ["clocks", "cpu_model", "describe", "isa_features", "load_average", "state",
-           "temperatures", "versions"]
+           "temperatures", "transparent_hugepages", "versions"]

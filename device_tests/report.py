@@ -177,7 +177,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- bundle: `{b['path']}` — target {b['target']} ({b['target_arch']}), {b['bits']}-bit, "
         f"group {b['group_size']}, op ABI {b['op_abi_version']}",
         f"- device: {report['settings']['device']} — **{report['cpu_info']}**, "
-        f"{env['n_cpus']} CPUs, {env['arch']}, {env['os']}",
+        f"{env['n_cpus']} CPUs, {env['arch']}, {env['os']}, transparent huge pages "
+        f"{env.get('transparent_hugepages') or 'none'}",
         f"- ISA: {' '.join(_isa_short(env['isa_features']))}",
         f"- load average before/after: {env['before']['load_average']} / "
         f"{env['after']['load_average']}; governor {env['before']['clocks']['governor']}; "
