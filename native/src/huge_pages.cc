@@ -82,6 +82,9 @@ std::shared_ptr<Chunk> new_chunk(size_t at_least, uintptr_t page) {
   return chunk;
 }
 
+// The largest huge page place_in_huge_pages copies weights into.
+constexpr uintptr_t kMaxCopiedPage = uintptr_t{2} << 20;
+
 // Copies share the chunk being filled; the arena holds it weakly, so that a chunk whose
 // copies are all released is unmapped, and the next copy starts a new one.
 std::mutex arena_mutex;
@@ -152,7 +155,10 @@ HugePagePlacement place_in_huge_pages(const void* data, size_t bytes) {
   placed.data = data;
   const uintptr_t page = huge_page_size();
   if (page == 0 || bytes == 0) return placed;
-  if (!mapped_from_file(data) || copies_fail) {
+  // A copy's last huge page is resident whole: at most 2 MB more where pages are 4 KB,
+  // but 32 MB with 16 KB pages (Raspberry Pi 5's kernel), more than a small model. There
+  // the weights stay where they are (unmeasured: that kernel's TLB reaches 4x further).
+  if (!mapped_from_file(data) || copies_fail || page > kMaxCopiedPage) {
     placed.in_huge_pages = back_with_huge_pages(data, bytes);
     return placed;
   }

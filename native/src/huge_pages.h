@@ -33,7 +33,9 @@ struct HugePagePlacement {
 // of them still holds the file's bytes (none written to: /proc/self/pagemap), so the
 // weights are not resident twice; a later read would fault them back in from the page
 // cache. Where a copy would not land in huge pages (THP "never", before Linux 6.1, not
-// Linux) nothing is copied: the original, not in huge pages.
+// Linux), or huge pages are larger than 2 MB (16 KB-page kernels: 32 MB, of which a copy
+// would leave up to one unused but resident), nothing is copied: the original, not in
+// huge pages.
 HugePagePlacement place_in_huge_pages(const void* data, size_t bytes);
 
 // Whether EDGEPET_HUGE_PAGES in the environment allows back_with_huge_pages ("0" turns it

@@ -357,8 +357,17 @@ print(huge - before, mapped)
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or not _collapse_available(),
-                    reason="needs Linux 6.1+ with transparent huge pages")
+def _huge_page_bytes() -> int:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not _collapse_available()
+                    or not 0 < _huge_page_bytes() <= 2 << 20,
+                    reason="needs Linux 6.1+ with transparent huge pages of 2 MB at most")
 @pytest.mark.parametrize("setting, copied", [(None, True), ("0", False)])
 def test_weights_mapped_from_a_file_move_to_huge_pages(setting, copied, tmp_path):
     # ONNX Runtime maps an external-data initializer from its file, where huge pages cannot
