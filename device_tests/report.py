@@ -55,6 +55,8 @@ def merge_rounds(name: str, threads: int, rounds: list[dict], error: str | None)
         "first_run_ns": [r["first_run_ns"] for r in rounds],
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rounds),
         "rss_before_load_bytes": min((r["rss_before_load_bytes"] or 0) for r in rounds) or None,
+        "huge_pages_bytes": min((r["huge_pages_bytes"] for r in rounds
+                                 if r.get("huge_pages_bytes") is not None), default=None),
         "accuracy": next((r["accuracy"] for r in rounds if r.get("accuracy")), None),
         "energy": _merge_energy([r.get("energy") for r in rounds]),
     })
@@ -163,6 +165,12 @@ def _added(result: dict) -> str:
     return _mb(result["peak_rss_bytes"] - before) if before else "—"
 
 
+def _huge(result: dict) -> str:
+    """Huge-page memory the session added ("0.0" where none; "—" where unknown)."""
+    huge = result.get("huge_pages_bytes")
+    return "—" if huge is None else f"{huge / 1e6:.1f}"
+
+
 def _num(x: float | None, fmt: str = ".4f") -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -198,16 +206,16 @@ def markdown(report: dict[str, Any]) -> str:
         "## Latency and throughput",
         "",
         "| contender | threads | runs | median ms | p90 ms | p99 ms | mean ± sd ms | "
-        "inferences/s | cold load ms | first run ms | peak RSS MB | RSS added MB | size MB | "
-        "bits/weight |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "inferences/s | cold load ms | first run ms | peak RSS MB | RSS added MB | "
+        "in huge pages MB | size MB | bits/weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     contenders = {c["name"]: c for c in report["contenders"]}
     for r in report["results"]:
         c = contenders[r["contender"]]
         if not r.get("n_runs"):
             lines.append(f"| {r['contender']} | {r['n_threads']} | 0 | not measured: "
-                         f"{r.get('error')} ||||||||||")
+                         f"{r.get('error')} |||||||||||")
             continue
         lines.append(
             f"| {r['contender']} | {r['n_threads']} | {r['n_runs']} | {_ms(r['median_ns'])} | "
@@ -215,7 +223,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_ms(r['stddev_ns'])} | {r['avg_ts']:.1f} | "
             f"{_ms(statistics.median(r['load_ns']))} | "
             f"{_ms(statistics.median(r['first_run_ns']))} | {_mb(r['peak_rss_bytes'])} | "
-            f"{_added(r)} | "
+            f"{_added(r)} | {_huge(r)} | "
             f"{_mb(c['model_bytes'])} | {_num(c['bits_per_weight'], '.2f')} |")
     lines += ["", "## edgepet against each baseline (same device, same inputs, same threads)",
               "", "speed-up = baseline median / edgepet median (above 1: edgepet faster); "

@@ -48,6 +48,19 @@ def current_rss() -> int | None:
     return _status_bytes("VmRSS")
 
 
+def huge_page_bytes() -> int | None:
+    """This process's anonymous memory in transparent huge pages now (Linux
+    ``AnonHugePages``); None elsewhere. edgepet's op puts its weights there when a session
+    starts (docs/operator.md, "Huge pages")."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss() -> int:
     """Peak resident bytes of this process (VmHWM on Linux, ru_maxrss elsewhere)."""
     hwm = _status_bytes("VmHWM")
@@ -206,6 +219,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     meter, idle = _energy_idle(spec, result)
     result["peak_rss_reset"] = reset_peak_rss()
     result["rss_before_load_bytes"] = current_rss()
+    huge_before = huge_page_bytes()
 
     start = time.perf_counter_ns()
     runner = open_runner(spec["kind"], spec["model"], threads, bundle)
@@ -232,6 +246,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         _energy_run(meter, idle, len(samples), result)
     result["samples_ns"] = samples
     result["peak_rss_bytes"] = peak_rss()
+    huge_after = huge_page_bytes()
+    result["huge_pages_bytes"] = (max(huge_after - huge_before, 0)
+                                  if huge_before is not None and huge_after is not None else None)
     if spec.get("accuracy"):
         adapters = spec.get("adapters") or [None]
         result["accuracy"] = accuracy(runner, bundle, adapters)
@@ -279,4 +296,5 @@ def main(spec_file: str, out_file: str) -> int:
     return 0
 
 
-__all__ = ["accuracy", "compare", "measure", "open_runner", "peak_rss", "timing_inputs"]
+__all__ = ["accuracy", "compare", "huge_page_bytes", "measure", "open_runner", "peak_rss",
+           "timing_inputs"]

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <iterator>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -106,23 +108,61 @@ bool back_with_huge_pages(const void* data, size_t bytes) {
   return collapse(first, end) && (end - first) >= bytes / 10 * 9;
 }
 
-bool mapped_from_file(const void* data) {
+namespace {
+
+// The process's mappings from /proc/self/maps, [lo, hi) and whether a file backs them,
+// sorted by address. A session's kernels ask about hundreds of tensors (ONNX Runtime maps
+// each external initializer on its own), so the list is read again only when an address
+// is in none of its ranges or it is older than half a second. A stale answer costs speed,
+// never bytes: place_in_huge_pages drops a page only where /proc/self/pagemap, read then,
+// says the file still holds it.
+struct Mapping {
+  uintptr_t lo, hi;
+  bool file;
+};
+std::mutex maps_mutex;
+std::vector<Mapping> maps_cache;
+std::chrono::steady_clock::time_point maps_read;
+
+void read_maps() {
+  maps_cache.clear();
+  maps_read = std::chrono::steady_clock::now();
   FILE* maps = std::fopen("/proc/self/maps", "r");
-  if (!maps) return false;
-  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
-  bool file = false;
+  if (!maps) return;
   char line[4096];
   while (std::fgets(line, sizeof(line), maps)) {
-    uintptr_t lo = 0, hi = 0;
+    Mapping m{};
     unsigned long long inode = 0;
-    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %*s %*s %*s %llu", &lo, &hi, &inode) == 3 &&
-        at >= lo && at < hi) {
-      file = inode != 0;
-      break;
+    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %*s %*s %*s %llu", &m.lo, &m.hi, &inode) == 3) {
+      m.file = inode != 0;
+      maps_cache.push_back(m);
+    }
+    // A path longer than the buffer: skip the rest of its line.
+    while (!std::strchr(line, '\n') && std::fgets(line, sizeof(line), maps)) {
     }
   }
   std::fclose(maps);
-  return file;
+}
+
+const Mapping* find_mapping(uintptr_t at) {
+  auto it = std::upper_bound(maps_cache.begin(), maps_cache.end(), at,
+                             [](uintptr_t a, const Mapping& m) { return a < m.lo; });
+  if (it == maps_cache.begin()) return nullptr;
+  --it;
+  return at < it->hi ? &*it : nullptr;
+}
+
+}  // namespace
+
+bool mapped_from_file(const void* data) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+  std::lock_guard<std::mutex> lock(maps_mutex);
+  const Mapping* found = find_mapping(at);
+  if (!found || std::chrono::steady_clock::now() - maps_read > std::chrono::milliseconds(500)) {
+    read_maps();
+    found = find_mapping(at);
+  }
+  return found && found->file;
 }
 
 namespace {

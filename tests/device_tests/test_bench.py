@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepet.device_tests import baselines, harness, report
+from edgepet.device_tests import baselines, harness, report, worker
 from edgepet.runtime import BadInputError
 
 
@@ -26,6 +26,16 @@ def test_bench_times_edgepet_and_every_buildable_baseline(demo_bundle, quick):
                                                            "ort-nbits2"}
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert json.loads((out / "report.json").read_text())["schema"] == "edgepet.bench"
+
+
+def test_huge_page_memory_is_recorded_per_contender(demo_bundle, quick):
+    # AnonHugePages after the runs minus before the load, where Linux reports it.
+    rep, out = harness.bench(quick(demo_bundle, baselines=["ort-nbits4"]))
+    linux = worker.huge_page_bytes() is not None
+    for r in rep["results"]:
+        assert (r["huge_pages_bytes"] is not None) == linux
+        assert r["huge_pages_bytes"] is None or r["huge_pages_bytes"] >= 0
+    assert "| in huge pages MB |" in (out / "report.md").read_text()
 
 
 def test_report_json_follows_the_shipped_schema(demo_bundle, quick):
