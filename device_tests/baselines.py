@@ -136,6 +136,12 @@ def float_graph(bundle: Bundle, progress=None) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     lut = [node for node in graph.node if node.domain == DOMAIN]
+    own = sorted({node.op_type for node in lut if node.op_type != "LutMatMul"})
+    if own:
+        raise BaselineUnavailable(
+            f"the bundle's graph also has edgepet's own {', '.join(own)} nodes (a decoder "
+            "bundle), which plain ONNX Runtime cannot run; compare decoders with "
+            "`python benchmarks/llm.py speed` (llama.cpp, ORT GenAI) instead")
     for i, node in enumerate(graph.node):
         if node.domain != DOMAIN:
             nodes.append(node)

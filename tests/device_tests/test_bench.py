@@ -38,6 +38,26 @@ def test_huge_page_memory_is_recorded_per_contender(demo_bundle, quick):
     assert "| in huge pages MB |" in (out / "report.md").read_text()
 
 
+def test_a_decoder_bundle_gets_no_float_baseline_and_says_why(tmp_path):
+    # A decoder's graph has edgepet's attention and SwiGLU ops besides LutMatMul: the float
+    # baselines cannot be built from it (once an internal KeyError).
+    node = onnx.helper.make_node("SwiGLU", ["x"], ["y"], domain="ai.edgepet")
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "model.onnx"))
+
+    class Decoder:
+        model_path = tmp_path / "model.onnx"
+
+        def op_library(self):
+            return None
+
+    built = baselines.build(["ort-fp32", "ort-nbits4"], Decoder(), tmp_path)
+    assert [c.status for c in built] == ["unavailable", "unavailable"]
+    assert all("SwiGLU" in c.reason and "benchmarks/llm.py" in c.reason for c in built)
+
+
 def test_report_json_follows_the_shipped_schema(demo_bundle, quick):
     jsonschema = pytest.importorskip("jsonschema")
     rep, out = harness.bench(quick(demo_bundle, baselines=["ort-nbits4"]))
