@@ -258,6 +258,18 @@ def _collapse_available() -> bool:
     return (major, minor) >= (6, 1)
 
 
+def _same_with_and_without_huge_pages(model, x, monkeypatch) -> None:
+    """Sessions of `model` with EDGEPET_HUGE_PAGES=0 and without give equal products, at
+    M=1 and M=len(x)."""
+    monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
+    plain = runtime.InferenceSession(model, threads=1)
+    monkeypatch.delenv("EDGEPET_HUGE_PAGES")
+    huge = runtime.InferenceSession(model, threads=1)
+    for rows in (x[:1], x):
+        np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
+                                      plain.run(None, {"x": rows})[0])
+
+
 @pytest.mark.parametrize("bits", [4, 2])
 def test_weights_in_huge_pages_give_the_same_products(bits, monkeypatch):
     # The op backs an initializer's codes with huge pages at session start, and the dot
@@ -266,13 +278,7 @@ def test_weights_in_huge_pages_give_the_same_products(bits, monkeypatch):
     qt = quantize(rng.standard_normal((2048, 4096), dtype=np.float32), bits, 64)
     x = rng.standard_normal((3, 4096), dtype=np.float32)
     model = linear_model(qt)
-    monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
-    plain = runtime.InferenceSession(model, threads=1)
-    monkeypatch.delenv("EDGEPET_HUGE_PAGES")
-    huge = runtime.InferenceSession(model, threads=1)
-    for rows in (x[:1], x):
-        np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
-                                      plain.run(None, {"x": rows})[0])
+    _same_with_and_without_huge_pages(model, x, monkeypatch)
 
 
 _GROWTH = """
@@ -323,13 +329,7 @@ def test_weights_mapped_from_a_file_give_the_same_products(bits, group, symmetri
                   symmetric=symmetric)
     path = _save_with_external_data(linear_model(qt), tmp_path)
     x = rng.standard_normal((3, 2048), dtype=np.float32)
-    monkeypatch.setenv("EDGEPET_HUGE_PAGES", "0")
-    plain = runtime.InferenceSession(path, threads=1)
-    monkeypatch.delenv("EDGEPET_HUGE_PAGES")
-    huge = runtime.InferenceSession(path, threads=1)
-    for rows in (x[:1], x):
-        np.testing.assert_array_equal(huge.run(None, {"x": rows})[0],
-                                      plain.run(None, {"x": rows})[0])
+    _same_with_and_without_huge_pages(path, x, monkeypatch)
 
 
 _FILE_GROWTH = """
