@@ -10,8 +10,10 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #ifdef __linux__
@@ -119,6 +121,8 @@ namespace {
 struct Mapping {
   uintptr_t lo, hi;
   bool file;
+  unsigned long long offset, inode;  // where in which file the mapping starts
+  unsigned major, minor;             // the file's device
 };
 std::mutex maps_mutex;
 std::vector<Mapping> maps_cache;
@@ -132,9 +136,9 @@ void read_maps() {
   char line[4096];
   while (std::fgets(line, sizeof(line), maps)) {
     Mapping m{};
-    unsigned long long inode = 0;
-    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %*s %*s %*s %llu", &m.lo, &m.hi, &inode) == 3) {
-      m.file = inode != 0;
+    if (std::sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %*s %llx %x:%x %llu", &m.lo, &m.hi,
+                    &m.offset, &m.major, &m.minor, &m.inode) == 6) {
+      m.file = m.inode != 0;
       maps_cache.push_back(m);
     }
     // A path longer than the buffer: skip the rest of its line.
@@ -154,15 +158,60 @@ const Mapping* find_mapping(uintptr_t at) {
 
 }  // namespace
 
-bool mapped_from_file(const void* data) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+namespace {
+
+// The mapping that holds `at`, if a file backs it.
+bool file_mapping(uintptr_t at, Mapping* out) {
   std::lock_guard<std::mutex> lock(maps_mutex);
   const Mapping* found = find_mapping(at);
   if (!found || std::chrono::steady_clock::now() - maps_read > std::chrono::milliseconds(500)) {
     read_maps();
     found = find_mapping(at);
   }
-  return found && found->file;
+  if (!found || !found->file) return false;
+  *out = *found;
+  return true;
+}
+
+// Copies already made, by the file bytes they copy: a second session of the same bundle
+// in the process shares the first one's copies instead of holding its own (the file's
+// pages were shared by both before). A copy is reused only if its bytes still equal the
+// source's, so a file rewritten in place is copied anew.
+struct SourceKey {
+  unsigned major, minor;
+  unsigned long long inode, offset;
+  size_t bytes;
+  bool operator<(const SourceKey& o) const {
+    return std::tie(major, minor, inode, offset, bytes) <
+           std::tie(o.major, o.minor, o.inode, o.offset, o.bytes);
+  }
+};
+std::map<SourceKey, std::weak_ptr<const void>> copies_made;  // under arena_mutex
+
+// Room for `bytes` in the chunk being filled, or in a new one (set in *chunk).
+uint8_t* reserve(size_t bytes, uintptr_t page, std::shared_ptr<Chunk>* chunk) {
+  std::lock_guard<std::mutex> lock(arena_mutex);
+  *chunk = filling.lock();
+  size_t offset = *chunk ? round_up((*chunk)->used, 64) : 0;
+  if (!*chunk || offset + bytes > (*chunk)->capacity) {
+    *chunk = new_chunk(bytes, page);
+    if (!*chunk) return nullptr;
+    filling = *chunk;
+    offset = 0;
+    // Forget the copies whose chunks are gone (a new chunk is rare enough).
+    for (auto it = copies_made.begin(); it != copies_made.end();) {
+      it = it->second.expired() ? copies_made.erase(it) : std::next(it);
+    }
+  }
+  (*chunk)->used = offset + bytes;
+  return (*chunk)->start + offset;
+}
+
+}  // namespace
+
+bool mapped_from_file(const void* data) {
+  Mapping m;
+  return file_mapping(reinterpret_cast<uintptr_t>(data), &m);
 }
 
 namespace {
@@ -198,43 +247,46 @@ HugePagePlacement place_in_huge_pages(const void* data, size_t bytes) {
   // A copy's last huge page is resident whole: at most 2 MB more where pages are 4 KB,
   // but 32 MB with 16 KB pages (Raspberry Pi 5's kernel), more than a small model. There
   // the weights stay where they are (unmeasured: that kernel's TLB reaches 4x further).
-  if (!mapped_from_file(data) || copies_fail || page > kMaxCopiedPage) {
+  Mapping source;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+  if (copies_fail || page > kMaxCopiedPage || !file_mapping(at, &source)) {
     placed.in_huge_pages = back_with_huge_pages(data, bytes);
     return placed;
   }
-  std::shared_ptr<Chunk> chunk;
-  uint8_t* copy = nullptr;
+  const SourceKey key{source.major, source.minor, source.inode,
+                      source.offset + (at - source.lo), bytes};
+  std::shared_ptr<const void> shared;
   {
     std::lock_guard<std::mutex> lock(arena_mutex);
-    chunk = filling.lock();
-    size_t offset = chunk ? round_up(chunk->used, 64) : 0;
-    if (!chunk || offset + bytes > chunk->capacity) {
-      chunk = new_chunk(bytes, page);
-      if (!chunk) return placed;
-      filling = chunk;
-      offset = 0;
-    }
-    copy = chunk->start + offset;
-    chunk->used = offset + bytes;
+    auto made = copies_made.find(key);
+    if (made != copies_made.end()) shared = made->second.lock();
   }
-  std::memcpy(copy, data, bytes);
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(copy);
-  if (!collapse(round_down(begin, page), round_up(begin + bytes, page))) {
-    copies_fail = true;  // the chunk's space stays unused until its copies are released
-    placed.in_huge_pages = back_with_huge_pages(data, bytes);
-    return placed;
+  if (shared && std::memcmp(shared.get(), data, bytes) != 0) shared.reset();  // rewritten
+  if (!shared) {
+    std::shared_ptr<Chunk> chunk;
+    uint8_t* copy = reserve(bytes, page, &chunk);
+    if (!copy) return placed;
+    std::memcpy(copy, data, bytes);
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(copy);
+    if (!collapse(round_down(begin, page), round_up(begin + bytes, page))) {
+      copies_fail = true;  // the chunk's space stays unused until its copies are released
+      placed.in_huge_pages = back_with_huge_pages(data, bytes);
+      return placed;
+    }
+    shared = std::shared_ptr<const void>(std::move(chunk), copy);
+    std::lock_guard<std::mutex> lock(arena_mutex);
+    copies_made[key] = shared;
   }
   // Dropping a page the file holds loses nothing (a later read faults it back in); one
   // that a write made private would lose the write, so then nothing is dropped.
   const uintptr_t small = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t from = round_down(reinterpret_cast<uintptr_t>(data), small);
-  const uintptr_t to = round_up(reinterpret_cast<uintptr_t>(data) + bytes, small);
+  const uintptr_t from = round_down(at, small), to = round_up(at + bytes, small);
   if (only_file_pages(from, to, small)) {
     madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
   }
-  placed.data = copy;
+  placed.data = shared.get();
   placed.in_huge_pages = true;
-  placed.copy = std::shared_ptr<const void>(std::move(chunk), copy);
+  placed.copy = std::move(shared);
   return placed;
 }
 #else

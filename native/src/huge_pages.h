@@ -29,6 +29,8 @@ struct HugePagePlacement {
 // (ONNX Runtime maps each initializer of a bundle's model.onnx.data; MADV_COLLAPSE does
 // not take file pages) is copied into anonymous memory in huge pages, shared with other
 // copies in chunks of 16 huge pages, each unmapped when the last copy in it is released.
+// The same bytes of the same file placed again while their copy lives (a second session
+// of one bundle) share that copy, if its bytes still equal the source's.
 // The original's pages are then dropped from the process (MADV_DONTNEED) where every one
 // of them still holds the file's bytes (none written to: /proc/self/pagemap), so the
 // weights are not resident twice; a later read would fault them back in from the page

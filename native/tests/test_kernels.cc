@@ -748,8 +748,11 @@ int check_file_weights_copied() {
     return 0;
   }
   void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  // A second mapping of the file, as a second session of the same bundle would have.
+  void* map2 = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   close(fd);
   unlink(path);
+  const auto* file2 = static_cast<const uint8_t*>(map2);
   auto* file = static_cast<uint8_t*>(map);
   auto fail = [](const char* what) {
     ++failures;
@@ -790,6 +793,17 @@ int check_file_weights_copied() {
     fail("a written page was dropped");
   }
   if (std::memcmp(file, want.data(), first) != 0) fail("the original changed");
+  // The second mapping shares the copy of the same bytes, but not the one whose page a
+  // write changed in the first mapping only.
+  HugePagePlacement a2 = place_in_huge_pages(file2 + 12345, first - 12345);
+  HugePagePlacement b2 = place_in_huge_pages(file2 + first, bytes - first);
+  if (a.copy && a2.data != a.data) fail("a second mapping of the same bytes got a copy of its own");
+  if (b.copy && (b2.data == b.data ||
+                 std::memcmp(b2.data, want.data() + first, bytes - first) != 0)) {
+    fail("a copy was shared although the bytes differ");
+  }
+  a2 = HugePagePlacement();
+  b2 = HugePagePlacement();
   // The copies share one chunk: released together, it is unmapped (madvise on memory
   // that is not mapped fails with ENOMEM).
   void* copy_page = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(a.data) / small * small);
@@ -801,8 +815,9 @@ int check_file_weights_copied() {
     fail("the copies' memory stays mapped after their release");
   }
   munmap(map, bytes);
+  munmap(map2, bytes);
   std::printf("file-mapped weights copied into huge pages: %s\n", copied ? "yes" : "no");
-  return 6;
+  return 8;
 }
 #else
 int check_file_weights_copied() { return 0; }
