@@ -112,7 +112,7 @@ bool back_with_huge_pages(const void* data, size_t bytes) {
 
 namespace {
 
-// The process's mappings from /proc/self/maps, [lo, hi) and whether a file backs them,
+// The process's mappings from /proc/self/maps, [lo, hi) and the file behind them if any,
 // sorted by address. A session's kernels ask about hundreds of tensors (ONNX Runtime maps
 // each external initializer on its own), so the list is read again only when an address
 // is in none of its ranges or it is older than half a second. A stale answer costs speed,
@@ -155,10 +155,6 @@ const Mapping* find_mapping(uintptr_t at) {
   --it;
   return at < it->hi ? &*it : nullptr;
 }
-
-}  // namespace
-
-namespace {
 
 // The mapping that holds `at`, if a file backs it.
 bool file_mapping(uintptr_t at, Mapping* out) {
