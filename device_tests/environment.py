@@ -122,7 +122,8 @@ def load_average() -> list[float] | None:
 def transparent_hugepages() -> str | None:
     """Linux's transparent huge page mode (always / madvise / never), or None elsewhere.
     The op copies or collapses its weights into huge pages unless it is ``never``
-    (docs/operator.md, "Huge pages"), which makes decoding 10-15 % faster."""
+    (docs/operator.md, "Huge pages"); SmolLM2-135M decoded 10-15 % faster with them on a
+    Zen 4 VM."""
     mode = _read(Path("/sys/kernel/mm/transparent_hugepage/enabled"))
     if not mode or "[" not in mode:
         return None
