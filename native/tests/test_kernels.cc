@@ -661,18 +661,34 @@ int check_threads_identical(std::mt19937& rng) {
   return checked;
 }
 
-// Anonymous memory in the system's transparent huge pages, in bytes (smaps_rollup).
-long anon_huge_bytes() {
-  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+// A "Field: N kB" line of a /proc file (/proc/self/status, /proc/self/smaps_rollup) in
+// bytes, or -1.
+long proc_bytes(const char* file, const char* field) {
+  FILE* f = std::fopen(file, "r");
   if (!f) return -1;
   char line[256];
   long kb = -1;
+  const size_t n = std::strlen(field);
   while (std::fgets(line, sizeof(line), f)) {
-    if (std::sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') {
+      std::sscanf(line + n + 1, "%ld", &kb);
+      break;
+    }
   }
   std::fclose(f);
   return kb < 0 ? -1 : kb * 1024;
 }
+
+long anon_huge_bytes() { return proc_bytes("/proc/self/smaps_rollup", "AnonHugePages"); }
+
+// Memory figures are checked only natively: CI runs the aarch64 build under qemu-user,
+// which answers madvise without collapsing anything, and whose smaps are the host
+// process's.
+#if defined(__x86_64__)
+constexpr bool kNativeMemory = true;
+#else
+constexpr bool kNativeMemory = false;
+#endif
 
 // back_with_huge_pages keeps every byte of the range and of the pages around it, and where
 // it says it succeeded the process holds that much more in huge pages. Where the system
@@ -694,14 +710,7 @@ int check_huge_pages() {
     ++failures;
     std::printf("FAIL back_with_huge_pages changed the memory\n");
   }
-  // Only natively: CI runs the aarch64 build under qemu-user, which answers madvise
-  // without collapsing anything, and whose smaps are the host process's.
-#if defined(__x86_64__)
-  const bool native = true;
-#else
-  const bool native = false;
-#endif
-  if (native && huge && after >= 0 && after - before < static_cast<long>(bytes) / 2) {
+  if (kNativeMemory && huge && after >= 0 && after - before < static_cast<long>(bytes) / 2) {
     ++failures;
     std::printf("FAIL back_with_huge_pages said yes, AnonHugePages %ld -> %ld\n", before, after);
   }
@@ -713,25 +722,7 @@ int check_huge_pages() {
   return 3;
 }
 
-
 #ifdef __linux__
-// A /proc/self/status field in bytes (VmRSS, RssFile...), or -1.
-long status_bytes(const char* field) {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long kb = -1;
-  const size_t n = std::strlen(field);
-  while (std::fgets(line, sizeof(line), f)) {
-    if (std::strncmp(line, field, n) == 0 && line[n] == ':') {
-      std::sscanf(line + n + 1, "%ld", &kb);
-      break;
-    }
-  }
-  std::fclose(f);
-  return kb < 0 ? -1 : kb * 1024;
-}
-
 // Weights mapped from a file, the way ONNX Runtime maps a bundle's initializers (private,
 // writable): place_in_huge_pages copies them (the same bytes) into huge pages, takes the
 // original's pages out of the process unless a write made one of them private (then the
@@ -760,25 +751,19 @@ int check_file_weights_copied() {
   };
   if (!mapped_from_file(file)) fail("the mapping is not seen as a file's");
   if (mapped_from_file(want.data())) fail("a vector is seen as a file's");
-  // Native x86-64 only for the memory figures (qemu-user: see check_huge_pages).
-#if defined(__x86_64__)
-  const bool native = true;
-#else
-  const bool native = false;
-#endif
   volatile uint8_t sink = 0;
   for (size_t i = 0; i < bytes; i += small) sink = sink + file[i];  // fault every page in
-  const long before = status_bytes("RssFile");
+  const long before = proc_bytes("/proc/self/status", "RssFile");
   // Two tensors in one mapping; a write makes one page of the second private.
   const size_t first = 3u << 20;
   file[first + 100] = static_cast<uint8_t>(want[first + 100] + 1);
   HugePagePlacement a = place_in_huge_pages(file + 12345, first - 12345);
   HugePagePlacement b = place_in_huge_pages(file + first, bytes - first);
-  const long after = status_bytes("RssFile");
+  const long after = proc_bytes("/proc/self/status", "RssFile");
   if (a.copy) {
     if (a.data == file + 12345 || !a.in_huge_pages) fail("a copy not in huge pages");
     if (std::memcmp(a.data, want.data() + 12345, first - 12345) != 0) fail("copy differs");
-    if (native && before >= 0 && before - after < static_cast<long>(first) / 2) {
+    if (kNativeMemory && before >= 0 && before - after < static_cast<long>(first) / 2) {
       std::printf("  RssFile %ld -> %ld\n", before, after);
       fail("the original's pages stayed in the process");
     }
@@ -811,7 +796,7 @@ int check_file_weights_copied() {
   a = HugePagePlacement();
   if (copied && madvise(copy_page, small, MADV_NORMAL) != 0) fail("unmapped too early");
   b = HugePagePlacement();
-  if (copied && native && madvise(copy_page, small, MADV_NORMAL) == 0) {
+  if (copied && kNativeMemory && madvise(copy_page, small, MADV_NORMAL) == 0) {
     fail("the copies' memory stays mapped after their release");
   }
   munmap(map, bytes);
