@@ -24,9 +24,10 @@ from edgepet.runtime.bundle import output_metrics, relative_error
 # --- memory -------------------------------------------------------------------------------------
 
 
-def _status_bytes(field: str) -> int | None:
+def _proc_bytes(field: str, file: str = "/proc/self/status") -> int | None:
+    """A "Field: N kB" line of a /proc file, in bytes; None where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(file).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
@@ -45,25 +46,19 @@ def reset_peak_rss() -> bool:
 
 def current_rss() -> int | None:
     """Resident bytes now (Linux); None elsewhere."""
-    return _status_bytes("VmRSS")
+    return _proc_bytes("VmRSS")
 
 
 def huge_page_bytes() -> int | None:
     """This process's anonymous memory in transparent huge pages now (Linux
     ``AnonHugePages``); None elsewhere. edgepet's op puts its weights there when a session
     starts (docs/operator.md, "Huge pages")."""
-    try:
-        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_bytes("AnonHugePages", "/proc/self/smaps_rollup")
 
 
 def peak_rss() -> int:
     """Peak resident bytes of this process (VmHWM on Linux, ru_maxrss elsewhere)."""
-    hwm = _status_bytes("VmHWM")
+    hwm = _proc_bytes("VmHWM")
     if hwm is not None:
         return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -26,11 +26,8 @@ def test_bench_times_edgepet_and_every_buildable_baseline(demo_bundle, quick):
                                                            "ort-nbits2"}
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert json.loads((out / "report.json").read_text())["schema"] == "edgepet.bench"
-
-
-def test_huge_page_memory_is_recorded_per_contender(demo_bundle, quick):
-    # AnonHugePages after the runs minus before the load, where Linux reports it.
-    rep, out = harness.bench(quick(demo_bundle, baselines=["ort-nbits4"]))
+    # Huge-page memory per contender: AnonHugePages after the runs minus before the load,
+    # where Linux reports it.
     linux = worker.huge_page_bytes() is not None
     for r in rep["results"]:
         assert (r["huge_pages_bytes"] is not None) == linux
