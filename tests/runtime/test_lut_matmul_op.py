@@ -297,18 +297,23 @@ print(huge() - before)
 """
 
 
+def _in_fresh_process(script: str, setting: str | None, *args: str) -> str:
+    """`script`'s output from a new Python process with EDGEPET_HUGE_PAGES=setting (None:
+    unset): memory an earlier session of this process freed may already be in huge pages."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPET_HUGE_PAGES"}
+    if setting is not None:
+        env["EDGEPET_HUGE_PAGES"] = setting
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          text=True, check=True).stdout
+
+
 @pytest.mark.skipif(sys.platform != "linux" or not _collapse_available(),
                     reason="needs Linux 6.1+ with transparent huge pages")
 @pytest.mark.parametrize("setting, grows", [(None, True), ("0", False)])
 def test_session_start_puts_the_codes_in_huge_pages(setting, grows):
     # In a fresh process (memory an earlier session freed may already be in huge pages):
     # the 4 MB of codes must add huge pages, and EDGEPET_HUGE_PAGES=0 must add none.
-    env = {k: v for k, v in os.environ.items() if k != "EDGEPET_HUGE_PAGES"}
-    if setting is not None:
-        env["EDGEPET_HUGE_PAGES"] = setting
-    out = subprocess.run([sys.executable, "-c", _GROWTH], env=env, capture_output=True,
-                         text=True, check=True).stdout
-    growth = int(out.split()[-1])
+    growth = int(_in_fresh_process(_GROWTH, setting).split()[-1])
     assert (growth >= 2 << 20) == grows, growth
 
 
@@ -377,11 +382,7 @@ def test_weights_mapped_from_a_file_move_to_huge_pages(setting, copied, tmp_path
     # EDGEPET_HUGE_PAGES=0 reads them where they lie.
     model = linear_model(quantize(np.ones((2048, 4096), np.float32), 4, 64))
     path = _save_with_external_data(model, tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "EDGEPET_HUGE_PAGES"}
-    if setting is not None:
-        env["EDGEPET_HUGE_PAGES"] = setting
-    out = subprocess.run([sys.executable, "-c", _FILE_GROWTH, path], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = _in_fresh_process(_FILE_GROWTH, setting, path)
     growth, mapped, second = (int(v) for v in out.split()[-3:])
     if copied:
         # A second session of the same file shares the first one's copy.
