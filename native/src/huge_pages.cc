@@ -265,8 +265,9 @@ HugePagePlacement place_in_huge_pages(const void* data, size_t bytes) {
     std::memcpy(copy, data, bytes);
     const uintptr_t begin = reinterpret_cast<uintptr_t>(copy);
     if (!collapse(round_down(begin, page), round_up(begin + bytes, page))) {
-      copies_fail = true;  // the chunk's space stays unused until its copies are released
-      placed.in_huge_pages = back_with_huge_pages(data, bytes);
+      // File pages cannot be collapsed either: the original, on small pages. The chunk's
+      // space stays unused until its copies are released.
+      copies_fail = true;
       return placed;
     }
     shared = std::shared_ptr<const void>(std::move(chunk), copy);
