@@ -74,12 +74,14 @@ def sha256_file(path: Path) -> str:
 #: Older operators a library still reads, by the library's ABI: (ABI, layout) of the
 #: bundle -> the weight widths whose layout changed since (a bundle with such weights is
 #: refused, the others load as they are). ABI 4 changed the 3-bit layout and added the
-#: decoder ops, ABI 5 the attention op's shared cache buffer (docs/operator.md), so an
-#: ABI-4 bundle and an ABI-3 bundle without 3-bit weights still run, and a new bundle is
-#: refused by an older library; the op library decides the same per node.
+#: decoder ops, ABI 5 the attention op's shared cache buffer, ABI 6 LutMatMul's optional
+#: zero_level attribute (docs/operator.md), so ABI-4 and ABI-5 bundles and an ABI-3 bundle
+#: without 3-bit weights still run, and a new bundle is refused by an older library; the
+#: op library decides the same per node.
 OLDER_LAYOUTS: dict[int, dict[tuple[int, str], tuple[int, ...]]] = {
     4: {(3, "tile32-nibble4"): (3,)},
     5: {(3, "tile32-nibble4"): (3,), (4, "tile32-dot3"): ()},
+    6: {(3, "tile32-nibble4"): (3,), (4, "tile32-dot3"): (), (5, "tile32-dot3"): ()},
 }
 
 
@@ -395,7 +397,8 @@ class Bundle:
                 f"speaks ABI {abi}"
                 + (" and lacks operators the model uses (ABI 4 added the decoder ops "
                    "GroupQueryRotaryAttention and SwiGLU, ABI 5 the attention's shared "
-                   "float16 cache buffer) — install the edgepet version that "
+                   "float16 cache buffer, ABI 6 LutMatMul's zero-level codes) — install "
+                   "the edgepet version that "
                    f"made the bundle ({self.manifest['edgepet_version']}) or newer, or "
                    "export the model again with this edgepet" if newer else
                    " — export the model again with this edgepet, or install the edgepet "

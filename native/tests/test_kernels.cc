@@ -32,7 +32,20 @@ struct Case {
   int bits;
   bool ternary, symmetric;
   int64_t group_size;
+  bool zero_level = false;  // symmetric codes with a zero level (op ABI 6)
 };
+
+// Variants of a width the loops below run: 0 symmetric, 1 asymmetric, 2 ternary (2 bits
+// only), 3 zero-level symmetric (2 to 4 bits).
+constexpr int kVariants = 4;
+bool variant_applies(int variant, int bits) {
+  return variant == 2 ? bits == 2 : variant == 3 ? bits >= 2 : true;
+}
+Case variant_case(int64_t m, int64_t n, int64_t k, int bits, int variant, int64_t group) {
+  Case c{m, n, k, bits, variant == 2, variant != 1, group};
+  c.zero_level = variant == 3;
+  return c;
+}
 
 struct Problem {
   WeightFormat f;
@@ -69,13 +82,14 @@ void fill_halves(const WeightFormat& f, std::vector<float>& values, std::vector<
 // The code -> value rule of docs/operator.md, written out for the test.
 float dequant(const WeightFormat& f, int q, float s, float z) {
   if (f.ternary) return s * (q - 1.0f);
+  if (f.zero_level) return s * (q - float(1 << (f.bits - 1)));
   if (f.symmetric) return s * (2.0f * q - ((1 << f.bits) - 1));
   return s * (q - z);
 }
 
 Problem make(const Case& c, std::mt19937& rng) {
   Problem p;
-  p.f = {c.n, c.k, c.bits, c.ternary, c.symmetric, c.group_size};
+  p.f = {c.n, c.k, c.bits, c.ternary, c.symmetric, c.group_size, c.zero_level};
   const int64_t groups = num_groups(p.f);
   std::normal_distribution<float> normal;
   std::uniform_real_distribution<float> uniform(0.01f, 0.1f);
@@ -87,6 +101,9 @@ Problem make(const Case& c, std::mt19937& rng) {
   for (auto& v : p.codes) v = static_cast<uint8_t>(code(rng));
   p.scales.resize(groups * c.n);
   for (auto& v : p.scales) v = uniform(rng);
+  if (c.zero_level) {  // signed scales: the largest magnitude of either sign takes code 0
+    for (auto& v : p.scales) v = code(rng) % 2 ? -v : v;
+  }
   if (!c.symmetric && !c.ternary) {
     p.zeros.resize(groups * c.n);
     for (auto& v : p.zeros) v = uniform(rng) * 10.0f * top;
@@ -141,9 +158,9 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
 void expect(bool ok, const char* what, const Case& c, double err) {
   if (ok) return;
   ++failures;
-  std::printf("FAIL %s: m=%lld n=%lld k=%lld bits=%d ternary=%d sym=%d group=%lld err=%g\n",
-              what, (long long)c.m, (long long)c.n, (long long)c.k, c.bits, c.ternary,
-              c.symmetric, (long long)c.group_size, err);
+  std::printf("FAIL %s: m=%lld n=%lld k=%lld bits=%d ternary=%d sym=%d zero_level=%d "
+              "group=%lld err=%g\n", what, (long long)c.m, (long long)c.n, (long long)c.k,
+              c.bits, c.ternary, c.symmetric, c.zero_level, (long long)c.group_size, err);
 }
 
 // Vector kernels must build the same int8 tables as the reference, bit for bit.
@@ -197,12 +214,14 @@ int check_half_conversion() {
   return checked + 1;
 }
 
-// The formats every edge-case check runs: bits 1..4 symmetric and asymmetric, ternary.
+// The formats every edge-case check runs: bits 1..4 symmetric and asymmetric, ternary,
+// 2..4 zero-level.
 std::vector<Case> edge_formats(int64_t m, int64_t n, int64_t k, int64_t group) {
   std::vector<Case> out;
   for (int bits = 1; bits <= 4; ++bits)
-    for (bool symmetric : {true, false}) out.push_back({m, n, k, bits, false, symmetric, group});
-  out.push_back({m, n, k, 2, true, true, group});
+    for (int variant = 0; variant < kVariants; ++variant) {
+      if (variant_applies(variant, bits)) out.push_back(variant_case(m, n, k, bits, variant, group));
+    }
   return out;
 }
 
@@ -460,7 +479,7 @@ double dot4_excess_error(const Problem& p, const std::vector<float>& y, const Ca
           top = std::max(top, std::fabs(p.a[m * c.k + j]));
         const int64_t g = i / c.group_size;
         const float z = p.zeros.empty() ? 0.0f : p.zeros[g * c.n + r];
-        bound += ((1 << c.bits) - 1) * p.scales[g * c.n + r] * top / 127.0 / 2.0;
+        bound += ((1 << c.bits) - 1) * std::fabs(p.scales[g * c.n + r]) * top / 127.0 / 2.0;
         size += std::fabs(p.a[m * c.k + i] * dequant(p.f, p.codes[r * c.k + i],
                                                      p.scales[g * c.n + r], z));
       }
@@ -512,9 +531,11 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
     for (int64_t n : {1, 31, 33, 65})
       for (int64_t k : {1, 3, 7, 9, 24, 33, 65, 129, 200})
         for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k})
-          for (bool symmetric : {true, false}) {
-            const Case c{m, n, k, bits, false, symmetric, group};
-            if (!check_format({n, k, bits, false, symmetric, group}).empty()) continue;
+          for (int variant : {0, 1, 3}) {
+            const Case c = variant_case(m, n, k, bits, variant, group);
+            if (!check_format({n, k, bits, false, c.symmetric, group, c.zero_level}).empty()) {
+              continue;
+            }
             checked += check_dot_case(c, vector_kernels, "dot", rng);
           }
   return checked;
@@ -608,12 +629,14 @@ int check_dot_prefill_shapes(const std::vector<const Kernel*>& vector_kernels, s
     for (int64_t n : {31, 65})
       for (int64_t k : {9, 65, 200})
         for (int64_t group : {int64_t{32}, int64_t{64}, k})
-          for (int variant = 0; variant < 3; ++variant) {
-            cases.push_back({m, n, k, 2, variant == 2, variant != 1, group});
+          for (int variant = 0; variant < kVariants; ++variant) {
+            cases.push_back(variant_case(m, n, k, 2, variant, group));
           }
   cases.push_back({kDotPrefillRows, 2080, 2056, 2, true, true, 64});
   for (const Case& c : cases) {
-    if (!check_format({c.n, c.k, 2, c.ternary, c.symmetric, c.group_size}).empty()) continue;
+    if (!check_format({c.n, c.k, 2, c.ternary, c.symmetric, c.group_size, c.zero_level}).empty()) {
+      continue;
+    }
     checked += check_dot_case(c, vector_kernels, "2-bit prefill", rng);
   }
   return checked;
@@ -633,10 +656,10 @@ int check_threads_identical(std::mt19937& rng) {
                                {32, 96, 520}};
   for (auto& s : shapes)
     for (int bits = 1; bits <= 4; ++bits)
-      for (int variant = 0; variant < 3; ++variant) {
-        if (variant == 2 && bits != 2) continue;  // ternary
+      for (int variant = 0; variant < kVariants; ++variant) {
+        if (!variant_applies(variant, bits)) continue;
         for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, s[2]}) {
-          Case c{s[0], s[1], s[2], bits, variant == 2, variant != 1, group};
+          const Case c = variant_case(s[0], s[1], s[2], bits, variant, group);
           const Problem p = make(c, rng);
           if (estimated_ns(p.f, c.m) < kParallelMinNs) {
             ++failures;
@@ -821,9 +844,9 @@ int main() {
   const int64_t shapes[][3] = {{1, 37, 100}, {7, 64, 256}, {2, 33, 1000}, {3, 40, 200}};
   for (auto& s : shapes)
     for (int bits = 1; bits <= 4; ++bits)
-      for (int variant = 0; variant < 3; ++variant) {
-        if (variant == 2 && bits != 2) continue;  // ternary
-        Case c{s[0], s[1], s[2], bits, variant == 2, variant != 1, 0};
+      for (int variant = 0; variant < kVariants; ++variant) {
+        if (!variant_applies(variant, bits)) continue;
+        Case c = variant_case(s[0], s[1], s[2], bits, variant, 0);
         for (int64_t group : {int64_t{32}, int64_t{128}, s[2]}) {
           c.group_size = group;
           const Problem p = make(c, rng);

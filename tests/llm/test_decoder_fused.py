@@ -144,7 +144,7 @@ def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
 
     bundle = Bundle.open(tiny_2bit_bundle)
     abi, layout = installed_operator()
-    assert abi == 5 and bundle.manifest["operator"]["abi_version"] == 5
+    assert abi == 6 and bundle.manifest["operator"]["abi_version"] == 6
     # ABI 4 added operators (and changed 3-bit storage only): a bundle of ABI 3 without
     # 3-bit weights (a standard-op decoder graph) still runs.
     bundle.manifest["operator"].update(abi_version=3, layout="tile32-nibble4")
@@ -154,6 +154,10 @@ def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
     # ABI 5 changed no layout: an ABI-4 bundle (appending cache) runs on this library.
     bundle.manifest["operator"]["abi_version"] = 4
     bundle.check_operator((5, layout))
+    bundle.check_operator((6, layout))
+    # ABI 6 added an optional attribute and changed no layout: ABI-5 bundles run too.
+    bundle.manifest["operator"]["abi_version"] = 5
+    bundle.check_operator((6, layout))
     # A bundle using the fused ops, opened with a library of ABI 3 (which lacks them).
     with pytest.raises(BundleError, match="speaks ABI 3 and lacks operators the model uses"):
         bundle.check_operator((3, layout), "old/libedgepet_ort.so")
@@ -161,3 +165,7 @@ def test_abi_3_bundles_still_run_and_a_library_without_the_fused_ops_is_refused(
     bundle.manifest["operator"]["abi_version"] = 5
     with pytest.raises(BundleError, match="speaks ABI 4 and lacks operators the model uses"):
         bundle.check_operator((4, layout), "old/libedgepet_ort.so")
+    # An ABI-6 bundle on an ABI-5 library, which would read zero-level codes as odd levels.
+    bundle.manifest["operator"]["abi_version"] = 6
+    with pytest.raises(BundleError, match="speaks ABI 5 and lacks operators the model uses"):
+        bundle.check_operator((5, layout), "old/libedgepet_ort.so")

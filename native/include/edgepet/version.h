@@ -12,7 +12,11 @@
       and SwiGLU added (an ABI-3 library lacks them).
    5: GroupQueryRotaryAttention's optional past_length input (a fixed-capacity cache
       buffer shared by past and present) and its float16 cache; every layout as in 4, so bundles of ABI 4 (and
-      of ABI 3 without 3-bit weights) are still read. */
-#define EDGEPET_OP_ABI_VERSION 5
+      of ABI 3 without 3-bit weights) are still read.
+   6: LutMatMul's optional zero_level attribute: symmetric 2-, 3- and 4-bit codes with a
+      zero level, w = s (q - 2^(b-1)); every layout as in 5, and a node without the
+      attribute reads as before, so bundles of ABI 4 and 5 (and of ABI 3 without 3-bit
+      weights) are still read. */
+#define EDGEPET_OP_ABI_VERSION 6
 
 #endif /* EDGEPET_VERSION_H_ */

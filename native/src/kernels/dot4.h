@@ -343,6 +343,15 @@ __attribute__((always_inline)) inline void add_group(
   const Half* s = job.scales + g * kTileRows;
   for (int i = 0; i < kTileRows / V::kLanes; ++i) {
     const F scale = V::load_halves(s + i * V::kLanes);
+    if (f.zero_level) {  // sc = s/2, off = -s/2 (kernel.h, group_affine); no base code
+      // y += s/2 (plane sum - sum(a)), the plane sum being the dots plus base_acc.
+      const F sc = V::mul(V::set1(0.5f), scale);
+      for (int m = 0; m < Rows; ++m) {
+        const F offset = V::set1(job.acts[m].base_acc[g] - job.acts[m].group_sums[g]);
+        y[m][i] = V::fmadd(sc, V::add(acc[m][i], offset), y[m][i]);
+      }
+      continue;
+    }
     if (f.symmetric) {
       for (int m = 0; m < Rows; ++m) {
         // The group's plane sum: the dots plus -top sum(x) step per block (top of file).

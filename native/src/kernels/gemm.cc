@@ -15,6 +15,11 @@ std::string check_format(const WeightFormat& f) {
            " is not supported (1, 2, 3, 4; ternary is bits=2 with ternary=1)";
   }
   if (f.ternary && f.bits != 2) return "ternary weights are stored with bits=2";
+  if (f.zero_level && (f.ternary || !f.symmetric || f.bits < 2)) {
+    return "zero_level=1 is for symmetric 2-, 3- and 4-bit codes (symmetric=1, ternary=0, "
+           "no zero_points); bits=" + std::to_string(f.bits) +
+           (f.ternary ? ", ternary=1" : "") + (f.symmetric ? "" : ", symmetric=0");
+  }
   if (f.n <= 0 || f.k <= 0) {
     return "N=" + std::to_string(f.n) + " and K=" + std::to_string(f.k) + " must be positive";
   }

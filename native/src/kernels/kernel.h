@@ -71,6 +71,10 @@ struct WeightFormat {
   bool ternary = false;
   bool symmetric = true;
   int64_t group_size = 0;  // inputs per scale group; k for per-row
+  // Symmetric codes with a zero level (op ABI 6): w = s (q - 2^(b-1)), the grid of Q4_0
+  // and of ONNX Runtime's symmetric MatMulNBits, instead of the odd levels
+  // s (2q - (2^b - 1)). Bits 2, 3, 4; symmetric (no zero points); not ternary.
+  bool zero_level = false;
 };
 
 // For a >= 0, b > 0; written so that no intermediate overflows (group_size may be any
@@ -240,13 +244,15 @@ const Kernel* avx512_kernel();
 const Kernel* neon_kernel();
 
 // Epilogue constants of the code rule: y += sc * planesum + off * sum(a).
-// sc = s (symmetric) or s/2; off = s * ((2^b - 1)/2 - z), z = 1 for ternary.
+// sc = s (symmetric) or s/2; off = s * ((2^b - 1)/2 - z), z = 1 for ternary and
+// 2^(b-1) for zero-level codes (so off = -s/2: y += s/2 (planesum - sum(a))).
 struct GroupAffine {
   float sc;
   float off;
 };
 inline GroupAffine group_affine(const WeightFormat& f, float s, float z) {
   if (f.ternary) return {0.5f * s, 0.5f * s};
+  if (f.zero_level) return {0.5f * s, -0.5f * s};
   if (f.symmetric) return {s, 0.0f};
   const float mid = 0.5f * static_cast<float>((1 << f.bits) - 1);
   return {0.5f * s, s * (mid - z)};
@@ -258,6 +264,9 @@ inline GroupAffine group_affine(const WeightFormat& f, float s, float z) {
 // so a group whose codes are all the base code, computed by the rule above, would give
 // that rounding instead of exactly s * (base - z) * sum(a). The kernels recognise such a
 // group by its accumulator (it equals Tables::base_acc) and add the exact value instead.
+// Zero-level codes have an offset term but no base code: a group whose codes are all
+// 2^(b-1) gives that rounding times s, not 0. quantize stores a group of zeros with scale 0
+// (its largest magnitude over -2^(b-1)), which gives 0 exactly.
 inline bool has_base_code(const WeightFormat& f) { return f.ternary || !f.symmetric; }
 inline int base_code(const WeightFormat& f) { return f.ternary ? 1 : 0; }
 // The plane sum of a base-code row in units of the quads' int8 sums (entry 15):

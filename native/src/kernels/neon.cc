@@ -158,6 +158,9 @@ void tile_dot_one(const TileJob& job, const Tables& tables, float* out) {
         const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
         const float32x4_t rule = vaddq_f32(vmulq_f32(sc, acc[i]), vmulq_n_f32(sc, group_sum));
         y[i] = vaddq_f32(y[i], vbslq_f32(is_base(), vdupq_n_f32(0.0f), rule));
+      } else if (f.zero_level) {  // sc = s/2, off = -s/2 (kernel.h); no base code
+        const float32x4_t sc = vmulq_n_f32(scale, 0.5f);
+        y[i] = vfmaq_f32(y[i], sc, vsubq_f32(acc[i], vdupq_n_f32(group_sum)));
       } else if (f.symmetric) {
         y[i] = vfmaq_f32(y[i], scale, acc[i]);
       } else {

@@ -27,7 +27,7 @@ inline __m256 load_halves(const Half* p) {
 // The epilogue's rule (kernel.h, group_affine) as a template parameter: each instance's
 // group loop holds only its own format's values. With the format tested per group, the
 // 1-bit AVX2 loop kept its output accumulators on the stack (a store and reload per group).
-enum class Affine { kSymmetric, kTernary, kAsymmetric };
+enum class Affine { kSymmetric, kZeroLevel, kTernary, kAsymmetric };
 
 // Sums::block<Bits, Rows>(codes, tables, quads, acc_a, acc_b) fills int16 sums of
 // one block for the tile's 32 rows: acc_a[m] rows 0..15, acc_b[m] rows 16..31.
@@ -67,7 +67,7 @@ void tile_dot(const TileJob& job) {
     const Half* s = job.scales + g * kTileRows;
     for (int i = 0; i < 4; ++i) {
       const __m256 scale = load_halves(s + 8 * i);
-      const __m256 sc = _mm256_mul_ps(half, scale);  // ternary and asymmetric
+      const __m256 sc = _mm256_mul_ps(half, scale);  // all but the odd symmetric levels
       for (int m = 0; m < Rows; ++m) {
         const __m256 group_sum = _mm256_set1_ps(job.tables[m].group_sums[g]);
         // Rows whose codes are all the base code add their exact value (kernel.h).
@@ -89,6 +89,9 @@ void tile_dot(const TileJob& job) {
 #endif
         } else if constexpr (kAffine == Affine::kSymmetric) {
           y[m][i] = _mm256_fmadd_ps(scale, acc[m][i], y[m][i]);
+        } else if constexpr (kAffine == Affine::kZeroLevel) {
+          // sc = s/2, off = -s/2 (kernel.h, group_affine); no base code
+          y[m][i] = _mm256_fmadd_ps(sc, _mm256_sub_ps(acc[m][i], group_sum), y[m][i]);
         } else {
           const __m256 z = load_halves(job.zero_points + g * kTileRows + 8 * i);
           const __m256 off = _mm256_mul_ps(scale, _mm256_sub_ps(mid, z));
@@ -113,6 +116,7 @@ void tile_dot(const TileJob& job) {
 template <class Sums, int Bits, int Rows>
 void tile_dot_affine(const TileJob& job) {
   if (job.format.ternary) return tile_dot<Sums, Bits, Rows, Affine::kTernary>(job);
+  if (job.format.zero_level) return tile_dot<Sums, Bits, Rows, Affine::kZeroLevel>(job);
   if (job.format.symmetric) return tile_dot<Sums, Bits, Rows, Affine::kSymmetric>(job);
   return tile_dot<Sums, Bits, Rows, Affine::kAsymmetric>(job);
 }

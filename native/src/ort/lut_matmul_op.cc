@@ -113,8 +113,14 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   }
   if (!get_string(api, info, "layout", &layout)) errors.note(api, info, "layout", "a string");
   if (!errors.message().empty()) return fail(api, k->where() + errors.message());
+  // zero_level (ABI 6) is optional: absent, the codes are those of ABI 5 and before.
+  int64_t zero_level = 0;
+  if (attribute_kind(api, info, "zero_level") && !get_int(api, info, "zero_level", &zero_level)) {
+    errors.note(api, info, "zero_level", "an int");
+    return fail(api, k->where() + errors.message());
+  }
   for (const auto& [name, value] : {std::pair<const char*, int64_t>{"ternary", ternary},
-                                    {"symmetric", symmetric}}) {
+                                    {"symmetric", symmetric}, {"zero_level", zero_level}}) {
     if (value != 0 && value != 1) {
       return fail(api, k->where() + name + "=" + std::to_string(value) + " must be 0 or 1");
     }
@@ -123,6 +129,7 @@ OrtStatus* create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelI
   k->format.bits = static_cast<int>(std::clamp<int64_t>(bits, INT32_MIN, INT32_MAX));
   k->format.ternary = ternary != 0;
   k->format.symmetric = symmetric != 0 || k->format.ternary;
+  k->format.zero_level = zero_level != 0;
   const std::string bad = check_format(k->format);
   if (!bad.empty()) return fail(api, k->where() + bad);
   // ABI 3's layout differs from this one only at 3 bits (pack.h): its other widths read

@@ -88,13 +88,14 @@ nb::ndarray<nb::numpy, float> lut_matmul(Floats2 a, BytesIn codes, Halves3 scale
                                          std::optional<Halves3> zero_points,
                                          std::optional<Floats1> bias, int64_t n, int bits,
                                          bool ternary, int64_t group_size, int threads,
-                                         const std::string& kernel_name) {
+                                         const std::string& kernel_name, bool zero_level) {
   WeightFormat f;
   f.n = n;
   f.k = static_cast<int64_t>(a.shape(1));
   f.bits = bits;
   f.ternary = ternary;
   f.symmetric = ternary || !zero_points.has_value();
+  f.zero_level = zero_level;
   f.group_size = group_size;
   Operands operands{shape_of(codes), shape_of(scales), {}, {}};
   if (zero_points) operands.zero_points = shape_of(*zero_points);
@@ -201,7 +202,8 @@ NB_MODULE(_native, m) {
         "Pack uint8 codes [N, K] into the tile32 layout.");
   m.def("lut_matmul", &edgepet::lut_matmul, "a"_a, "codes"_a, "scales"_a,
         "zero_points"_a.none(), "bias"_a.none(), "n"_a, "bits"_a, "ternary"_a, "group_size"_a,
-        "threads"_a, "kernel"_a, "Y = A . dequant(W)^T (+ bias) through the LUT kernels.");
+        "threads"_a, "kernel"_a, "zero_level"_a = false,
+        "Y = A . dequant(W)^T (+ bias) through the LUT kernels.");
   m.def("packed_bytes", &edgepet::packed_nbytes, "n"_a, "k"_a, "bits"_a,
         "Bytes of the packed codes of an N x K weight at `bits` bits.");
   m.def("read_seconds", &edgepet::read_seconds, "buffer"_a, "threads"_a,
