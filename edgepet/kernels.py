@@ -102,6 +102,7 @@ def lut_matmul(
         qt.group_size,
         0 if threads is None else int(threads),
         kernel,
+        qt.zero_level,
     )
     return y.reshape(*lead, n)
 

@@ -49,6 +49,8 @@ def lut_matmul_node(
         inputs.append(inits[-1].name)
     while inputs[-1] == "":
         inputs.pop()
+    # zero_level (op ABI 6) only where set: other nodes read as before by older libraries.
+    zero_level = {"zero_level": 1} if qt.zero_level else {}
     node = helper.make_node(
         OP_TYPE,
         inputs,
@@ -62,6 +64,7 @@ def lut_matmul_node(
         group_size=qt.group_size,
         symmetric=int(qt.symmetric),
         layout=LAYOUT,
+        **zero_level,
     )
     return node, inits
 

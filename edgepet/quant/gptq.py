@@ -94,14 +94,15 @@ def _block_size(gs: int, block: int) -> int:
 
 
 def _group_params(w: np.ndarray, bits: Bits, symmetric: bool, clip_search: bool,
-                  h_diag: np.ndarray) -> QuantizedTensor:
+                  h_diag: np.ndarray, zero_level: bool = False) -> QuantizedTensor:
     """One group's scales (and zero points) ``[N, 1]``, from its current weights."""
     width = w.shape[1]
     if not clip_search:
-        return quantize(w, bits, width, symmetric)
+        return quantize(w, bits, width, symmetric, zero_level)
     # Weighted by H's diagonal: X = diag(sqrt(h)) gives the search an error sum_i h_i d_i^2.
     x = np.diag(np.sqrt(np.maximum(h_diag, 0.0))).astype(np.float32)
-    return search_quantize(w, bits, width, symmetric, activations=x, grid=10, refits=1)
+    return search_quantize(w, bits, width, symmetric, activations=x, grid=10, refits=1,
+                           zero_level=zero_level)
 
 
 def gptq_quantize(
@@ -114,6 +115,7 @@ def gptq_quantize(
     damp: float = DEFAULT_DAMP,
     block: int = DEFAULT_BLOCK,
     clip_search: bool = False,
+    zero_level: bool = False,
 ) -> QuantizedTensor:
     """Quantize ``w`` ``[N, K]`` with GPTQ for inputs whose Gram matrix is ``h`` ``[K, K]``.
 
@@ -125,6 +127,7 @@ def gptq_quantize(
         block: columns per lazy update (rounded to whole groups).
         clip_search: fit each group's scale/zero point with the clipping search (weighted
             by ``diag(h)``) instead of the group's min/max.
+        zero_level: symmetric codes with a zero level (as :func:`edgepet.quant.quantize`).
 
     Returns a :class:`QuantizedTensor` of the same kind as RTN's (bits, group size,
     symmetry), whose :meth:`~QuantizedTensor.dequantize` is exactly the values used.
@@ -160,23 +163,23 @@ def gptq_quantize(
             if col % gs == 0:
                 end = min(i + gs, b1 - b0)
                 params = _group_params(wb[:, i:end], bits, symmetric, clip_search,
-                                       h_diag[col:col + end - i])
+                                       h_diag[col:col + end - i], zero_level)
                 s = storage_values(params.scales[:, 0])
                 scales[:, col // gs] = s
                 if zeros is not None:
                     z = storage_values(params.zero_points[:, 0], "zero_points")
                     zeros[:, col // gs] = z
             column = wb[:, i]
-            c = nearest_codes(column[:, None], s, z, bits)
+            c = nearest_codes(column[:, None], s, z, bits, zero_level)
             codes[:, col] = c[:, 0]
-            value = code_values(c[:, 0], s, z, bits)
+            value = code_values(c[:, 0], s, z, bits, zero_level)
             err = (column - value) / u[col, col]
             wb[:, i:] -= err[:, None] * ub[i, i:][None, :]
             errors[:, i] = err
         if b1 < k:
             w[:, b1:] -= errors @ u[b0:b1, b1:]
     return QuantizedTensor(codes=codes, scales=scales, zero_points=zeros, bits=bits,
-                           group_size=gs, symmetric=symmetric)
+                           group_size=gs, symmetric=symmetric, zero_level=zero_level)
 
 
 __all__ = ["DEFAULT_DAMP", "gptq_quantize", "hessian", "output_error"]

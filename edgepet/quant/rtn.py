@@ -36,6 +36,7 @@ def tensor_from_groups(
     bits: Bits,
     group_size: int,
     k: int,
+    zero_level: bool = False,
 ) -> QuantizedTensor:
     """The :class:`QuantizedTensor` of codes ``[N, G, group_size]`` (padding dropped) and
     per-group scales (and zero points; None: symmetric codes)."""
@@ -47,6 +48,7 @@ def tensor_from_groups(
         bits=bits,
         group_size=group_size,
         symmetric=zero_points is None,
+        zero_level=zero_level,
     )
 
 
@@ -68,6 +70,7 @@ def quantize(
     bits: Bits = 4,
     group_size: int | str | None = 64,
     symmetric: bool = True,
+    zero_level: bool = False,
 ) -> QuantizedTensor:
     """Quantize a float weight ``[N, K]`` to ``bits``-wide codes by rounding.
 
@@ -78,6 +81,10 @@ def quantize(
         symmetric: odd symmetric levels (no zero point); False stores a float
             zero point per group and maps each group's [min, max] onto the codes.
             Ternary is always symmetric.
+        zero_level: symmetric codes with a zero level, ``s * (q - 2^(b-1))`` (2, 3 or
+            4 bits): the scale is the group's largest-magnitude weight over ``-2^(b-1)``,
+            so that weight is exact (Q4_0's rule); the other sign reaches
+            ``(2^(b-1) - 1) s``.
 
     Scales: symmetric b-bit uses ``max|w| / (2^b - 1)`` except 1-bit, which uses
     ``mean|w|`` (the L2-optimal scale of ``sign(w)``); ternary uses ``mean|w|``
@@ -87,6 +94,11 @@ def quantize(
     w = _check_weight(w)
     n, k = w.shape
     gs = resolve_group_size(group_size, k)
+    if zero_level:
+        if not symmetric or bits not in (2, 3, 4):
+            raise ValueError("zero_level codes are symmetric 2-, 3- or 4-bit codes; got "
+                             f"bits={bits!r}, symmetric={symmetric}")
+        return _zero_level(w, int(bits), gs)
     if bits == "ternary":
         return _ternary(w, gs)
     if symmetric:
@@ -104,6 +116,16 @@ def _symmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
             scale = np.nanmax(np.abs(grouped), axis=2) / top
     codes = nearest_codes(np.nan_to_num(grouped), scale, None, bits)
     return tensor_from_groups(codes, scale, None, bits, gs, w.shape[1])
+
+
+def _zero_level(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:
+    half = 1 << (bits - 1)
+    grouped = split_groups(w, gs, fill=0.0)
+    largest = np.take_along_axis(grouped, np.abs(grouped).argmax(axis=2)[..., None], 2)[..., 0]
+    # A signed scale: the largest magnitude takes code 0, -2^(b-1) steps, whatever its sign.
+    scale = largest / -half
+    codes = nearest_codes(grouped, scale, None, bits, zero_level=True)
+    return tensor_from_groups(codes, scale, None, bits, gs, w.shape[1], zero_level=True)
 
 
 def _asymmetric(w: np.ndarray, bits: int, gs: int) -> QuantizedTensor:

@@ -120,19 +120,21 @@ class _Groups:
         return np.sum(d * self.weigh(d), axis=2)
 
 
-def _candidate(groups: _Groups, bits, s, z) -> tuple[np.ndarray, np.ndarray]:
+def _candidate(groups: _Groups, bits, s, z, zero_level: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Grouped codes and per-group error ``[N, G]`` for scales ``s``, zero points ``z``.
 
     The values are the codes' dequantized values, scales and zero points rounded as
     stored; padding past K gets a value too, which the error ignores (its weight, the
     mask or the zero-padded activations, is zero there).
     """
-    codes = nearest_codes(groups.w, s, z, bits)
+    codes = nearest_codes(groups.w, s, z, bits, zero_level)
     zs = None if z is None else storage_values(z, "zero_points")[..., None]
-    return codes, groups.error(code_values(codes, storage_values(s)[..., None], zs, bits))
+    return codes, groups.error(code_values(codes, storage_values(s)[..., None], zs, bits,
+                                           zero_level))
 
 
-def _refit(groups: _Groups, bits, codes: np.ndarray, symmetric: bool):
+def _refit(groups: _Groups, bits, codes: np.ndarray, symmetric: bool, zero_level: bool = False):
     """Least-squares scale (and zero point) for fixed codes, weighted like the error.
 
     Returns ``(s, z)`` per group (``z`` None for symmetric codes), NaN where no fit.
@@ -140,18 +142,21 @@ def _refit(groups: _Groups, bits, codes: np.ndarray, symmetric: bool):
     q = codes.astype(np.float32)
     if bits == "ternary":
         return _fit_scale(groups, q - 1.0), None
+    if zero_level:  # signed scales: the levels' sign is the scale's
+        return _fit_scale(groups, q - float(1 << (int(bits) - 1)), signed=True), None
     if symmetric:
         return _fit_scale(groups, 2.0 * q - ((1 << int(bits)) - 1)), None
     return _fit_affine(groups, q)
 
 
-def _fit_scale(groups: _Groups, levels: np.ndarray) -> np.ndarray:
-    """``s`` minimizing the error of ``s * levels`` (levels: codes as odd/ternary units)."""
+def _fit_scale(groups: _Groups, levels: np.ndarray, signed: bool = False) -> np.ndarray:
+    """``s`` minimizing the error of ``s * levels`` (levels: codes as odd/ternary/zero-level
+    units); ``signed``: a negative ``s`` is a fit too (zero-level codes)."""
     hl = groups.weigh(levels)
     den = np.sum(levels * hl, axis=2)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sum(groups.w * hl, axis=2) / den
-    return np.where((den > 0) & (s > 0), s, np.nan)
+    return np.where((den > 0) & ((s != 0) if signed else (s > 0)) & np.isfinite(s), s, np.nan)
 
 
 def _fit_affine(groups: _Groups, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +182,7 @@ def search_quantize(
     activations: np.ndarray | None = None,
     grid: int = 20,
     refits: int = 2,
+    zero_level: bool = False,
 ) -> QuantizedTensor:
     """Quantize ``w`` ``[N, K]`` choosing each group's clip, scale (and zero point) to
     minimize weight MSE, or output MSE on ``activations`` ``[M, K]`` if given.
@@ -186,6 +192,7 @@ def search_quantize(
         activations: calibration inputs of this layer, any shape ``[..., K]``.
         grid: clipping factors tried per group (more: slower, slightly better).
         refits: rounds of least-squares refit of scale/zero point for the chosen codes.
+        zero_level: symmetric codes with a zero level (as :func:`edgepet.quant.quantize`).
 
     Returns the same kind of :class:`QuantizedTensor` as RTN, never worse than it on the
     objective.
@@ -195,18 +202,18 @@ def search_quantize(
     gs = resolve_group_size(group_size, w.shape[1])
     x = _activations(activations, w.shape[1])
     groups = _Groups(w, gs, x)
-    base = quantize(w, bits, gs, symmetric)
+    base = quantize(w, bits, gs, symmetric, zero_level)
     sym = base.symmetric
     mean_based = bits in (1, "ternary")
     alphas = np.unique(np.append(np.linspace(0.5, 1.5 if mean_based else 1.0, grid), 1.0))
     shifts = [0.0] if sym else [-0.4, -0.2, 0.0, 0.2, 0.4]
 
     best_s, best_z = base.scales.copy(), None if sym else base.zero_points.copy()
-    best_codes, best_err = _candidate(groups, bits, best_s, best_z)
+    best_codes, best_err = _candidate(groups, bits, best_s, best_z, zero_level)
 
     def consider(s, z):
         nonlocal best_codes, best_err
-        codes, err = _candidate(groups, bits, s, z)
+        codes, err = _candidate(groups, bits, s, z, zero_level)
         better = err < best_err
         best_s[better] = s[better]
         if z is not None:
@@ -225,9 +232,10 @@ def search_quantize(
                 s = base.scales * alpha
                 consider(s, top / 2.0 - centre / s + shift)
     for _ in range(refits):
-        s, z = _refit(groups, bits, best_codes, sym)
+        s, z = _refit(groups, bits, best_codes, sym, zero_level)
         fit = np.isfinite(s)
         s = np.where(fit, s, best_s)
         z = None if z is None else np.where(fit, z, best_z)
         consider(s, z)
-    return tensor_from_groups(best_codes, best_s, None if sym else best_z, bits, gs, groups.k)
+    return tensor_from_groups(best_codes, best_s, None if sym else best_z, bits, gs, groups.k,
+                              zero_level)

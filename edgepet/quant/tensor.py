@@ -5,6 +5,9 @@ with it; :meth:`QuantizedTensor.dequantize` is its executable form):
 
 * ``symmetric`` b-bit codes ``q`` in ``[0, 2^b - 1]``:  ``w = s * (2q - (2^b - 1))``
   -- odd multiples of the scale, no zero level (1-bit is ``+-s``).
+* ``zero_level`` symmetric codes (2, 3, 4 bits):        ``w = s * (q - 2^(b-1))``
+  -- the grid of Q4_0 and of ONNX Runtime's symmetric MatMulNBits: a zero level,
+  ``2^(b-1)`` steps below it and ``2^(b-1) - 1`` above; no zero points stored.
 * asymmetric b-bit codes:                              ``w = s * (q - z)``
   with a float zero point ``z`` per group.
 * ternary codes ``q`` in ``{0, 1, 2}``:                  ``w = s * (q - 1)``.
@@ -16,7 +19,9 @@ it is made, and the rule above uses the rounded values -- so what the kernels re
 is exactly what :meth:`QuantizedTensor.dequantize` means. Why odd levels for
 symmetric codes: written as bit-planes, ``2q - (2^b - 1) = sum_i 2^i (2 b_i - 1)``,
 so every plane is a vector of +-1 and a table of signed activation sums serves
-all planes -- the heart of the LUT kernel.
+all planes -- the heart of the LUT kernel. Zero-level codes are the same planes with
+an offset, ``q - 2^(b-1) = (2q - (2^b - 1)) / 2 - 1/2``: the kernels add
+``-s/2 * sum(a)`` per group, as they do for zero points.
 """
 
 from __future__ import annotations
@@ -96,7 +101,8 @@ def num_groups(k: int, group_size: int) -> int:
 
 
 def nearest_codes(
-    w: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits
+    w: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits,
+    zero_level: bool = False,
 ) -> np.ndarray:
     """The inverse of the rule: the uint8 codes whose values are nearest to ``w``.
 
@@ -107,6 +113,10 @@ def nearest_codes(
     scales = storage_values(scales)
     if zero_points is not None:
         zero_points = storage_values(zero_points, "zero_points")
+    if zero_level:  # signed scales (the largest magnitude at code 0, as Q4_0)
+        half = 1 << (int(bits) - 1)
+        safe = np.where(scales != 0, scales, 1.0)[..., None]
+        return np.clip(np.rint(w / safe + half), 0, 2 * half - 1).astype(np.uint8)
     safe = np.where(scales > 0, scales, 1.0)[..., None]
     if bits == "ternary":
         return (np.clip(np.rint(w / safe), -1, 1) + 1).astype(np.uint8)
@@ -117,10 +127,12 @@ def nearest_codes(
 
 
 def code_values(
-    codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits
+    codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: Bits,
+    zero_level: bool = False,
 ) -> np.ndarray:
     """The code -> value rule, on arrays that broadcast against ``codes``: ``s * (q - 1)``
-    for ternary, ``s * (2q - (2^b - 1))`` for symmetric codes, ``s * (q - z)`` otherwise.
+    for ternary, ``s * (q - 2^(b-1))`` for zero-level codes, ``s * (2q - (2^b - 1))`` for
+    (odd-level) symmetric codes, ``s * (q - z)`` otherwise.
 
     ``scales`` and ``zero_points`` are taken as given (already rounded to their storage
     type); :meth:`QuantizedTensor.dequantize` is this rule on a whole tensor.
@@ -128,6 +140,8 @@ def code_values(
     q = codes.astype(np.float32)
     if bits == "ternary":
         return scales * (q - 1.0)
+    if zero_level:
+        return scales * (q - float(1 << (int(bits) - 1)))
     if zero_points is None:
         return scales * (2.0 * q - float((1 << int(bits)) - 1))
     return scales * (q - zero_points)
@@ -149,6 +163,8 @@ class QuantizedTensor:
         bits: 1, 2, 3, 4 or "ternary".
         group_size: inputs per group along K (``K`` means per-row).
         symmetric: symmetric codes (no zero points). Ternary counts as symmetric.
+        zero_level: symmetric codes with a zero level, ``s * (q - 2^(b-1))`` (2, 3 or
+            4 bits; op ABI 6), instead of the odd levels ``s * (2q - (2^b - 1))``.
     """
 
     codes: np.ndarray
@@ -157,6 +173,7 @@ class QuantizedTensor:
     bits: Bits
     group_size: int
     symmetric: bool
+    zero_level: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -184,6 +201,11 @@ class QuantizedTensor:
             )
         if self.bits == "ternary" and not self.symmetric:
             raise ValueError("ternary codes are symmetric: pass symmetric=True")
+        if self.zero_level and (not self.symmetric or self.bits not in (2, 3, 4)):
+            raise ValueError(
+                "zero_level codes are symmetric 2-, 3- or 4-bit codes (no zero points); got "
+                f"bits={self.bits!r}, symmetric={self.symmetric}"
+            )
         if self.codes.size and int(self.codes.max()) > self.max_code:
             raise ValueError(
                 f"codes exceed {self.max_code}, the largest {self.bits}-bit code"
@@ -219,7 +241,8 @@ class QuantizedTensor:
         n, k = self.shape
         group_of_k = np.arange(k) // self.group_size
         z = None if self.zero_points is None else self.zero_points[:, group_of_k]
-        return code_values(self.codes, self.scales[:, group_of_k], z, self.bits)
+        return code_values(self.codes, self.scales[:, group_of_k], z, self.bits,
+                           self.zero_level)
 
     def nbytes_packed(self) -> int:
         """Bytes of codes + scales (+ zero points) as shipped, before layout padding."""

@@ -27,8 +27,10 @@ def rel_err(got, want):
 
 def cases():
     for i, (bits, group, symmetric, with_bias) in enumerate(
-        itertools.product(BITS, GROUPS, [True, False], [False, True])
+        itertools.product(BITS, GROUPS, [True, False, "zero-level"], [False, True])
     ):
+        if bits in ("ternary", 1) and symmetric == "zero-level":
+            continue
         if bits == "ternary" and not symmetric:
             continue
         yield bits, group, symmetric, with_bias, SHAPES[i % len(SHAPES)]
@@ -38,7 +40,10 @@ def cases():
 def test_every_format_matches_exact_product(bits, group, symmetric, with_bias, shape):
     m, n, k = shape
     rng = np.random.default_rng(abs(hash((str(bits), str(group), symmetric, with_bias))) % 2**32)
-    qt = quantize(rng.standard_normal((n, k), dtype=np.float32), bits, group, symmetric)
+    zero_level = symmetric == "zero-level"
+    qt = quantize(rng.standard_normal((n, k), dtype=np.float32), bits, group,
+                  bool(symmetric), zero_level=zero_level)
+    assert qt.zero_level == zero_level
     x = rng.standard_normal((m, k), dtype=np.float32)
     bias = rng.standard_normal(n, dtype=np.float32) if with_bias else None
     exact = x @ qt.dequantize().T + (0 if bias is None else bias)

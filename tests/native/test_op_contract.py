@@ -73,9 +73,15 @@ def test_every_attribute_has_its_type(name):
     assert f"attribute {name} is {want}" in msg
 
 
-@pytest.mark.parametrize("name,value", [("ternary", 2), ("symmetric", -1)])
+@pytest.mark.parametrize("name,value", [("ternary", 2), ("symmetric", -1), ("zero_level", 2)])
 def test_flags_are_0_or_1(name, value):
     assert f"{name}={value} must be 0 or 1" in _session_error(_model(_weights(), _set(name, value)))
+
+
+def test_the_optional_zero_level_attribute_has_its_type_too():
+    """Absent, a node reads as op ABI 5 and before; present, an int 0 or 1."""
+    msg = _session_error(_model(_weights(), _set("zero_level", 1.0)))
+    assert "attribute zero_level is a float, expected an int" in msg
 
 
 def test_group_size_near_2_to_63_means_one_group_not_bias_only():

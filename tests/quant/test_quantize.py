@@ -104,3 +104,46 @@ def test_quantized_tensor_is_immutable():
     for array in (qt.codes, qt.scales):
         with pytest.raises(ValueError, match="read-only"):
             array[0, 0] = 1
+
+
+def test_zero_level_codes_have_a_zero_and_one_more_step_below_it():
+    """s * (q - 2^(b-1)): the grid of Q4_0 and ONNX Runtime's symmetric MatMulNBits."""
+    qt = QuantizedTensor(np.array([[0, 1, 2, 3]], np.uint8), np.array([[0.5]], np.float32),
+                         None, 2, 4, True, zero_level=True)
+    np.testing.assert_array_equal(qt.dequantize(), [[-1.0, -0.5, 0.0, 0.5]])
+    assert qt.bits_per_weight == 2 + 16 / 4  # no zero points stored
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_zero_level_quantize_keeps_each_groups_largest_weight_of_either_sign(bits):
+    rng = np.random.default_rng(bits)
+    w = rng.standard_normal((16, 128)).astype(np.float32)
+    w[0, :64] = -w[0, :64] ** 2  # largest magnitude negative in one group...
+    w[1, :64] = w[1, :64] ** 2   # ...and positive in another: the scale takes its sign
+    w[2, 64:] = 0.0              # a zero group: zero weights, exactly
+    qt = quantize(w, bits, 64, zero_level=True)
+    assert qt.zero_level and qt.zero_points is None and qt.symmetric
+    v = qt.dequantize()
+    groups, back = w.reshape(16, 2, 64), v.reshape(16, 2, 64)
+    at = np.abs(groups).argmax(axis=2)[..., None]
+    largest = np.take_along_axis(groups, at, 2)
+    np.testing.assert_allclose(np.take_along_axis(back, at, 2), largest, rtol=1e-3)  # fp16 scale
+    assert (qt.scales[0, 0] > 0) and (qt.scales[1, 0] < 0)
+    np.testing.assert_array_equal(v[2, 64:], 0.0)
+    # Every weight within half a step of the grid, except where the grid ends (the far
+    # side holds 2^(b-1) - 1 steps): there the clip is the error.
+    step = np.abs(np.repeat(qt.scales, 64, axis=1))
+    inside = np.abs(w) <= (2 ** (bits - 1) - 1) * step
+    assert np.all(np.abs(v - w)[inside] <= 0.5 * step[inside] * (1 + 1e-3))
+
+
+@pytest.mark.parametrize("kwargs", [{"bits": 1}, {"bits": "ternary"},
+                                    {"bits": 4, "symmetric": False}])
+def test_zero_level_is_refused_where_it_means_nothing(kwargs):
+    with pytest.raises(ValueError, match="zero_level codes are symmetric 2-, 3- or 4-bit"):
+        quantize(np.ones((4, 64), np.float32), group_size=32, zero_level=True, **kwargs)
+    bits = kwargs["bits"]
+    with pytest.raises(ValueError, match="zero_level codes are symmetric"):
+        QuantizedTensor(np.zeros((1, 4), np.uint8), np.ones((1, 1), np.float32),
+                        None if kwargs.get("symmetric", True) else np.ones((1, 1), np.float32),
+                        bits, 4, kwargs.get("symmetric", True), zero_level=True)

@@ -101,3 +101,17 @@ def test_non_finite_weights_are_refused():
     w[0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         search_quantize(w, 4)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_zero_level_search_stays_zero_level_and_never_loses_to_its_rtn(bits):
+    w = heavy_tailed()
+    rtn = quantize(w, bits, 64, zero_level=True)
+    found = search_quantize(w, bits, 64, zero_level=True)
+    assert found.zero_level and found.zero_points is None
+    for g in range(-(-200 // 64)):
+        cols = slice(g * 64, (g + 1) * 64)
+        e_found = ((w - found.dequantize())[:, cols] ** 2).sum(1)
+        e_rtn = ((w - rtn.dequantize())[:, cols] ** 2).sum(1)
+        assert np.all(e_found <= e_rtn * (1 + 1e-5) + 1e-9)
+    assert quantization_error(w, found).weight_mse < quantization_error(w, rtn).weight_mse

@@ -14,16 +14,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepet import kernels, runtime
 from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, linear_model, lut_matmul_node
-from edgepet.quant import quantize
+from edgepet.quant import QuantizedTensor, quantize
 
 FORMATS = [(b, s) for b in (1, 2, 3, 4, "ternary") for s in (True, False)
-           if b != "ternary" or s]
+           if b != "ternary" or s] + [(b, "zero-level") for b in (2, 3, 4)]
 
 
 @pytest.mark.parametrize("bits,symmetric", FORMATS)
 def test_session_equals_native_module(bits, symmetric):
     rng = np.random.default_rng(0)
-    qt = quantize(rng.standard_normal((77, 300), dtype=np.float32), bits, 64, symmetric)
+    qt = quantize(rng.standard_normal((77, 300), dtype=np.float32), bits, 64, bool(symmetric),
+                  zero_level=symmetric == "zero-level")
     bias = rng.standard_normal(77, dtype=np.float32)
     sess = runtime.InferenceSession(linear_model(qt, bias), threads=2)
     for m in (1, 2, 7, 64):
@@ -436,3 +437,30 @@ def test_bad_group_size_names_node():
 def test_model_checker_accepts_exported_models():
     qt = quantize(np.ones((8, 32), np.float32), 2, 32)
     onnx.checker.check_model(linear_model(qt))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_zero_level_codes_read_as_their_rule_and_not_as_odd_levels(bits):
+    """The same codes and scales with and without the zero_level attribute are two weights,
+    each the product of its own rule; the attribute is on the node only where set."""
+    rng = np.random.default_rng(bits)
+    qt = quantize(rng.standard_normal((40, 128), dtype=np.float32), bits, 32, zero_level=True)
+    odd = QuantizedTensor(qt.codes, qt.scales, None, bits, 32, True)
+    x = rng.standard_normal((3, 128), dtype=np.float32)
+    for weight in (qt, odd):
+        node, _ = lut_matmul_node(weight, "x", "y", "n")
+        assert ("zero_level" in {a.name for a in node.attribute}) == weight.zero_level
+        got = runtime.InferenceSession(linear_model(weight)).run(None, {"x": x})[0]
+        exact = x @ weight.dequantize().T
+        assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 0.015
+
+
+@pytest.mark.parametrize("bits,symmetric,ternary", [(1, 1, 0), (4, 0, 0), (2, 1, 1)])
+def test_zero_level_where_it_means_nothing_names_node(bits, symmetric, ternary):
+    def bad(node, inits, inputs):
+        _set_attr(node, "bits", bits)
+        _set_attr(node, "ternary", ternary)
+        node.attribute.append(helper.make_attribute("zero_level", 1))
+
+    msg = _error(_broken(bad, symmetric=bool(symmetric)), X)
+    assert "zero_level=1 is for symmetric 2-, 3- and 4-bit codes" in msg, msg
