@@ -207,6 +207,10 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                    help="symmetric codes (--no-symmetric: a zero point per group; default: "
                         "asymmetric for Hugging Face text models and GGUF/Hugging Face "
                         "decoders, symmetric otherwise)")
+    p.add_argument("--zero-level", action="store_true",
+                   help="symmetric codes with a zero level, s*(q - 2^(b-1)), the grid of "
+                        "llama.cpp's Q4_0 and ONNX Runtime's symmetric MatMulNBits, instead "
+                        "of odd levels: 2, 3 and 4 bits, no zero points stored")
     p.add_argument("--budget-error", type=float, metavar="X",
                    help="mixed precision by measurement: quantize each linear layer alone, "
                         "measure the output error it adds (1 - cosine for embeddings, "
@@ -402,8 +406,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else "edgepet-example"
     bundle = _export(
         model, args.output or default_out, args, bits=args.bits,
-        group_size=args.group_size, symmetric=args.symmetric, keep=args.keep,
-        quantizer=args.quantizer, adapters=_adapters(args.adapter),
+        group_size=args.group_size, symmetric=args.symmetric, zero_level=args.zero_level,
+        keep=args.keep, quantizer=args.quantizer, adapters=_adapters(args.adapter),
         input_shapes=args.input_shape or None,
         inputs=_example_inputs(args.example_input),
         trust=args.trust, arch=args.arch, arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
@@ -484,6 +488,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_OK if all(r.ok for r in results) else EXIT_VERIFY_FAILED
 
 
+def _codes(record: dict) -> str:
+    """How a manifest's quantization (or layer) record stores its codes, in words."""
+    if record.get("zero_level"):
+        return "symmetric with a zero level"
+    return "symmetric" if record["symmetric"] else "asymmetric"
+
+
 def summary(bundle) -> str:
     """A few lines that say what was exported, how small it is and how accurate."""
     m = bundle.manifest
@@ -496,7 +507,7 @@ def summary(bundle) -> str:
         f"edgepet bundle: {bundle.path}",
         f"  target      {t['name']} ({t['arch']}, {t['kernel']} kernel, {t['threads']} threads)",
         (f"  weights     {_bits(q['bits'])}, group {group}, "
-         f"{'symmetric' if q['symmetric'] else 'asymmetric'}, {q['quantizer']} quantizer"),
+         f"{_codes(q)}, {q['quantizer']} quantizer"),
         f"  layers      {len(lut)} LutMatMul, {kept} kept in float",
         (f"  size        weights {_mb(s['float_weight_bytes'])} fp32 -> "
          f"{_mb(s['weight_bytes'])} ({s['compression']:.2f}x smaller); bundle "
@@ -629,12 +640,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             bits += "*"
         if layer.get("shared_with"):
             bits += "+"
+        if layer.get("zero_level"):
+            bits += "z"
         print(f"  {layer['name'][:40]:<40} {layer['N']:>6} {layer['K']:>6} {bits:>7} "
               f"{layer['group_size'] or '-'!s:>6} {layer['float_bytes']:>10,} "
               f"{layer['stored_bytes']:>10,} {_ratio(layer['float_bytes'], layer['stored_bytes'])} "
               f"{stored_bits_per_weight(layer):>7.2f}")
     if any(layer["switchable"] for layer in m["layers"]):
         print("  * switchable: its parameters come from the active adapter file")
+    if any(layer.get("zero_level") for layer in m["layers"]):
+        print("  z zero-level codes: s*(q - 2^(b-1)), no zero points")
     for layer in m["layers"]:
         if layer.get("shared_with"):
             print(f"  + {layer['name']} reads {layer['shared_with']}'s codes (stored once; "

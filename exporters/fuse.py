@@ -44,7 +44,8 @@ def fuse_shared_inputs(result: RewriteResult) -> RewriteResult:
         if (node.domain == DOMAIN and node.op_type == OP_TYPE and node.name in result.quantized
                 and node.name not in switchable):
             qt = result.quantized[node.name][0]
-            groups[(node.input[0], qt.shape[1], qt.bits, qt.group_size, qt.symmetric)].append(i)
+            groups[(node.input[0], qt.shape[1], qt.bits, qt.group_size, qt.symmetric,
+                    qt.zero_level)].append(i)
     fusable = [members for members in groups.values() if len(members) > 1]
     if not fusable:
         return result
@@ -96,7 +97,7 @@ def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
              else np.concatenate([p.zero_points for p in parts]))
     return QuantizedTensor(np.concatenate([p.codes for p in parts]),
                            np.concatenate([p.scales for p in parts]), zeros, first.bits,
-                           first.group_size, first.symmetric)
+                           first.group_size, first.symmetric, first.zero_level)
 
 
 def _concat_bias(parts: list[tuple[QuantizedTensor, np.ndarray | None]]) -> np.ndarray | None:

@@ -108,6 +108,7 @@ def export(
     bits: Bits | None = None,
     group_size: int | str | None = None,
     symmetric: bool | None = None,
+    zero_level: bool = False,
     keep: Sequence[str] = (),
     quantizer: str = "auto",
     adapters: Mapping[str, Any] | None = None,
@@ -146,6 +147,11 @@ def export(
         symmetric: symmetric codes (False: a zero point per group). Default: asymmetric
             for Hugging Face text models (measured: higher embedding cosine at the same
             bits) and decoder checkpoints, symmetric otherwise.
+        zero_level: symmetric codes with a zero level, ``s * (q - 2^(b-1))`` (the grid
+            of Q4_0 and of ONNX Runtime's symmetric MatMulNBits) instead of the odd levels
+            ``s * (2q - (2^b - 1))``; 2, 3 and 4 bits, implies ``symmetric``. Measured on
+            all-MiniLM-L6-v2 (``benchmarks/code_grids.py``): 1 - cosine 0.029 against
+            0.044 at 4 bits group 32, 0.097 against 0.240 at 3 bits (docs/export.md).
         keep: fnmatch patterns of layer names to leave in float (e.g. ``lm_head``).
         quantizer: "rtn" (round to nearest), "search" (error-minimizing clip and scale
             per group; about half the output error at 2 bits) or "auto" (search).
@@ -199,7 +205,8 @@ def export(
             "calibration_tokens", calibration_tokens)) if value is not None}
         return export_decoder_options(
             model, out, target=target, bits=bits, group_size=group_size,
-            symmetric=symmetric, keep=keep, quantizer=quantizer, adapters=adapters,
+            symmetric=symmetric, zero_level=zero_level, keep=keep, quantizer=quantizer,
+            adapters=adapters,
             input_shapes=input_shapes, inputs=inputs, trust=trust, arch=arch,
             arch_kwargs=arch_kwargs, overwrite=overwrite, op_library=op_library,
             progress=progress, task=task, tokenizer=tokenizer, calibration=calibration,
@@ -212,7 +219,7 @@ def export(
     say = _Steps(progress)
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())
-    policy = _policy(profile, bits, group_size, symmetric, keep)
+    policy = _policy(profile, bits, group_size, symmetric, keep, zero_level)
     quantizer, quantize_fn = _quantizer(quantizer)
     if max_size is not None and max_size <= 0:
         raise BadInputError(f"--max-size {max_size} must be a positive size, e.g. 20MB")
@@ -233,7 +240,7 @@ def export(
         references = _torch_references(loaded, tasks, example)
         if loaded.output_names is None and loaded.kind in ("exported-program", "module"):
             loaded.output_names = tx.output_names(loaded.callable(), example)
-        if symmetric is None:
+        if symmetric is None and not zero_level:
             policy = dataclasses.replace(policy, symmetric=loaded.text is None)
         table_bits = _embedding_bits(embedding_bits, loaded)
         layer_fn = _LayerQuantizer(quantize_fn, quantizer == "search" and loaded.text is not None
@@ -291,6 +298,8 @@ def export(
         )
         _describe_reference(manifest, loaded, policy, inputs_kind, example, files)
         manifest["quantization"]["symmetric"] = policy.symmetric
+        if policy.zero_level:
+            manifest["quantization"]["zero_level"] = True
         manifest["quantization"]["plan"] = _plan_manifest(plan)
         manifest["quantization"]["embeddings"] = ({
             "op": f"{GATHER_Q_DOMAIN}.{GATHER_Q_OP}", "bits": table_bits,
@@ -336,13 +345,20 @@ class _Steps:
 
 
 def _policy(profile: TargetProfile, bits: Bits | None, group_size: int | str | None,
-            symmetric: bool | None, keep: Sequence[str]) -> QuantPolicy:
+            symmetric: bool | None, keep: Sequence[str], zero_level: bool = False
+            ) -> QuantPolicy:
     bits = profile.default_bits if bits is None else bits
+    if zero_level and symmetric is False:
+        raise BadInputError("--zero-level codes are symmetric (no zero points) — drop "
+                            "--no-symmetric")
     symmetric = True if symmetric is None else symmetric
     if isinstance(bits, str) and bits.isdigit():
         bits = int(bits)
     if bits not in SUPPORTED_BITS or isinstance(bits, bool):
         raise BadInputError(f"--bits {bits!r} is not supported — use 1, 2, 3, 4 or ternary")
+    if zero_level and bits not in (2, 3, 4):
+        raise BadInputError(f"--zero-level is for 2-, 3- and 4-bit codes, not --bits {bits} "
+                            "(1-bit codes are signs; ternary codes have a zero already)")
     if group_size is None:
         group_size = profile.default_group_size
     elif group_size == "per-row":
@@ -355,7 +371,7 @@ def _policy(profile: TargetProfile, bits: Bits | None, group_size: int | str | N
         raise BadInputError(f"--group-size {group_size} must be a positive multiple of 32 "
                             "(32, 64, 128, ...) or 'per-row'")
     return QuantPolicy(bits=bits, group_size=group_size, symmetric=symmetric,
-                       keep=tuple(keep))
+                       keep=tuple(keep), zero_level=bool(zero_level))
 
 
 def _quantizer(name: str) -> tuple[str, Callable[..., QuantizedTensor]]:
@@ -576,19 +592,18 @@ class _LayerQuantizer:
         key = (layer, digest(w), option)
         if key not in self.cache:
             rows = self.activations.get(layer)
+            extra = {"zero_level": True} if option.zero_level else {}
             if rows is not None and rows.shape[-1] == w.shape[1]:
-                qt = self.base(w, option.bits, option.group_size, option.symmetric,
-                               activations=rows)
-            else:
-                qt = self.base(w, option.bits, option.group_size, option.symmetric)
-            self.cache[key] = qt
+                extra["activations"] = rows
+            self.cache[key] = self.base(w, option.bits, option.group_size, option.symmetric,
+                                        **extra)
         return self.cache[key]
 
     def __call__(self, w: np.ndarray, bits: Bits, group_size: int | None,
-                 symmetric: bool) -> QuantizedTensor:
+                 symmetric: bool, zero_level: bool = False) -> QuantizedTensor:
         candidates = self.names.get(digest(w)) or ["?"]
         layer = candidates[0].removesuffix(".weight")
-        option = self.plan.get(layer) or LayerOption(bits, group_size, symmetric)
+        option = self.plan.get(layer) or LayerOption(bits, group_size, symmetric, zero_level)
         return self.quantize(layer, w, option)
 
 
@@ -612,7 +627,7 @@ def _plan(module: Any, example: Sequence[torch.Tensor], reference: list[np.ndarr
     if not layers:
         raise BadInputError("--budget-error/--max-size need a model whose linear layers are "
                             "torch.nn.Linear modules (an nn.Module or a Hugging Face folder)")
-    base = LayerOption(policy.bits, policy.group_size, policy.symmetric)
+    base = LayerOption(policy.bits, policy.group_size, policy.symmetric, policy.zero_level)
     if max_size is not None:
         group = policy.group_size
         options = [LayerOption(b, group, False) for b in (2, 3, 4)]
@@ -702,6 +717,7 @@ def _plan_manifest(plan: dict[str, Any] | None) -> dict[str, Any] | None:
         "summary": plan["summary"],
         "layers": {name: {"bits": o.bits, "group_size": o.group_size,
                           "symmetric": o.symmetric,
+                          **({"zero_level": True} if o.zero_level else {}),
                           "sensitivity": {opt.label(): round(e, 6)
                                           for opt, e in errors[name].items()}}
                    for name, o in plan["options"].items()},

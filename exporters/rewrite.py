@@ -39,12 +39,14 @@ def digest(array: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class QuantPolicy:
-    """How base weights are quantized: bits, group size, symmetry, layers kept in float."""
+    """How base weights are quantized: bits, group size, symmetry (and for symmetric codes,
+    whether they have a zero level), layers kept in float."""
 
     bits: Bits = 4
     group_size: int | None = 64
     symmetric: bool = True
     keep: tuple[str, ...] = ()
+    zero_level: bool = False
 
     def keeps(self, name: str) -> bool:
         """True when ``name`` matches a ``--keep`` glob (e.g. ``lm_head``)."""
@@ -77,14 +79,16 @@ class LayerRecord:
     stored_bytes: int
     switchable: bool = False
     parameters: list[str] = field(default_factory=list)
+    zero_level: bool = False
 
     def to_dict(self) -> dict:
-        """JSON-ready form."""
+        """JSON-ready form (``zero_level`` only where set: op ABI 6's codes)."""
         return {
             "name": self.name, "node": self.node, "N": self.n, "K": self.k,
             "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
             "bias": self.bias, "float_bytes": self.float_bytes,
             "stored_bytes": self.stored_bytes, "switchable": self.switchable,
+            **({"zero_level": True} if self.zero_level else {}),
         }
 
 
@@ -260,7 +264,8 @@ def rewrite_linears(
         known: ``digest(dequantized weight) -> KnownWeight``: matrices that already have
             codes (frozen 1-bit adapters); they keep those codes exactly.
         progress: called as ``progress(done, total, layer)`` per layer.
-        quantize_fn: the quantizer, ``(w, bits, group_size, symmetric) -> QuantizedTensor``.
+        quantize_fn: the quantizer, ``(w, bits, group_size, symmetric, zero_level=) ->
+            QuantizedTensor``.
     """
     from edgepet.exporters.onnx import lut_matmul_node  # needs the native packer
 
@@ -290,7 +295,7 @@ def rewrite_linears(
                                       float_bytes))
             continue
         qt = fixed.qt if fixed else quantize_fn(site.weight, policy.bits, policy.group_size,
-                                                policy.symmetric)
+                                                policy.symmetric, zero_level=policy.zero_level)
         node_name = _unique(layer, taken, values)
         node, inits = lut_matmul_node(qt, site.input_name, site.output_name, node_name,
                                       site.bias)
@@ -304,6 +309,7 @@ def rewrite_linears(
             switchable=bool(fixed and fixed.switchable),
             parameters=[t.name for t in inits if t.name.endswith(
                 (".weight_packed", ".scales", ".zero_points"))],
+            zero_level=qt.zero_level,
         ))
         quantized[node_name] = (qt, site.bias)
         if progress:
@@ -560,12 +566,14 @@ class LayerOption:
     bits: Bits | None
     group_size: int | None
     symmetric: bool
+    zero_level: bool = False
 
     def label(self) -> str:
         if self.bits is None:
             return "float"
         group = self.group_size or "row"
-        return f"{self.bits}-bit g{group} {'sym' if self.symmetric else 'asym'}"
+        codes = "zero-level" if self.zero_level else "sym" if self.symmetric else "asym"
+        return f"{self.bits}-bit g{group} {codes}"
 
     def stored_bytes(self, n: int, k: int) -> int:
         """Bytes of the packed codes, fp16 scales (and zero points) of an ``[n, k]`` layer."""

@@ -282,6 +282,7 @@ class Choice:
     bits: Bits | None
     group_size: int | str | None
     symmetric: bool
+    zero_level: bool = False
 
 
 @dataclass
@@ -334,7 +335,8 @@ def gptq_checkpoint(
         if choice.bits is None:
             return w
         try:
-            rtn = quantize(w, choice.bits, choice.group_size, choice.symmetric)
+            rtn = quantize(w, choice.bits, choice.group_size, choice.symmetric,
+                           choice.zero_level)
             q_rtn = rtn.dequantize()
             rtn_error = out.rtn_errors[name] = output_error(w, q_rtn, h)
             qt, q, error = rtn, q_rtn, rtn_error
@@ -342,7 +344,8 @@ def gptq_checkpoint(
             # GGUF holds its source's values -- and GPTQ cannot do better than that.
             if rtn_error > EXACT_ENOUGH:
                 qt = gptq_quantize(w, h, choice.bits, choice.group_size, choice.symmetric,
-                                   damp=damp, clip_search=clip_search)
+                                   damp=damp, clip_search=clip_search,
+                                   zero_level=choice.zero_level)
                 q = qt.dequantize()
                 error = output_error(w, q, h)
         except ValueError as error:

@@ -41,7 +41,7 @@ from edgepet.exporters.llm import checkpoint as ckpt
 from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.llm import plan as llm_plan
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
-from edgepet.exporters.rewrite import dequantized_twin
+from edgepet.exporters.rewrite import QuantPolicy, dequantized_twin
 from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
 from edgepet.runtime import bundle as bundle_io
 from edgepet.runtime import manifest as manifest_schema
@@ -103,6 +103,7 @@ def export_decoder(
     bits: Bits | None = None,
     group_size: int | str | None = None,
     symmetric: bool | None = None,
+    zero_level: bool = False,
     keep: Sequence[str] = (),
     quantizer: str = "auto",
     calibration: str | os.PathLike[str] | None = None,
@@ -130,6 +131,9 @@ def export_decoder(
         group_size: inputs per scale (default 32).
         symmetric: symmetric codes (default False: a zero point per group; SmolLM2 at 4 bits
             g64: perplexity 37.8 symmetric, 20.2 asymmetric).
+        zero_level: symmetric codes with a zero level (as for
+            :func:`edgepet.exporters.pipeline.export`); projections at 1 bit or ternary
+            (``layer_bits``) keep their own codes. Not with ``max_size``.
         quantizer: "rtn", "search", "gptq" or "auto" (:func:`auto_quantizer`: gptq at 2
             and 3 bits or when ``calibration`` is given, rtn otherwise; see docs/llm.md).
         calibration: a UTF-8 text file GPTQ calibrates on (default: Python standard-library
@@ -177,9 +181,14 @@ def export_decoder(
 
     profile = target if isinstance(target, TargetProfile) else (
         get_target(target) if target else host_target())
+    if symmetric is None:
+        symmetric = True if zero_level else DEFAULT_SYMMETRIC
     policy = _policy(profile, DEFAULT_BITS if bits is None else bits,
                      DEFAULT_GROUP_SIZE if group_size is None else group_size,
-                     DEFAULT_SYMMETRIC if symmetric is None else symmetric, keep)
+                     symmetric, keep, zero_level)
+    if zero_level and max_size is not None:
+        raise BadInputError("--zero-level with --max-size is not supported yet: the size "
+                            "plan measures odd-level and asymmetric codes — leave one out")
     widths = _check_max_size(max_size, bits, layer_bits)
     requested = quantizer
     quantizer = auto_quantizer(quantizer, widths[0] if widths else policy.bits, calibration,
@@ -306,8 +315,15 @@ def export_decoder(
     return bundle_io.Bundle(out, manifest)
 
 
+def _zero_level(policy: QuantPolicy, bits: Bits | None) -> bool:
+    """Whether a projection of ``bits`` gets zero-level codes: where the policy asks and
+    the width has them (2, 3, 4 bits; a 1-bit or ternary ``layer_bits`` keeps its own)."""
+    return policy.zero_level and bits in (2, 3, 4)
+
+
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
-_DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "keep", "quantizer",
+_DECODER_OPTIONS = ("target", "bits", "group_size", "symmetric", "zero_level", "keep",
+                    "quantizer",
                     "adapters", "overwrite", "progress", "op_library", "require_native",
                     "tied_head", "calibration", "calibration_tokens", "max_size", "kv_cache")
 #: Options that mean nothing for a decoder and are ignored.
@@ -470,7 +486,8 @@ def _calibrate(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
     def choose(proj: llm_graph.Projection) -> Any:
         bits = None if names is not None and proj.name not in names else choose_bits(
             proj, policy.bits, policy.keep, overrides)
-        return calibrate.Choice(bits, policy.group_size, policy.symmetric)
+        return calibrate.Choice(bits, policy.group_size, policy.symmetric,
+                                _zero_level(policy, bits))
 
     result = calibrate.gptq_checkpoint(ck, choose, data, progress=say)
     result.record = {"method": "gptq", "sequential": True, "damp": calibrate.DEFAULT_DAMP,
@@ -506,13 +523,16 @@ def _quantize(ck: ckpt.Checkpoint, policy: Any, overrides: Mapping[str, Bits],
         else:
             try:
                 qt = prepared[proj.name] if prepared is not None else quantize_fn(
-                    w, bits, policy.group_size, policy.symmetric)
+                    w, bits, policy.group_size, policy.symmetric,
+                    zero_level=_zero_level(policy, bits))
             except ValueError as error:
                 raise BadInputError(f"quantizing {proj.name} failed: {error}") from None
             weights[proj.name] = qt
             quantized[proj.name] = (qt, None)
             record.update(group_size=qt.group_size, symmetric=qt.symmetric,
                           stored_bytes=qt.nbytes_packed())
+            if qt.zero_level:
+                record["zero_level"] = True
         records.append(record)
         if (index + 1) % max(1, len(projections) // 4) == 0:
             say(f"  {index + 1}/{len(projections)} projections ({proj.name})")
@@ -624,6 +644,7 @@ def _manifest(stage: Path, ck: ckpt.Checkpoint, profile: TargetProfile, policy: 
         "quantization": {
             "bits": policy.bits, "group_size": policy.group_size,
             "symmetric": policy.symmetric, "quantizer": quantizer, "keep": list(policy.keep),
+            **({"zero_level": True} if policy.zero_level else {}),
             "embeddings": ({
                 "op": "com.microsoft.GatherBlockQuantized", "bits": tables[0].bits,
                 "block_size": EMBEDDING_BLOCK, "tables": [t.to_dict() for t in tables],
@@ -796,7 +817,8 @@ def _task_weights(tasks: Mapping[str, ckpt.Checkpoint], switching: Collection[st
         def choose(proj: llm_graph.Projection) -> calibrate.Choice:
             wanted = proj.name in switching and (names is None or proj.name in names)
             bits = choose_bits(proj, policy.bits, policy.keep, overrides) if wanted else None
-            return calibrate.Choice(bits, policy.group_size, policy.symmetric)
+            return calibrate.Choice(bits, policy.group_size, policy.symmetric,
+                                    _zero_level(policy, bits))
 
         result = calibrate.gptq_checkpoint(task_ck, choose, data, fixed=shared)
         own: dict[str, llm_graph.Weight] = {}

@@ -179,3 +179,34 @@ def test_inspect_shows_the_bits_each_layer_stores_per_weight(cli, bundle_dir):
             # codes + fp16 scales at least; tiles of 32 rows, padded groups and the bias
             # add more on layers this small
             assert shown >= 2.25
+
+
+def test_export_with_zero_level_codes_records_them_and_runs(cli, tmp_path):
+    """--zero-level: symmetric codes s*(q - 2^(b-1)); every layer says so in the manifest and
+    on its node, inspect marks them, and the bundle verifies against its dequantized twin."""
+    out = tmp_path / "mlp3z"
+    code, summary, _ = cli("export", "--example", "mlp", "--bits", "3", "--zero-level",
+                           "--quantizer", "rtn", "-o", out, "--quiet")
+    assert code == 0 and "symmetric with a zero level" in summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quantization"]["zero_level"] is True
+    assert manifest["operator"]["abi_version"] == 6
+    assert all(layer["zero_level"] for layer in manifest["layers"] if layer["bits"])
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "LutMatMul"]
+    assert nodes and all(any(a.name == "zero_level" and a.i == 1 for a in n.attribute)
+                         for n in nodes)
+    code, shown, _ = cli("inspect", out)
+    assert code == 0 and "z zero-level codes" in shown
+    assert cli("verify", out)[0] == 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--bits", "1", "--zero-level"], "--zero-level is for 2-, 3- and 4-bit codes"),
+    (["--bits", "ternary", "--zero-level"], "--zero-level is for 2-, 3- and 4-bit codes"),
+    (["--bits", "4", "--zero-level", "--no-symmetric"], "--zero-level codes are symmetric"),
+])
+def test_zero_level_where_it_means_nothing_is_refused_before_anything_is_written(
+        cli, tmp_path, flags, message):
+    out = tmp_path / "refused"
+    code, _, err = cli("export", "--example", "mlp", *flags, "-o", out, "--quiet")
+    assert code == 2 and message in err and not out.exists()

@@ -49,12 +49,15 @@ def _lut_nodes(model):
 
 
 @pytest.mark.parametrize("bits,symmetric", [(2, True), (4, False), ("ternary", True),
-                                            (3, True)])
+                                            (3, True), (3, "zero-level"), (4, "zero-level")])
 @pytest.mark.parametrize("widths", [(64, 32, 32), (40, 24, 24), (96, 200)])
 def test_fused_projections_equal_unfused_bit_for_bit(bits, symmetric, widths):
-    result = rewrite_linears(_float_model(widths),
-                             QuantPolicy(bits=bits, group_size=32, symmetric=symmetric))
+    result = rewrite_linears(_float_model(widths), QuantPolicy(
+        bits=bits, group_size=32, symmetric=bool(symmetric),
+        zero_level=symmetric == "zero-level"))
     fused = fuse_shared_inputs(result)
+    assert all(qt.zero_level == (symmetric == "zero-level")
+               for qt, _ in fused.quantized.values())
     assert len(_lut_nodes(result.model)) == len(widths)
     assert len(_lut_nodes(fused.model)) == 1
     onnx.checker.check_model(fused.model)

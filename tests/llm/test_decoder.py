@@ -217,3 +217,27 @@ def test_export_refuses_a_context_beyond_the_model(tmp_path, tiny_gguf):
     with pytest.raises(BadInputError, match="exceeds the model's context"):
         export_decoder(tiny_gguf, tmp_path / "b", max_context=10_000)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
+def test_zero_level_decoder_codes_follow_their_widths_and_verify(tmp_path, tiny_gguf, quantizer):
+    """--zero-level at 3 bits: the 3-bit gate_up and the 4-bit rest take zero-level codes,
+    a 1-bit override keeps its own; the bundle checks out against its dequantized twin."""
+    calibration = {"calibration_tokens": 128} if quantizer == "gptq" else {}
+    bundle = export_decoder(tiny_gguf, tmp_path / "z", bits=3, zero_level=True,
+                            quantizer=quantizer, **calibration,
+                            layer_bits={"layers.1.mlp.down": 1, "layers.*.attn.*": 4})
+    m = bundle.manifest
+    assert m["quantization"]["zero_level"] is True and m["quantization"]["symmetric"] is True
+    for layer in m["layers"]:
+        assert layer.get("zero_level", False) == (layer["bits"] in (2, 3, 4)), layer
+    assert all(r.ok for r in bundle.verify())
+    session = edgepet.load(bundle.path)
+    assert len(list(session.stream_tokens(session.tokenizer.encode("the cat"), 4,
+                                          ignore_eos=True))) == 4
+
+
+def test_zero_level_with_a_size_plan_is_refused(tmp_path, tiny_gguf):
+    with pytest.raises(BadInputError, match="--zero-level with --max-size is not supported"):
+        export_decoder(tiny_gguf, tmp_path / "z", zero_level=True, max_size=10**6)
+    assert not (tmp_path / "z").exists()
