@@ -261,7 +261,8 @@ def _scored(n: int) -> int:
 def _bundle_label(m: dict[str, Any]) -> str:
     q = m["quantization"]
     extra = m.get("decoder", {}).get("layer_bits") or {}
-    label = f"{q['bits']}-bit {q['quantizer']} g{q['group_size']}"
+    codes = "zero-level" if q.get("zero_level") else "sym" if q["symmetric"] else "asym"
+    label = f"{q['bits']}-bit {codes} {q['quantizer']} g{q['group_size']}"
     return label + (f" {extra}" if extra else "")
 
 

