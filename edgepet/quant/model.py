@@ -177,12 +177,13 @@ def quantize_model(
     skip: Sequence[str] = (),
     method: Literal["rtn", "search"] = "rtn",
     calibration: Iterable | None = None,
+    zero_level: bool = False,
 ) -> QuantizedModel:
     """Quantize the weights of a model's linear layers; the model is not changed.
 
     Args:
         model: a PyTorch model (merged PET layers are quantized through their base).
-        bits, group_size, symmetric: as for :func:`edgepet.quant.quantize`.
+        bits, group_size, symmetric, zero_level: as for :func:`edgepet.quant.quantize`.
         layers, skip: which layers (see :func:`select_linear_layers`; the output head is
             skipped by default).
         method: "rtn" rounds to nearest; "search" minimizes error per group
@@ -202,8 +203,9 @@ def quantize_model(
         w = model.get_submodule(name).weight.detach().float().cpu().numpy()
         x = acts.get(name)
         try:
-            rtn = quantize(w, bits, group_size, symmetric)
-            qt = rtn if method == "rtn" else search_quantize(w, bits, group_size, symmetric, x)
+            rtn = quantize(w, bits, group_size, symmetric, zero_level)
+            qt = rtn if method == "rtn" else search_quantize(w, bits, group_size, symmetric, x,
+                                                             zero_level=zero_level)
         except ValueError as e:
             raise ValueError(f"quantizing layer '{name}' {w.shape[0]}×{w.shape[1]}: {e}") from e
         result.weights[name] = qt

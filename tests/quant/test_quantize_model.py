@@ -99,3 +99,12 @@ def test_edgepet_quant_imports_without_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("method", ["rtn", "search"])
+def test_zero_level_codes_for_a_whole_model(method):
+    result = quantize_model(Net(), bits=3, group_size=32, method=method, zero_level=True,
+                            calibration=batches())
+    assert all(qt.zero_level and qt.zero_points is None for qt in result.weights.values())
+    for row in result.report:
+        assert row.rtn_error is None or row.error.output_mse <= row.rtn_error.output_mse * 1.05
