@@ -236,7 +236,8 @@ def edgepet_contender(bundle: Bundle, adapter: str | None) -> Contender:
     return Contender(
         name="edgepet", kind="edgepet", model=str(bundle.path),
         description=f"edgepet LutMatMul, {q['bits']}-bit, group {q['group_size']}, "
-                    f"{'symmetric' if q['symmetric'] else 'asymmetric'}"
+                    + ("zero-level symmetric" if q.get("zero_level") else
+                       "symmetric" if q["symmetric"] else "asymmetric")
                     + (f", adapter {adapter}" if adapter else ""),
         model_bytes=size,
         bits_per_weight=8 * stored / weights if weights else None,

@@ -215,3 +215,20 @@ def test_top1_agreement_only_where_the_bundle_says_the_output_is_logits():
     assert compare(y, ref, logits, names)["top1_agreement"] == 1.0
     assert compare([y[0][:4]], [ref[0][:4]], logits, names)["top1_agreement"] is None  # < 16
     assert compare(y, ref)["top1_agreement"] == 1.0  # a bundle without reference.metrics
+
+
+@pytest.mark.parametrize("codes,words", [({"symmetric": True}, ", symmetric"),
+                                         ({"symmetric": False}, ", asymmetric"),
+                                         ({"symmetric": True, "zero_level": True},
+                                          ", zero-level symmetric")])
+def test_the_edgepet_contender_says_how_its_codes_are_stored(codes, words):
+    from types import SimpleNamespace
+
+    layer = {"N": 32, "K": 64, "stored_bytes": 1088}
+    bundle = SimpleNamespace(
+        path="b", layers=[layer], adapters=[], target={},
+        manifest={"quantization": {"bits": 4, "group_size": 32, **codes},
+                  "files": {"model.onnx": {"bytes": 2000}}})
+    contender = baselines.edgepet_contender(bundle, None)
+    assert contender.description == f"edgepet LutMatMul, 4-bit, group 32{words}"
+    assert contender.bits_per_weight == 8 * 1088 / (32 * 64)
