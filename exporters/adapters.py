@@ -240,7 +240,7 @@ def known_weights(module: Any, switchable: set[str], policy: QuantPolicy,
     for key, (value, qt) in _adapter_matrices(module, switchable).items():
         if qt is None:
             qt = quantize_fn(value, policy.bits, policy.group_size, policy.symmetric,
-                             zero_level=policy.zero_level)
+                             **policy.codes_kwargs())
         known[digest(value)] = KnownWeight(key, qt, switchable=True)
     return known
 
@@ -282,7 +282,7 @@ def task_adapters(result: RewriteResult, tasks: dict[str, nn.Module], switchable
                 same = known.get(digest(value))
                 qt = same.qt if same is not None else quantize_fn(
                     value, policy.bits, policy.group_size, policy.symmetric,
-                    zero_level=policy.zero_level)
+                    **policy.codes_kwargs())
             if qt.shape != (record.n, record.k):
                 raise BadInputError(
                     f"adapter {task!r}: {record.name} is {qt.shape[0]}x{qt.shape[1]}, the "

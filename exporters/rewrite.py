@@ -48,6 +48,12 @@ class QuantPolicy:
     keep: tuple[str, ...] = ()
     zero_level: bool = False
 
+    def codes_kwargs(self) -> dict[str, bool]:
+        """Keyword arguments a quantizer takes beyond ``(w, bits, group_size, symmetric)``:
+        ``zero_level`` only where set, so a quantizer of the older signature still serves
+        every other policy."""
+        return {"zero_level": True} if self.zero_level else {}
+
     def keeps(self, name: str) -> bool:
         """True when ``name`` matches a ``--keep`` glob (e.g. ``lm_head``)."""
         return glob_matches(name, self.keep)
@@ -264,8 +270,8 @@ def rewrite_linears(
         known: ``digest(dequantized weight) -> KnownWeight``: matrices that already have
             codes (frozen 1-bit adapters); they keep those codes exactly.
         progress: called as ``progress(done, total, layer)`` per layer.
-        quantize_fn: the quantizer, ``(w, bits, group_size, symmetric, zero_level=) ->
-            QuantizedTensor``.
+        quantize_fn: the quantizer, ``(w, bits, group_size, symmetric) -> QuantizedTensor``,
+            taking ``zero_level=True`` too where the policy asks for it.
     """
     from edgepet.exporters.onnx import lut_matmul_node  # needs the native packer
 
@@ -295,7 +301,7 @@ def rewrite_linears(
                                       float_bytes))
             continue
         qt = fixed.qt if fixed else quantize_fn(site.weight, policy.bits, policy.group_size,
-                                                policy.symmetric, zero_level=policy.zero_level)
+                                                policy.symmetric, **policy.codes_kwargs())
         node_name = _unique(layer, taken, values)
         node, inits = lut_matmul_node(qt, site.input_name, site.output_name, node_name,
                                       site.bias)
