@@ -1,8 +1,9 @@
 // Times each kernel alone (no ONNX Runtime, one thread) on an N x K product, so that
 // kernel changes can be measured without session overhead:
-//   bench_kernels [M] [N] [K] [group_size] [kernel] [asymmetric]
+//   bench_kernels [M] [N] [K] [group_size] [kernel] [asymmetric|zero-level]
 //   (defaults: 1 4096 4096 128, all kernels including what "auto" picks where that
-//   mixes kernels per bit width, symmetric; "asymmetric": with zero points)
+//   mixes kernels per bit width, symmetric; "asymmetric": with zero points;
+//   "zero-level": symmetric codes with a zero level, 2 to 4 bits)
 // Prints min and median milliseconds over 300 runs per kernel and format: 1 to 4 bits,
 // then ternary (always symmetric: its codes carry their own offset).
 #include <algorithm>
@@ -23,7 +24,13 @@ int main(int argc, char** argv) {
   const int64_t k = argc > 3 ? std::atoll(argv[3]) : 4096;
   const int64_t group = argc > 4 ? std::atoll(argv[4]) : 128;
   const std::string only = argc > 5 ? argv[5] : "";
-  const bool asymmetric = argc > 6 && std::string(argv[6]) == "asymmetric";
+  const std::string codes_kind = argc > 6 ? argv[6] : "";
+  const bool asymmetric = codes_kind == "asymmetric";
+  const bool zero_level = codes_kind == "zero-level";
+  if (!codes_kind.empty() && !asymmetric && !zero_level) {
+    std::fprintf(stderr, "codes '%s': use asymmetric or zero-level\n", codes_kind.c_str());
+    return 2;
+  }
   std::vector<const Kernel*> kernels = available_kernels();
   const Kernel* chosen = select_kernel("auto");  // may mix kernels per bit width
   if (chosen && std::find(kernels.begin(), kernels.end(), chosen) == kernels.end()) {
@@ -33,7 +40,9 @@ int main(int argc, char** argv) {
     if (!only.empty() && only != kernel->name) continue;
     for (int bits = 1; bits <= 5; ++bits) {  // 5: ternary
       const bool ternary = bits == 5;
-      WeightFormat f{n, k, ternary ? 2 : bits, ternary, ternary || !asymmetric, group};
+      if (zero_level && (ternary || bits == 1)) continue;  // zero-level: 2 to 4 bits
+      WeightFormat f{n, k, ternary ? 2 : bits, ternary, ternary || !asymmetric, group,
+                     zero_level};
       if (!check_format(f).empty()) {
         std::fprintf(stderr, "bad shape: %s\n", check_format(f).c_str());
         return 2;
