@@ -103,33 +103,39 @@ def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> floa
 
 def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
                       overrides: dict[str, Any] | None = None,
-                      symmetric: bool = False) -> dict[str, np.ndarray]:
-    """Every projection quantized and dequantized again (float32), as a bundle holds it."""
+                      symmetric: bool | str = False) -> dict[str, np.ndarray]:
+    """Every projection quantized and dequantized again (float32), as a bundle holds it;
+    ``symmetric="zero"``: zero-level codes (``--zero-level``) where the width has them."""
+    import functools
+
     from edgepet.exporters.llm import graph as llm_graph
     from edgepet.exporters.llm.export import choose_bits
     from edgepet.quant import quantize, search_quantize
 
+    zero = symmetric == "zero"
     if quantizer.startswith("gptq"):
-        return gptq_weights(ck, bits, group_size, overrides or {}, symmetric,
+        return gptq_weights(ck, bits, group_size, overrides or {}, bool(symmetric),
                             sequential=quantizer != "gptq-onepass",
-                            clip_search=quantizer == "gptq-clip")  # "gptq": min/max scales
-    fn = search_quantize if quantizer == "search" else quantize
+                            clip_search=quantizer == "gptq-clip",  # "gptq": min/max scales
+                            zero_level=zero)
+    base = search_quantize if quantizer == "search" else quantize
     out = {}
     for proj in llm_graph.projections(ck.config):
         w = proj.weight(ck)
         b = choose_bits(proj, bits, (), overrides or {})
+        fn = functools.partial(base, zero_level=zero and b in (2, 3, 4))
         if b is None:
             out[proj.name] = w
         elif group_size < GROUP_MULTIPLE:
-            out[proj.name] = small_group_dequantized(fn, w, b, group_size, symmetric)
+            out[proj.name] = small_group_dequantized(fn, w, b, group_size, bool(symmetric))
         else:
-            out[proj.name] = fn(w, b, group_size, symmetric).dequantize()
+            out[proj.name] = fn(w, b, group_size, bool(symmetric)).dequantize()
     return out
 
 
 def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
                  symmetric: bool, sequential: bool = True, clip_search: bool = False,
-                 tokens: int | None = None) -> dict[str, np.ndarray]:
+                 tokens: int | None = None, zero_level: bool = False) -> dict[str, np.ndarray]:
     """Every projection as ``edgepet export --quantizer gptq`` makes it (default calibration
     text), dequantized; ``sequential=False``: one float pass collects every H first;
     ``clip_search``: each group's scale from the clipping search (quantizer ``gptq-clip``)."""
@@ -140,7 +146,8 @@ def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
     data = calibrate.calibration_windows(_tokenizer(ck), None, tokens)
 
     def choose(proj: Any) -> Any:
-        return calibrate.Choice(choose_bits(proj, bits, (), overrides), group_size, symmetric)
+        b = choose_bits(proj, bits, (), overrides)
+        return calibrate.Choice(b, group_size, symmetric, zero_level and b in (2, 3, 4))
 
     result = calibrate.gptq_checkpoint(ck, choose, data, sequential=sequential,
                                        clip_search=clip_search,
@@ -266,8 +273,8 @@ def _bundle_label(m: dict[str, Any]) -> str:
     return label + (f" {extra}" if extra else "")
 
 
-#: Quality rows: label | bits | group | sym/asym | rtn/search/gptq[-onepass|-clip] | JSON
-#: {pattern: bits}.
+#: Quality rows: label | bits | group | sym/asym/zero (zero: zero-level symmetric codes) |
+#: rtn/search/gptq[-onepass|-clip] | JSON {pattern: bits}.
 DEFAULT_CONFIGS = [
     "fp32|-|-|-|-|{}",
     "4-bit asym g32 rtn (default)|4|32|asym|rtn|{}",
@@ -339,12 +346,14 @@ GPTQ_2BIT_CONFIGS = [
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS, "gptq": GPTQ_CONFIGS,
                "gptq-2bit": GPTQ_2BIT_CONFIGS}
 
-def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, dict[str, Any]]:
+def _parse_config(spec: str) -> tuple[str, Any, str, int, bool | str, dict[str, Any]]:
     label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
     if bits == "-":
         return label, None, "-", 0, True, {}
+    if sym not in ("sym", "asym", "zero"):
+        raise SystemExit(f"--config {spec!r}: codes {sym!r} must be sym, asym or zero")
     return (label, int(bits) if bits.isdigit() else bits, quantizer, int(group),
-            sym == "sym", json.loads(overrides))
+            "zero" if sym == "zero" else sym == "sym", json.loads(overrides))
 
 
 # --- speed --------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ def test_quality_table_runs_on_a_tiny_gguf(tiny_gguf, tiny_2bit_bundle):
         [sys.executable, str(BENCH), "quality", "--gguf", str(tiny_gguf), "--max-tokens", "40",
          "--ctx", "16",
          "--config", "fp32|-|-|-|-|{}", "--config", '4-bit|4|32|asym|rtn|{"lm_head": 3}',
+         "--config", "zero-level|3|32|zero|rtn|{}",
          "--bundle", str(tiny_2bit_bundle), "--json"],
         capture_output=True, text=True, check=True, timeout=300)
     rows = json.loads(out.stdout)["rows"]
-    assert [r["config"] for r in rows[:2]] == ["fp32", "4-bit"]
-    assert rows[2]["run"] == "bundle"
+    assert [r["config"] for r in rows[:3]] == ["fp32", "4-bit", "zero-level"]
+    assert rows[3]["run"] == "bundle"
     assert all(r["perplexity"] > 1 and r["tokens"] == 40 - 3 for r in rows)
 
 
