@@ -3,8 +3,10 @@
 For each shape, row count M and thread count it times (medians over interleaved rounds):
 
 * ``edgepet-KERNEL`` — ``ai.edgepet.LutMatMul`` at 1, 2, 3, 4 bits and ternary, group 64,
-  symmetric, once per vector kernel this CPU has and once as ``auto`` (what a session
-  picks by itself, which may be a different kernel per bit width; ``--kernels`` picks);
+  symmetric (odd levels; ``--zero-level``: 2-4 bits on the zero-level grid of ORT's
+  symmetric ``MatMulNBits``), once per vector kernel this CPU has and once as ``auto``
+  (what a session picks by itself, which may be a different kernel per bit width;
+  ``--kernels`` picks);
 * ``ort-nbits`` — ``com.microsoft.MatMulNBits`` with ``accuracy_level=4`` (int8
   activations: what ORT GenAI's model builder writes), 2 and 4 bits, block 32/64/128,
   with and without zero points, on ORT's default path and with ``mlas.use_lut_gemm=1``;
@@ -284,12 +286,13 @@ def quantizer_model(w: np.ndarray, bits: int) -> tuple[onnx.ModelProto, np.ndarr
 
 
 def edgepet_contenders(w: np.ndarray, kernels: list[str],
-                       bits_list: list = EDGEPET_BITS) -> list[Contender]:
+                       bits_list: list = EDGEPET_BITS, zero_level: bool = False
+                       ) -> list[Contender]:
     n, k = w.shape
     out = []
     for bits in bits_list:
         qt = quantize(w, bits, EDGEPET_GROUP if EDGEPET_GROUP < k else "per-row",
-                      symmetric=True)
+                      symmetric=True, zero_level=zero_level and bits in (2, 3, 4))
         model = linear_model(qt)
         bpw = 8 * model_weight_bytes(model) / (n * k)
         data = model.SerializeToString()
@@ -402,7 +405,7 @@ def _prune(contenders, alive, errors, times) -> list[int]:
 
 def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[int],
         kernel_names: list[str], budget_s: float, rounds: int, progress,
-        bits_list: list = EDGEPET_BITS) -> list[Result]:
+        bits_list: list = EDGEPET_BITS, zero_level: bool = False) -> list[Result]:
     results: list[Result] = []
     rng = np.random.default_rng(0)
     for shape_name, (k, n) in shapes.items():
@@ -410,7 +413,8 @@ def run(shapes: dict[str, tuple[int, int]], ms: list[int], threads_list: list[in
         w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
         fp32 = fp32_model(w)
         ort_bits = sorted({int(PEER_BITS[str(b)]) for b in bits_list})
-        contenders = (edgepet_contenders(w, kernel_names, bits_list) + ort_contenders(w, ort_bits)
+        contenders = (edgepet_contenders(w, kernel_names, bits_list, zero_level)
+                      + ort_contenders(w, ort_bits)
                       + [Contender("ort-fp32", "MatMul", "32", fp32.SerializeToString(), w, 32.0)])
         for threads in threads_list:
             for m in ms:
@@ -497,16 +501,18 @@ def _stack_graph(make_node, layers: int) -> onnx.ModelProto:
     return graph
 
 
-def edgepet_stack(bits: int, layers: int, rng) -> onnx.ModelProto:
-    """Random symmetric codes (packing is the same work for any codes); each layer's
-    tensors are distinct copies, so no layer is read from cache."""
+def edgepet_stack(bits: int, layers: int, rng, zero_level: bool = False) -> onnx.ModelProto:
+    """Random symmetric codes (packing is the same work for any codes; ``zero_level``: read
+    on the zero-level grid); each layer's tensors are distinct copies, so no layer is read
+    from cache."""
     tensors = {}
     for _, k, n in LLAMA_LAYER:
         if (k, n) not in tensors:
             g = -(-k // EDGEPET_GROUP)
             codes = rng.integers(0, 1 << bits, (n, k), dtype=np.uint8)
             scales = rng.uniform(0.005, 0.02, (n, g)).astype(np.float32)
-            tensors[(k, n)] = QuantizedTensor(codes, scales, None, bits, EDGEPET_GROUP, True)
+            tensors[(k, n)] = QuantizedTensor(codes, scales, None, bits, EDGEPET_GROUP, True,
+                                              zero_level=zero_level)
 
     def make_node(name, src, dst, k, n, layer):
         node, inits = lut_matmul_node(tensors[(k, n)], src, dst, name)
@@ -553,7 +559,7 @@ def _stack_name(block: int, zp: bool, path: str) -> str:
 
 
 def run_stack(bits_list: list[int], threads_list: list[int], kernel: str, ort_peers: dict,
-              layers: int, budget_s: float, progress) -> list[dict]:
+              layers: int, budget_s: float, progress, zero_level: bool = False) -> list[dict]:
     """GB/s and tokens/s of the Llama-shaped stack: edgepet and every candidate ORT
     configuration (stack_candidates), in interleaved rounds; the fastest ORT one per
     thread count is the peer (its row has "peer": True)."""
@@ -563,7 +569,7 @@ def run_stack(bits_list: list[int], threads_list: list[int], kernel: str, ort_pe
     for bits in bits_list:
         progress(f"stack {bits}-bit: building models")
         ours = "edgepet-" + kernel
-        models = {ours: edgepet_stack(bits, layers, rng)}
+        models = {ours: edgepet_stack(bits, layers, rng, zero_level)}
         configs: dict[str, dict[str, str]] = {ours: {}}
         for block, zp, path in stack_candidates(bits, threads_list, ort_peers):
             name = _stack_name(block, zp, path)
@@ -599,7 +605,7 @@ def run_stack(bits_list: list[int], threads_list: list[int], kernel: str, ort_pe
 # ----------------------------------------------------------------------------- report
 
 def print_tables(cpu: dict, results: list[Result], rows: list[dict], bandwidth: dict,
-                 stack: list[dict], verbose: bool) -> None:
+                 stack: list[dict], verbose: bool, zero_level: bool = False) -> None:
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores; ISA: {' '.join(cpu['isa'])}; "
           f"load at start {cpu['load'][0]:.2f}; onnxruntime {ort.__version__}")
     if verbose:
@@ -611,7 +617,8 @@ def print_tables(cpu: dict, results: list[Result], rows: list[dict], bandwidth: 
             print(f"{r.shape:20} {r.m:>3} {r.threads:>3} {r.contender:15} {r.config:16}"
                   f" {r.bits:>7} {r.bits_per_weight:>5.2f} {r.median_ms:>9.4f}"
                   f" {r.rel_err:>7.4f} {r.quant_err:>6.3f} {'yes' if r.valid else 'NO':>5}")
-    print("\nedgepet (group 64, symmetric) vs the fastest valid ORT MatMulNBits "
+    codes = "symmetric, 2-4 bits zero-level" if zero_level else "symmetric"
+    print(f"\nedgepet (group 64, {codes}) vs the fastest valid ORT MatMulNBits "
           "(accuracy_level=4) at the peer bits; floor: the same call with an Identity node")
     print(f"{'shape':20} {'M':>3} {'thr':>3} {'kernel':>6} {'bits':>7} {'b/w':>5}"
           f" {'edgepet ms':>10} {'ORT ms':>9} {'ORT winner':>30} {'b/w':>5} {'speedup':>8}"
@@ -665,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", default=",".join(map(str, EDGEPET_BITS)),
                         help="comma-separated edgepet widths (1-4, ternary); ORT runs the peer "
                              "widths, the stack the integer ones among 2 and 4")
+    parser.add_argument("--zero-level", action="store_true",
+                        help="edgepet's 2-4 bit codes on the zero-level grid (ORT's symmetric "
+                             "grid; --zero-level exports) instead of odd symmetric levels")
     parser.add_argument("--no-stack", action="store_true", help="skip the memory-bound stack")
     parser.add_argument("--stack-layers", type=int, default=LLAMA_LAYERS)
     parser.add_argument("--verbose", action="store_true", help="print every measurement")
@@ -694,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\r\033[K{msg}"[:150], end="", file=sys.stderr, flush=True)
 
     cpu = cpu_summary()
-    results = run(shapes, ms, threads, kernel_names, budget, rounds, progress, bits_list)
+    results = run(shapes, ms, threads, kernel_names, budget, rounds, progress, bits_list,
+                  args.zero_level)
     rows = ratios(results)
     bandwidth, stack = {}, []
     if not args.smoke and not args.no_stack:
@@ -703,13 +714,14 @@ def main(argv: list[str] | None = None) -> int:
         peers = winners(rows, "4096x4096", 1)
         stack = run_stack([b for b in (2, 4) if b in bits_list], threads, kernel_names[0], peers,
                           args.stack_layers,
-                          max(budget, 1.0), progress)
+                          max(budget, 1.0), progress, args.zero_level)
         bandwidth = {t: max(gb, read_bandwidth(t)) for t, gb in bandwidth.items()}
     print("\r\033[K", end="", file=sys.stderr)
-    print_tables(cpu, results, rows, bandwidth, stack, args.verbose or args.smoke)
+    print_tables(cpu, results, rows, bandwidth, stack, args.verbose or args.smoke,
+                 args.zero_level)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"onnxruntime": ort.__version__, "cpu": cpu,
+            json.dump({"onnxruntime": ort.__version__, "cpu": cpu, "zero_level": args.zero_level,
                        "load_at_end": os.getloadavg(), "results": [asdict(r) for r in results],
                        "ratios": rows, "read_bandwidth_gb_per_s": bandwidth, "stack": stack},
                       f, indent=1)

@@ -103,3 +103,35 @@ def test_stack_ratios_are_against_the_fastest_ort_configuration(capsys):
     assert "edgepet-auto" in rows[0] and rows[0].endswith("1.50x")
     assert "b64/default" in rows[1] and "*" not in rows[1] and rows[1].endswith("0.75x")
     assert "b128/default *" in rows[2] and rows[2].endswith("1.00x")
+
+
+def test_smoke_run_with_zero_level_codes(tmp_path, monkeypatch, capsys):
+    """--zero-level: edgepet's 2-4 bit contenders on ORT's symmetric grid. Their
+    quantization error (their product against fp32) is the zero-level grid's: another one
+    at 4 bits, clearly lower at 2 (0.39 against 0.50 of the weights on Gaussian data), the
+    same at 1 bit (no zero level there)."""
+    def smoke(*extra):
+        out = tmp_path / f"bench{len(extra)}.json"
+        monkeypatch.setattr(sys, "argv", ["kernels.py", "--smoke", "--threads", "1", "--bits",
+                                          "1,2,4", *extra, "--json", str(out)])
+        try:
+            runpy.run_path(str(ROOT / "benchmarks" / "kernels.py"), run_name="__main__")
+        except SystemExit as stop:
+            assert stop.code == 0
+        data = json.loads(out.read_text())
+        ours = [r for r in data["results"] if r["contender"] == "edgepet-reference"
+                or r["contender"] == "edgepet-auto"]
+        assert max(r["rel_err"] for r in ours) < 0.015
+        return data, {(r["bits"], r["m"]): r["quant_err"] for r in ours}
+
+    odd_data, odd = smoke()
+    zero_data, zero = smoke("--zero-level")
+    assert zero_data["zero_level"] is True and odd_data["zero_level"] is False
+    assert "2-4 bits zero-level" in capsys.readouterr().out
+    for (bits, m), err in zero.items():
+        if bits == "1":
+            assert err == odd[(bits, m)]
+        elif bits == "2":
+            assert err < 0.9 * odd[(bits, m)], (bits, m)
+        else:
+            assert err != odd[(bits, m)], (bits, m)
