@@ -62,7 +62,7 @@ from edgepet.device_tests.environment import cpu_summary
 from edgepet.exporters.onnx import DOMAIN, ONNX_OPSET, OP_VERSION, linear_model, lut_matmul_node
 from edgepet.kernels import available_kernels, read_bandwidth
 from edgepet.quant import quantize
-from edgepet.quant.tensor import QuantizedTensor
+from edgepet.quant.tensor import ZERO_LEVEL_BITS, QuantizedTensor
 
 SHAPES = {
     "4096x4096": (4096, 4096),
@@ -292,7 +292,7 @@ def edgepet_contenders(w: np.ndarray, kernels: list[str],
     out = []
     for bits in bits_list:
         qt = quantize(w, bits, EDGEPET_GROUP if EDGEPET_GROUP < k else "per-row",
-                      symmetric=True, zero_level=zero_level and bits in (2, 3, 4))
+                      symmetric=True, zero_level=zero_level and bits in ZERO_LEVEL_BITS)
         model = linear_model(qt)
         bpw = 8 * model_weight_bytes(model) / (n * k)
         data = model.SerializeToString()

@@ -102,34 +102,33 @@ def twin_perplexity(ck: Any, weights: dict[str, Any], tokens: list[int]) -> floa
 
 
 def quantized_weights(ck: Any, bits: Any, quantizer: str, group_size: int = 64,
-                      overrides: dict[str, Any] | None = None,
-                      symmetric: bool | str = False) -> dict[str, np.ndarray]:
+                      overrides: dict[str, Any] | None = None, symmetric: bool = False,
+                      zero_level: bool = False) -> dict[str, np.ndarray]:
     """Every projection quantized and dequantized again (float32), as a bundle holds it;
-    ``symmetric="zero"``: zero-level codes (``--zero-level``) where the width has them."""
+    ``zero_level``: zero-level codes (``--zero-level``) where the width has them."""
     import functools
 
     from edgepet.exporters.llm import graph as llm_graph
     from edgepet.exporters.llm.export import choose_bits
-    from edgepet.quant import quantize, search_quantize
+    from edgepet.quant import ZERO_LEVEL_BITS, quantize, search_quantize
 
-    zero = symmetric == "zero"
     if quantizer.startswith("gptq"):
-        return gptq_weights(ck, bits, group_size, overrides or {}, bool(symmetric),
+        return gptq_weights(ck, bits, group_size, overrides or {}, symmetric,
                             sequential=quantizer != "gptq-onepass",
                             clip_search=quantizer == "gptq-clip",  # "gptq": min/max scales
-                            zero_level=zero)
+                            zero_level=zero_level)
     base = search_quantize if quantizer == "search" else quantize
     out = {}
     for proj in llm_graph.projections(ck.config):
         w = proj.weight(ck)
         b = choose_bits(proj, bits, (), overrides or {})
-        fn = functools.partial(base, zero_level=zero and b in (2, 3, 4))
+        fn = functools.partial(base, zero_level=zero_level and b in ZERO_LEVEL_BITS)
         if b is None:
             out[proj.name] = w
         elif group_size < GROUP_MULTIPLE:
-            out[proj.name] = small_group_dequantized(fn, w, b, group_size, bool(symmetric))
+            out[proj.name] = small_group_dequantized(fn, w, b, group_size, symmetric)
         else:
-            out[proj.name] = fn(w, b, group_size, bool(symmetric)).dequantize()
+            out[proj.name] = fn(w, b, group_size, symmetric).dequantize()
     return out
 
 
@@ -145,9 +144,11 @@ def gptq_weights(ck: Any, bits: Any, group_size: int, overrides: dict[str, Any],
 
     data = calibrate.calibration_windows(_tokenizer(ck), None, tokens)
 
+    from edgepet.quant import ZERO_LEVEL_BITS
+
     def choose(proj: Any) -> Any:
         b = choose_bits(proj, bits, (), overrides)
-        return calibrate.Choice(b, group_size, symmetric, zero_level and b in (2, 3, 4))
+        return calibrate.Choice(b, group_size, symmetric, zero_level and b in ZERO_LEVEL_BITS)
 
     result = calibrate.gptq_checkpoint(ck, choose, data, sequential=sequential,
                                        clip_search=clip_search,
@@ -216,14 +217,15 @@ def cmd_quality(args: argparse.Namespace) -> dict[str, Any]:
         tok = Tokenizer(Path(tmp) / "tokenizer.json")
         tokens = tok.encode(fixed_text(), add_bos=False)[:args.max_tokens]
     configs = [_parse_config(spec) for spec in (args.config or CONFIG_SETS[args.configs])]
-    for label, bits, quantizer, group, symmetric, overrides in configs:
+    for label, bits, quantizer, group, symmetric, zero_level, overrides in configs:
         start = time.perf_counter()
         if bits is None:
             from edgepet.exporters.llm.graph import float_weights
 
             weights = float_weights(ck)
         else:
-            weights = quantized_weights(ck, bits, quantizer, group, overrides, symmetric)
+            weights = quantized_weights(ck, bits, quantizer, group, overrides, symmetric,
+                                        zero_level)
         ppl = twin_perplexity(ck, weights, tokens)
         add({"engine": "edgepet", "run": "twin", "config": label, "perplexity": round(ppl, 3),
              "tokens": _scored(len(tokens)), "seconds": round(
@@ -346,14 +348,15 @@ GPTQ_2BIT_CONFIGS = [
 CONFIG_SETS = {"default": DEFAULT_CONFIGS, "low-bit": LOW_BIT_CONFIGS, "gptq": GPTQ_CONFIGS,
                "gptq-2bit": GPTQ_2BIT_CONFIGS}
 
-def _parse_config(spec: str) -> tuple[str, Any, str, int, bool | str, dict[str, Any]]:
+def _parse_config(spec: str) -> tuple[str, Any, str, int, bool, bool, dict[str, Any]]:
+    """(label, bits, quantizer, group, symmetric, zero_level, overrides) of one row."""
     label, bits, group, sym, quantizer, overrides = spec.split("|", 5)
     if bits == "-":
-        return label, None, "-", 0, True, {}
+        return label, None, "-", 0, True, False, {}
     if sym not in ("sym", "asym", "zero"):
         raise SystemExit(f"--config {spec!r}: codes {sym!r} must be sym, asym or zero")
     return (label, int(bits) if bits.isdigit() else bits, quantizer, int(group),
-            "zero" if sym == "zero" else sym == "sym", json.loads(overrides))
+            sym != "asym", sym == "zero", json.loads(overrides))
 
 
 # --- speed --------------------------------------------------------------------------------

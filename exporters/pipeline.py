@@ -49,7 +49,7 @@ from edgepet.exporters.rewrite import (
     rewrite_linears,
 )
 from edgepet.quant import QuantizedTensor, quantize
-from edgepet.quant.tensor import SUPPORTED_BITS, Bits
+from edgepet.quant.tensor import SUPPORTED_BITS, ZERO_LEVEL_BITS, Bits
 from edgepet.runtime import bundle as bundle_io
 from edgepet.runtime.errors import BadInputError
 from edgepet.targets import TargetProfile, get_target, host_target
@@ -356,7 +356,7 @@ def _policy(profile: TargetProfile, bits: Bits | None, group_size: int | str | N
         bits = int(bits)
     if bits not in SUPPORTED_BITS or isinstance(bits, bool):
         raise BadInputError(f"--bits {bits!r} is not supported — use 1, 2, 3, 4 or ternary")
-    if zero_level and bits not in (2, 3, 4):
+    if zero_level and bits not in ZERO_LEVEL_BITS:
         raise BadInputError(f"--zero-level is for 2-, 3- and 4-bit codes, not --bits {bits} "
                             "(1-bit codes are signs; ternary codes have a zero already)")
     if group_size is None:

@@ -4,11 +4,13 @@ from edgepet.quant.rtn import quantize
 from edgepet.quant.tensor import (
     GROUP_MULTIPLE,
     SUPPORTED_BITS,
+    ZERO_LEVEL_BITS,
     QuantizedTensor,
     storage_bits,
 )
 
-__all__ = ["GROUP_MULTIPLE", "SUPPORTED_BITS", "QuantizedTensor", "quantize", "storage_bits"]
+__all__ = ["GROUP_MULTIPLE", "SUPPORTED_BITS", "ZERO_LEVEL_BITS", "QuantizedTensor", "quantize",
+           "storage_bits"]
 
 # Issue 3: error-minimizing search and whole-model quantization (torch imported lazily);
 # issue 10: calibrated quantization (GPTQ) for decoder exports.

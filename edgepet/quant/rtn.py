@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from edgepet.quant.tensor import (
+    ZERO_LEVEL_BITS,
     Bits,
     QuantizedTensor,
     check_bits,
@@ -95,7 +96,7 @@ def quantize(
     n, k = w.shape
     gs = resolve_group_size(group_size, k)
     if zero_level:
-        if not symmetric or bits not in (2, 3, 4):
+        if not symmetric or bits not in ZERO_LEVEL_BITS:
             raise ValueError("zero_level codes are symmetric 2-, 3- or 4-bit codes; got "
                              f"bits={bits!r}, symmetric={symmetric}")
         return _zero_level(w, int(bits), gs)

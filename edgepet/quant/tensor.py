@@ -38,6 +38,8 @@ Bits = Union[int, Literal["ternary"]]  # noqa: UP007 (a runtime alias on 3.10)
 GROUP_MULTIPLE = 32
 
 SUPPORTED_BITS = (1, 2, 3, 4, "ternary")
+#: The widths that have zero-level codes (1-bit codes are signs; ternary has a zero).
+ZERO_LEVEL_BITS = (2, 3, 4)
 
 #: How scales and zero points are stored (and read by the kernels): at 2 bits and
 #: group 64, fp32 scales would add half a bit to every weight a product reads.
@@ -201,7 +203,7 @@ class QuantizedTensor:
             )
         if self.bits == "ternary" and not self.symmetric:
             raise ValueError("ternary codes are symmetric: pass symmetric=True")
-        if self.zero_level and (not self.symmetric or self.bits not in (2, 3, 4)):
+        if self.zero_level and (not self.symmetric or self.bits not in ZERO_LEVEL_BITS):
             raise ValueError(
                 "zero_level codes are symmetric 2-, 3- or 4-bit codes (no zero points); got "
                 f"bits={self.bits!r}, symmetric={self.symmetric}"

@@ -42,7 +42,7 @@ from edgepet.exporters.llm import graph as llm_graph
 from edgepet.exporters.llm import plan as llm_plan
 from edgepet.exporters.manifest import initializer_bytes, value_info, write_manifest
 from edgepet.exporters.rewrite import QuantPolicy, dequantized_twin
-from edgepet.quant.tensor import SUPPORTED_BITS, Bits, QuantizedTensor
+from edgepet.quant.tensor import SUPPORTED_BITS, ZERO_LEVEL_BITS, Bits, QuantizedTensor
 from edgepet.runtime import bundle as bundle_io
 from edgepet.runtime import manifest as manifest_schema
 from edgepet.runtime.errors import BadInputError
@@ -318,7 +318,7 @@ def export_decoder(
 def _zero_level(policy: QuantPolicy, bits: Bits | None) -> bool:
     """Whether a projection of ``bits`` gets zero-level codes: where the policy asks and
     the width has them (2, 3, 4 bits; a 1-bit or ternary ``layer_bits`` keeps its own)."""
-    return policy.zero_level and bits in (2, 3, 4)
+    return policy.zero_level and bits in ZERO_LEVEL_BITS
 
 
 #: ``edgepet export`` options a decoder export takes (the rest are refused when given).
