@@ -41,6 +41,9 @@ constexpr int kVariants = 4;
 bool variant_applies(int variant, int bits) {
   return variant == 2 ? bits == 2 : variant == 3 ? bits >= 2 : true;
 }
+WeightFormat format_of(const Case& c) {
+  return {c.n, c.k, c.bits, c.ternary, c.symmetric, c.group_size, c.zero_level};
+}
 Case variant_case(int64_t m, int64_t n, int64_t k, int bits, int variant, int64_t group) {
   Case c{m, n, k, bits, variant == 2, variant != 1, group};
   c.zero_level = variant == 3;
@@ -89,7 +92,7 @@ float dequant(const WeightFormat& f, int q, float s, float z) {
 
 Problem make(const Case& c, std::mt19937& rng) {
   Problem p;
-  p.f = {c.n, c.k, c.bits, c.ternary, c.symmetric, c.group_size, c.zero_level};
+  p.f = format_of(c);
   const int64_t groups = num_groups(p.f);
   std::normal_distribution<float> normal;
   std::uniform_real_distribution<float> uniform(0.01f, 0.1f);
@@ -533,9 +536,7 @@ int check_dot4_shapes(const std::vector<const Kernel*>& vector_kernels, std::mt1
         for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, k})
           for (int variant : {0, 1, 3}) {
             const Case c = variant_case(m, n, k, bits, variant, group);
-            if (!check_format({n, k, bits, false, c.symmetric, group, c.zero_level}).empty()) {
-              continue;
-            }
+            if (!check_format(format_of(c)).empty()) continue;
             checked += check_dot_case(c, vector_kernels, "dot", rng);
           }
   return checked;
@@ -634,9 +635,7 @@ int check_dot_prefill_shapes(const std::vector<const Kernel*>& vector_kernels, s
           }
   cases.push_back({kDotPrefillRows, 2080, 2056, 2, true, true, 64});
   for (const Case& c : cases) {
-    if (!check_format({c.n, c.k, 2, c.ternary, c.symmetric, c.group_size, c.zero_level}).empty()) {
-      continue;
-    }
+    if (!check_format(format_of(c)).empty()) continue;
     checked += check_dot_case(c, vector_kernels, "2-bit prefill", rng);
   }
   return checked;
